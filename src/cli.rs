@@ -1,0 +1,428 @@
+//! The command line: argument definitions and one function per command.
+//!
+//! Session commands write the database directly (through [`crate::store`]),
+//! so they work whether the daemon runs or not; a running daemon notices the
+//! change within [`crate::scheduler::CHANGE_POLL`]. Commands print data on
+//! stdout and diagnostics on stderr. Exit codes: 0 done, 1 failed or
+//! refused, 2 bad configuration or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{self, OutputFormat};
+use crate::clock::Clock;
+use crate::config::{self, Config, ConfigError, ProviderSettings};
+use crate::domain::{Instant, Room, SessionId, SessionState, UserId, parse_duration};
+use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::store::{AuditFilter, NewSession, Store, StoreError};
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "callwarden", version, about = "Enforces time limits on real-time calls")]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "CALLWARDEN_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// How log lines look (on stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: enforce every deadline in the database until stopped.
+    Run,
+    /// Validate the configuration and print the resolved providers and policies.
+    Check,
+    /// Register, end, extend and list sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Show the audit log, newest last.
+    Audit(AuditArgs),
+    /// Serve a local stand-in for the TRTC API (for tests and trying things out).
+    Sandbox(SandboxArgs),
+    /// Run the daemon against an in-process sandbox with a realistic load and summarise.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Register a session; prints its id (one per --user) on stdout.
+    Start(StartArgs),
+    /// The call finished by itself: cancel enforcement.
+    End {
+        id: String,
+    },
+    /// Move a session's deadline later.
+    Extend {
+        id: String,
+        /// How much later, e.g. 5m.
+        #[arg(long, value_parser = parse_duration)]
+        by: Duration,
+    },
+    /// List sessions, earliest deadline first.
+    List {
+        #[arg(long, value_parser = parse_state)]
+        state: Option<SessionState>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("which_room").required(true).args(["room", "str_room"])))]
+pub struct StartArgs {
+    /// The policy in the configuration.
+    #[arg(long)]
+    pub policy: String,
+    /// A numeric room id (1..4294967294).
+    #[arg(long)]
+    pub room: Option<String>,
+    /// A string room id (a different namespace from numeric rooms).
+    #[arg(long = "str-room")]
+    pub str_room: Option<String>,
+    /// A participant to limit; repeat for several (one session each).
+    #[arg(long = "user")]
+    pub users: Vec<String>,
+    /// The time limit; default the policy's max_duration, and at most that.
+    #[arg(long, value_parser = parse_duration)]
+    pub limit: Option<Duration>,
+    /// When the call started (RFC 3339); default now.
+    #[arg(long)]
+    pub started_at: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Only rows from this far back, e.g. 1h.
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// At most this many rows (the newest).
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    #[arg(long, default_value = "127.0.0.1:8721")]
+    pub listen: String,
+    #[arg(long, env = "CALLWARDEN_SANDBOX_SECRET_ID", default_value = crate::sandbox::SANDBOX_SECRET_ID)]
+    pub secret_id: String,
+    #[arg(long, env = "CALLWARDEN_SANDBOX_SECRET_KEY", default_value = crate::sandbox::SANDBOX_SECRET_KEY, hide_default_value = true)]
+    pub secret_key: String,
+    #[arg(long, default_value_t = crate::sandbox::SANDBOX_SDK_APP_ID)]
+    pub sdk_app_id: u64,
+    /// Requests per sliding second per action before RequestLimitExceeded.
+    #[arg(long, default_value_t = crate::sandbox::SANDBOX_QUOTA)]
+    pub quota: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Sessions ending one after another over the first seconds.
+    #[arg(long, default_value_t = 40)]
+    pub spread: u32,
+    /// Sessions that all expire in the same instant.
+    #[arg(long, default_value_t = 250)]
+    pub burst: u32,
+}
+
+fn parse_state(s: &str) -> Result<SessionState, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+/// A command's failure, sorted by exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Exit 2: the operator must fix the configuration.
+    Config(ConfigError),
+    /// Exit 1.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl Failure {
+    pub fn report(self) -> ExitCode {
+        match self {
+            Failure::Config(e) => {
+                eprintln!("error: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+            Failure::Other(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Run => run_daemon(&cli.config).await,
+        Command::Check => check(&cli.config),
+        Command::Session(cmd) => session(&cli.config, cmd).await,
+        Command::Audit(args) => audit_command(&cli.config, args).await,
+        Command::Sandbox(args) => sandbox(args).await,
+        Command::Demo(args) => crate::demo::run(args.spread, args.burst)
+            .await
+            .map_err(Failure::Other),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, Failure> {
+    let config = Config::load(path)?;
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", path.display());
+    }
+    Ok(config)
+}
+
+async fn open(config: &Config) -> Result<Store, Failure> {
+    Ok(Store::open(&config.database).await.context("cannot open the database")?)
+}
+
+async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
+    let config = Arc::new(load(path)?);
+    let store = open(&config).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    crate::daemon::run(config, store.clone(), Clock::system(), shutdown)
+        .await
+        .context("daemon failed")?;
+    store.close().await;
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "stopping");
+    shutdown.cancel();
+}
+
+fn check(path: &std::path::Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    println!("configuration {} is valid", config.path.display());
+    println!("database: {}", config.database.display());
+    for p in config.providers.values() {
+        match &p.settings {
+            ProviderSettings::Trtc(t) => println!(
+                "provider {}: tencent-trtc sdk_app_id={} region={} endpoint={} secret_id={} secret_key={} \
+                 max_requests_per_second={} retry={} attempts, {}..{} backoff request_timeout={}",
+                p.name,
+                t.sdk_app_id,
+                t.region,
+                t.endpoint,
+                mask_id(&t.secret_id),
+                t.secret_key,
+                p.max_requests_per_second,
+                p.retry.max_attempts,
+                humantime::format_duration(p.retry.initial_backoff),
+                humantime::format_duration(p.retry.max_backoff),
+                humantime::format_duration(p.request_timeout),
+            ),
+        }
+    }
+    for p in config.policies.values() {
+        println!(
+            "policy {}: provider {}, max_duration {}, action {}",
+            p.name,
+            p.provider,
+            humantime::format_duration(p.max_duration),
+            p.action.as_str()
+        );
+    }
+    for w in &config.warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// Shows enough of a key id to recognise it, not enough to use it.
+fn mask_id(id: &str) -> String {
+    let shown: String = id.chars().take(4).collect();
+    format!("{shown}****")
+}
+
+async fn session(path: &std::path::Path, cmd: SessionCommand) -> Result<(), Failure> {
+    let config = load(path)?;
+    let clock = Clock::system();
+    match cmd {
+        SessionCommand::Start(args) => {
+            let sessions = new_sessions(&config, &args, clock.now())?;
+            let store = open(&config).await?;
+            store
+                .insert_sessions(&sessions, clock.now(), "registered by the CLI")
+                .await
+                .context("cannot register the session")?;
+            for s in &sessions {
+                println!("{}", s.id);
+            }
+        }
+        SessionCommand::End { id } => {
+            let id = parse_id(&id)?;
+            let store = open(&config).await?;
+            store
+                .end_session(id, clock.now(), "ended with the CLI")
+                .await
+                .map_err(refusal)?;
+            eprintln!("session {id} ended; it will not be enforced");
+        }
+        SessionCommand::Extend { id, by } => {
+            let id = parse_id(&id)?;
+            let store = open(&config).await?;
+            let deadline = store.extend_session(id, by, clock.now()).await.map_err(refusal)?;
+            println!("{deadline}");
+        }
+        SessionCommand::List { state, format, limit } => {
+            let store = open(&config).await?;
+            let rows = store.list_sessions(state, limit).await.map_err(refusal)?;
+            audit::print_sessions(&rows, format).context("cannot write the list")?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_id(id: &str) -> Result<SessionId, Failure> {
+    id.parse::<SessionId>()
+        .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))
+}
+
+fn refusal(e: StoreError) -> Failure {
+    Failure::Other(anyhow::Error::new(e))
+}
+
+/// Turns `session start` arguments into sessions to insert, or says why not.
+pub fn new_sessions(config: &Config, args: &StartArgs, now: Instant) -> Result<Vec<NewSession>, Failure> {
+    let bad = |msg: String| Failure::Other(anyhow::anyhow!(msg));
+    let policy = config.policy(&args.policy).ok_or_else(|| {
+        let known: Vec<&str> = config.policies.keys().map(String::as_str).collect();
+        bad(format!("unknown policy {:?} (configured: {})", args.policy, known.join(", ")))
+    })?;
+    let room = match (&args.room, &args.str_room) {
+        (Some(r), None) => Room::numeric(r),
+        (None, Some(s)) => Room::string(s),
+        _ => return Err(bad("give exactly one of --room and --str-room".into())),
+    }
+    .map_err(|e| bad(e.to_string()))?;
+    let limit = args.limit.unwrap_or(policy.max_duration);
+    if limit > policy.max_duration {
+        return Err(bad(format!(
+            "--limit {} is longer than policy {:?} allows ({})",
+            humantime::format_duration(limit),
+            policy.name,
+            humantime::format_duration(policy.max_duration)
+        )));
+    }
+    let started_at = match &args.started_at {
+        Some(s) => Instant::parse(s).map_err(|e| bad(e.to_string()))?,
+        None => now,
+    };
+    let deadline = started_at.saturating_add(limit);
+    let users = args
+        .users
+        .iter()
+        .map(|u| UserId::parse(u).map_err(|e| bad(format!("--user {u:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if policy.action == crate::domain::Action::RemoveUser && users.is_empty() {
+        return Err(bad(format!(
+            "policy {:?} removes a user at the deadline: give --user",
+            policy.name
+        )));
+    }
+    let one = |user: Option<UserId>| NewSession {
+        id: SessionId::new(),
+        policy: policy.name.clone(),
+        provider: policy.provider.clone(),
+        room: room.clone(),
+        user,
+        started_at,
+        deadline,
+    };
+    Ok(if users.is_empty() {
+        vec![one(None)]
+    } else {
+        users.into_iter().map(|u| one(Some(u))).collect()
+    })
+}
+
+async fn audit_command(path: &std::path::Path, args: AuditArgs) -> Result<(), Failure> {
+    let config = load(path)?;
+    let store = open(&config).await?;
+    let now = Clock::system().now_datetime();
+    let filter = AuditFilter {
+        session: args.session.as_deref().map(parse_id).transpose()?,
+        since: args
+            .since
+            .map(|d| Instant::floor(now - chrono::Duration::from_std(d).unwrap_or_default())),
+        events: Vec::new(),
+        limit: args.limit,
+    };
+    let rows = store.audit(&filter).await.map_err(refusal)?;
+    audit::print_audit(&rows, args.format).context("cannot write the audit log")?;
+    Ok(())
+}
+
+async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    let options = SandboxOptions {
+        secret_id: args.secret_id,
+        secret_key: args.secret_key,
+        sdk_app_id: args.sdk_app_id,
+        quota_per_second: args.quota,
+    };
+    let sandbox = Sandbox::start(listener, options, shutdown.clone())
+        .await
+        .context("cannot start the sandbox")?;
+    // The first stdout line is the address, for scripts and tests to read.
+    println!("sandbox listening on {}", sandbox.url());
+    tracing::info!(url = %sandbox.url(), "sandbox ready (TRTC API at POST /, control API under /_sandbox/)");
+    stop_on_signal(shutdown.clone()).await;
+    shutdown.cancel();
+    Ok(())
+}

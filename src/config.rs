@@ -1,0 +1,551 @@
+//! The YAML configuration: parsed once, validated, and turned into typed
+//! values. Every refusal names the file, the line and what to fix.
+//!
+//! This module owns the shape of the file (the public interface in the
+//! README) and secret handling: secrets are read from the file, from
+//! `${ENV}` references or from `*_file` paths, and live in [`Secret`], which
+//! never prints its content. It does no network or database I/O.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::domain::{Action, RetryPolicy, parse_duration};
+use crate::providers::trtc;
+
+/// Where the daemon looks when neither `--config` nor `CALLWARDEN_CONFIG` is given.
+pub const DEFAULT_PATH: &str = "/etc/callwarden/callwarden.yaml";
+/// A provider's published quota; configuring more is refused.
+pub const PROVIDER_QUOTA_PER_SECOND: u32 = 20;
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 19;
+/// Longer than any call a time limit is meant for; a typo like `30d` for `30m`.
+pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_TRTC_ENDPOINT: &str = "https://trtc.tencentcloudapi.com";
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A secret value. Its `Debug` and `Display` print a mask, so it can sit in
+/// structs that get logged or printed without leaking.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The only way to the value; grep for it to audit where secrets go.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// A refused configuration: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {reason}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub path: PathBuf,
+    /// The SQLite file; relative paths are taken from the config file's
+    /// folder, so the daemon and the CLI always agree on it.
+    pub database: PathBuf,
+    pub providers: IndexMap<String, ProviderConfig>,
+    /// In file order, which later decides webhook matching.
+    pub policies: IndexMap<String, Policy>,
+    /// Accepted but suspicious settings, for the operator to see at start.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub max_requests_per_second: u32,
+    pub retry: RetryPolicy,
+    pub request_timeout: Duration,
+    pub settings: ProviderSettings,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderSettings {
+    Trtc(TrtcSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct TrtcSettings {
+    pub sdk_app_id: u64,
+    pub region: String,
+    pub secret_id: String,
+    pub secret_key: Secret,
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub provider: String,
+    pub max_duration: Duration,
+    pub action: Action,
+}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database: String,
+    providers: IndexMap<String, RawProvider>,
+    #[serde(default)]
+    policies: IndexMap<String, RawPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+enum RawProvider {
+    #[serde(rename = "tencent-trtc")]
+    Trtc(RawTrtc),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrtc {
+    sdk_app_id: u64,
+    region: String,
+    secret_id: String,
+    secret_key: Option<String>,
+    secret_key_file: Option<String>,
+    endpoint: Option<String>,
+    max_requests_per_second: Option<u32>,
+    retry: Option<RawRetry>,
+    request_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    initial_backoff: Option<String>,
+    max_backoff: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    provider: String,
+    max_duration: String,
+    action: String,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text as if it had been read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let ctx = Ctx { path, text };
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
+        let mut warnings = Vec::new();
+
+        let database = expand_env(&raw.database)
+            .map_err(|var| ctx.error(&["database"], format!("database refers to ${{{var}}}, which is not set")))?;
+        if database.trim().is_empty() {
+            return Err(ctx.error(&["database"], "database must name a file".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let database = base.join(database.trim());
+
+        let mut providers = IndexMap::new();
+        for (name, raw) in raw.providers {
+            let provider = match raw {
+                RawProvider::Trtc(t) => ctx.trtc(&name, t, &mut warnings)?,
+            };
+            providers.insert(name, provider);
+        }
+        if providers.is_empty() {
+            return Err(ctx.error(&["providers"], "at least one provider is needed".into()));
+        }
+
+        let mut policies = IndexMap::new();
+        for (name, raw) in raw.policies {
+            let at = |key: &'static str| [String::from("policies"), name.clone(), key.to_string()];
+            let err = |key: &'static str, reason: String| {
+                let path = at(key);
+                let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+                ctx.error(&refs, format!("policy {name:?}: {reason}"))
+            };
+            if !providers.contains_key(&raw.provider) {
+                let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+                return Err(err(
+                    "provider",
+                    format!("unknown provider {:?} (configured: {})", raw.provider, known.join(", ")),
+                ));
+            }
+            let max_duration = session_duration(&raw.max_duration).map_err(|r| err("max_duration", r))?;
+            let action: Action = raw.action.parse().map_err(|e| err("action", format!("{e}")))?;
+            policies.insert(
+                name.clone(),
+                Policy {
+                    name: name.clone(),
+                    provider: raw.provider,
+                    max_duration,
+                    action,
+                },
+            );
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            database,
+            providers,
+            policies,
+            warnings,
+        })
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.get(name)
+    }
+}
+
+/// A session's length: positive, and not absurd.
+pub fn session_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_SESSION_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the {} a session may last",
+            humantime::format_duration(MAX_SESSION_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn error(&self, key_path: &[&str], reason: String) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: locate(self.text, key_path),
+            reason,
+        }
+    }
+
+    fn trtc(&self, name: &str, t: RawTrtc, warnings: &mut Vec<String>) -> Result<ProviderConfig, ConfigError> {
+        let err = |key: &str, reason: String| {
+            self.error(&["providers", name, key], format!("provider {name:?}: {reason}"))
+        };
+        let secret_key = match (&t.secret_key, &t.secret_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(err("secret_key", "give secret_key or secret_key_file, not both".into()));
+            }
+            (None, None) => {
+                return Err(err(
+                    "kind",
+                    "secret_key or secret_key_file is required (the TRTC API key's SecretKey)".into(),
+                ));
+            }
+            (Some(value), None) => resolve_secret(value).map_err(|r| err("secret_key", r))?,
+            (None, Some(file)) => {
+                let base = self.path.parent().unwrap_or(Path::new("."));
+                read_secret_file(base, file).map_err(|r| err("secret_key_file", r))?
+            }
+        };
+        let secret_id = expand_env(&t.secret_id)
+            .map_err(|var| err("secret_id", format!("secret_id refers to ${{{var}}}, which is not set")))?;
+        if secret_id.trim().is_empty() {
+            return Err(err("secret_id", "secret_id is empty".into()));
+        }
+        if t.sdk_app_id == 0 {
+            return Err(err("sdk_app_id", "sdk_app_id must be the application's SDKAppID".into()));
+        }
+        if !trtc::KNOWN_REGIONS.contains(&t.region.as_str()) {
+            warnings.push(format!(
+                "provider {name:?}: region {:?} is not one the TRTC room APIs are documented to serve ({})",
+                t.region,
+                trtc::KNOWN_REGIONS.join(", ")
+            ));
+        }
+        let endpoint = t.endpoint.unwrap_or_else(|| DEFAULT_TRTC_ENDPOINT.to_string());
+        match reqwest::Url::parse(&endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => return Err(err("endpoint", format!("endpoint {endpoint:?} is not an http(s) URL"))),
+        }
+        let max_requests_per_second = t.max_requests_per_second.unwrap_or(DEFAULT_REQUESTS_PER_SECOND);
+        if max_requests_per_second == 0 || max_requests_per_second > PROVIDER_QUOTA_PER_SECOND {
+            return Err(err(
+                "max_requests_per_second",
+                format!(
+                    "max_requests_per_second must be 1 to {PROVIDER_QUOTA_PER_SECOND} (the provider's quota), not {max_requests_per_second}"
+                ),
+            ));
+        }
+        let mut retry = RetryPolicy::default();
+        if let Some(r) = t.retry {
+            let retry_err = |key: &str, reason: String| {
+                self.error(&["providers", name, "retry", key], format!("provider {name:?}: retry: {reason}"))
+            };
+            if let Some(n) = r.max_attempts {
+                if !(1..=100).contains(&n) {
+                    return Err(retry_err("max_attempts", format!("max_attempts must be 1 to 100, not {n}")));
+                }
+                retry.max_attempts = n;
+            }
+            if let Some(s) = r.initial_backoff {
+                retry.initial_backoff = parse_duration(&s).map_err(|e| retry_err("initial_backoff", e))?;
+            }
+            if let Some(s) = r.max_backoff {
+                retry.max_backoff = parse_duration(&s).map_err(|e| retry_err("max_backoff", e))?;
+            }
+            if retry.max_backoff < retry.initial_backoff {
+                return Err(retry_err("max_backoff", "max_backoff is shorter than initial_backoff".into()));
+            }
+        }
+        let request_timeout = match t.request_timeout {
+            Some(s) => parse_duration(&s).map_err(|e| err("request_timeout", e))?,
+            None => DEFAULT_REQUEST_TIMEOUT,
+        };
+        Ok(ProviderConfig {
+            name: name.to_string(),
+            max_requests_per_second,
+            retry,
+            request_timeout,
+            settings: ProviderSettings::Trtc(TrtcSettings {
+                sdk_app_id: t.sdk_app_id,
+                region: t.region,
+                secret_id,
+                secret_key,
+                endpoint,
+            }),
+        })
+    }
+}
+
+/// Replaces every `${NAME}` with the environment variable's value; the error
+/// is the name of the first one that is unset.
+pub fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => return Err(name.to_string()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn resolve_secret(value: &str) -> Result<Secret, String> {
+    let v = expand_env(value).map_err(|var| format!("secret refers to ${{{var}}}, which is not set"))?;
+    if v.trim().is_empty() {
+        return Err("secret is empty".into());
+    }
+    Ok(Secret(v.trim().to_string()))
+}
+
+fn read_secret_file(base: &Path, file: &str) -> Result<Secret, String> {
+    let name = expand_env(file).map_err(|var| format!("path refers to ${{{var}}}, which is not set"))?;
+    let path = base.join(name);
+    let content = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    if content.trim().is_empty() {
+        return Err(format!("secret file {} is empty", path.display()));
+    }
+    Ok(Secret(content.trim().to_string()))
+}
+
+/// A serde_yaml error as a [`ConfigError`]. serde_yaml reports an unknown key
+/// inside a tagged section (a provider) at the section's first line; the key
+/// itself is found by name from there, so the operator sees the exact line.
+fn syntax_error(path: &Path, text: &str, e: &serde_yaml::Error) -> ConfigError {
+    let mut line = e.location().map(|l| l.line());
+    let mut reason = e.to_string();
+    if let Some(l) = e.location() {
+        let suffix = format!(" at line {} column {}", l.line(), l.column());
+        if let Some(stripped) = reason.strip_suffix(&suffix) {
+            reason = stripped.to_string();
+        }
+    }
+    let unknown = reason
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(key, _)| key.to_string());
+    if let (Some(key), Some(from)) = (unknown, line) {
+        let found = text
+            .lines()
+            .enumerate()
+            .skip(from.saturating_sub(1))
+            .find(|(_, l)| l.trim_start().starts_with(&format!("{key}:")));
+        if let Some((i, _)) = found {
+            line = Some(i + 1);
+        }
+    }
+    ConfigError {
+        file: path.to_path_buf(),
+        line,
+        reason,
+    }
+}
+
+/// Finds the 1-based line of a key path (`["policies", "x", "provider"]`) in
+/// block-style YAML, falling back to the deepest ancestor found. serde_yaml
+/// reports positions only for syntax and type errors; cross-field checks use
+/// this to point at the offending line all the same.
+pub fn locate(text: &str, key_path: &[&str]) -> Option<usize> {
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut best: Option<(usize, usize)> = None; // (depth matched, line)
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let key = key.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
+        while stack.last().is_some_and(|(ind, _)| *ind >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key));
+        let depth = stack.len();
+        if depth <= key_path.len()
+            && stack.iter().zip(key_path).all(|((_, k), want)| k == want)
+            && best.is_none_or(|(d, _)| depth > d)
+        {
+            best = Some((depth, i + 1));
+            if depth == key_path.len() {
+                break;
+            }
+        }
+    }
+    best.map(|(_, line)| line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+database: cw.db
+providers:
+  trtc:
+    kind: tencent-trtc
+    sdk_app_id: 1400000001
+    region: ap-guangzhou
+    secret_id: AKIDtest
+    secret_key: not-a-real-key
+policies:
+  consultation:
+    provider: trtc
+    max_duration: 30m
+    action: dismiss_room
+";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/cw/test.yaml"), text)
+    }
+
+    #[test]
+    fn a_good_file_loads_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.database, PathBuf::from("/etc/cw/cw.db"));
+        let p = &c.providers["trtc"];
+        assert_eq!(p.max_requests_per_second, 19);
+        assert_eq!(p.retry, RetryPolicy::default());
+        let ProviderSettings::Trtc(t) = &p.settings;
+        assert_eq!(t.endpoint, DEFAULT_TRTC_ENDPOINT);
+        assert_eq!(format!("{:?}", t.secret_key), "Secret(****)");
+        assert_eq!(c.policies["consultation"].max_duration, Duration::from_secs(1800));
+    }
+
+    fn refused(text: &str) -> ConfigError {
+        parse(text).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn errors_point_at_the_offending_line() {
+        let e = refused(&GOOD.replace("provider: trtc", "provider: nope"));
+        assert_eq!(e.line, Some(11), "{e}");
+        assert!(e.to_string().contains("unknown provider \"nope\""), "{e}");
+        let e = refused(&GOOD.replace("30m", "0s"));
+        assert_eq!(e.line, Some(12), "{e}");
+        let e = refused(&GOOD.replace("30m", "400d"));
+        assert!(e.reason.contains("longer than"), "{e}");
+        let e = refused(&GOOD.replace("action: dismiss_room", "action: explode"));
+        assert_eq!(e.line, Some(13), "{e}");
+        let e = refused(&GOOD.replace("    region:", "    colour: red\n    region:"));
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.reason.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn quota_above_the_providers_is_refused() {
+        let e = refused(&GOOD.replace("region: ap-guangzhou", "region: ap-guangzhou\n    max_requests_per_second: 21"));
+        assert!(e.reason.contains("1 to 20"), "{e}");
+        assert_eq!(e.line, Some(7));
+    }
+
+    #[test]
+    fn missing_secrets_are_refused_without_echoing_values() {
+        let e = refused(&GOOD.replace("    secret_key: not-a-real-key\n", ""));
+        assert!(e.reason.contains("secret_key or secret_key_file is required"), "{e}");
+        let e = refused(&GOOD.replace("not-a-real-key", "\"${CALLWARDEN_TEST_SURELY_UNSET}\""));
+        assert!(e.reason.contains("CALLWARDEN_TEST_SURELY_UNSET"), "{e}");
+        let e = refused(&GOOD.replace("secret_key: not-a-real-key", "secret_key_file: /nonexistent/key"));
+        assert!(e.reason.contains("cannot read secret file"), "{e}");
+        let e = refused(&GOOD.replace("ap-guangzhou", "[1, 2]"));
+        assert!(!e.to_string().contains("not-a-real-key"), "{e}");
+    }
+
+    #[test]
+    fn unknown_regions_warn_but_load() {
+        let c = parse(&GOOD.replace("ap-guangzhou", "eu-frankfurt")).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn locate_walks_block_yaml() {
+        assert_eq!(locate(GOOD, &["policies", "consultation", "action"]), Some(13));
+        assert_eq!(locate(GOOD, &["providers", "trtc", "nothing"]), Some(3));
+        assert_eq!(locate(GOOD, &["elsewhere"]), None);
+    }
+}

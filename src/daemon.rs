@@ -1,0 +1,122 @@
+//! The daemon: wires store, change watcher, scheduler and enforcement
+//! together and runs them until told to stop.
+//!
+//! [`run`] takes its shutdown signal as an argument, so the binary, the demo,
+//! the tests and the benchmarks all run the same daemon in-process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::config::{Config, ProviderSettings};
+use crate::enforce::{Enforcer, ProviderSlot};
+use crate::providers::{Provider, trtc::TrtcClient};
+use crate::scheduler::{Scheduler, policy_actions, watch_changes};
+use crate::store::{Store, StoreError};
+
+/// Sessions claimed and not yet settled, at most. Bounds memory and tasks in
+/// a burst; the rest wait in the database, in deadline order.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// How long shutdown waits for provider calls under way to be answered and
+/// recorded; below systemd's default `TimeoutStopSec` of 90 s.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("provider {name}: {reason}")]
+    Provider { name: String, reason: String },
+}
+
+/// One HTTP client for every provider: shared connection pool, a user agent,
+/// and a connect timeout (each request also gets its provider's timeout).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("callwarden/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .expect("the TLS back-end is compiled in, so the client builds")
+}
+
+pub fn build_providers(config: &Config) -> Result<HashMap<String, ProviderSlot>, DaemonError> {
+    let http = http_client();
+    let mut slots = HashMap::new();
+    for (name, p) in &config.providers {
+        let provider = match &p.settings {
+            ProviderSettings::Trtc(t) => Provider::Trtc(
+                TrtcClient::new(http.clone(), t, p.request_timeout).map_err(|reason| {
+                    DaemonError::Provider {
+                        name: name.clone(),
+                        reason,
+                    }
+                })?,
+            ),
+        };
+        slots.insert(
+            name.clone(),
+            ProviderSlot::new(provider, p.retry, p.max_requests_per_second),
+        );
+    }
+    Ok(slots)
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then drains: calls already
+/// sent are answered and recorded (within [`SHUTDOWN_GRACE`]); sessions still
+/// waiting go back to the queue.
+pub async fn run(
+    config: Arc<Config>,
+    store: Store,
+    clock: Clock,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let providers = build_providers(&config)?;
+    let requeued = store
+        .requeue_interrupted(clock.now(), "enforcement was interrupted by a stop or crash; resuming")
+        .await?;
+    if requeued > 0 {
+        tracing::warn!(requeued, "resuming enforcements that were under way when the daemon last stopped");
+    }
+
+    let tasks = TaskTracker::new();
+    let changed = Arc::new(Notify::new());
+    tasks.spawn(watch_changes(store.clone(), Arc::clone(&changed), shutdown.clone()));
+
+    let (claims_tx, claims_rx) = mpsc::unbounded_channel();
+    let enforcer = Enforcer::new(
+        store.clone(),
+        clock,
+        providers,
+        policy_actions(&config),
+        shutdown.clone(),
+    );
+    tasks.spawn(enforcer.run(claims_rx, SHUTDOWN_GRACE));
+
+    let scheduler = Scheduler::new(
+        store.clone(),
+        clock,
+        Arc::clone(&config),
+        Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        changed,
+        claims_tx,
+    );
+    tracing::info!(
+        database = %store.path().display(),
+        providers = config.providers.len(),
+        policies = config.policies.len(),
+        "callwarden running"
+    );
+    // The scheduler owns the only sender; when it returns, enforcement sees
+    // the channel close and drains.
+    scheduler.run(shutdown).await;
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("callwarden stopped");
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! Enforcement: rate limit → provider call → classify → record, with retries.
+//!
+//! The scheduler hands over claimed sessions ([`Claimed`]); this module groups
+//! them into provider calls (one `DismissRoom` per room, `RemoveUser` with up
+//! to ten users), and runs each call as a task: record the attempt, wait for
+//! the provider action's pacer, send, record the outcome, and retry retryable
+//! answers with backoff until the policy's attempts run out.
+//!
+//! Invariants:
+//! - an `attempt` row is committed before every provider call, and the answer
+//!   is committed after it; a crash in between leaves a session `enforcing`,
+//!   which the next start re-queues (TRTC answers a repeat with `RoomNotExist`);
+//! - every call, first tries and retries alike, passes its provider action's
+//!   [`Pacer`] right before it is sent, so no sliding second ever carries more
+//!   than `max_requests_per_second` calls for one action;
+//! - calls run concurrently: a slow provider costs latency, not throughput.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::domain::{Action, Instant, RetryPolicy, Room, SessionState};
+use crate::providers::{CallReport, Classified, Provider, Target};
+use crate::store::{AuditEntry, Session, Store, StoreError};
+
+/// Sessions the scheduler claimed, with the in-flight permits they hold.
+#[derive(Debug)]
+pub struct Claimed {
+    pub sessions: Vec<Session>,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Keeps one provider action at or under its rate: a GCRA limiter with a
+/// burst of one (so no two calls are closer than 1/rate), behind a fair
+/// mutex so waiting calls go out in the order they arrived, which is deadline
+/// order.
+#[derive(Debug)]
+pub struct Pacer {
+    turn: Mutex<()>,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Pacer {
+    pub fn per_second(rate: u32) -> Pacer {
+        let rate = rate.max(1);
+        let period = Duration::from_secs(1) / rate;
+        let quota = Quota::with_period(period)
+            .expect("a positive rate gives a non-zero period")
+            .allow_burst(NonZeroU32::MIN);
+        Pacer {
+            turn: Mutex::new(()),
+            limiter: RateLimiter::direct(quota),
+        }
+    }
+
+    pub async fn admit(&self) {
+        let _turn = self.turn.lock().await;
+        self.limiter.until_ready().await;
+    }
+}
+
+/// A provider as enforcement uses it.
+#[derive(Debug)]
+pub struct ProviderSlot {
+    pub provider: Provider,
+    pub retry: RetryPolicy,
+    pacers: HashMap<&'static str, Arc<Pacer>>,
+}
+
+impl ProviderSlot {
+    pub fn new(provider: Provider, retry: RetryPolicy, max_requests_per_second: u32) -> ProviderSlot {
+        let pacers = provider
+            .api_actions()
+            .iter()
+            .map(|a| (*a, Arc::new(Pacer::per_second(max_requests_per_second))))
+            .collect();
+        ProviderSlot {
+            provider,
+            retry,
+            pacers,
+        }
+    }
+}
+
+/// One provider call's worth of sessions.
+#[derive(Debug)]
+struct Job {
+    provider: String,
+    target: Target,
+    sessions: Vec<Session>,
+    /// Held until the job ends, so claimed-but-unsettled work stays bounded.
+    #[allow(dead_code)]
+    permit: OwnedSemaphorePermit,
+}
+
+#[derive(Debug, Clone)]
+pub struct Enforcer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    clock: Clock,
+    providers: HashMap<String, ProviderSlot>,
+    /// What each policy does at the deadline; sessions name their policy.
+    actions: HashMap<String, Action>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Enforcer {
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        providers: HashMap<String, ProviderSlot>,
+        actions: HashMap<String, Action>,
+        shutdown: CancellationToken,
+    ) -> Enforcer {
+        Enforcer {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                providers,
+                actions,
+                tasks: TaskTracker::new(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Takes claimed sessions until the scheduler hangs up, then waits up to
+    /// `grace` for calls under way to finish and be recorded.
+    pub async fn run(self, mut claims: mpsc::UnboundedReceiver<Claimed>, grace: Duration) {
+        while let Some(claimed) = claims.recv().await {
+            self.dispatch(claimed).await;
+        }
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "enforcement calls still under way at shutdown; they will be retried after restart"
+            );
+        }
+    }
+
+    async fn dispatch(&self, claimed: Claimed) {
+        let Claimed { sessions, mut permit } = claimed;
+        for (key, group) in group_sessions(sessions, &self.inner.actions) {
+            let (provider, action, room) = key;
+            let chunk_size = match action {
+                Action::RemoveUser => self
+                    .inner
+                    .providers
+                    .get(&provider)
+                    .map_or(1, |p| p.provider.max_users_per_call()),
+                // Every session of a room ends with one dismissal.
+                Action::DismissRoom => usize::MAX,
+            };
+            for chunk in group.chunks(chunk_size.max(1)) {
+                let Some(job_permit) = permit.split(chunk.len()) else {
+                    // Cannot happen: the scheduler claims no more than it holds permits for.
+                    tracing::error!("enforcement permits ran short; sessions stay enforcing until restart");
+                    return;
+                };
+                let mut users: Vec<_> = chunk.iter().filter_map(|s| s.user.clone()).collect();
+                users.sort();
+                users.dedup();
+                let job = Job {
+                    provider: provider.clone(),
+                    target: Target {
+                        action,
+                        room: room.clone(),
+                        users,
+                    },
+                    sessions: chunk.to_vec(),
+                    permit: job_permit,
+                };
+                let inner = Arc::clone(&self.inner);
+                self.inner.tasks.spawn(async move { inner.enforce(job).await });
+            }
+        }
+    }
+}
+
+type GroupKey = (String, Action, Room);
+
+/// Groups sessions that one provider call can settle, keeping deadline order
+/// (of each group's first session) so the most overdue go out first.
+fn group_sessions(sessions: Vec<Session>, actions: &HashMap<String, Action>) -> Vec<(GroupKey, Vec<Session>)> {
+    let mut groups: Vec<(GroupKey, Vec<Session>)> = Vec::new();
+    let mut index: HashMap<GroupKey, usize> = HashMap::new();
+    for s in sessions {
+        let action = actions.get(&s.policy).copied().unwrap_or(if s.user.is_some() {
+            Action::RemoveUser
+        } else {
+            Action::DismissRoom
+        });
+        // A remove_user session without a user cannot be enforced as such;
+        // enforce what it can mean: the room.
+        let action = if action == Action::RemoveUser && s.user.is_none() {
+            Action::DismissRoom
+        } else {
+            action
+        };
+        let key = (s.provider.clone(), action, s.room.clone());
+        match index.get(&key) {
+            Some(&i) => groups[i].1.push(s),
+            None => {
+                index.insert(key.clone(), groups.len());
+                groups.push((key, vec![s]));
+            }
+        }
+    }
+    groups
+}
+
+impl Inner {
+    async fn enforce(&self, job: Job) {
+        let ids: Vec<_> = job.sessions.iter().map(|s| s.id).collect();
+        let Some(slot) = self.providers.get(&job.provider) else {
+            let reason = format!("provider {:?} is not in the configuration", job.provider);
+            tracing::error!(provider = %job.provider, "{reason}; sessions marked failed");
+            let entries: Vec<_> = ids
+                .iter()
+                .map(|id| AuditEntry::new("failed", *id).detail(reason.clone()))
+                .collect();
+            self.persist(|| {
+                self.store
+                    .record_outcome(&entries, Some((SessionState::Failed, Some(&reason))), self.clock.now())
+            })
+            .await;
+            return;
+        };
+        let api_action = slot.provider.api_action(job.target.action, &job.target.room);
+        let pacer = Arc::clone(&slot.pacers[api_action]);
+        let previous_attempts = job.sessions.iter().map(|s| s.attempts).max().unwrap_or(0);
+
+        for try_no in 1..=slot.retry.max_attempts {
+            let attempt = previous_attempts + try_no;
+            let attempt_entry = AuditEntry {
+                event: "attempt",
+                provider: Some(job.provider.clone()),
+                action: Some(api_action.to_string()),
+                attempt: Some(attempt),
+                detail: (!job.target.users.is_empty()).then(|| {
+                    let users: Vec<&str> = job.target.users.iter().map(|u| u.as_str()).collect();
+                    format!("room {} users {}", job.target.room, users.join(","))
+                }),
+                ..AuditEntry::default()
+            };
+            if !self
+                .persist(|| self.store.record_attempt(&ids, &attempt_entry, self.clock.now()))
+                .await
+            {
+                return;
+            }
+            tokio::select! {
+                () = pacer.admit() => {}
+                () = self.shutdown.cancelled() => {
+                    self.release(&ids, "stopped while waiting for the provider's rate limit").await;
+                    return;
+                }
+            }
+            let sent_at = self.clock.now();
+            let report = slot.provider.call(&job.target).await;
+            let last_try = try_no == slot.retry.max_attempts;
+            let (event, final_state) = settle(&report.classified, last_try, attempt);
+            let entries: Vec<_> = job
+                .sessions
+                .iter()
+                .map(|s| outcome_entry(s, &job.provider, api_action, attempt, &report, sent_at, event))
+                .collect();
+            let settled = final_state.as_ref().map(|(state, _)| *state);
+            let detail = final_state.and_then(|(_, d)| d);
+            log_outcome(&job, api_action, attempt, &report, sent_at, event);
+            if !self
+                .persist(|| {
+                    self.store.record_outcome(
+                        &entries,
+                        settled.map(|state| (state, detail.as_deref())),
+                        self.clock.now(),
+                    )
+                })
+                .await
+            {
+                return;
+            }
+            if settled.is_some() {
+                return;
+            }
+            let hint = match &report.classified {
+                Classified::Retryable { wait, .. } => *wait,
+                _ => None,
+            };
+            let backoff = slot.retry.backoff(try_no, hint, rand::random::<f64>());
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.shutdown.cancelled() => {
+                    self.release(&ids, "stopped while waiting to retry").await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Puts sessions back in the queue when shutdown interrupts them between
+    /// calls, so a stopped daemon leaves nothing `enforcing`.
+    async fn release(&self, ids: &[crate::domain::SessionId], why: &str) {
+        if let Err(e) = self.store.release(ids, self.clock.now(), why).await {
+            tracing::warn!(error = %e, "could not hand sessions back at shutdown; the next start re-queues them");
+        }
+    }
+
+    /// Runs a store write until it succeeds, backing off while the database is
+    /// unavailable (locked, disk full). Gives up only at shutdown, leaving the
+    /// sessions `enforcing` for the next start to re-queue. Returns whether
+    /// the write happened.
+    async fn persist<F, Fut>(&self, mut write: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match write().await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write enforcement record");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.shutdown.cancelled() => return false,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+/// The audit event for an answer, and the final state it settles the
+/// sessions in (`None`: try again).
+fn settle(
+    classified: &Classified,
+    last_try: bool,
+    attempt: u32,
+) -> (&'static str, Option<(SessionState, Option<String>)>) {
+    match classified {
+        Classified::Success => ("enforced", Some((SessionState::Enforced, None))),
+        Classified::AlreadyEnded { code, .. } => {
+            let detail = if attempt > 1 {
+                format!("{code} after an earlier attempt whose answer was not recorded; that attempt likely ended it")
+            } else {
+                code.clone()
+            };
+            ("already_ended", Some((SessionState::AlreadyEnded, Some(detail))))
+        }
+        Classified::Fatal { code, message } => (
+            "failed",
+            Some((SessionState::Failed, Some(format!("{code}: {message}")))),
+        ),
+        Classified::Retryable { code, message, .. } if last_try => (
+            "failed",
+            Some((
+                SessionState::Failed,
+                Some(format!("gave up after attempt {attempt}; last answer {code}: {message}")),
+            )),
+        ),
+        Classified::Retryable { .. } => ("retry", None),
+    }
+}
+
+fn outcome_entry(
+    s: &Session,
+    provider: &str,
+    api_action: &str,
+    attempt: u32,
+    report: &CallReport,
+    sent_at: Instant,
+    event: &'static str,
+) -> AuditEntry {
+    AuditEntry {
+        session_id: Some(s.id),
+        event,
+        provider: Some(provider.to_string()),
+        action: Some(api_action.to_string()),
+        attempt: Some(attempt),
+        outcome: Some(report.classified.outcome()),
+        http_status: report.http_status,
+        provider_request_id: report.provider_request_id.clone(),
+        error_code: report.classified.code().map(str::to_string),
+        detail: report.classified.message().map(|m| m.chars().take(500).collect()),
+        latency_ms: Some(i64::try_from(report.latency.as_millis()).unwrap_or(i64::MAX)),
+        lateness_ms: Some(sent_at.millis_since(s.deadline)),
+    }
+}
+
+fn log_outcome(job: &Job, api_action: &str, attempt: u32, report: &CallReport, sent_at: Instant, event: &str) {
+    let sessions: Vec<String> = job.sessions.iter().map(|s| s.id.to_string()).collect();
+    let sessions = sessions.join(",");
+    let lateness_ms = job.sessions.first().map_or(0, |s| sent_at.millis_since(s.deadline));
+    let latency_ms = report.latency.as_millis() as u64;
+    let code = report.classified.code().unwrap_or("");
+    let message = report.classified.message().unwrap_or("");
+    match event {
+        "enforced" | "already_ended" => tracing::info!(
+            %sessions, provider = %job.provider, action = api_action, room = %job.target.room,
+            attempt, lateness_ms, latency_ms, code, "{event}"
+        ),
+        "retry" => tracing::warn!(
+            %sessions, provider = %job.provider, action = api_action, room = %job.target.room,
+            attempt, code, message, "provider call failed; will retry"
+        ),
+        _ => tracing::error!(
+            %sessions, provider = %job.provider, action = api_action, room = %job.target.room,
+            attempt, code, message, "enforcement failed"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{SessionId, UserId};
+
+    fn session(room: u32, user: Option<&str>, policy: &str, deadline_ms: i64) -> Session {
+        Session {
+            id: SessionId::new(),
+            policy: policy.into(),
+            provider: "trtc".into(),
+            room: Room::Numeric(room),
+            user: user.map(|u| UserId::parse(u).unwrap()),
+            started_at: Instant::from_millis(0),
+            deadline: Instant::from_millis(deadline_ms),
+            state: SessionState::Enforcing,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn sessions_of_one_room_share_a_call_in_deadline_order() {
+        let actions = HashMap::from([
+            ("kick".to_string(), Action::RemoveUser),
+            ("end".to_string(), Action::DismissRoom),
+        ]);
+        let groups = group_sessions(
+            vec![
+                session(1, Some("a"), "kick", 1),
+                session(2, None, "end", 2),
+                session(1, Some("b"), "kick", 3),
+                session(2, None, "end", 4),
+                session(1, None, "end", 5),
+            ],
+            &actions,
+        );
+        let shape: Vec<_> = groups.iter().map(|((_, a, r), s)| (*a, r.clone(), s.len())).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (Action::RemoveUser, Room::Numeric(1), 2),
+                (Action::DismissRoom, Room::Numeric(2), 2),
+                (Action::DismissRoom, Room::Numeric(1), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn answers_settle_or_retry() {
+        assert_eq!(settle(&Classified::Success, false, 1).0, "enforced");
+        let retry = Classified::Retryable {
+            code: "InternalError".into(),
+            message: "x".into(),
+            wait: None,
+        };
+        assert_eq!(settle(&retry, false, 1), ("retry", None));
+        let (event, state) = settle(&retry, true, 8);
+        assert_eq!(event, "failed");
+        assert!(state.unwrap().1.unwrap().contains("gave up after attempt 8"));
+        let gone = Classified::AlreadyEnded {
+            code: "FailedOperation.RoomNotExist".into(),
+            message: String::new(),
+        };
+        assert_eq!(settle(&gone, false, 2).1.unwrap().0, SessionState::AlreadyEnded);
+    }
+}

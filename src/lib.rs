@@ -1,0 +1,38 @@
+//! callwarden: enforces time limits on real-time calls.
+//!
+//! Sessions (a room, or one participant in it) arrive with a deadline; a
+//! durable scheduler keeps every deadline in SQLite and, when one passes,
+//! calls the provider's server API to end the call or remove the participant,
+//! within the provider's rate limit, retrying what can be retried, and
+//! recording every outcome in an audit log.
+//!
+//! # Layout
+//! In reading order:
+//! - [`domain`]: ids, rooms, states, instants, durations, retry policy. No I/O.
+//! - [`config`]: the YAML file → typed, validated [`config::Config`]; secrets.
+//! - [`store`]: the SQLite database, the only module with SQL; migrations.
+//! - [`clock`]: the injectable clock deadlines are compared with.
+//! - [`scheduler`]: what is due next; claims due sessions; adopts SQL inserts.
+//! - [`enforce`]: pacing, provider calls, retries, outcome records.
+//! - [`providers`]: signed provider requests and answer classification
+//!   ([`providers::trtc`]).
+//! - [`daemon`]: wires the above into the running service.
+//! - [`sandbox`]: a local stand-in for the provider APIs.
+//! - [`demo`]: the one-command tour: daemon + sandbox + a realistic load.
+//! - [`cli`]: the command line, including the session and audit commands.
+//! - [`audit`]: tables and JSON for the audit log and session lists.
+//! - [`telemetry`]: logging setup.
+
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod domain;
+pub mod enforce;
+pub mod providers;
+pub mod sandbox;
+pub mod scheduler;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,122 @@
+//! Provider clients: one module per call provider, one enum in front of them.
+//!
+//! A provider turns an enforcement target into one signed HTTP request and
+//! turns whatever comes back (an answer, a timeout, a refused connection) into
+//! a [`Classified`] outcome. Nothing above this module sees a status code or an
+//! error string it has to interpret. Providers do no retrying, no rate limiting
+//! and no database work: that is `enforce`'s job.
+
+pub mod trtc;
+
+use std::time::Duration;
+
+use crate::domain::{Action, Room, UserId};
+
+/// What one provider call came to, already sorted into what to do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classified {
+    /// The provider did what was asked.
+    Success,
+    /// The room or participant was already gone: the goal holds, nothing to do.
+    AlreadyEnded { code: String, message: String },
+    /// Worth trying again, after at least `wait` if the provider said so.
+    Retryable {
+        code: String,
+        message: String,
+        wait: Option<Duration>,
+    },
+    /// Will not get better by retrying: bad credentials, bad parameters, no permission.
+    Fatal { code: String, message: String },
+}
+
+impl Classified {
+    /// The `outcome` column of the audit log.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Classified::Success => "success",
+            Classified::AlreadyEnded { .. } => "already_ended",
+            Classified::Retryable { .. } => "retryable",
+            Classified::Fatal { .. } => "fatal",
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Classified::Success => None,
+            Classified::AlreadyEnded { code, .. }
+            | Classified::Retryable { code, .. }
+            | Classified::Fatal { code, .. } => Some(code),
+        }
+    }
+
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Classified::Success => None,
+            Classified::AlreadyEnded { message, .. }
+            | Classified::Retryable { message, .. }
+            | Classified::Fatal { message, .. } => Some(message),
+        }
+    }
+}
+
+/// The record of one HTTP exchange with a provider.
+#[derive(Debug, Clone)]
+pub struct CallReport {
+    pub classified: Classified,
+    /// `None` when no HTTP answer arrived (timeout, connection error).
+    pub http_status: Option<u16>,
+    /// The provider's id for the request (TRTC's `RequestId`), when it gave one.
+    pub provider_request_id: Option<String>,
+    pub latency: Duration,
+}
+
+/// Who an enforcement is aimed at: a room, and for `RemoveUser` up to
+/// [`Provider::max_users_per_call`] of its users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub action: Action,
+    pub room: Room,
+    pub users: Vec<UserId>,
+}
+
+/// A configured provider. An enum rather than a trait object: the set is
+/// closed and each variant is matched where its behaviour differs.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    Trtc(trtc::TrtcClient),
+}
+
+impl Provider {
+    /// The provider-side API name, which is also the unit the provider's
+    /// quota counts (TRTC allows 20 requests per second per action).
+    pub fn api_action(&self, action: Action, room: &Room) -> &'static str {
+        match self {
+            Provider::Trtc(_) => trtc::api_action(action, room),
+        }
+    }
+
+    /// Every API action this provider may call, so limiters can be built up front.
+    pub fn api_actions(&self) -> &'static [&'static str] {
+        match self {
+            Provider::Trtc(_) => &trtc::ACTIONS,
+        }
+    }
+
+    pub fn max_users_per_call(&self) -> usize {
+        match self {
+            Provider::Trtc(_) => trtc::MAX_USERS_PER_CALL,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Provider::Trtc(_) => "tencent-trtc",
+        }
+    }
+
+    pub async fn call(&self, target: &Target) -> CallReport {
+        match self {
+            Provider::Trtc(client) => client.call(target).await,
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! Tencent TRTC server API (version 2019-07-22): `DismissRoom`,
+//! `DismissRoomByStrRoomId`, `RemoveUser`, `RemoveUserByStrRoomId`, signed with
+//! TC3-HMAC-SHA256, and the classification of every answer.
+//!
+//! The signing functions are public because the sandbox verifies requests with
+//! the very same code path a real client signs them with; the unit tests pin
+//! that code to the published test vectors, so the two cannot drift together.
+
+use std::time::{Duration, Instant as StdInstant};
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{CallReport, Classified, Target};
+use crate::config::Secret;
+use crate::domain::{Action, Room};
+
+pub const VERSION: &str = "2019-07-22";
+pub const SERVICE: &str = "trtc";
+pub const CONTENT_TYPE: &str = "application/json";
+pub const MAX_USERS_PER_CALL: usize = 10;
+pub const ACTIONS: [&str; 4] = [
+    "DismissRoom",
+    "DismissRoomByStrRoomId",
+    "RemoveUser",
+    "RemoveUserByStrRoomId",
+];
+/// Regions the TRTC room-management APIs are documented to serve.
+pub const KNOWN_REGIONS: [&str; 4] = ["ap-beijing", "ap-guangzhou", "ap-mumbai", "ap-singapore"];
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub fn api_action(action: Action, room: &Room) -> &'static str {
+    match (action, room) {
+        (Action::DismissRoom, Room::Numeric(_)) => "DismissRoom",
+        (Action::DismissRoom, Room::Str(_)) => "DismissRoomByStrRoomId",
+        (Action::RemoveUser, Room::Numeric(_)) => "RemoveUser",
+        (Action::RemoveUser, Room::Str(_)) => "RemoveUserByStrRoomId",
+    }
+}
+
+/// The JSON body for a target: numeric rooms as JSON integers, string rooms as
+/// JSON strings, exactly as each action's parameter types require.
+pub fn request_body(sdk_app_id: u64, target: &Target) -> Vec<u8> {
+    let room = match &target.room {
+        Room::Numeric(n) => serde_json::Value::from(*n),
+        Room::Str(s) => serde_json::Value::from(s.as_str()),
+    };
+    let mut body = serde_json::json!({ "SdkAppId": sdk_app_id, "RoomId": room });
+    if target.action == Action::RemoveUser {
+        let users: Vec<&str> = target.users.iter().map(|u| u.as_str()).collect();
+        body["UserIds"] = serde_json::json!(users);
+    }
+    serde_json::to_vec(&body).expect("a JSON value always serializes")
+}
+
+fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(msg);
+    mac.finalize().into_bytes().to_vec()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// The inputs of a TC3-HMAC-SHA256 signature for a `POST /` request.
+#[derive(Debug, Clone)]
+pub struct Tc3Input<'a> {
+    pub host: &'a str,
+    pub service: &'a str,
+    pub content_type: &'a str,
+    /// `Some(action)` also signs the `x-tc-action` header (its value lower-cased).
+    pub signed_action: Option<&'a str>,
+    pub timestamp: i64,
+    pub body: &'a [u8],
+}
+
+impl Tc3Input<'_> {
+    pub fn signed_headers(&self) -> &'static str {
+        if self.signed_action.is_some() {
+            "content-type;host;x-tc-action"
+        } else {
+            "content-type;host"
+        }
+    }
+
+    pub fn canonical_request(&self) -> String {
+        let mut headers = format!(
+            "content-type:{}\nhost:{}\n",
+            self.content_type.trim(),
+            self.host.trim()
+        );
+        if let Some(action) = self.signed_action {
+            headers.push_str(&format!("x-tc-action:{}\n", action.trim().to_lowercase()));
+        }
+        format!(
+            "POST\n/\n\n{headers}\n{}\n{}",
+            self.signed_headers(),
+            sha256_hex(self.body)
+        )
+    }
+
+    /// UTC date of the timestamp, as the credential scope wants it.
+    pub fn date(&self) -> String {
+        DateTime::<Utc>::from_timestamp(self.timestamp, 0)
+            .unwrap_or_default()
+            .format("%Y-%m-%d")
+            .to_string()
+    }
+
+    pub fn credential_scope(&self) -> String {
+        format!("{}/{}/tc3_request", self.date(), self.service)
+    }
+
+    pub fn string_to_sign(&self) -> String {
+        format!(
+            "TC3-HMAC-SHA256\n{}\n{}\n{}",
+            self.timestamp,
+            self.credential_scope(),
+            sha256_hex(self.canonical_request().as_bytes())
+        )
+    }
+}
+
+/// `kSigning` of the key chain: HMAC("TC3"+key, date) → service → "tc3_request".
+pub fn signing_key(secret_key: &str, date: &str, service: &str) -> Vec<u8> {
+    let k_date = hmac(format!("TC3{secret_key}").as_bytes(), date.as_bytes());
+    let k_service = hmac(&k_date, service.as_bytes());
+    hmac(&k_service, b"tc3_request")
+}
+
+pub fn signature_with_key(k_signing: &[u8], string_to_sign: &str) -> String {
+    hex::encode(hmac(k_signing, string_to_sign.as_bytes()))
+}
+
+pub fn signature(secret_key: &str, input: &Tc3Input<'_>) -> String {
+    let key = signing_key(secret_key, &input.date(), input.service);
+    signature_with_key(&key, &input.string_to_sign())
+}
+
+pub fn authorization(secret_id: &str, secret_key: &str, input: &Tc3Input<'_>) -> String {
+    format!(
+        "TC3-HMAC-SHA256 Credential={secret_id}/{}, SignedHeaders={}, Signature={}",
+        input.credential_scope(),
+        input.signed_headers(),
+        signature(secret_key, input)
+    )
+}
+
+/// A parsed `Authorization` header, for the sandbox's verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedAuthorization {
+    pub secret_id: String,
+    pub date: String,
+    pub service: String,
+    pub signed_headers: String,
+    pub signature: String,
+}
+
+pub fn parse_authorization(header: &str) -> Option<ParsedAuthorization> {
+    let rest = header.strip_prefix("TC3-HMAC-SHA256 ")?;
+    let mut credential = None;
+    let mut signed_headers = None;
+    let mut signature = None;
+    for part in rest.split(", ") {
+        let (key, value) = part.split_once('=')?;
+        match key {
+            "Credential" => credential = Some(value),
+            "SignedHeaders" => signed_headers = Some(value),
+            "Signature" => signature = Some(value),
+            _ => return None,
+        }
+    }
+    let mut scope = credential?.split('/');
+    let secret_id = scope.next()?.to_string();
+    let date = scope.next()?.to_string();
+    let service = scope.next()?.to_string();
+    if scope.next()? != "tc3_request" || scope.next().is_some() {
+        return None;
+    }
+    Some(ParsedAuthorization {
+        secret_id,
+        date,
+        service,
+        signed_headers: signed_headers?.to_string(),
+        signature: signature?.to_string(),
+    })
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "Response")]
+    response: ResponseBody,
+}
+
+#[derive(Deserialize)]
+struct ResponseBody {
+    #[serde(rename = "RequestId")]
+    request_id: Option<String>,
+    #[serde(rename = "Error")]
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(rename = "Code")]
+    code: String,
+    #[serde(rename = "Message", default)]
+    message: String,
+}
+
+/// Sorts an API error code into what to do next.
+pub fn classify_code(code: &str, message: &str) -> Classified {
+    let code_s = code.to_string();
+    let message_s = message.to_string();
+    let room_gone = code == "FailedOperation.RoomNotExist"
+        || (code == "InvalidParameterValue.RoomId"
+            && message.to_ascii_lowercase().contains("not exist"));
+    if room_gone {
+        return Classified::AlreadyEnded {
+            code: code_s,
+            message: message_s,
+        };
+    }
+    let retryable = code.starts_with("RequestLimitExceeded")
+        || code.starts_with("InternalError")
+        || code == "AuthFailure.SignatureExpire"
+        || code == "ServiceUnavailable"
+        || code == "ResourceUnavailable"
+        || code == "FailedOperation.RestrictedFrequency";
+    if retryable {
+        Classified::Retryable {
+            code: code_s,
+            message: message_s,
+            wait: None,
+        }
+    } else {
+        // AuthFailure.*, InvalidParameter*, MissingParameter*,
+        // UnauthorizedOperation*, UnsupportedRegion, and anything not known
+        // to be transient: retrying cannot help and would burn quota.
+        Classified::Fatal {
+            code: code_s,
+            message: message_s,
+        }
+    }
+}
+
+/// Classifies an HTTP answer. TRTC answers 200 whenever its gateway processed
+/// the request, errors included; the outcome is in the body.
+pub fn classify_response(status: u16, body: &[u8]) -> (Classified, Option<String>) {
+    if status != 200 {
+        let message = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        let code = format!("HTTP{status}");
+        let classified = if status >= 500 || status == 408 || status == 429 {
+            Classified::Retryable {
+                code,
+                message,
+                wait: None,
+            }
+        } else {
+            Classified::Fatal { code, message }
+        };
+        return (classified, None);
+    }
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(Envelope { response }) => match response.error {
+            None => (Classified::Success, response.request_id),
+            Some(err) => (classify_code(&err.code, &err.message), response.request_id),
+        },
+        // A 200 that is not TRTC's envelope (a proxy page, a truncated body):
+        // the request may or may not have run; both actions are idempotent in
+        // effect, so asking again is safe.
+        Err(e) => (
+            Classified::Retryable {
+                code: "MalformedResponse".into(),
+                message: format!("response is not a TRTC envelope: {e}"),
+                wait: None,
+            },
+            None,
+        ),
+    }
+}
+
+/// A configured TRTC account, ready to sign and send.
+#[derive(Debug, Clone)]
+pub struct TrtcClient {
+    pub(crate) http: reqwest::Client,
+    pub(crate) url: reqwest::Url,
+    /// The `Host` header reqwest sends for `url` (port included when
+    /// non-default); the signature covers it, so the two must agree.
+    pub(crate) host: String,
+    pub(crate) sdk_app_id: u64,
+    pub(crate) region: String,
+    pub(crate) secret_id: String,
+    pub(crate) secret_key: Secret,
+    /// The whole request, answer included, must finish within this.
+    pub(crate) timeout: Duration,
+}
+
+impl TrtcClient {
+    pub fn new(
+        http: reqwest::Client,
+        settings: &crate::config::TrtcSettings,
+        timeout: Duration,
+    ) -> Result<TrtcClient, String> {
+        let endpoint = settings.endpoint.as_str();
+        let url = reqwest::Url::parse(endpoint).map_err(|e| format!("endpoint {endpoint:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("endpoint {endpoint:?} must be http or https"));
+        }
+        let host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => return Err(format!("endpoint {endpoint:?} has no host")),
+        };
+        Ok(TrtcClient {
+            http,
+            url,
+            host,
+            sdk_app_id: settings.sdk_app_id,
+            region: settings.region.clone(),
+            secret_id: settings.secret_id.clone(),
+            secret_key: settings.secret_key.clone(),
+            timeout,
+        })
+    }
+
+    pub fn sdk_app_id(&self) -> u64 {
+        self.sdk_app_id
+    }
+
+    /// Sends one signed request. Every call signs afresh with the current
+    /// time, so a retry after `AuthFailure.SignatureExpire` carries a new stamp.
+    pub async fn call(&self, target: &Target) -> CallReport {
+        let action = api_action(target.action, &target.room);
+        let body = request_body(self.sdk_app_id, target);
+        let timestamp = Utc::now().timestamp();
+        let input = Tc3Input {
+            host: &self.host,
+            service: SERVICE,
+            content_type: CONTENT_TYPE,
+            signed_action: None,
+            timestamp,
+            body: &body,
+        };
+        let auth = authorization(&self.secret_id, self.secret_key.expose(), &input);
+        let started = StdInstant::now();
+        let result = self
+            .http
+            .post(self.url.clone())
+            .timeout(self.timeout)
+            .header("Content-Type", CONTENT_TYPE)
+            .header("X-TC-Action", action)
+            .header("X-TC-Version", VERSION)
+            .header("X-TC-Timestamp", timestamp.to_string())
+            .header("X-TC-Region", &self.region)
+            .header("X-TC-Language", "en-US")
+            .header("Authorization", auth)
+            .body(body)
+            .send()
+            .await;
+        let (classified, http_status, provider_request_id) = match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Ok(bytes) => {
+                        let (classified, request_id) = classify_response(status, &bytes);
+                        (classified, Some(status), request_id)
+                    }
+                    Err(e) => (transport_error(&e), Some(status), None),
+                }
+            }
+            Err(e) => (transport_error(&e), None, None),
+        };
+        CallReport {
+            classified,
+            http_status,
+            provider_request_id,
+            latency: started.elapsed(),
+        }
+    }
+}
+
+/// Timeouts and connection failures: the request may not have arrived, or
+/// arrived and its answer was lost. Both actions are idempotent in effect.
+pub(crate) fn transport_error(e: &reqwest::Error) -> Classified {
+    let code = if e.is_timeout() {
+        "Timeout"
+    } else if e.is_connect() {
+        "ConnectionError"
+    } else {
+        "TransportError"
+    };
+    Classified::Retryable {
+        code: code.into(),
+        message: error_chain(e),
+        wait: None,
+    }
+}
+
+/// The error and its causes on one line. reqwest errors name the URL, which
+/// carries no secret for either provider.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// How far a request's timestamp may be from the server's clock.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::UserId;
+
+    const ID: &str = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE";
+    const KEY: &str = "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE";
+    const VECTOR_A_BODY: &str = r#"{"Limit": 1, "Filters": [{"Values": ["\u672a\u547d\u540d"], "Name": "instance-name"}]}"#;
+
+    fn vector_a(signed_action: Option<&'static str>) -> Tc3Input<'static> {
+        Tc3Input {
+            host: "cvm.tencentcloudapi.com",
+            service: "cvm",
+            content_type: "application/json; charset=utf-8",
+            signed_action,
+            timestamp: 1551113065,
+            body: VECTOR_A_BODY.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn vector_a_official_doc_example() {
+        let input = vector_a(None);
+        assert_eq!(VECTOR_A_BODY.len(), 86);
+        assert_eq!(
+            sha256_hex(input.body),
+            "35e9c5b0e3ae67532d3c9f17ead6c90222632e5b1ff7f6e89887f1398934f064"
+        );
+        assert_eq!(
+            sha256_hex(input.canonical_request().as_bytes()),
+            "5ffe6a04c0664d6b969fab9a13bdab201d63ee709638e2749d62a09ca18d7031"
+        );
+        let k_date = hmac(format!("TC3{KEY}").as_bytes(), b"2019-02-25");
+        assert_eq!(
+            hex::encode(&k_date),
+            "d1308c81fe71cfd4e06437bbc067b2b8a3d2d8c0e375d547f15c41d5214b395a"
+        );
+        assert_eq!(
+            hex::encode(signing_key(KEY, "2019-02-25", "cvm")),
+            "ac658d5dde49e9bfdd14e04e062f66b05d9f637d44b8a8d845327d4a77f666b1"
+        );
+        assert_eq!(
+            signature(KEY, &input),
+            "72e494ea809ad7a8c8f7a4507b9bddcbaa8e581f516e8da2f66e2c5a96525168"
+        );
+    }
+
+    #[test]
+    fn vector_a_with_signed_action_header() {
+        let input = vector_a(Some("DescribeInstances"));
+        assert_eq!(
+            sha256_hex(input.canonical_request().as_bytes()),
+            "7019a55be8395899b900fb5564e4200d984910f34794a27cb3fb7d10ff6a1e84"
+        );
+        assert_eq!(
+            signature(KEY, &input),
+            "644be983de9a8a3f00db8eadaba61467c3b429e2215758ba897b738ca469fd26"
+        );
+    }
+
+    #[test]
+    fn vector_b_masked_key() {
+        assert_eq!(
+            signature("Gu5t9xGARNpq86cd98joQYCN3*******", &vector_a(None)),
+            "2230eefd229f582d8b1b891af7107b91597240707d778ab3738f756258d7652c"
+        );
+    }
+
+    #[test]
+    fn vector_c_from_published_key_chain() {
+        let secret_date =
+            hex::decode("da98fb70dcf6b112dc21038d1eeeb3a95c74b4dcb12c1131f864f6066bd02be0").unwrap();
+        let secret_service = hmac(&secret_date, b"cvm");
+        assert_eq!(
+            hex::encode(&secret_service),
+            "8d70cbefb03939f929db64d32dc2ba89b1095620119fe3e050e2b18c5bd2752f"
+        );
+        let secret_signing = hmac(&secret_service, b"tc3_request");
+        assert_eq!(
+            hex::encode(&secret_signing),
+            "b596b923aad85185e2d1f6659d2a062e0a86731226e021e61bfe06f7ed05f5af"
+        );
+        let input = vector_a(Some("DescribeInstances"));
+        assert_eq!(
+            signature_with_key(&secret_signing, &input.string_to_sign()),
+            "10b1a37a7301a02ca19a647ad722d5e43b4b3cff309d421d85b46093f6ab6c4f"
+        );
+    }
+
+    fn vector_d(body: &'static str) -> Tc3Input<'static> {
+        Tc3Input {
+            host: "trtc.tencentcloudapi.com",
+            service: SERVICE,
+            content_type: CONTENT_TYPE,
+            signed_action: None,
+            timestamp: 1700000000,
+            body: body.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn vector_d_all_four_trtc_actions() {
+        let cases = [
+            (
+                r#"{"SdkAppId": 1400000001, "RoomId": 1234}"#,
+                "3e3dfac1ce910512ec853f2a18e78d4f2d28a7c9f55fd516735897dcf68a7442",
+                "3e269aaa1b6b9cd58434ca2a19d723c0e188cdbbd12b1c1f85c6a514bee816d9",
+            ),
+            (
+                r#"{"SdkAppId": 1400000001, "RoomId": "abcd"}"#,
+                "99c4bc8353c01399e43c051dcd92e6c6012fba061a342ee916f48f4df2c6b7f4",
+                "b2d786e89baa52edd57f65208eb62240a22bade195621e10866dcae688f31647",
+            ),
+            (
+                r#"{"SdkAppId": 1400000001, "RoomId": 1234, "UserIds": ["test1", "test2"]}"#,
+                "7d92e62d28350ac68668924c7ac84c3674772d07ad79510e059ccb8788903f05",
+                "5b83adfdcd6c6f0ca880d6114f68e999da8f350b04106b2335bfc54f776f7dd2",
+            ),
+            (
+                r#"{"SdkAppId": 1400000001, "RoomId": "abcd", "UserIds": ["test1", "test2"]}"#,
+                "e67a68fa26c4608168385aaa400f74fb320cbbb23403ed877bd87f46910a76fe",
+                "c8dc9729d905e90314c57c0a6d4c30d300d7b01736e50f443adb6577d1609df6",
+            ),
+        ];
+        for (body, body_hash, sig) in cases {
+            let input = vector_d(body);
+            assert_eq!(sha256_hex(input.body), body_hash, "{body}");
+            assert_eq!(signature(KEY, &input), sig, "{body}");
+        }
+    }
+
+    #[test]
+    fn vector_d_dismiss_room_intermediates_and_header() {
+        let input = vector_d(r#"{"SdkAppId": 1400000001, "RoomId": 1234}"#);
+        assert_eq!(
+            sha256_hex(input.canonical_request().as_bytes()),
+            "63cf47bd04cf4d944cc06e811cba8987fbc78ff945f3b5080bad9e7229d13919"
+        );
+        assert_eq!(
+            hex::encode(signing_key(KEY, "2023-11-14", SERVICE)),
+            "09766dff1776df83023bbd3e26e7584c49abca6bec5c14d6aabc1f16fd405de4"
+        );
+        assert_eq!(
+            authorization(ID, KEY, &input),
+            "TC3-HMAC-SHA256 Credential=AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE/2023-11-14/trtc/tc3_request, SignedHeaders=content-type;host, Signature=3e269aaa1b6b9cd58434ca2a19d723c0e188cdbbd12b1c1f85c6a514bee816d9"
+        );
+        let with_action = Tc3Input {
+            signed_action: Some("DismissRoom"),
+            ..input
+        };
+        assert_eq!(
+            sha256_hex(with_action.canonical_request().as_bytes()),
+            "f56c4a8939f23893221f193b7311b4f85c37b2586fe095b8f848e4609a107ee9"
+        );
+        assert_eq!(
+            signature(KEY, &with_action),
+            "5392d76b709a51daa3c73676da7860e7572e1d35fb0e052139a5c6a7ce8e67cd"
+        );
+    }
+
+    #[test]
+    fn authorization_header_parses_back() {
+        let input = vector_d(r#"{"SdkAppId": 1400000001, "RoomId": 1234}"#);
+        let parsed = parse_authorization(&authorization(ID, KEY, &input)).unwrap();
+        assert_eq!(parsed.secret_id, ID);
+        assert_eq!(parsed.date, "2023-11-14");
+        assert_eq!(parsed.service, "trtc");
+        assert_eq!(parsed.signed_headers, "content-type;host");
+        assert!(parse_authorization("Bearer x").is_none());
+        assert!(parse_authorization("TC3-HMAC-SHA256 Credential=a/b/c/d").is_none());
+    }
+
+    #[test]
+    fn bodies_carry_the_parameter_types_each_action_requires() {
+        let numeric = Target {
+            action: Action::RemoveUser,
+            room: Room::Numeric(1234),
+            users: vec![UserId::parse("a").unwrap()],
+        };
+        let v: serde_json::Value = serde_json::from_slice(&request_body(1400000001, &numeric)).unwrap();
+        assert_eq!(v["RoomId"], serde_json::json!(1234));
+        assert_eq!(v["UserIds"], serde_json::json!(["a"]));
+        assert_eq!(api_action(numeric.action, &numeric.room), "RemoveUser");
+        let string = Target {
+            action: Action::DismissRoom,
+            room: Room::Str("1234".into()),
+            users: vec![],
+        };
+        let v: serde_json::Value = serde_json::from_slice(&request_body(1400000001, &string)).unwrap();
+        assert_eq!(v["RoomId"], serde_json::json!("1234"));
+        assert!(v.get("UserIds").is_none());
+        assert_eq!(api_action(string.action, &string.room), "DismissRoomByStrRoomId");
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        let ok = br#"{"Response":{"RequestId":"r-1"}}"#;
+        assert_eq!(classify_response(200, ok), (Classified::Success, Some("r-1".into())));
+        let err = |code: &str, msg: &str| {
+            format!(r#"{{"Response":{{"Error":{{"Code":"{code}","Message":"{msg}"}},"RequestId":"r-2"}}}}"#)
+        };
+        let outcome = |code: &str, msg: &str| classify_response(200, err(code, msg).as_bytes()).0.outcome();
+        assert_eq!(outcome("FailedOperation.RoomNotExist", "room not exist"), "already_ended");
+        assert_eq!(outcome("InvalidParameterValue.RoomId", "RoomId not exist"), "already_ended");
+        assert_eq!(outcome("InvalidParameterValue.RoomId", "RoomId is invalid"), "fatal");
+        assert_eq!(outcome("RequestLimitExceeded", "slow down"), "retryable");
+        assert_eq!(outcome("RequestLimitExceeded.UinLimitExceeded", ""), "retryable");
+        assert_eq!(outcome("InternalError.GetRoomCacheIpError", ""), "retryable");
+        assert_eq!(outcome("AuthFailure.SignatureExpire", ""), "retryable");
+        assert_eq!(outcome("AuthFailure.SignatureFailure", ""), "fatal");
+        assert_eq!(outcome("AuthFailure.SecretIdNotFound", ""), "fatal");
+        assert_eq!(outcome("InvalidParameter.UserIds", ""), "fatal");
+        assert_eq!(outcome("MissingParameter.RoomId", ""), "fatal");
+        assert_eq!(outcome("UnauthorizedOperation.SdkAppId", ""), "fatal");
+        assert_eq!(classify_response(502, b"bad gateway").0.outcome(), "retryable");
+        assert_eq!(classify_response(404, b"no").0.outcome(), "fatal");
+        assert_eq!(classify_response(200, b"<html>").0.outcome(), "retryable");
+    }
+}

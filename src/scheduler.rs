@@ -1,0 +1,239 @@
+//! The scheduler: owns "what is due next".
+//!
+//! It keeps no list of sessions. Each turn it asks the store for the earliest
+//! deadline (one lookup in the `sessions_due` index), sleeps until then or
+//! until the database changes, and claims what is due, most overdue first, in
+//! batches no larger than enforcement has room for. Memory does not grow with
+//! the number of sessions waiting.
+//!
+//! It also adopts rows that another program inserted with plain SQL: fills in
+//! the provider and, if missing, the deadline from the policy, or rejects the
+//! row with the reason.
+//!
+//! Invariant: a session is claimed only when `now >= deadline` by the
+//! injected clock, so nothing is ever enforced early.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::domain::{Action, Instant, Room, RoomKind, UserId};
+use crate::enforce::Claimed;
+use crate::store::{SessionRecord, Store, StoreError};
+
+/// Most sessions claimed in one statement.
+pub const CLAIM_BATCH: u32 = 256;
+/// How often another connection's commits are looked for.
+pub const CHANGE_POLL: Duration = Duration::from_millis(50);
+
+pub struct Scheduler {
+    store: Store,
+    clock: Clock,
+    config: Arc<Config>,
+    /// Sessions claimed and not yet settled; the scheduler claims only as many
+    /// as it can take permits for.
+    capacity: Arc<Semaphore>,
+    changed: Arc<Notify>,
+    out: mpsc::UnboundedSender<Claimed>,
+}
+
+impl Scheduler {
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        config: Arc<Config>,
+        capacity: Arc<Semaphore>,
+        changed: Arc<Notify>,
+        out: mpsc::UnboundedSender<Claimed>,
+    ) -> Scheduler {
+        Scheduler {
+            store,
+            clock,
+            config,
+            capacity,
+            changed,
+            out,
+        }
+    }
+
+    /// Runs until `shutdown`. Database errors are logged and retried: a locked
+    /// or full database delays enforcement, it does not stop the daemon.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.turn(&shutdown).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "scheduler cannot read the queue");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// One step: adopt new rows, then either claim what is due or sleep.
+    async fn turn(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        self.adopt_new_rows().await?;
+        let next = self.store.next_deadline().await?;
+        let now = self.clock.now();
+        match next {
+            Some(deadline) if deadline <= now => self.claim(now, shutdown).await,
+            Some(deadline) => {
+                tokio::select! {
+                    () = self.clock.sleep_until(deadline) => {}
+                    () = self.changed.notified() => {}
+                    () = shutdown.cancelled() => {}
+                }
+                Ok(())
+            }
+            None => {
+                tokio::select! {
+                    () = self.changed.notified() => {}
+                    () = shutdown.cancelled() => {}
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn claim(&self, now: Instant, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        let first = tokio::select! {
+            permit = Arc::clone(&self.capacity).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return Ok(()),
+            },
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let mut permit = first;
+        let more = (self.capacity.available_permits() as u32).min(CLAIM_BATCH - 1);
+        if more > 0 {
+            if let Ok(extra) = Arc::clone(&self.capacity).try_acquire_many_owned(more) {
+                permit.merge(extra);
+            }
+        }
+        let claimed = self.store.claim_due(now, permit.num_permits() as u32).await?;
+        let mut sessions = Vec::with_capacity(claimed.len());
+        for result in claimed {
+            match result {
+                Ok(s) => sessions.push(s),
+                Err((id, reason)) => {
+                    tracing::error!(session = %id, %reason, "malformed session row; marked failed");
+                    self.store.reject(&id, &reason, now).await?;
+                }
+            }
+        }
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let Some(permit) = permit.split(sessions.len()) else {
+            unreachable!("claimed no more sessions than permits held");
+        };
+        if self.out.send(Claimed { sessions, permit }).is_err() {
+            // Enforcement has stopped (shutdown); the claimed sessions are
+            // re-queued at the next start.
+            tracing::warn!("enforcement is gone; claimed sessions wait for the next start");
+        }
+        Ok(())
+    }
+
+    async fn adopt_new_rows(&self) -> Result<(), StoreError> {
+        loop {
+            let rows = self.store.unadopted(CLAIM_BATCH).await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let now = self.clock.now();
+            for row in rows {
+                match adoption(&self.config, &row.record) {
+                    Ok((provider, deadline)) => {
+                        self.store.adopt(&row.record.id, &provider, deadline, now).await?;
+                        tracing::info!(session = %row.record.id, %deadline, "adopted a session inserted with SQL");
+                    }
+                    Err(reason) => {
+                        tracing::warn!(session = %row.record.id, %reason, "refused a session inserted with SQL");
+                        self.store.reject(&row.record.id, &reason, now).await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decides how a plain-SQL row is scheduled: its provider and deadline, or
+/// why it cannot be.
+pub fn adoption(config: &Config, r: &SessionRecord) -> Result<(String, Instant), String> {
+    let policy = config
+        .policy(&r.policy)
+        .ok_or_else(|| format!("unknown policy {:?}", r.policy))?;
+    if let Some(provider) = &r.provider {
+        if provider != &policy.provider {
+            return Err(format!(
+                "provider {provider:?} does not match policy {:?}'s provider {:?}",
+                policy.name, policy.provider
+            ));
+        }
+    }
+    if r.id.parse::<crate::domain::SessionId>().is_err() {
+        return Err(format!("id {:?} is not a UUID", r.id));
+    }
+    let kind: RoomKind = r.room_kind.parse().map_err(|e| format!("{e}"))?;
+    Room::parse(kind, &r.room_id).map_err(|e| e.to_string())?;
+    let user = r
+        .user_id
+        .as_deref()
+        .map(UserId::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    if policy.action == Action::RemoveUser && user.is_none() {
+        return Err(format!("policy {:?} removes a user, and the row has no user_id", policy.name));
+    }
+    let started = Instant::parse(&r.started_at).map_err(|e| e.to_string())?;
+    let deadline = match &r.deadline {
+        Some(d) => Instant::parse(d).map_err(|e| e.to_string())?,
+        None => started.saturating_add(policy.max_duration),
+    };
+    Ok((policy.provider.clone(), deadline))
+}
+
+/// Polls `PRAGMA data_version` and wakes the scheduler when anything
+/// committed: the CLI, another program's SQL, or this daemon's own writes.
+pub async fn watch_changes(store: Store, changed: Arc<Notify>, shutdown: CancellationToken) {
+    let mut watcher = match store.change_watcher().await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the database for changes; relying on deadlines alone");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(CHANGE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match watcher.changed().await {
+            Ok(true) => changed.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the database's change counter"),
+        }
+    }
+}
+
+/// Policy name → what it does, for enforcement.
+pub fn policy_actions(config: &Config) -> HashMap<String, Action> {
+    config
+        .policies
+        .values()
+        .map(|p| (p.name.clone(), p.action))
+        .collect()
+}

@@ -1,0 +1,791 @@
+//! The SQLite store: the only module that holds SQL.
+//!
+//! It owns the database file, its pragmas (WAL, `synchronous=FULL`,
+//! `busy_timeout`), the embedded migrations, and every query the daemon and the
+//! CLI make. The `sessions` table *is* the scheduler's queue (the partial index
+//! `sessions_due` orders active sessions by deadline); nothing else keeps a
+//! copy of it. All writes go through one connection, and every write
+//! transaction starts with a write statement, so SQLite takes the write lock
+//! up front and waits (`busy_timeout`) rather than failing when the CLI or
+//! another program writes at the same moment.
+//!
+//! A PostgreSQL back-end would be a second implementation of this module's
+//! public methods; nothing outside it names a table.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
+
+use crate::domain::{DomainError, Instant, Room, RoomKind, SessionId, SessionState, UserId};
+
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database {path}: migration failed: {source}")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("no session {0}")]
+    NotFound(SessionId),
+    #[error("session {id} is {state}; only an active session can be {verb}")]
+    NotActive {
+        id: SessionId,
+        state: String,
+        verb: &'static str,
+    },
+    #[error("session {id} in the database is malformed: {reason}")]
+    Malformed { id: String, reason: String },
+}
+
+/// A session ready for scheduling: adopted, typed, valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    pub policy: String,
+    pub provider: String,
+    pub room: Room,
+    pub user: Option<UserId>,
+    pub started_at: Instant,
+    pub deadline: Instant,
+    pub state: SessionState,
+    pub attempts: u32,
+}
+
+/// A session row as stored, for listing: shown even when malformed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub policy: String,
+    pub provider: Option<String>,
+    pub room_id: String,
+    pub room_kind: String,
+    pub user_id: Option<String>,
+    pub started_at: String,
+    pub deadline: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub extended_ms: i64,
+    pub detail: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl SessionRecord {
+    fn from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
+        Ok(SessionRecord {
+            id: row.try_get("id")?,
+            policy: row.try_get("policy")?,
+            provider: row.try_get("provider")?,
+            room_id: row.try_get("room_id")?,
+            room_kind: row.try_get("room_kind")?,
+            user_id: row.try_get("user_id")?,
+            started_at: row.try_get("started_at")?,
+            deadline: row.try_get("deadline")?,
+            state: row.try_get("state")?,
+            attempts: row.try_get("attempts")?,
+            extended_ms: row.try_get("extended_ms")?,
+            detail: row.try_get("detail")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    /// Parses the stored text into a schedulable session.
+    pub fn to_session(&self) -> Result<Session, StoreError> {
+        let malformed = |reason: String| StoreError::Malformed {
+            id: self.id.clone(),
+            reason,
+        };
+        let e = |e: DomainError| malformed(e.to_string());
+        let kind = RoomKind::from_str(&self.room_kind).map_err(e)?;
+        Ok(Session {
+            id: self.id.parse().map_err(e)?,
+            policy: self.policy.clone(),
+            provider: self
+                .provider
+                .clone()
+                .ok_or_else(|| malformed("no provider".into()))?,
+            room: Room::parse(kind, &self.room_id).map_err(e)?,
+            user: self.user_id.as_deref().map(UserId::parse).transpose().map_err(e)?,
+            started_at: Instant::parse(&self.started_at).map_err(e)?,
+            deadline: Instant::parse(
+                self.deadline
+                    .as_deref()
+                    .ok_or_else(|| malformed("no deadline".into()))?,
+            )
+            .map_err(e)?,
+            state: self.state.parse().map_err(e)?,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+        })
+    }
+}
+
+/// A session to register.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: SessionId,
+    pub policy: String,
+    pub provider: String,
+    pub room: Room,
+    pub user: Option<UserId>,
+    pub started_at: Instant,
+    pub deadline: Instant,
+}
+
+/// One row to append to the audit log. Fields left `None` stay NULL.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEntry {
+    pub session_id: Option<SessionId>,
+    pub event: &'static str,
+    pub provider: Option<String>,
+    pub action: Option<String>,
+    pub attempt: Option<u32>,
+    pub outcome: Option<&'static str>,
+    pub http_status: Option<u16>,
+    pub provider_request_id: Option<String>,
+    pub error_code: Option<String>,
+    pub detail: Option<String>,
+    pub latency_ms: Option<i64>,
+    pub lateness_ms: Option<i64>,
+}
+
+impl AuditEntry {
+    pub fn new(event: &'static str, session_id: SessionId) -> AuditEntry {
+        AuditEntry {
+            event,
+            session_id: Some(session_id),
+            ..AuditEntry::default()
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> AuditEntry {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// An audit row as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: String,
+    pub session_id: Option<String>,
+    pub event: String,
+    pub provider: Option<String>,
+    pub action: Option<String>,
+    pub attempt: Option<i64>,
+    pub outcome: Option<String>,
+    pub http_status: Option<i64>,
+    pub provider_request_id: Option<String>,
+    pub error_code: Option<String>,
+    pub detail: Option<String>,
+    pub latency_ms: Option<i64>,
+    pub lateness_ms: Option<i64>,
+}
+
+/// Which audit rows to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub session: Option<SessionId>,
+    pub since: Option<Instant>,
+    /// Only rows with one of these events; empty means all.
+    pub events: Vec<String>,
+    /// At most this many rows, the newest ones (still printed oldest first).
+    pub limit: Option<u32>,
+}
+
+/// A session row inserted with plain SQL, before the daemon fills it in.
+#[derive(Debug, Clone)]
+pub struct Unadopted {
+    pub record: SessionRecord,
+}
+
+/// Counts of sessions per state, for progress displays and summaries.
+pub type StateCounts = Vec<(String, i64)>;
+
+/// Handle on the database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+    /// The single writer connection: SQLite takes one writer at a time anyway,
+    /// and one connection makes that explicit and keeps writes in order.
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
+     state, attempts, extended_ms, detail, created_at, updated_at";
+
+impl Store {
+    fn options(path: &Path) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed enforcement survives power loss, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+    }
+
+    /// Opens (creating if missing) and migrates the database.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                source: sqlx::Error::Io(e),
+            })?;
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(Self::options(path))
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("./migrations")
+            .run(&writer)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(Self::options(path))
+            .await
+            .map_err(open_err)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            writer,
+            readers,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    /// A connection of its own for watching `PRAGMA data_version`.
+    pub async fn change_watcher(&self) -> Result<ChangeWatcher, StoreError> {
+        let mut conn = SqliteConnection::connect_with(&Self::options(&self.path)).await?;
+        let version = data_version(&mut conn).await?;
+        Ok(ChangeWatcher { conn, version })
+    }
+
+    // ---- registration and changes -------------------------------------------
+
+    /// Registers sessions, each with a `registered` audit row, all or nothing.
+    pub async fn insert_sessions(&self, sessions: &[NewSession], now: Instant, detail: &str) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        for s in sessions {
+            sqlx::query(
+                "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
+                 state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
+            )
+            .bind(s.id.to_string())
+            .bind(&s.policy)
+            .bind(&s.provider)
+            .bind(s.room.id_text())
+            .bind(s.room.kind().as_str())
+            .bind(s.user.as_ref().map(|u| u.as_str().to_string()))
+            .bind(s.started_at.to_string())
+            .bind(s.deadline.to_string())
+            .bind(now.to_string())
+            .bind(now.to_string())
+            .execute(&mut *tx)
+            .await?;
+            let entry = AuditEntry {
+                provider: Some(s.provider.clone()),
+                ..AuditEntry::new("registered", s.id).detail(format!(
+                    "policy {} room {} {}deadline {}; {detail}",
+                    s.policy,
+                    s.room,
+                    s.user.as_ref().map(|u| format!("user {u} ")).unwrap_or_default(),
+                    s.deadline
+                ))
+            };
+            insert_audit(&mut tx, &entry, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Cancels enforcement of an active session: the call ended by itself.
+    pub async fn end_session(&self, id: SessionId, now: Instant, detail: &str) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET state = 'cancelled', updated_at = ? WHERE id = ? AND state = 'active'",
+        )
+        .bind(now.to_string())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(self.why_not_active(&mut tx, id, "ended").await);
+        }
+        insert_audit(&mut tx, &AuditEntry::new("cancelled", id).detail(detail), now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves an active session's deadline later by `by`; returns the new deadline.
+    pub async fn extend_session(&self, id: SessionId, by: Duration, now: Instant) -> Result<Instant, StoreError> {
+        let by_ms = crate::domain::duration_millis_ceil(by);
+        let mut tx = self.writer.begin().await?;
+        // strftime keeps the canonical text form; julianday arithmetic in days.
+        let row = sqlx::query(
+            "UPDATE sessions SET deadline = strftime('%Y-%m-%dT%H:%M:%fZ', julianday(deadline) + ? / 86400000.0), \
+             extended_ms = extended_ms + ?, updated_at = ? WHERE id = ? AND state = 'active' AND deadline IS NOT NULL \
+             RETURNING deadline",
+        )
+        .bind(by_ms)
+        .bind(by_ms)
+        .bind(now.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(self.why_not_active(&mut tx, id, "extended").await);
+        };
+        let deadline_text: String = row.try_get("deadline")?;
+        let deadline = Instant::parse(&deadline_text).map_err(|e| StoreError::Malformed {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })?;
+        insert_audit(
+            &mut tx,
+            &AuditEntry::new("extended", id).detail(format!(
+                "by {}; deadline now {deadline}",
+                humantime::format_duration(by)
+            )),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(deadline)
+    }
+
+    async fn why_not_active(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        id: SessionId,
+        verb: &'static str,
+    ) -> StoreError {
+        match sqlx::query("SELECT state FROM sessions WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+        {
+            Ok(Some(row)) => StoreError::NotActive {
+                id,
+                state: row.try_get("state").unwrap_or_default(),
+                verb,
+            },
+            Ok(None) => StoreError::NotFound(id),
+            Err(e) => StoreError::Sql(e),
+        }
+    }
+
+    // ---- reading --------------------------------------------------------------
+
+    pub async fn session(&self, id: SessionId) -> Result<SessionRecord, StoreError> {
+        let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.readers)
+            .await?
+            .ok_or(StoreError::NotFound(id))?;
+        Ok(SessionRecord::from_row(&row)?)
+    }
+
+    pub async fn list_sessions(&self, state: Option<SessionState>, limit: u32) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = match state {
+            Some(state) => {
+                sqlx::query(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE state = ? ORDER BY deadline, created_at LIMIT ?"
+                ))
+                .bind(state.as_str())
+                .bind(limit)
+                .fetch_all(&self.readers)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions ORDER BY deadline, created_at LIMIT ?"
+                ))
+                .bind(limit)
+                .fetch_all(&self.readers)
+                .await?
+            }
+        };
+        Ok(rows.iter().map(SessionRecord::from_row).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        let rows = sqlx::query("SELECT state, count(*) AS n FROM sessions GROUP BY state ORDER BY state")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, at, session_id, event, provider, action, attempt, outcome, http_status, \
+             provider_request_id, error_code, detail, latency_ms, lateness_ms FROM audit_log WHERE 1 = 1",
+        );
+        if filter.session.is_some() {
+            sql.push_str(" AND session_id = ?");
+        }
+        if filter.since.is_some() {
+            sql.push_str(" AND at >= ?");
+        }
+        if !filter.events.is_empty() {
+            sql.push_str(&format!(
+                " AND event IN ({})",
+                vec!["?"; filter.events.len()].join(", ")
+            ));
+        }
+        // Newest `limit` rows, then back to oldest first.
+        sql = format!("SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY id");
+        let mut query = sqlx::query(&sql);
+        if let Some(id) = filter.session {
+            query = query.bind(id.to_string());
+        }
+        if let Some(since) = filter.since {
+            query = query.bind(since.to_string());
+        }
+        for event in &filter.events {
+            query = query.bind(event);
+        }
+        query = query.bind(filter.limit.map_or(-1, i64::from));
+        let rows = query.fetch_all(&self.readers).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRecord {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    session_id: r.try_get("session_id")?,
+                    event: r.try_get("event")?,
+                    provider: r.try_get("provider")?,
+                    action: r.try_get("action")?,
+                    attempt: r.try_get("attempt")?,
+                    outcome: r.try_get("outcome")?,
+                    http_status: r.try_get("http_status")?,
+                    provider_request_id: r.try_get("provider_request_id")?,
+                    error_code: r.try_get("error_code")?,
+                    detail: r.try_get("detail")?,
+                    latency_ms: r.try_get("latency_ms")?,
+                    lateness_ms: r.try_get("lateness_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Lateness of the call that settled each session (enforced or
+    /// already_ended), in milliseconds, optionally only for sessions whose
+    /// deadline is at or after `since`.
+    pub async fn settled_lateness_ms(&self) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT lateness_ms FROM audit_log WHERE event IN ('enforced', 'already_ended') \
+             AND lateness_ms IS NOT NULL ORDER BY lateness_ms",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("lateness_ms"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    // ---- the scheduler's queue ----------------------------------------------
+
+    /// Rows inserted with plain SQL that still need a provider or a deadline.
+    pub async fn unadopted(&self, limit: u32) -> Result<Vec<Unadopted>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE state = 'active' \
+             AND (provider IS NULL OR deadline IS NULL) ORDER BY created_at LIMIT ?"
+        ))
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(Unadopted { record: SessionRecord::from_row(r)? }))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Fills in a plain-SQL row and records its registration.
+    pub async fn adopt(&self, id: &str, provider: &str, deadline: Instant, now: Instant) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET provider = ?, deadline = ?, updated_at = ? \
+             WHERE id = ? AND state = 'active' AND (provider IS NULL OR deadline IS NULL)",
+        )
+        .bind(provider)
+        .bind(deadline.to_string())
+        .bind(now.to_string())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            let entry = AuditEntry {
+                session_id: id.parse().ok(),
+                provider: Some(provider.to_string()),
+                event: "registered",
+                detail: Some(format!("inserted with SQL; adopted with deadline {deadline}")),
+                ..AuditEntry::default()
+            };
+            insert_audit(&mut tx, &entry, now).await?;
+        }
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Refuses a row that cannot be scheduled (unknown policy, bad room...):
+    /// it becomes `failed` with the reason, and the audit log says why.
+    pub async fn reject(&self, id: &str, reason: &str, now: Instant) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "UPDATE sessions SET state = 'failed', detail = ?, updated_at = ? WHERE id = ? AND state IN ('active', 'enforcing')",
+        )
+        .bind(reason)
+        .bind(now.to_string())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let entry = AuditEntry {
+            session_id: id.parse().ok(),
+            event: "rejected",
+            detail: Some(format!("session {id}: {reason}")),
+            ..AuditEntry::default()
+        };
+        insert_audit(&mut tx, &entry, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The earliest deadline among adopted active sessions.
+    pub async fn next_deadline(&self) -> Result<Option<Instant>, StoreError> {
+        let row = sqlx::query(
+            "SELECT deadline FROM sessions WHERE state = 'active' AND deadline IS NOT NULL \
+             AND provider IS NOT NULL ORDER BY deadline LIMIT 1",
+        )
+        .fetch_optional(&self.writer)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let text: String = row.try_get("deadline")?;
+                Instant::parse(&text)
+                    .map(Some)
+                    .map_err(|e| StoreError::Malformed {
+                        id: "?".into(),
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Claims up to `limit` due sessions, most overdue first, moving them from
+    /// `active` to `enforcing` in one statement. Rows that fail to parse are
+    /// returned as errors for the caller to reject.
+    pub async fn claim_due(
+        &self,
+        now: Instant,
+        limit: u32,
+    ) -> Result<Vec<Result<Session, (String, String)>>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE sessions SET state = 'enforcing', updated_at = ? WHERE id IN ( \
+               SELECT id FROM sessions WHERE state = 'active' AND deadline <= ? AND provider IS NOT NULL \
+               ORDER BY deadline LIMIT ?) RETURNING {SESSION_COLUMNS}"
+        ))
+        .bind(now.to_string())
+        .bind(now.to_string())
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let record = SessionRecord::from_row(row)?;
+            out.push(record.to_session().map_err(|e| (record.id.clone(), e.to_string())));
+        }
+        // RETURNING has no order; restore deadline order.
+        out.sort_by_key(|r| r.as_ref().map(|s| s.deadline).unwrap_or(Instant::from_millis(i64::MIN)));
+        Ok(out)
+    }
+
+    /// After a crash or stop, puts sessions whose enforcement was under way
+    /// back in the queue; returns how many. Their deadlines have passed, so
+    /// they are the first to be claimed again.
+    pub async fn requeue_interrupted(&self, now: Instant, why: &str) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE sessions SET state = 'active', updated_at = ? WHERE state = 'enforcing' RETURNING id, provider",
+        )
+        .bind(now.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let entry = AuditEntry {
+                session_id: id.parse().ok(),
+                provider: row.try_get("provider")?,
+                event: "recovered",
+                detail: Some(why.to_string()),
+                ..AuditEntry::default()
+            };
+            insert_audit(&mut tx, &entry, now).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// Hands claimed sessions back to the queue (shutdown while they waited).
+    pub async fn release(&self, ids: &[SessionId], now: Instant, why: &str) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        for id in ids {
+            let done = sqlx::query(
+                "UPDATE sessions SET state = 'active', updated_at = ? WHERE id = ? AND state = 'enforcing'",
+            )
+            .bind(now.to_string())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                insert_audit(&mut tx, &AuditEntry::new("interrupted", *id).detail(why), now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- enforcement records ------------------------------------------------
+
+    /// Records that a provider call is about to be made for these sessions:
+    /// their attempt counters go up and each gets an `attempt` row. Written
+    /// (and synced) before the call, so after a crash the log shows a call
+    /// that may have reached the provider.
+    pub async fn record_attempt(&self, ids: &[SessionId], entry: &AuditEntry, now: Instant) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE sessions SET attempts = attempts + 1, updated_at = ? WHERE id = ?")
+                .bind(now.to_string())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            let e = AuditEntry {
+                session_id: Some(*id),
+                ..entry.clone()
+            };
+            insert_audit(&mut tx, &e, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a provider answer, and when `final_state` is given, settles the
+    /// sessions in it. `entries` pairs each session with its own row (their
+    /// lateness differs).
+    pub async fn record_outcome(
+        &self,
+        entries: &[AuditEntry],
+        final_state: Option<(SessionState, Option<&str>)>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        for entry in entries {
+            if let (Some((state, detail)), Some(id)) = (final_state, entry.session_id) {
+                sqlx::query(
+                    "UPDATE sessions SET state = ?, detail = ?, updated_at = ? WHERE id = ? AND state = 'enforcing'",
+                )
+                .bind(state.as_str())
+                .bind(detail)
+                .bind(now.to_string())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            insert_audit(&mut tx, entry, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    e: &AuditEntry,
+    now: Instant,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, session_id, event, provider, action, attempt, outcome, http_status, \
+         provider_request_id, error_code, detail, latency_ms, lateness_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(now.to_string())
+    .bind(e.session_id.map(|id| id.to_string()))
+    .bind(e.event)
+    .bind(&e.provider)
+    .bind(&e.action)
+    .bind(e.attempt)
+    .bind(e.outcome)
+    .bind(e.http_status)
+    .bind(&e.provider_request_id)
+    .bind(&e.error_code)
+    .bind(&e.detail)
+    .bind(e.latency_ms)
+    .bind(e.lateness_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn data_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("PRAGMA data_version").fetch_one(conn).await
+}
+
+/// Notices commits made by any other connection, this process's writer
+/// included, through `PRAGMA data_version`: one cheap read per poll.
+#[derive(Debug)]
+pub struct ChangeWatcher {
+    conn: SqliteConnection,
+    version: i64,
+}
+
+impl ChangeWatcher {
+    /// True when something was committed since the last call.
+    pub async fn changed(&mut self) -> Result<bool, StoreError> {
+        let v = data_version(&mut self.conn).await?;
+        let changed = v != self.version;
+        self.version = v;
+        Ok(changed)
+    }
+}

@@ -58,9 +58,7 @@ pub enum SessionCommand {
     /// Register a session; prints its id (one per --user) on stdout.
     Start(StartArgs),
     /// The call finished by itself: cancel enforcement.
-    End {
-        id: String,
-    },
+    End { id: String },
     /// Move a session's deadline later.
     Extend {
         id: String,
@@ -197,9 +195,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Session(cmd) => session(&cli.config, cmd).await,
         Command::Audit(args) => audit_command(&cli.config, args).await,
         Command::Sandbox(args) => sandbox(args).await,
-        Command::Demo(args) => crate::demo::run(args.spread, args.burst)
-            .await
-            .map_err(Failure::Other),
+        Command::Demo(args) => crate::demo::run(args.spread, args.burst).await.map_err(Failure::Other),
     }
 }
 
@@ -220,9 +216,7 @@ async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
     let store = open(&config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    crate::daemon::run(config, store.clone(), Clock::system(), shutdown)
-        .await
-        .context("daemon failed")?;
+    crate::daemon::run(config, store.clone(), Clock::system(), shutdown).await.context("daemon failed")?;
     store.close().await;
     Ok(())
 }
@@ -230,7 +224,8 @@ async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
 /// Cancels `shutdown` on SIGINT or SIGTERM.
 pub async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
@@ -304,10 +299,7 @@ async fn session(path: &std::path::Path, cmd: SessionCommand) -> Result<(), Fail
         SessionCommand::End { id } => {
             let id = parse_id(&id)?;
             let store = open(&config).await?;
-            store
-                .end_session(id, clock.now(), "ended with the CLI")
-                .await
-                .map_err(refusal)?;
+            store.end_session(id, clock.now(), "ended with the CLI").await.map_err(refusal)?;
             eprintln!("session {id} ended; it will not be enforced");
         }
         SessionCommand::Extend { id, by } => {
@@ -326,8 +318,7 @@ async fn session(path: &std::path::Path, cmd: SessionCommand) -> Result<(), Fail
 }
 
 fn parse_id(id: &str) -> Result<SessionId, Failure> {
-    id.parse::<SessionId>()
-        .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))
+    id.parse::<SessionId>().map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))
 }
 
 fn refusal(e: StoreError) -> Failure {
@@ -367,10 +358,7 @@ pub fn new_sessions(config: &Config, args: &StartArgs, now: Instant) -> Result<V
         .map(|u| UserId::parse(u).map_err(|e| bad(format!("--user {u:?}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     if policy.action == crate::domain::Action::RemoveUser && users.is_empty() {
-        return Err(bad(format!(
-            "policy {:?} removes a user at the deadline: give --user",
-            policy.name
-        )));
+        return Err(bad(format!("policy {:?} removes a user at the deadline: give --user", policy.name)));
     }
     let one = |user: Option<UserId>| NewSession {
         id: SessionId::new(),
@@ -381,11 +369,7 @@ pub fn new_sessions(config: &Config, args: &StartArgs, now: Instant) -> Result<V
         started_at,
         deadline,
     };
-    Ok(if users.is_empty() {
-        vec![one(None)]
-    } else {
-        users.into_iter().map(|u| one(Some(u))).collect()
-    })
+    Ok(if users.is_empty() { vec![one(None)] } else { users.into_iter().map(|u| one(Some(u))).collect() })
 }
 
 async fn audit_command(path: &std::path::Path, args: AuditArgs) -> Result<(), Failure> {
@@ -394,9 +378,7 @@ async fn audit_command(path: &std::path::Path, args: AuditArgs) -> Result<(), Fa
     let now = Clock::system().now_datetime();
     let filter = AuditFilter {
         session: args.session.as_deref().map(parse_id).transpose()?,
-        since: args
-            .since
-            .map(|d| Instant::floor(now - chrono::Duration::from_std(d).unwrap_or_default())),
+        since: args.since.map(|d| Instant::floor(now - chrono::Duration::from_std(d).unwrap_or_default())),
         events: Vec::new(),
         limit: args.limit,
     };
@@ -416,9 +398,8 @@ async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
         sdk_app_id: args.sdk_app_id,
         quota_per_second: args.quota,
     };
-    let sandbox = Sandbox::start(listener, options, shutdown.clone())
-        .await
-        .context("cannot start the sandbox")?;
+    let sandbox =
+        Sandbox::start(listener, options, shutdown.clone()).await.context("cannot start the sandbox")?;
     // The first stdout line is the address, for scripts and tests to read.
     println!("sandbox listening on {}", sandbox.url());
     tracing::info!(url = %sandbox.url(), "sandbox ready (TRTC API at POST /, control API under /_sandbox/)");

@@ -14,10 +14,7 @@ pub enum Clock {
     /// The host's UTC clock.
     System,
     /// `start` plus the time tokio's clock has advanced since `origin`.
-    Tokio {
-        start: DateTime<Utc>,
-        origin: tokio::time::Instant,
-    },
+    Tokio { start: DateTime<Utc>, origin: tokio::time::Instant },
 }
 
 impl Clock {
@@ -27,10 +24,7 @@ impl Clock {
 
     /// A clock that follows tokio's (possibly paused) timer from `start`.
     pub fn tokio_paused(start: DateTime<Utc>) -> Clock {
-        Clock::Tokio {
-            start,
-            origin: tokio::time::Instant::now(),
-        }
+        Clock::Tokio { start, origin: tokio::time::Instant::now() }
     }
 
     pub fn now_datetime(&self) -> DateTime<Utc> {

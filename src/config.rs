@@ -173,8 +173,9 @@ impl Config {
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
         let mut warnings = Vec::new();
 
-        let database = expand_env(&raw.database)
-            .map_err(|var| ctx.error(&["database"], format!("database refers to ${{{var}}}, which is not set")))?;
+        let database = expand_env(&raw.database).map_err(|var| {
+            ctx.error(&["database"], format!("database refers to ${{{var}}}, which is not set"))
+        })?;
         if database.trim().is_empty() {
             return Err(ctx.error(&["database"], "database must name a file".into()));
         }
@@ -211,22 +212,11 @@ impl Config {
             let action: Action = raw.action.parse().map_err(|e| err("action", format!("{e}")))?;
             policies.insert(
                 name.clone(),
-                Policy {
-                    name: name.clone(),
-                    provider: raw.provider,
-                    max_duration,
-                    action,
-                },
+                Policy { name: name.clone(), provider: raw.provider, max_duration, action },
             );
         }
 
-        Ok(Config {
-            path: path.to_path_buf(),
-            database,
-            providers,
-            policies,
-            warnings,
-        })
+        Ok(Config { path: path.to_path_buf(), database, providers, policies, warnings })
     }
 
     pub fn policy(&self, name: &str) -> Option<&Policy> {
@@ -253,14 +243,15 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn error(&self, key_path: &[&str], reason: String) -> ConfigError {
-        ConfigError {
-            file: self.path.to_path_buf(),
-            line: locate(self.text, key_path),
-            reason,
-        }
+        ConfigError { file: self.path.to_path_buf(), line: locate(self.text, key_path), reason }
     }
 
-    fn trtc(&self, name: &str, t: RawTrtc, warnings: &mut Vec<String>) -> Result<ProviderConfig, ConfigError> {
+    fn trtc(
+        &self,
+        name: &str,
+        t: RawTrtc,
+        warnings: &mut Vec<String>,
+    ) -> Result<ProviderConfig, ConfigError> {
         let err = |key: &str, reason: String| {
             self.error(&["providers", name, key], format!("provider {name:?}: {reason}"))
         };
@@ -418,11 +409,7 @@ fn syntax_error(path: &Path, text: &str, e: &serde_yaml::Error) -> ConfigError {
             line = Some(i + 1);
         }
     }
-    ConfigError {
-        file: path.to_path_buf(),
-        line,
-        reason,
-    }
+    ConfigError { file: path.to_path_buf(), line, reason }
 }
 
 /// Finds the 1-based line of a key path (`["policies", "x", "provider"]`) in
@@ -519,7 +506,9 @@ policies:
 
     #[test]
     fn quota_above_the_providers_is_refused() {
-        let e = refused(&GOOD.replace("region: ap-guangzhou", "region: ap-guangzhou\n    max_requests_per_second: 21"));
+        let e = refused(
+            &GOOD.replace("region: ap-guangzhou", "region: ap-guangzhou\n    max_requests_per_second: 21"),
+        );
         assert!(e.reason.contains("1 to 20"), "{e}");
         assert_eq!(e.line, Some(7));
     }

@@ -51,18 +51,11 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, ProviderSlot>,
     for (name, p) in &config.providers {
         let provider = match &p.settings {
             ProviderSettings::Trtc(t) => Provider::Trtc(
-                TrtcClient::new(http.clone(), t, p.request_timeout).map_err(|reason| {
-                    DaemonError::Provider {
-                        name: name.clone(),
-                        reason,
-                    }
-                })?,
+                TrtcClient::new(http.clone(), t, p.request_timeout)
+                    .map_err(|reason| DaemonError::Provider { name: name.clone(), reason })?,
             ),
         };
-        slots.insert(
-            name.clone(),
-            ProviderSlot::new(provider, p.retry, p.max_requests_per_second),
-        );
+        slots.insert(name.clone(), ProviderSlot::new(provider, p.retry, p.max_requests_per_second));
     }
     Ok(slots)
 }
@@ -89,13 +82,7 @@ pub async fn run(
     tasks.spawn(watch_changes(store.clone(), Arc::clone(&changed), shutdown.clone()));
 
     let (claims_tx, claims_rx) = mpsc::unbounded_channel();
-    let enforcer = Enforcer::new(
-        store.clone(),
-        clock,
-        providers,
-        policy_actions(&config),
-        shutdown.clone(),
-    );
+    let enforcer = Enforcer::new(store.clone(), clock, providers, policy_actions(&config), shutdown.clone());
     tasks.spawn(enforcer.run(claims_rx, SHUTDOWN_GRACE));
 
     let scheduler = Scheduler::new(

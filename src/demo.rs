@@ -10,7 +10,7 @@
 //! query.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{Instant, Room, SessionId, UserId};
-use crate::sandbox::{Fault, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, SANDBOX_SDK_APP_ID, Sandbox, SandboxOptions};
+use crate::sandbox::{
+    Fault, SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Sandbox, SandboxOptions,
+};
 use crate::store::{AuditFilter, NewSession, Store};
 
 /// Nearest-rank percentile of sorted values.
@@ -34,29 +36,29 @@ pub fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 fn demo_config(db: &std::path::Path, sandbox_url: &str) -> String {
-    format!(
-        "# Written by `callwarden demo`: the daemon it ran used exactly this.\n\
-database: {db}\n\
-providers:\n\
-  trtc:\n\
-    kind: tencent-trtc\n\
-    sdk_app_id: {SANDBOX_SDK_APP_ID}\n\
-    region: ap-guangzhou\n\
-    secret_id: {SANDBOX_SECRET_ID}\n\
-    secret_key: {SANDBOX_SECRET_KEY}\n\
-    endpoint: {sandbox_url}\n\
-    max_requests_per_second: 19\n\
-policies:\n\
-  consultation:\n\
-    provider: trtc\n\
-    max_duration: 30m\n\
-    action: dismiss_room\n\
-  paid-chat:\n\
-    provider: trtc\n\
-    max_duration: 20m\n\
-    action: remove_user\n",
-        db = db.display()
-    )
+    let lines = [
+        "# Written by `callwarden demo`: the daemon it ran used exactly this.".to_string(),
+        format!("database: {}", db.display()),
+        "providers:".into(),
+        "  trtc:".into(),
+        "    kind: tencent-trtc".into(),
+        format!("    sdk_app_id: {SANDBOX_SDK_APP_ID}"),
+        "    region: ap-guangzhou".into(),
+        format!("    secret_id: {SANDBOX_SECRET_ID}"),
+        format!("    secret_key: {SANDBOX_SECRET_KEY}"),
+        format!("    endpoint: {sandbox_url}"),
+        "    max_requests_per_second: 19".into(),
+        "policies:".into(),
+        "  consultation:".into(),
+        "    provider: trtc".into(),
+        "    max_duration: 30m".into(),
+        "    action: dismiss_room".into(),
+        "  paid-chat:".into(),
+        "    provider: trtc".into(),
+        "    max_duration: 20m".into(),
+        "    action: remove_user".into(),
+    ];
+    lines.join("\n") + "\n"
 }
 
 struct Plan {
@@ -80,7 +82,8 @@ fn plan(now: Instant, spread: u32, burst: u32) -> Plan {
     let mut to_end = Vec::new();
     // Consultations and paid chats ending one after another from 2 s to 6 s.
     for i in 0..spread {
-        let at = now.saturating_add(Duration::from_millis(2000 + u64::from(i) * 4000 / u64::from(spread.max(1))));
+        let at =
+            now.saturating_add(Duration::from_millis(2000 + u64::from(i) * 4000 / u64::from(spread.max(1))));
         let s = match i % 4 {
             0 => session("consultation", Room::Numeric(10_000 + i), None, at),
             1 => session("consultation", Room::Str(format!("consult-{i}")), None, at),
@@ -102,7 +105,12 @@ fn plan(now: Instant, spread: u32, burst: u32) -> Plan {
         ));
     }
     // A provider hiccup (retried) and a bad participant (failed).
-    sessions.push(session("consultation", Room::Numeric(40_000), None, now.saturating_add(Duration::from_secs(4))));
+    sessions.push(session(
+        "consultation",
+        Room::Numeric(40_000),
+        None,
+        now.saturating_add(Duration::from_secs(4)),
+    ));
     sessions.push(session(
         "paid-chat",
         Room::Numeric(40_001),
@@ -122,15 +130,12 @@ fn plan(now: Instant, spread: u32, burst: u32) -> Plan {
         burst_ids.insert(s.id);
         sessions.push(s);
     }
-    Plan {
-        sessions,
-        burst: burst_ids,
-        to_end,
-    }
+    Plan { sessions, burst: burst_ids, to_end }
 }
 
 pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
-    let dir: PathBuf = std::env::temp_dir().join(format!("callwarden-demo-{}", &uuid::Uuid::new_v4().to_string()[..8]));
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("callwarden-demo-{}", &uuid::Uuid::new_v4().to_string()[..8]));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let db = dir.join("callwarden.db");
     let config_path = dir.join("demo.yaml");
@@ -148,14 +153,11 @@ pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
     println!("  database           {}", db.display());
     println!("  daemon rate        19 requests/s per action\n");
 
-    let daemon = tokio::spawn(crate::daemon::run(Arc::clone(&config), store.clone(), clock, shutdown.clone()));
+    let daemon =
+        tokio::spawn(crate::daemon::run(Arc::clone(&config), store.clone(), clock, shutdown.clone()));
 
     let now = clock.now();
-    let Plan {
-        sessions,
-        burst: burst_ids,
-        to_end,
-    } = plan(now, spread, burst);
+    let Plan { sessions, burst: burst_ids, to_end } = plan(now, spread, burst);
     for r in 0..3u32 {
         sandbox.state.close_room(&Room::Numeric(30_000 + r));
     }
@@ -180,6 +182,10 @@ pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
     );
 
     let started = StdInstant::now();
+    // On a terminal the progress line redraws in place; in a pipe or a CI
+    // log it prints a line a second.
+    let tty = std::io::stdout().is_terminal();
+    let mut last_line = StdInstant::now();
     let mut ended = false;
     let mut burst_done_at = None;
     loop {
@@ -194,8 +200,8 @@ pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
         let count = |state: &str| counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
         let stats = sandbox.state.stats();
         let pending = count("active") + count("enforcing");
-        print!(
-            "\r[{:>5.1}s] waiting {:>4}  enforcing {:>4}  enforced {:>4}  already ended {:>3}  failed {:>2}  cancelled {:>2}  provider calls {:>4}  ",
+        let progress = format!(
+            "[{:>5.1}s] waiting {:>4}  enforcing {:>4}  enforced {:>4}  already ended {:>3}  failed {:>2}  cancelled {:>2}  provider calls {:>4}",
             started.elapsed().as_secs_f64(),
             count("active"),
             count("enforcing"),
@@ -205,7 +211,13 @@ pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
             count("cancelled"),
             stats.requests,
         );
-        std::io::stdout().flush().ok();
+        if tty {
+            print!("\r{progress}  ");
+            std::io::stdout().flush().ok();
+        } else if last_line.elapsed() >= Duration::from_secs(1) || pending == 0 {
+            println!("{progress}");
+            last_line = StdInstant::now();
+        }
         if burst_done_at.is_none() && started.elapsed() > Duration::from_secs(7) && pending == 0 {
             burst_done_at = Some(started.elapsed());
         }
@@ -233,16 +245,22 @@ async fn summarize(
     config_path: &std::path::Path,
 ) -> anyhow::Result<()> {
     let counts = store.state_counts().await?;
-    let settled = store
+    // Lateness of each session's first call: what the scheduler and the
+    // pacer cost. Later calls are late by the retry backoff, on purpose.
+    let answers = store
         .audit(&AuditFilter {
-            events: vec!["enforced".into(), "already_ended".into()],
+            events: vec!["enforced".into(), "already_ended".into(), "retry".into(), "failed".into()],
             ..AuditFilter::default()
         })
         .await?;
+    let mut seen = HashSet::new();
     let mut spread_late = Vec::new();
     let mut burst_late = Vec::new();
-    for row in &settled {
+    for row in &answers {
         let Some(late) = row.lateness_ms else { continue };
+        if !seen.insert(row.session_id.clone()) {
+            continue;
+        }
         let in_burst = row
             .session_id
             .as_deref()
@@ -273,6 +291,19 @@ async fn summarize(
     };
     line("sessions under the quota", &spread_late);
     line("the burst (queued at 19/s)", &burst_late);
+    // The burst's floor: its busiest action's calls, one every 1/19 s.
+    let busiest = stats.requests_by_action.get("DismissRoom").copied().unwrap_or(0);
+    let burst_calls = busiest.saturating_sub(spread_dismiss_calls(&answers, burst_ids));
+    if burst_calls > 1 {
+        let floor_ms = (burst_calls - 1) as f64 * 1000.0 / 19.0;
+        let drained_ms = burst_late.last().copied().unwrap_or(0) as f64;
+        println!(
+            "  the burst drained in {:.2} s; floor for its {burst_calls} DismissRoom calls at 19/s: {:.2} s (ratio {:.3})",
+            drained_ms / 1000.0,
+            floor_ms / 1000.0,
+            drained_ms / floor_ms
+        );
+    }
     println!(
         "  provider calls {}; most in any one second: {} (quota 20); RequestLimitExceeded: {}",
         stats.requests, stats.max_per_second, stats.rate_limited
@@ -293,6 +324,20 @@ async fn summarize(
     );
     println!("  cargo run --release -- --config {} audit --limit 20", config_path.display());
     Ok(())
+}
+
+/// DismissRoom calls made for sessions outside the burst.
+fn spread_dismiss_calls(answers: &[crate::store::AuditRecord], burst_ids: &HashSet<SessionId>) -> u64 {
+    answers
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("DismissRoom"))
+        .filter(|r| {
+            !r.session_id
+                .as_deref()
+                .and_then(|id| id.parse::<SessionId>().ok())
+                .is_some_and(|id| burst_ids.contains(&id))
+        })
+        .count() as u64
 }
 
 #[cfg(test)]

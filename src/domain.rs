@@ -37,9 +37,7 @@ impl fmt::Display for SessionId {
 impl FromStr for SessionId {
     type Err = DomainError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s.trim())
-            .map(SessionId)
-            .map_err(|_| DomainError::SessionId(s.to_string()))
+        Uuid::parse_str(s.trim()).map(SessionId).map_err(|_| DomainError::SessionId(s.to_string()))
     }
 }
 
@@ -49,7 +47,9 @@ pub enum DomainError {
     SessionId(String),
     #[error("numeric room id {0:?} is not an integer from 1 to 4294967294")]
     NumericRoom(String),
-    #[error("string room id {0:?} must be 1 to 64 bytes of letters, digits, space and !#$%&()+-:;<=.>?@[]^_{{}}|~,")]
+    #[error(
+        "string room id {0:?} must be 1 to 64 bytes of letters, digits, space and !#$%&()+-:;<=.>?@[]^_{{}}|~,"
+    )]
     StrRoom(String),
     #[error("user id must be 1 to 128 characters without control characters")]
     UserId,
@@ -113,14 +113,8 @@ impl Room {
     pub fn string(s: &str) -> Result<Room, DomainError> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || STR_ROOM_PUNCTUATION.contains(c));
-        if ok {
-            Ok(Room::Str(s.to_string()))
-        } else {
-            Err(DomainError::StrRoom(s.to_string()))
-        }
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || STR_ROOM_PUNCTUATION.contains(c));
+        if ok { Ok(Room::Str(s.to_string())) } else { Err(DomainError::StrRoom(s.to_string())) }
     }
 
     pub fn parse(kind: RoomKind, id: &str) -> Result<Room, DomainError> {
@@ -294,9 +288,7 @@ impl Instant {
     }
 
     pub fn to_datetime(self) -> DateTime<Utc> {
-        Utc.timestamp_millis_opt(self.0)
-            .single()
-            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        Utc.timestamp_millis_opt(self.0).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// Parses RFC 3339 with any offset, and SQLite's own `YYYY-MM-DD HH:MM:SS[.sss]`
@@ -311,10 +303,7 @@ impl Instant {
                 return Ok(Instant::ceil(t.and_utc()));
             }
         }
-        Err(DomainError::Instant(
-            s.to_string(),
-            "expected RFC 3339, e.g. 2026-11-21T09:30:00Z".into(),
-        ))
+        Err(DomainError::Instant(s.to_string(), "expected RFC 3339, e.g. 2026-11-21T09:30:00Z".into()))
     }
 
     pub fn saturating_add(self, d: Duration) -> Instant {
@@ -334,11 +323,7 @@ impl Instant {
 
 impl fmt::Display for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            &self
-                .to_datetime()
-                .to_rfc3339_opts(SecondsFormat::Millis, true),
-        )
+        f.write_str(&self.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true))
     }
 }
 
@@ -362,9 +347,7 @@ impl RetryPolicy {
     /// initial × 2^(attempt-1), capped at `max_backoff`.
     pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
     }
 
     /// The wait after failed try `attempt`: uniformly jittered between half the
@@ -388,7 +371,7 @@ impl Default for RetryPolicy {
 }
 
 pub fn duration_millis_ceil(d: Duration) -> i64 {
-    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 

@@ -54,10 +54,7 @@ impl Pacer {
         let quota = Quota::with_period(period)
             .expect("a positive rate gives a non-zero period")
             .allow_burst(NonZeroU32::MIN);
-        Pacer {
-            turn: Mutex::new(()),
-            limiter: RateLimiter::direct(quota),
-        }
+        Pacer { turn: Mutex::new(()), limiter: RateLimiter::direct(quota) }
     }
 
     pub async fn admit(&self) {
@@ -81,11 +78,7 @@ impl ProviderSlot {
             .iter()
             .map(|a| (*a, Arc::new(Pacer::per_second(max_requests_per_second))))
             .collect();
-        ProviderSlot {
-            provider,
-            retry,
-            pacers,
-        }
+        ProviderSlot { provider, retry, pacers }
     }
 }
 
@@ -125,14 +118,7 @@ impl Enforcer {
         shutdown: CancellationToken,
     ) -> Enforcer {
         Enforcer {
-            inner: Arc::new(Inner {
-                store,
-                clock,
-                providers,
-                actions,
-                tasks: TaskTracker::new(),
-                shutdown,
-            }),
+            inner: Arc::new(Inner { store, clock, providers, actions, tasks: TaskTracker::new(), shutdown }),
         }
     }
 
@@ -156,11 +142,9 @@ impl Enforcer {
         for (key, group) in group_sessions(sessions, &self.inner.actions) {
             let (provider, action, room) = key;
             let chunk_size = match action {
-                Action::RemoveUser => self
-                    .inner
-                    .providers
-                    .get(&provider)
-                    .map_or(1, |p| p.provider.max_users_per_call()),
+                Action::RemoveUser => {
+                    self.inner.providers.get(&provider).map_or(1, |p| p.provider.max_users_per_call())
+                }
                 // Every session of a room ends with one dismissal.
                 Action::DismissRoom => usize::MAX,
             };
@@ -175,11 +159,7 @@ impl Enforcer {
                 users.dedup();
                 let job = Job {
                     provider: provider.clone(),
-                    target: Target {
-                        action,
-                        room: room.clone(),
-                        users,
-                    },
+                    target: Target { action, room: room.clone(), users },
                     sessions: chunk.to_vec(),
                     permit: job_permit,
                 };
@@ -194,7 +174,10 @@ type GroupKey = (String, Action, Room);
 
 /// Groups sessions that one provider call can settle, keeping deadline order
 /// (of each group's first session) so the most overdue go out first.
-fn group_sessions(sessions: Vec<Session>, actions: &HashMap<String, Action>) -> Vec<(GroupKey, Vec<Session>)> {
+fn group_sessions(
+    sessions: Vec<Session>,
+    actions: &HashMap<String, Action>,
+) -> Vec<(GroupKey, Vec<Session>)> {
     let mut groups: Vec<(GroupKey, Vec<Session>)> = Vec::new();
     let mut index: HashMap<GroupKey, usize> = HashMap::new();
     for s in sessions {
@@ -205,11 +188,8 @@ fn group_sessions(sessions: Vec<Session>, actions: &HashMap<String, Action>) -> 
         });
         // A remove_user session without a user cannot be enforced as such;
         // enforce what it can mean: the room.
-        let action = if action == Action::RemoveUser && s.user.is_none() {
-            Action::DismissRoom
-        } else {
-            action
-        };
+        let action =
+            if action == Action::RemoveUser && s.user.is_none() { Action::DismissRoom } else { action };
         let key = (s.provider.clone(), action, s.room.clone());
         match index.get(&key) {
             Some(&i) => groups[i].1.push(s),
@@ -228,13 +208,14 @@ impl Inner {
         let Some(slot) = self.providers.get(&job.provider) else {
             let reason = format!("provider {:?} is not in the configuration", job.provider);
             tracing::error!(provider = %job.provider, "{reason}; sessions marked failed");
-            let entries: Vec<_> = ids
-                .iter()
-                .map(|id| AuditEntry::new("failed", *id).detail(reason.clone()))
-                .collect();
+            let entries: Vec<_> =
+                ids.iter().map(|id| AuditEntry::new("failed", *id).detail(reason.clone())).collect();
             self.persist(|| {
-                self.store
-                    .record_outcome(&entries, Some((SessionState::Failed, Some(&reason))), self.clock.now())
+                self.store.record_outcome(
+                    &entries,
+                    Some((SessionState::Failed, Some(&reason))),
+                    self.clock.now(),
+                )
             })
             .await;
             return;
@@ -242,6 +223,10 @@ impl Inner {
         let api_action = slot.provider.api_action(job.target.action, &job.target.room);
         let pacer = Arc::clone(&slot.pacers[api_action]);
         let previous_attempts = job.sessions.iter().map(|s| s.attempts).max().unwrap_or(0);
+        // Sessions are claimed a little ahead; the call waits for the last
+        // deadline of the sessions it settles.
+        let latest_deadline =
+            job.sessions.iter().map(|s| s.deadline).max().unwrap_or(Instant::from_millis(0));
 
         for try_no in 1..=slot.retry.max_attempts {
             let attempt = previous_attempts + try_no;
@@ -256,11 +241,15 @@ impl Inner {
                 }),
                 ..AuditEntry::default()
             };
-            if !self
-                .persist(|| self.store.record_attempt(&ids, &attempt_entry, self.clock.now()))
-                .await
-            {
+            if !self.persist(|| self.store.record_attempt(&ids, &attempt_entry, self.clock.now())).await {
                 return;
+            }
+            tokio::select! {
+                () = self.wait_for_deadline(latest_deadline) => {}
+                () = self.shutdown.cancelled() => {
+                    self.release(&ids, "stopped before the deadline").await;
+                    return;
+                }
             }
             tokio::select! {
                 () = pacer.admit() => {}
@@ -311,6 +300,14 @@ impl Inner {
         }
     }
 
+    /// Returns once the clock reads `deadline` or later. Re-checks after each
+    /// sleep, so a stepped wall clock cannot make a call leave early.
+    async fn wait_for_deadline(&self, deadline: Instant) {
+        while self.clock.now() < deadline {
+            self.clock.sleep_until(deadline).await;
+        }
+    }
+
     /// Puts sessions back in the queue when shutdown interrupts them between
     /// calls, so a stopped daemon leaves nothing `enforcing`.
     async fn release(&self, ids: &[crate::domain::SessionId], why: &str) {
@@ -356,16 +353,17 @@ fn settle(
         Classified::Success => ("enforced", Some((SessionState::Enforced, None))),
         Classified::AlreadyEnded { code, .. } => {
             let detail = if attempt > 1 {
-                format!("{code} after an earlier attempt whose answer was not recorded; that attempt likely ended it")
+                format!(
+                    "{code} after an earlier attempt whose answer was not recorded; that attempt likely ended it"
+                )
             } else {
                 code.clone()
             };
             ("already_ended", Some((SessionState::AlreadyEnded, Some(detail))))
         }
-        Classified::Fatal { code, message } => (
-            "failed",
-            Some((SessionState::Failed, Some(format!("{code}: {message}")))),
-        ),
+        Classified::Fatal { code, message } => {
+            ("failed", Some((SessionState::Failed, Some(format!("{code}: {message}")))))
+        }
         Classified::Retryable { code, message, .. } if last_try => (
             "failed",
             Some((
@@ -402,7 +400,14 @@ fn outcome_entry(
     }
 }
 
-fn log_outcome(job: &Job, api_action: &str, attempt: u32, report: &CallReport, sent_at: Instant, event: &str) {
+fn log_outcome(
+    job: &Job,
+    api_action: &str,
+    attempt: u32,
+    report: &CallReport,
+    sent_at: Instant,
+    event: &str,
+) {
     let sessions: Vec<String> = job.sessions.iter().map(|s| s.id.to_string()).collect();
     let sessions = sessions.join(",");
     let lateness_ms = job.sessions.first().map_or(0, |s| sent_at.millis_since(s.deadline));
@@ -474,19 +479,13 @@ mod tests {
     #[test]
     fn answers_settle_or_retry() {
         assert_eq!(settle(&Classified::Success, false, 1).0, "enforced");
-        let retry = Classified::Retryable {
-            code: "InternalError".into(),
-            message: "x".into(),
-            wait: None,
-        };
+        let retry = Classified::Retryable { code: "InternalError".into(), message: "x".into(), wait: None };
         assert_eq!(settle(&retry, false, 1), ("retry", None));
         let (event, state) = settle(&retry, true, 8);
         assert_eq!(event, "failed");
         assert!(state.unwrap().1.unwrap().contains("gave up after attempt 8"));
-        let gone = Classified::AlreadyEnded {
-            code: "FailedOperation.RoomNotExist".into(),
-            message: String::new(),
-        };
+        let gone =
+            Classified::AlreadyEnded { code: "FailedOperation.RoomNotExist".into(), message: String::new() };
         assert_eq!(settle(&gone, false, 2).1.unwrap().0, SessionState::AlreadyEnded);
     }
 }

@@ -10,8 +10,10 @@
 //! the provider and, if missing, the deadline from the policy, or rejects the
 //! row with the reason.
 //!
-//! Invariant: a session is claimed only when `now >= deadline` by the
-//! injected clock, so nothing is ever enforced early.
+//! Sessions are claimed [`CLAIM_LEAD`] before their deadline, so that the
+//! claim and the attempt record are committed by the time the deadline comes;
+//! enforcement then holds each call until its deadline has passed by the
+//! injected clock. Invariant: no provider call leaves before its deadline.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +28,10 @@ use crate::domain::{Action, Instant, Room, RoomKind, UserId};
 use crate::enforce::Claimed;
 use crate::store::{SessionRecord, Store, StoreError};
 
+/// How long before its deadline a session is claimed. Covers the database
+/// work between claiming and sending (two commits), so the call leaves on
+/// time; a CLI `end` within this window is refused as already enforcing.
+pub const CLAIM_LEAD: Duration = Duration::from_millis(25);
 /// Most sessions claimed in one statement.
 pub const CLAIM_BATCH: u32 = 256;
 /// How often another connection's commits are looked for.
@@ -51,14 +57,7 @@ impl Scheduler {
         changed: Arc<Notify>,
         out: mpsc::UnboundedSender<Claimed>,
     ) -> Scheduler {
-        Scheduler {
-            store,
-            clock,
-            config,
-            capacity,
-            changed,
-            out,
-        }
+        Scheduler { store, clock, config, capacity, changed, out }
     }
 
     /// Runs until `shutdown`. Database errors are logged and retried: a locked
@@ -84,12 +83,14 @@ impl Scheduler {
     async fn turn(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
         self.adopt_new_rows().await?;
         let next = self.store.next_deadline().await?;
-        let now = self.clock.now();
+        let horizon = self.clock.now().saturating_add(CLAIM_LEAD);
         match next {
-            Some(deadline) if deadline <= now => self.claim(now, shutdown).await,
+            Some(deadline) if deadline <= horizon => self.claim(horizon, shutdown).await,
             Some(deadline) => {
+                let wake =
+                    Instant::from_millis(deadline.millis() - crate::domain::duration_millis_ceil(CLAIM_LEAD));
                 tokio::select! {
-                    () = self.clock.sleep_until(deadline) => {}
+                    () = self.clock.sleep_until(wake) => {}
                     () = self.changed.notified() => {}
                     () = shutdown.cancelled() => {}
                 }
@@ -105,7 +106,8 @@ impl Scheduler {
         }
     }
 
-    async fn claim(&self, now: Instant, shutdown: &CancellationToken) -> Result<(), StoreError> {
+    /// Claims sessions due by `horizon`.
+    async fn claim(&self, horizon: Instant, shutdown: &CancellationToken) -> Result<(), StoreError> {
         let first = tokio::select! {
             permit = Arc::clone(&self.capacity).acquire_owned() => match permit {
                 Ok(p) => p,
@@ -115,19 +117,19 @@ impl Scheduler {
         };
         let mut permit = first;
         let more = (self.capacity.available_permits() as u32).min(CLAIM_BATCH - 1);
-        if more > 0 {
-            if let Ok(extra) = Arc::clone(&self.capacity).try_acquire_many_owned(more) {
-                permit.merge(extra);
-            }
+        if more > 0
+            && let Ok(extra) = Arc::clone(&self.capacity).try_acquire_many_owned(more)
+        {
+            permit.merge(extra);
         }
-        let claimed = self.store.claim_due(now, permit.num_permits() as u32).await?;
+        let claimed = self.store.claim_due(horizon, self.clock.now(), permit.num_permits() as u32).await?;
         let mut sessions = Vec::with_capacity(claimed.len());
         for result in claimed {
             match result {
                 Ok(s) => sessions.push(s),
                 Err((id, reason)) => {
                     tracing::error!(session = %id, %reason, "malformed session row; marked failed");
-                    self.store.reject(&id, &reason, now).await?;
+                    self.store.reject(&id, &reason, self.clock.now()).await?;
                 }
             }
         }
@@ -171,28 +173,21 @@ impl Scheduler {
 /// Decides how a plain-SQL row is scheduled: its provider and deadline, or
 /// why it cannot be.
 pub fn adoption(config: &Config, r: &SessionRecord) -> Result<(String, Instant), String> {
-    let policy = config
-        .policy(&r.policy)
-        .ok_or_else(|| format!("unknown policy {:?}", r.policy))?;
-    if let Some(provider) = &r.provider {
-        if provider != &policy.provider {
-            return Err(format!(
-                "provider {provider:?} does not match policy {:?}'s provider {:?}",
-                policy.name, policy.provider
-            ));
-        }
+    let policy = config.policy(&r.policy).ok_or_else(|| format!("unknown policy {:?}", r.policy))?;
+    if let Some(provider) = &r.provider
+        && provider != &policy.provider
+    {
+        return Err(format!(
+            "provider {provider:?} does not match policy {:?}'s provider {:?}",
+            policy.name, policy.provider
+        ));
     }
     if r.id.parse::<crate::domain::SessionId>().is_err() {
         return Err(format!("id {:?} is not a UUID", r.id));
     }
     let kind: RoomKind = r.room_kind.parse().map_err(|e| format!("{e}"))?;
     Room::parse(kind, &r.room_id).map_err(|e| e.to_string())?;
-    let user = r
-        .user_id
-        .as_deref()
-        .map(UserId::parse)
-        .transpose()
-        .map_err(|e| e.to_string())?;
+    let user = r.user_id.as_deref().map(UserId::parse).transpose().map_err(|e| e.to_string())?;
     if policy.action == Action::RemoveUser && user.is_none() {
         return Err(format!("policy {:?} removes a user, and the row has no user_id", policy.name));
     }
@@ -231,9 +226,5 @@ pub async fn watch_changes(store: Store, changed: Arc<Notify>, shutdown: Cancell
 
 /// Policy name → what it does, for enforcement.
 pub fn policy_actions(config: &Config) -> HashMap<String, Action> {
-    config
-        .policies
-        .values()
-        .map(|p| (p.name.clone(), p.action))
-        .collect()
+    config.policies.values().map(|p| (p.name.clone(), p.action)).collect()
 }

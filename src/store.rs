@@ -17,7 +17,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use crate::domain::{DomainError, Instant, Room, RoomKind, SessionId, SessionState, UserId};
@@ -43,11 +45,7 @@ pub enum StoreError {
     #[error("no session {0}")]
     NotFound(SessionId),
     #[error("session {id} is {state}; only an active session can be {verb}")]
-    NotActive {
-        id: SessionId,
-        state: String,
-        verb: &'static str,
-    },
+    NotActive { id: SessionId, state: String, verb: &'static str },
     #[error("session {id} in the database is malformed: {reason}")]
     Malformed { id: String, reason: String },
 }
@@ -107,26 +105,18 @@ impl SessionRecord {
 
     /// Parses the stored text into a schedulable session.
     pub fn to_session(&self) -> Result<Session, StoreError> {
-        let malformed = |reason: String| StoreError::Malformed {
-            id: self.id.clone(),
-            reason,
-        };
+        let malformed = |reason: String| StoreError::Malformed { id: self.id.clone(), reason };
         let e = |e: DomainError| malformed(e.to_string());
         let kind = RoomKind::from_str(&self.room_kind).map_err(e)?;
         Ok(Session {
             id: self.id.parse().map_err(e)?,
             policy: self.policy.clone(),
-            provider: self
-                .provider
-                .clone()
-                .ok_or_else(|| malformed("no provider".into()))?,
+            provider: self.provider.clone().ok_or_else(|| malformed("no provider".into()))?,
             room: Room::parse(kind, &self.room_id).map_err(e)?,
             user: self.user_id.as_deref().map(UserId::parse).transpose().map_err(e)?,
             started_at: Instant::parse(&self.started_at).map_err(e)?,
             deadline: Instant::parse(
-                self.deadline
-                    .as_deref()
-                    .ok_or_else(|| malformed("no deadline".into()))?,
+                self.deadline.as_deref().ok_or_else(|| malformed("no deadline".into()))?,
             )
             .map_err(e)?,
             state: self.state.parse().map_err(e)?,
@@ -166,11 +156,7 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     pub fn new(event: &'static str, session_id: SessionId) -> AuditEntry {
-        AuditEntry {
-            event,
-            session_id: Some(session_id),
-            ..AuditEntry::default()
-        }
+        AuditEntry { event, session_id: Some(session_id), ..AuditEntry::default() }
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> AuditEntry {
@@ -246,15 +232,10 @@ impl Store {
     /// Opens (creating if missing) and migrates the database.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                path: path.to_path_buf(),
-                source: sqlx::Error::Io(e),
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Open { path: path.to_path_buf(), source: sqlx::Error::Io(e) })?;
         }
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -265,20 +246,13 @@ impl Store {
         sqlx::migrate!("./migrations")
             .run(&writer)
             .await
-            .map_err(|source| StoreError::Migrate {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Migrate { path: path.to_path_buf(), source })?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(Self::options(path))
             .await
             .map_err(open_err)?;
-        Ok(Store {
-            path: path.to_path_buf(),
-            writer,
-            readers,
-        })
+        Ok(Store { path: path.to_path_buf(), writer, readers })
     }
 
     pub fn path(&self) -> &Path {
@@ -300,7 +274,12 @@ impl Store {
     // ---- registration and changes -------------------------------------------
 
     /// Registers sessions, each with a `registered` audit row, all or nothing.
-    pub async fn insert_sessions(&self, sessions: &[NewSession], now: Instant, detail: &str) -> Result<(), StoreError> {
+    pub async fn insert_sessions(
+        &self,
+        sessions: &[NewSession],
+        now: Instant,
+        detail: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
         for s in sessions {
             sqlx::query(
@@ -354,7 +333,12 @@ impl Store {
     }
 
     /// Moves an active session's deadline later by `by`; returns the new deadline.
-    pub async fn extend_session(&self, id: SessionId, by: Duration, now: Instant) -> Result<Instant, StoreError> {
+    pub async fn extend_session(
+        &self,
+        id: SessionId,
+        by: Duration,
+        now: Instant,
+    ) -> Result<Instant, StoreError> {
         let by_ms = crate::domain::duration_millis_ceil(by);
         let mut tx = self.writer.begin().await?;
         // strftime keeps the canonical text form; julianday arithmetic in days.
@@ -373,16 +357,12 @@ impl Store {
             return Err(self.why_not_active(&mut tx, id, "extended").await);
         };
         let deadline_text: String = row.try_get("deadline")?;
-        let deadline = Instant::parse(&deadline_text).map_err(|e| StoreError::Malformed {
-            id: id.to_string(),
-            reason: e.to_string(),
-        })?;
+        let deadline = Instant::parse(&deadline_text)
+            .map_err(|e| StoreError::Malformed { id: id.to_string(), reason: e.to_string() })?;
         insert_audit(
             &mut tx,
-            &AuditEntry::new("extended", id).detail(format!(
-                "by {}; deadline now {deadline}",
-                humantime::format_duration(by)
-            )),
+            &AuditEntry::new("extended", id)
+                .detail(format!("by {}; deadline now {deadline}", humantime::format_duration(by))),
             now,
         )
         .await?;
@@ -401,11 +381,9 @@ impl Store {
             .fetch_optional(&mut **tx)
             .await
         {
-            Ok(Some(row)) => StoreError::NotActive {
-                id,
-                state: row.try_get("state").unwrap_or_default(),
-                verb,
-            },
+            Ok(Some(row)) => {
+                StoreError::NotActive { id, state: row.try_get("state").unwrap_or_default(), verb }
+            }
             Ok(None) => StoreError::NotFound(id),
             Err(e) => StoreError::Sql(e),
         }
@@ -422,17 +400,19 @@ impl Store {
         Ok(SessionRecord::from_row(&row)?)
     }
 
-    pub async fn list_sessions(&self, state: Option<SessionState>, limit: u32) -> Result<Vec<SessionRecord>, StoreError> {
+    pub async fn list_sessions(
+        &self,
+        state: Option<SessionState>,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
         let rows = match state {
-            Some(state) => {
-                sqlx::query(&format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE state = ? ORDER BY deadline, created_at LIMIT ?"
-                ))
-                .bind(state.as_str())
-                .bind(limit)
-                .fetch_all(&self.readers)
-                .await?
-            }
+            Some(state) => sqlx::query(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE state = ? ORDER BY deadline, created_at LIMIT ?"
+            ))
+            .bind(state.as_str())
+            .bind(limit)
+            .fetch_all(&self.readers)
+            .await?,
             None => {
                 sqlx::query(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions ORDER BY deadline, created_at LIMIT ?"
@@ -467,10 +447,7 @@ impl Store {
             sql.push_str(" AND at >= ?");
         }
         if !filter.events.is_empty() {
-            sql.push_str(&format!(
-                " AND event IN ({})",
-                vec!["?"; filter.events.len()].join(", ")
-            ));
+            sql.push_str(&format!(" AND event IN ({})", vec!["?"; filter.events.len()].join(", ")));
         }
         // Newest `limit` rows, then back to oldest first.
         sql = format!("SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY id");
@@ -543,7 +520,13 @@ impl Store {
     }
 
     /// Fills in a plain-SQL row and records its registration.
-    pub async fn adopt(&self, id: &str, provider: &str, deadline: Instant, now: Instant) -> Result<bool, StoreError> {
+    pub async fn adopt(
+        &self,
+        id: &str,
+        provider: &str,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE sessions SET provider = ?, deadline = ?, updated_at = ? \
@@ -606,19 +589,17 @@ impl Store {
                 let text: String = row.try_get("deadline")?;
                 Instant::parse(&text)
                     .map(Some)
-                    .map_err(|e| StoreError::Malformed {
-                        id: "?".into(),
-                        reason: e.to_string(),
-                    })
+                    .map_err(|e| StoreError::Malformed { id: "?".into(), reason: e.to_string() })
             }
         }
     }
 
-    /// Claims up to `limit` due sessions, most overdue first, moving them from
-    /// `active` to `enforcing` in one statement. Rows that fail to parse are
-    /// returned as errors for the caller to reject.
+    /// Claims up to `limit` sessions due by `horizon`, most overdue first,
+    /// moving them from `active` to `enforcing` in one statement. Rows that
+    /// fail to parse are returned as errors for the caller to reject.
     pub async fn claim_due(
         &self,
+        horizon: Instant,
         now: Instant,
         limit: u32,
     ) -> Result<Vec<Result<Session, (String, String)>>, StoreError> {
@@ -628,7 +609,7 @@ impl Store {
                ORDER BY deadline LIMIT ?) RETURNING {SESSION_COLUMNS}"
         ))
         .bind(now.to_string())
-        .bind(now.to_string())
+        .bind(horizon.to_string())
         .bind(limit)
         .fetch_all(&self.writer)
         .await?;
@@ -693,7 +674,12 @@ impl Store {
     /// their attempt counters go up and each gets an `attempt` row. Written
     /// (and synced) before the call, so after a crash the log shows a call
     /// that may have reached the provider.
-    pub async fn record_attempt(&self, ids: &[SessionId], entry: &AuditEntry, now: Instant) -> Result<(), StoreError> {
+    pub async fn record_attempt(
+        &self,
+        ids: &[SessionId],
+        entry: &AuditEntry,
+        now: Instant,
+    ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
         for id in ids {
             sqlx::query("UPDATE sessions SET attempts = attempts + 1, updated_at = ? WHERE id = ?")
@@ -701,10 +687,7 @@ impl Store {
                 .bind(id.to_string())
                 .execute(&mut *tx)
                 .await?;
-            let e = AuditEntry {
-                session_id: Some(*id),
-                ..entry.clone()
-            };
+            let e = AuditEntry { session_id: Some(*id), ..entry.clone() };
             insert_audit(&mut tx, &e, now).await?;
         }
         tx.commit().await?;

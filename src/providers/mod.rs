@@ -20,11 +20,7 @@ pub enum Classified {
     /// The room or participant was already gone: the goal holds, nothing to do.
     AlreadyEnded { code: String, message: String },
     /// Worth trying again, after at least `wait` if the provider said so.
-    Retryable {
-        code: String,
-        message: String,
-        wait: Option<Duration>,
-    },
+    Retryable { code: String, message: String, wait: Option<Duration> },
     /// Will not get better by retrying: bad credentials, bad parameters, no permission.
     Fatal { code: String, message: String },
 }

@@ -21,12 +21,8 @@ pub const VERSION: &str = "2019-07-22";
 pub const SERVICE: &str = "trtc";
 pub const CONTENT_TYPE: &str = "application/json";
 pub const MAX_USERS_PER_CALL: usize = 10;
-pub const ACTIONS: [&str; 4] = [
-    "DismissRoom",
-    "DismissRoomByStrRoomId",
-    "RemoveUser",
-    "RemoveUserByStrRoomId",
-];
+pub const ACTIONS: [&str; 4] =
+    ["DismissRoom", "DismissRoomByStrRoomId", "RemoveUser", "RemoveUserByStrRoomId"];
 /// Regions the TRTC room-management APIs are documented to serve.
 pub const KNOWN_REGIONS: [&str; 4] = ["ap-beijing", "ap-guangzhou", "ap-mumbai", "ap-singapore"];
 
@@ -80,35 +76,20 @@ pub struct Tc3Input<'a> {
 
 impl Tc3Input<'_> {
     pub fn signed_headers(&self) -> &'static str {
-        if self.signed_action.is_some() {
-            "content-type;host;x-tc-action"
-        } else {
-            "content-type;host"
-        }
+        if self.signed_action.is_some() { "content-type;host;x-tc-action" } else { "content-type;host" }
     }
 
     pub fn canonical_request(&self) -> String {
-        let mut headers = format!(
-            "content-type:{}\nhost:{}\n",
-            self.content_type.trim(),
-            self.host.trim()
-        );
+        let mut headers = format!("content-type:{}\nhost:{}\n", self.content_type.trim(), self.host.trim());
         if let Some(action) = self.signed_action {
             headers.push_str(&format!("x-tc-action:{}\n", action.trim().to_lowercase()));
         }
-        format!(
-            "POST\n/\n\n{headers}\n{}\n{}",
-            self.signed_headers(),
-            sha256_hex(self.body)
-        )
+        format!("POST\n/\n\n{headers}\n{}\n{}", self.signed_headers(), sha256_hex(self.body))
     }
 
     /// UTC date of the timestamp, as the credential scope wants it.
     pub fn date(&self) -> String {
-        DateTime::<Utc>::from_timestamp(self.timestamp, 0)
-            .unwrap_or_default()
-            .format("%Y-%m-%d")
-            .to_string()
+        DateTime::<Utc>::from_timestamp(self.timestamp, 0).unwrap_or_default().format("%Y-%m-%d").to_string()
     }
 
     pub fn credential_scope(&self) -> String {
@@ -217,13 +198,9 @@ pub fn classify_code(code: &str, message: &str) -> Classified {
     let code_s = code.to_string();
     let message_s = message.to_string();
     let room_gone = code == "FailedOperation.RoomNotExist"
-        || (code == "InvalidParameterValue.RoomId"
-            && message.to_ascii_lowercase().contains("not exist"));
+        || (code == "InvalidParameterValue.RoomId" && message.to_ascii_lowercase().contains("not exist"));
     if room_gone {
-        return Classified::AlreadyEnded {
-            code: code_s,
-            message: message_s,
-        };
+        return Classified::AlreadyEnded { code: code_s, message: message_s };
     }
     let retryable = code.starts_with("RequestLimitExceeded")
         || code.starts_with("InternalError")
@@ -232,19 +209,12 @@ pub fn classify_code(code: &str, message: &str) -> Classified {
         || code == "ResourceUnavailable"
         || code == "FailedOperation.RestrictedFrequency";
     if retryable {
-        Classified::Retryable {
-            code: code_s,
-            message: message_s,
-            wait: None,
-        }
+        Classified::Retryable { code: code_s, message: message_s, wait: None }
     } else {
         // AuthFailure.*, InvalidParameter*, MissingParameter*,
         // UnauthorizedOperation*, UnsupportedRegion, and anything not known
         // to be transient: retrying cannot help and would burn quota.
-        Classified::Fatal {
-            code: code_s,
-            message: message_s,
-        }
+        Classified::Fatal { code: code_s, message: message_s }
     }
 }
 
@@ -255,11 +225,7 @@ pub fn classify_response(status: u16, body: &[u8]) -> (Classified, Option<String
         let message = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         let code = format!("HTTP{status}");
         let classified = if status >= 500 || status == 408 || status == 429 {
-            Classified::Retryable {
-                code,
-                message,
-                wait: None,
-            }
+            Classified::Retryable { code, message, wait: None }
         } else {
             Classified::Fatal { code, message }
         };
@@ -375,12 +341,7 @@ impl TrtcClient {
             }
             Err(e) => (transport_error(&e), None, None),
         };
-        CallReport {
-            classified,
-            http_status,
-            provider_request_id,
-            latency: started.elapsed(),
-        }
+        CallReport { classified, http_status, provider_request_id, latency: started.elapsed() }
     }
 }
 
@@ -394,11 +355,7 @@ pub(crate) fn transport_error(e: &reqwest::Error) -> Classified {
     } else {
         "TransportError"
     };
-    Classified::Retryable {
-        code: code.into(),
-        message: error_chain(e),
-        wait: None,
-    }
+    Classified::Retryable { code: code.into(), message: error_chain(e), wait: None }
 }
 
 /// The error and its causes on one line. reqwest errors name the URL, which
@@ -424,7 +381,8 @@ mod tests {
 
     const ID: &str = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE";
     const KEY: &str = "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE";
-    const VECTOR_A_BODY: &str = r#"{"Limit": 1, "Filters": [{"Values": ["\u672a\u547d\u540d"], "Name": "instance-name"}]}"#;
+    const VECTOR_A_BODY: &str =
+        r#"{"Limit": 1, "Filters": [{"Values": ["\u672a\u547d\u540d"], "Name": "instance-name"}]}"#;
 
     fn vector_a(signed_action: Option<&'static str>) -> Tc3Input<'static> {
         Tc3Input {
@@ -450,10 +408,7 @@ mod tests {
             "5ffe6a04c0664d6b969fab9a13bdab201d63ee709638e2749d62a09ca18d7031"
         );
         let k_date = hmac(format!("TC3{KEY}").as_bytes(), b"2019-02-25");
-        assert_eq!(
-            hex::encode(&k_date),
-            "d1308c81fe71cfd4e06437bbc067b2b8a3d2d8c0e375d547f15c41d5214b395a"
-        );
+        assert_eq!(hex::encode(&k_date), "d1308c81fe71cfd4e06437bbc067b2b8a3d2d8c0e375d547f15c41d5214b395a");
         assert_eq!(
             hex::encode(signing_key(KEY, "2019-02-25", "cvm")),
             "ac658d5dde49e9bfdd14e04e062f66b05d9f637d44b8a8d845327d4a77f666b1"
@@ -563,10 +518,7 @@ mod tests {
             authorization(ID, KEY, &input),
             "TC3-HMAC-SHA256 Credential=AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE/2023-11-14/trtc/tc3_request, SignedHeaders=content-type;host, Signature=3e269aaa1b6b9cd58434ca2a19d723c0e188cdbbd12b1c1f85c6a514bee816d9"
         );
-        let with_action = Tc3Input {
-            signed_action: Some("DismissRoom"),
-            ..input
-        };
+        let with_action = Tc3Input { signed_action: Some("DismissRoom"), ..input };
         assert_eq!(
             sha256_hex(with_action.canonical_request().as_bytes()),
             "f56c4a8939f23893221f193b7311b4f85c37b2586fe095b8f848e4609a107ee9"
@@ -600,11 +552,7 @@ mod tests {
         assert_eq!(v["RoomId"], serde_json::json!(1234));
         assert_eq!(v["UserIds"], serde_json::json!(["a"]));
         assert_eq!(api_action(numeric.action, &numeric.room), "RemoveUser");
-        let string = Target {
-            action: Action::DismissRoom,
-            room: Room::Str("1234".into()),
-            users: vec![],
-        };
+        let string = Target { action: Action::DismissRoom, room: Room::Str("1234".into()), users: vec![] };
         let v: serde_json::Value = serde_json::from_slice(&request_body(1400000001, &string)).unwrap();
         assert_eq!(v["RoomId"], serde_json::json!("1234"));
         assert!(v.get("UserIds").is_none());

@@ -167,10 +167,7 @@ impl SandboxState {
         let now = StdInstant::now();
         let mut inner = self.lock();
         let window = inner.windows.entry(action.to_string()).or_default();
-        while window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-        {
+        while window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
             window.pop_front();
         }
         let over = window.len() >= self.options.quota_per_second as usize;
@@ -231,7 +228,11 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Serves on `listener` until `shutdown`.
-    pub async fn start(listener: TcpListener, options: SandboxOptions, shutdown: CancellationToken) -> std::io::Result<Sandbox> {
+    pub async fn start(
+        listener: TcpListener,
+        options: SandboxOptions,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Sandbox> {
         let addr = listener.local_addr()?;
         let state = Arc::new(SandboxState {
             options,

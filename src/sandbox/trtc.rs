@@ -15,7 +15,8 @@ use subtle::ConstantTimeEq;
 
 use super::SandboxState;
 use crate::providers::trtc::{
-    ACTIONS, KNOWN_REGIONS, MAX_CLOCK_SKEW, MAX_USERS_PER_CALL, Tc3Input, VERSION, parse_authorization, signature,
+    ACTIONS, KNOWN_REGIONS, MAX_CLOCK_SKEW, MAX_USERS_PER_CALL, Tc3Input, VERSION, parse_authorization,
+    signature,
 };
 
 /// An error answer: TRTC's code and message.
@@ -78,9 +79,9 @@ fn check_request(state: &SandboxState, headers: &HeaderMap, body: &[u8]) -> Resu
         ));
     }
     let host = header(headers, "host").unwrap_or_default();
-    let auth = header(headers, "authorization")
-        .and_then(parse_authorization)
-        .ok_or_else(|| ApiError::new("AuthFailure.InvalidAuthorization", "the Authorization header is malformed"))?;
+    let auth = header(headers, "authorization").and_then(parse_authorization).ok_or_else(|| {
+        ApiError::new("AuthFailure.InvalidAuthorization", "the Authorization header is malformed")
+    })?;
     if auth.secret_id != state.options.secret_id {
         return Err(ApiError::new("AuthFailure.SecretIdNotFound", "the SecretId does not exist"));
     }
@@ -94,14 +95,7 @@ fn check_request(state: &SandboxState, headers: &HeaderMap, body: &[u8]) -> Resu
             ));
         }
     };
-    let input = Tc3Input {
-        host,
-        service: "trtc",
-        content_type,
-        signed_action,
-        timestamp,
-        body,
-    };
+    let input = Tc3Input { host, service: "trtc", content_type, signed_action, timestamp, body };
     if auth.service != "trtc" || auth.date != input.date() {
         return Err(ApiError::new(
             "AuthFailure.SignatureFailure",
@@ -162,7 +156,12 @@ fn check_params(state: &SandboxState, action: &str, body: &[u8]) -> Result<Param
         (None, _) => return Err(ApiError::new("MissingParameter.RoomId", "RoomId is missing")),
         (Some(Value::Number(n)), false) => match n.as_u64() {
             Some(r) if (1..=4_294_967_294).contains(&r) => RoomParam::Numeric(r),
-            _ => return Err(ApiError::new("InvalidParameterValue.RoomId", format!("RoomId {n} is out of range"))),
+            _ => {
+                return Err(ApiError::new(
+                    "InvalidParameterValue.RoomId",
+                    format!("RoomId {n} is out of range"),
+                ));
+            }
         },
         (Some(Value::String(s)), true) => {
             if s.is_empty() || s.len() > 64 {
@@ -170,7 +169,9 @@ fn check_params(state: &SandboxState, action: &str, body: &[u8]) -> Result<Param
             }
             RoomParam::Str(s.clone())
         }
-        (Some(_), false) => return Err(ApiError::new("InvalidParameter.RoomId", "RoomId must be an Integer")),
+        (Some(_), false) => {
+            return Err(ApiError::new("InvalidParameter.RoomId", "RoomId must be an Integer"));
+        }
         (Some(_), true) => return Err(ApiError::new("InvalidParameter.RoomId", "RoomId must be a String")),
     };
     let mut users = Vec::new();
@@ -201,7 +202,11 @@ fn check_params(state: &SandboxState, action: &str, body: &[u8]) -> Result<Param
     Ok(Params { room, users })
 }
 
-pub(super) async fn handle(State(state): State<Arc<SandboxState>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn handle(
+    State(state): State<Arc<SandboxState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let action = match check_request(&state, &headers, &body) {
         Ok(action) => action,
         Err(e) => {
@@ -213,10 +218,7 @@ pub(super) async fn handle(State(state): State<Arc<SandboxState>>, headers: Head
     if state.over_quota(action) {
         let e = ApiError::new(
             "RequestLimitExceeded",
-            format!(
-                "the request rate of {action} exceeds {} per second",
-                state.options.quota_per_second
-            ),
+            format!("the request rate of {action} exceeds {} per second", state.options.quota_per_second),
         );
         state.record(action, None, Vec::new(), &e.0);
         return envelope(Some(&e));

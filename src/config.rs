@@ -119,25 +119,29 @@ struct RawConfig {
     policies: IndexMap<String, RawPolicy>,
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "kind", deny_unknown_fields)]
-enum RawProvider {
-    #[serde(rename = "tencent-trtc")]
-    Trtc(RawTrtc),
-}
-
+/// A provider section as written. One flat struct for every kind rather
+/// than an internally tagged enum: serde buffers tagged enums, which loses
+/// the line of a wrong key or type. Which keys fit which kind is checked
+/// after parsing.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTrtc {
-    sdk_app_id: u64,
-    region: String,
-    secret_id: String,
+struct RawProvider {
+    kind: ProviderKind,
+    sdk_app_id: Option<u64>,
+    region: Option<String>,
+    secret_id: Option<String>,
     secret_key: Option<String>,
     secret_key_file: Option<String>,
     endpoint: Option<String>,
     max_requests_per_second: Option<u32>,
     retry: Option<RawRetry>,
     request_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+enum ProviderKind {
+    #[serde(rename = "tencent-trtc")]
+    Trtc,
 }
 
 #[derive(Deserialize)]
@@ -184,8 +188,8 @@ impl Config {
 
         let mut providers = IndexMap::new();
         for (name, raw) in raw.providers {
-            let provider = match raw {
-                RawProvider::Trtc(t) => ctx.trtc(&name, t, &mut warnings)?,
+            let provider = match raw.kind {
+                ProviderKind::Trtc => ctx.trtc(&name, raw, &mut warnings)?,
             };
             providers.insert(name, provider);
         }
@@ -249,12 +253,16 @@ impl Ctx<'_> {
     fn trtc(
         &self,
         name: &str,
-        t: RawTrtc,
+        t: RawProvider,
         warnings: &mut Vec<String>,
     ) -> Result<ProviderConfig, ConfigError> {
         let err = |key: &str, reason: String| {
             self.error(&["providers", name, key], format!("provider {name:?}: {reason}"))
         };
+        let required = |key: &str, what: &str| err("kind", format!("{key} is required ({what})"));
+        let sdk_app_id = t.sdk_app_id.ok_or_else(|| required("sdk_app_id", "the application's SDKAppID"))?;
+        let region = t.region.ok_or_else(|| required("region", "e.g. ap-guangzhou"))?;
+        let secret_id = t.secret_id.ok_or_else(|| required("secret_id", "the API key's SecretId"))?;
         let secret_key = match (&t.secret_key, &t.secret_key_file) {
             (Some(_), Some(_)) => {
                 return Err(err("secret_key", "give secret_key or secret_key_file, not both".into()));
@@ -271,18 +279,18 @@ impl Ctx<'_> {
                 read_secret_file(base, file).map_err(|r| err("secret_key_file", r))?
             }
         };
-        let secret_id = expand_env(&t.secret_id)
+        let secret_id = expand_env(&secret_id)
             .map_err(|var| err("secret_id", format!("secret_id refers to ${{{var}}}, which is not set")))?;
         if secret_id.trim().is_empty() {
             return Err(err("secret_id", "secret_id is empty".into()));
         }
-        if t.sdk_app_id == 0 {
+        if sdk_app_id == 0 {
             return Err(err("sdk_app_id", "sdk_app_id must be the application's SDKAppID".into()));
         }
-        if !trtc::KNOWN_REGIONS.contains(&t.region.as_str()) {
+        if !trtc::KNOWN_REGIONS.contains(&region.as_str()) {
             warnings.push(format!(
                 "provider {name:?}: region {:?} is not one the TRTC room APIs are documented to serve ({})",
-                t.region,
+                region,
                 trtc::KNOWN_REGIONS.join(", ")
             ));
         }
@@ -331,8 +339,8 @@ impl Ctx<'_> {
             retry,
             request_timeout,
             settings: ProviderSettings::Trtc(TrtcSettings {
-                sdk_app_id: t.sdk_app_id,
-                region: t.region,
+                sdk_app_id,
+                region,
                 secret_id,
                 secret_key,
                 endpoint,

@@ -21,9 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{Instant, Room, SessionId, UserId};
-use crate::sandbox::{
-    Fault, SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Sandbox, SandboxOptions,
-};
+use crate::sandbox::{Fault, Sandbox, SandboxOptions};
 use crate::store::{AuditFilter, NewSession, Store};
 
 /// Nearest-rank percentile of sorted values.
@@ -35,30 +33,11 @@ pub fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn demo_config(db: &std::path::Path, sandbox_url: &str) -> String {
-    let lines = [
-        "# Written by `callwarden demo`: the daemon it ran used exactly this.".to_string(),
-        format!("database: {}", db.display()),
-        "providers:".into(),
-        "  trtc:".into(),
-        "    kind: tencent-trtc".into(),
-        format!("    sdk_app_id: {SANDBOX_SDK_APP_ID}"),
-        "    region: ap-guangzhou".into(),
-        format!("    secret_id: {SANDBOX_SECRET_ID}"),
-        format!("    secret_key: {SANDBOX_SECRET_KEY}"),
-        format!("    endpoint: {sandbox_url}"),
-        "    max_requests_per_second: 19".into(),
-        "policies:".into(),
-        "  consultation:".into(),
-        "    provider: trtc".into(),
-        "    max_duration: 30m".into(),
-        "    action: dismiss_room".into(),
-        "  paid-chat:".into(),
-        "    provider: trtc".into(),
-        "    max_duration: 20m".into(),
-        "    action: remove_user".into(),
-    ];
-    lines.join("\n") + "\n"
+/// `config/demo.yaml` with its placeholders filled in.
+pub fn demo_config(db: &std::path::Path, sandbox_url: &str) -> String {
+    include_str!("../config/demo.yaml")
+        .replace("{database}", &db.display().to_string())
+        .replace("{sandbox_url}", sandbox_url)
 }
 
 struct Plan {
@@ -343,6 +322,17 @@ fn spread_dismiss_calls(answers: &[crate::store::AuditRecord], burst_ids: &HashS
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shipped_demo_config_loads_and_matches_the_sandbox() {
+        let text = demo_config(std::path::Path::new("/tmp/demo/cw.db"), "http://127.0.0.1:9");
+        let config = Config::parse(std::path::Path::new("config/demo.yaml"), &text).unwrap();
+        let crate::config::ProviderSettings::Trtc(t) = &config.providers["trtc"].settings;
+        assert_eq!(t.secret_id, crate::sandbox::SANDBOX_SECRET_ID);
+        assert_eq!(t.secret_key.expose(), crate::sandbox::SANDBOX_SECRET_KEY);
+        assert_eq!(t.sdk_app_id, crate::sandbox::SANDBOX_SDK_APP_ID);
+        assert_eq!(t.endpoint, "http://127.0.0.1:9");
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {

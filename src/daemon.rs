@@ -79,10 +79,12 @@ pub async fn run(
 
     let tasks = TaskTracker::new();
     let changed = Arc::new(Notify::new());
-    tasks.spawn(watch_changes(store.clone(), Arc::clone(&changed), shutdown.clone()));
+    let watcher = store.change_watcher().await?;
+    tasks.spawn(watch_changes(watcher, Arc::clone(&changed), shutdown.clone()));
 
     let (claims_tx, claims_rx) = mpsc::unbounded_channel();
-    let enforcer = Enforcer::new(store.clone(), clock, providers, policy_actions(&config), shutdown.clone());
+    let enforcer =
+        Enforcer::new(store.clone(), clock.clone(), providers, policy_actions(&config), shutdown.clone());
     tasks.spawn(enforcer.run(claims_rx, SHUTDOWN_GRACE));
 
     let scheduler = Scheduler::new(

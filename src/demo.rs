@@ -133,7 +133,7 @@ pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
     println!("  daemon rate        19 requests/s per action\n");
 
     let daemon =
-        tokio::spawn(crate::daemon::run(Arc::clone(&config), store.clone(), clock, shutdown.clone()));
+        tokio::spawn(crate::daemon::run(Arc::clone(&config), store.clone(), clock.clone(), shutdown.clone()));
 
     let now = clock.now();
     let Plan { sessions, burst: burst_ids, to_end } = plan(now, spread, burst);

@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{Action, Instant, Room, RoomKind, UserId};
 use crate::enforce::Claimed;
-use crate::store::{SessionRecord, Store, StoreError};
+use crate::store::{ChangeWatcher, SessionRecord, Store, StoreError};
 
 /// How long before its deadline a session is claimed. Covers the database
 /// work between claiming and sending (two commits), so the call leaves on
@@ -201,14 +201,11 @@ pub fn adoption(config: &Config, r: &SessionRecord) -> Result<(String, Instant),
 
 /// Polls `PRAGMA data_version` and wakes the scheduler when anything
 /// committed: the CLI, another program's SQL, or this daemon's own writes.
-pub async fn watch_changes(store: Store, changed: Arc<Notify>, shutdown: CancellationToken) {
-    let mut watcher = match store.change_watcher().await {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch the database for changes; relying on deadlines alone");
-            return;
-        }
-    };
+///
+/// Take the [`ChangeWatcher`] before the scheduler's first turn: its starting
+/// version is the baseline, so a row inserted while the scheduler starts is
+/// seen as a change rather than folded into the baseline and missed.
+pub async fn watch_changes(mut watcher: ChangeWatcher, changed: Arc<Notify>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(CHANGE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

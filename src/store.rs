@@ -9,6 +9,11 @@
 //! up front and waits (`busy_timeout`) rather than failing when the CLI or
 //! another program writes at the same moment.
 //!
+//! The queue's queries name their partial index (`INDEXED BY`): without
+//! statistics SQLite prefers the plain `(state, created_at)` index and would
+//! sort every active session to find the next deadline. Naming the index
+//! pins the plan, and a query whose index cannot serve it fails loudly.
+//!
 //! A PostgreSQL back-end would be a second implementation of this module's
 //! public methods; nothing outside it names a table.
 
@@ -507,7 +512,7 @@ impl Store {
     /// Rows inserted with plain SQL that still need a provider or a deadline.
     pub async fn unadopted(&self, limit: u32) -> Result<Vec<Unadopted>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE state = 'active' \
+            "SELECT {SESSION_COLUMNS} FROM sessions INDEXED BY sessions_unadopted WHERE state = 'active' \
              AND (provider IS NULL OR deadline IS NULL) ORDER BY created_at LIMIT ?"
         ))
         .bind(limit)
@@ -578,8 +583,8 @@ impl Store {
     /// The earliest deadline among adopted active sessions.
     pub async fn next_deadline(&self) -> Result<Option<Instant>, StoreError> {
         let row = sqlx::query(
-            "SELECT deadline FROM sessions WHERE state = 'active' AND deadline IS NOT NULL \
-             AND provider IS NOT NULL ORDER BY deadline LIMIT 1",
+            "SELECT deadline FROM sessions INDEXED BY sessions_due WHERE state = 'active' \
+             AND deadline IS NOT NULL AND provider IS NOT NULL ORDER BY deadline LIMIT 1",
         )
         .fetch_optional(&self.writer)
         .await?;
@@ -605,7 +610,8 @@ impl Store {
     ) -> Result<Vec<Result<Session, (String, String)>>, StoreError> {
         let rows = sqlx::query(&format!(
             "UPDATE sessions SET state = 'enforcing', updated_at = ? WHERE id IN ( \
-               SELECT id FROM sessions WHERE state = 'active' AND deadline <= ? AND provider IS NOT NULL \
+               SELECT id FROM sessions INDEXED BY sessions_due \
+               WHERE state = 'active' AND deadline <= ? AND provider IS NOT NULL \
                ORDER BY deadline LIMIT ?) RETURNING {SESSION_COLUMNS}"
         ))
         .bind(now.to_string())
@@ -629,7 +635,8 @@ impl Store {
     pub async fn requeue_interrupted(&self, now: Instant, why: &str) -> Result<u64, StoreError> {
         let mut tx = self.writer.begin().await?;
         let rows = sqlx::query(
-            "UPDATE sessions SET state = 'active', updated_at = ? WHERE state = 'enforcing' RETURNING id, provider",
+            "UPDATE sessions INDEXED BY sessions_enforcing SET state = 'active', updated_at = ? \
+             WHERE state = 'enforcing' RETURNING id, provider",
         )
         .bind(now.to_string())
         .fetch_all(&mut *tx)

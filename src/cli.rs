@@ -294,6 +294,14 @@ async fn session(path: &std::path::Path, cmd: SessionCommand) -> Result<(), Fail
                 .context("cannot register the session")?;
             for s in &sessions {
                 println!("{}", s.id);
+                eprintln!(
+                    "session {} registered: policy {}, room {}{}, deadline {}",
+                    s.id,
+                    s.policy,
+                    s.room,
+                    s.user.as_ref().map(|u| format!(", user {u}")).unwrap_or_default(),
+                    s.deadline
+                );
             }
         }
         SessionCommand::End { id } => {

@@ -130,12 +130,44 @@ struct RawProvider {
     sdk_app_id: Option<u64>,
     region: Option<String>,
     secret_id: Option<String>,
-    secret_key: Option<String>,
+    secret_key: Option<RawSecret>,
     secret_key_file: Option<String>,
     endpoint: Option<String>,
     max_requests_per_second: Option<u32>,
     retry: Option<RawRetry>,
     request_timeout: Option<String>,
+}
+
+/// A secret as written. Accepts any scalar (a numeric key is still a key) and,
+/// unlike a plain `String`, never repeats the value in a type error.
+struct RawSecret(String);
+
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawSecret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string (the secret, or \"${ENV_VAR}\")")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSecret, E> {
+                Ok(RawSecret(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSecret, E> {
+                Ok(RawSecret(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawSecret, E> {
+                Ok(RawSecret(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<RawSecret, E> {
+                Err(E::custom("a secret written as a decimal number loses digits; quote it"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<RawSecret, E> {
+                Err(E::custom("a secret must be a string; quote it"))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +305,7 @@ impl Ctx<'_> {
                     "secret_key or secret_key_file is required (the TRTC API key's SecretKey)".into(),
                 ));
             }
-            (Some(value), None) => resolve_secret(value).map_err(|r| err("secret_key", r))?,
+            (Some(value), None) => resolve_secret(&value.0).map_err(|r| err("secret_key", r))?,
             (None, Some(file)) => {
                 let base = self.path.parent().unwrap_or(Path::new("."));
                 read_secret_file(base, file).map_err(|r| err("secret_key_file", r))?
@@ -531,6 +563,13 @@ policies:
         assert!(e.reason.contains("cannot read secret file"), "{e}");
         let e = refused(&GOOD.replace("ap-guangzhou", "[1, 2]"));
         assert!(!e.to_string().contains("not-a-real-key"), "{e}");
+        let e = refused(&GOOD.replace("not-a-real-key", "12345.678"));
+        assert!(!e.to_string().contains("12345"), "{e}");
+        let e = refused(&GOOD.replace("not-a-real-key", "[s3cr3t]"));
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        let c = parse(&GOOD.replace("not-a-real-key", "1234567")).unwrap();
+        let ProviderSettings::Trtc(t) = &c.providers["trtc"].settings;
+        assert_eq!(t.secret_key.expose(), "1234567");
     }
 
     #[test]

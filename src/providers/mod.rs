@@ -6,6 +6,7 @@
 //! error string it has to interpret. Providers do no retrying, no rate limiting
 //! and no database work: that is `enforce`'s job.
 
+pub mod acs;
 pub mod trtc;
 
 use std::time::Duration;

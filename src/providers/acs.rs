@@ -1,0 +1,265 @@
+//! Azure Communication Services Call Automation: `participants:remove` and
+//! `:terminate`, signed with the access-key HMAC-SHA256 scheme, carrying
+//! `Repeatability-Request-ID` / `Repeatability-First-Sent` so that a retried
+//! or post-crash repeat is answered from ACS's record instead of acting twice.
+//!
+//! Like the TRTC module, the signing functions are public so the sandbox
+//! verifies with the code clients sign with, and the unit tests pin both to
+//! the published vector.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::Classified;
+
+pub const DEFAULT_API_VERSION: &str = "2024-09-15";
+pub const ACTIONS: [&str; 2] = ["RemoveParticipant", "TerminateCall"];
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// `x-ms-content-sha256`: base64 of the body's SHA-256 (sent for empty bodies too).
+pub fn content_hash(body: &[u8]) -> String {
+    B64.encode(Sha256::digest(body))
+}
+
+/// RFC 1123 / IMF-fixdate, as `x-ms-date` and `Repeatability-First-Sent` want it.
+pub fn http_date(t: DateTime<Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+pub fn string_to_sign(
+    method: &str,
+    path_and_query: &str,
+    date: &str,
+    host: &str,
+    content_hash: &str,
+) -> String {
+    format!("{}\n{path_and_query}\n{date};{host};{content_hash}", method.to_ascii_uppercase())
+}
+
+/// Signs with the decoded access key. `None` when the key is not base64.
+pub fn signature(access_key_b64: &str, string_to_sign: &str) -> Option<String> {
+    let key = B64.decode(access_key_b64.trim()).ok()?;
+    let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes a key of any length");
+    mac.update(string_to_sign.as_bytes());
+    Some(B64.encode(mac.finalize().into_bytes()))
+}
+
+pub fn authorization(signature: &str) -> String {
+    format!("HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={signature}")
+}
+
+/// The `CommunicationIdentifierModel` for a participant's raw id, sent as
+/// `rawId` plus the kind-specific object, the way the SDK serializes it.
+pub fn identifier(raw_id: &str) -> Value {
+    let raw = raw_id.trim();
+    if let Some(number) = raw.strip_prefix("4:") {
+        return json!({ "rawId": raw, "kind": "phoneNumber", "phoneNumber": { "value": number } });
+    }
+    if raw.starts_with('+') {
+        return json!({ "rawId": format!("4:{raw}"), "kind": "phoneNumber", "phoneNumber": { "value": raw } });
+    }
+    for (prefix, cloud) in [("8:orgid:", "public"), ("8:dod:", "dod"), ("8:gcch:", "gcch")] {
+        if let Some(user) = raw.strip_prefix(prefix) {
+            return json!({
+                "rawId": raw,
+                "kind": "microsoftTeamsUser",
+                "microsoftTeamsUser": { "userId": user, "isAnonymous": false, "cloud": cloud }
+            });
+        }
+    }
+    if let Some(user) = raw.strip_prefix("8:teamsvisitor:") {
+        return json!({
+            "rawId": raw,
+            "kind": "microsoftTeamsUser",
+            "microsoftTeamsUser": { "userId": user, "isAnonymous": true, "cloud": "public" }
+        });
+    }
+    for (prefix, cloud) in [("28:orgid:", "public"), ("28:dod:", "dod"), ("28:gcch:", "gcch")] {
+        if let Some(app) = raw.strip_prefix(prefix) {
+            return json!({
+                "rawId": raw,
+                "kind": "microsoftTeamsApp",
+                "microsoftTeamsApp": { "appId": app, "cloud": cloud }
+            });
+        }
+    }
+    if ["8:acs:", "8:dod-acs:", "8:gcch-acs:", "8:spool:"].iter().any(|p| raw.starts_with(p)) {
+        return json!({ "rawId": raw, "kind": "communicationUser", "communicationUser": { "id": raw } });
+    }
+    json!({ "rawId": raw, "kind": "unknown" })
+}
+
+/// Reads the wait a 429 or 503 asks for: `retry-after-ms`, `x-ms-retry-after-ms`
+/// (milliseconds), then `Retry-After` (seconds or an HTTP date), as azure-core does.
+pub fn retry_after(headers: &reqwest::header::HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
+        if let Some(ms) = text(name).and_then(|v| v.parse::<f64>().ok()).filter(|ms| *ms >= 0.0) {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let value = text("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    Some((at - now).to_std().unwrap_or_default())
+}
+
+/// The numeric subcode of an ACS error, from the body's `error.code` or
+/// `error.message` (the docs do not say which carries it).
+fn subcode(body: &Value) -> Option<u32> {
+    let error = body.get("error")?;
+    if let Some(code) = error.get("code").and_then(Value::as_str).and_then(|c| c.parse().ok()) {
+        return Some(code);
+    }
+    let message = error.get("message").and_then(Value::as_str)?;
+    message
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| w.len() == 4)
+        .filter_map(|w| w.parse().ok())
+        .find(|n| (7000..10000).contains(n))
+}
+
+/// Classifies an HTTP answer to `participants:remove` or `:terminate`.
+/// `wait` is what the provider asked for (Retry-After), if anything.
+pub fn classify(status: u16, body: &[u8], wait: Option<Duration>) -> Classified {
+    let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let sub = subcode(&parsed);
+    let message = parsed
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    let code = match (parsed.pointer("/error/code").and_then(Value::as_str), sub) {
+        (Some(c), _) => format!("HTTP{status}/{c}"),
+        (None, Some(s)) => format!("HTTP{status}/{s}"),
+        (None, None) => format!("HTTP{status}"),
+    };
+    match status {
+        202 | 204 | 200 => Classified::Success,
+        // The call has ended or the participant has left.
+        404 => Classified::AlreadyEnded { code, message },
+        400 if matches!(sub, Some(8528 | 8522 | 8558 | 8543)) => Classified::AlreadyEnded { code, message },
+        // The repeatability window has passed: the caller must resend under a
+        // new id (safe: a participant already removed answers 404).
+        412 => Classified::Retryable { code, message, wait: None },
+        408 | 429 | 500 | 502 | 503 | 504 => Classified::Retryable { code, message, wait },
+        s if s >= 506 => Classified::Retryable { code, message, wait },
+        _ => Classified::Fatal { code, message },
+    }
+}
+
+/// Whether a classified answer means the repeatability window expired (412).
+pub fn repeatability_expired(http_status: Option<u16>) -> bool {
+    http_status == Some(412)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const DATE: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
+    const HOST: &str = "contoso.communication.azure.com";
+
+    #[test]
+    fn vector_a_remove_participant() {
+        let body = br#"{"participantToRemove":{"kind":"communicationUser","communicationUser":{"id":"8:acs:test-user"}},"operationContext":"limit"}"#;
+        assert_eq!(body.len(), 124);
+        let hash = content_hash(body);
+        assert_eq!(hash, "FJYeuifrbxVtMhMeGIF1wKwOacZlOj286GOTQdyM5OM=");
+        let sts = string_to_sign(
+            "POST",
+            "/calling/callConnections/18dea47f-b081-4107-9a5c-4300819d2c6c/participants:remove?api-version=2024-09-15",
+            DATE,
+            HOST,
+            &hash,
+        );
+        assert_eq!(signature(KEY, &sts).unwrap(), "eJBdgKRGW6L/8h/7otQEWiRw2I9PlM14cFgBQ8vhZZ8=");
+    }
+
+    #[test]
+    fn vector_b_terminate_with_empty_body() {
+        let hash = content_hash(b"");
+        assert_eq!(hash, "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        let sts = string_to_sign(
+            "post",
+            "/calling/callConnections/18dea47f-b081-4107-9a5c-4300819d2c6c:terminate?api-version=2024-09-15",
+            DATE,
+            HOST,
+            &hash,
+        );
+        assert_eq!(
+            sts,
+            "POST\n/calling/callConnections/18dea47f-b081-4107-9a5c-4300819d2c6c:terminate?api-version=2024-09-15\nTue, 14 Nov 2023 22:13:20 GMT;contoso.communication.azure.com;47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
+        assert_eq!(signature(KEY, &sts).unwrap(), "mUmQBOyUmP83AXuyei0LGu8BfnYiI+TtOENJiJLNg4k=");
+        assert!(signature("not base64!", &sts).is_none());
+    }
+
+    #[test]
+    fn dates_are_imf_fixdate() {
+        let t = DateTime::parse_from_rfc3339("2023-11-14T22:13:20Z").unwrap().with_timezone(&Utc);
+        assert_eq!(http_date(t), DATE);
+    }
+
+    #[test]
+    fn raw_ids_map_to_identifier_kinds() {
+        assert_eq!(identifier("8:acs:r_u")["communicationUser"]["id"], "8:acs:r_u");
+        assert_eq!(identifier("+15551234567")["phoneNumber"]["value"], "+15551234567");
+        assert_eq!(identifier("+15551234567")["rawId"], "4:+15551234567");
+        assert_eq!(identifier("4:+15551234567")["phoneNumber"]["value"], "+15551234567");
+        let teams = identifier("8:orgid:0000-aad");
+        assert_eq!(teams["kind"], "microsoftTeamsUser");
+        assert_eq!(teams["microsoftTeamsUser"]["userId"], "0000-aad");
+        assert_eq!(identifier("8:gcch:x")["microsoftTeamsUser"]["cloud"], "gcch");
+        assert_eq!(identifier("8:teamsvisitor:v")["microsoftTeamsUser"]["isAnonymous"], true);
+        assert_eq!(identifier("28:orgid:bot")["microsoftTeamsApp"]["appId"], "bot");
+        assert_eq!(identifier("something-else")["kind"], "unknown");
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        let err = |code: &str| format!(r#"{{"error":{{"code":"{code}","message":"m"}}}}"#);
+        assert_eq!(classify(202, br#"{"operationContext":"x"}"#, None), Classified::Success);
+        assert_eq!(classify(204, b"", None), Classified::Success);
+        assert_eq!(classify(404, err("8522").as_bytes(), None).outcome(), "already_ended");
+        assert_eq!(classify(400, err("8528").as_bytes(), None).outcome(), "already_ended");
+        assert_eq!(classify(400, err("8523").as_bytes(), None).outcome(), "fatal");
+        assert_eq!(classify(401, b"", None).outcome(), "fatal");
+        assert_eq!(classify(403, err("7504").as_bytes(), None).outcome(), "fatal");
+        assert_eq!(classify(412, b"", None).outcome(), "retryable");
+        let wait = Some(Duration::from_secs(3));
+        assert_eq!(
+            classify(429, b"", wait),
+            Classified::Retryable { code: "HTTP429".into(), message: String::new(), wait }
+        );
+        assert_eq!(classify(503, b"", None).outcome(), "retryable");
+        assert_eq!(classify(501, b"", None).outcome(), "fatal");
+        let in_message =
+            br#"{"error":{"code":"BadRequest","message":"Call terminated. DiagCode: 400#8528"}}"#;
+        assert_eq!(classify(400, in_message, None).outcome(), "already_ended");
+    }
+
+    #[test]
+    fn retry_after_is_read_in_azure_core_order() {
+        let now = DateTime::parse_from_rfc3339("2023-11-14T22:13:20Z").unwrap().with_timezone(&Utc);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        h.insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_millis(1500)));
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "Tue, 14 Nov 2023 22:13:30 GMT".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(10)));
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), now), None);
+    }
+}

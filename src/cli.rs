@@ -47,7 +47,7 @@ pub enum Command {
     Session(SessionCommand),
     /// Show the audit log, newest last.
     Audit(AuditArgs),
-    /// Serve a local stand-in for the TRTC API (for tests and trying things out).
+    /// Serve a local stand-in for the TRTC and ACS APIs (for tests and trying things out).
     Sandbox(SandboxArgs),
     /// Run the daemon against an in-process sandbox with a realistic load and summarise.
     Demo(DemoArgs),
@@ -78,7 +78,7 @@ pub enum SessionCommand {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("which_room").required(true).args(["room", "str_room"])))]
+#[command(group(ArgGroup::new("which_room").required(true).args(["room", "str_room", "call"])))]
 pub struct StartArgs {
     /// The policy in the configuration.
     #[arg(long)]
@@ -89,9 +89,15 @@ pub struct StartArgs {
     /// A string room id (a different namespace from numeric rooms).
     #[arg(long = "str-room")]
     pub str_room: Option<String>,
-    /// A participant to limit; repeat for several (one session each).
+    /// An ACS call connection id.
+    #[arg(long)]
+    pub call: Option<String>,
+    /// A TRTC user to limit; repeat for several (one session each).
     #[arg(long = "user")]
     pub users: Vec<String>,
+    /// An ACS participant's raw id (8:acs:..., +15551234567, 8:orgid:...); repeat for several.
+    #[arg(long = "participant")]
+    pub participants: Vec<String>,
     /// The time limit; default the policy's max_duration, and at most that.
     #[arg(long, value_parser = parse_duration)]
     pub limit: Option<Duration>,
@@ -124,6 +130,9 @@ pub struct SandboxArgs {
     pub secret_key: String,
     #[arg(long, default_value_t = crate::sandbox::SANDBOX_SDK_APP_ID)]
     pub sdk_app_id: u64,
+    /// The ACS access key (base64) requests must be signed with.
+    #[arg(long, env = "CALLWARDEN_SANDBOX_ACS_ACCESS_KEY", default_value = crate::sandbox::SANDBOX_ACS_ACCESS_KEY, hide_default_value = true)]
+    pub acs_access_key: String,
     /// Requests per sliding second per action before RequestLimitExceeded.
     #[arg(long, default_value_t = crate::sandbox::SANDBOX_QUOTA)]
     pub quota: u32,
@@ -258,6 +267,20 @@ fn check(path: &std::path::Path) -> Result<(), Failure> {
                 humantime::format_duration(p.retry.max_backoff),
                 humantime::format_duration(p.request_timeout),
             ),
+            ProviderSettings::Acs(a) => println!(
+                "provider {}: azure-acs endpoint={} access_key={} api_version={} callback_url={} \
+                 max_requests_per_second={} retry={} attempts, {}..{} backoff request_timeout={}",
+                p.name,
+                a.endpoint,
+                a.access_key,
+                a.api_version,
+                a.callback_url.as_deref().unwrap_or("(none: outcomes are not confirmed)"),
+                p.max_requests_per_second,
+                p.retry.max_attempts,
+                humantime::format_duration(p.retry.initial_backoff),
+                humantime::format_duration(p.retry.max_backoff),
+                humantime::format_duration(p.request_timeout),
+            ),
         }
     }
     for p in config.policies.values() {
@@ -340,12 +363,39 @@ pub fn new_sessions(config: &Config, args: &StartArgs, now: Instant) -> Result<V
         let known: Vec<&str> = config.policies.keys().map(String::as_str).collect();
         bad(format!("unknown policy {:?} (configured: {})", args.policy, known.join(", ")))
     })?;
-    let room = match (&args.room, &args.str_room) {
-        (Some(r), None) => Room::numeric(r),
-        (None, Some(s)) => Room::string(s),
-        _ => return Err(bad("give exactly one of --room and --str-room".into())),
+    let room = match (&args.room, &args.str_room, &args.call) {
+        (Some(r), None, None) => Room::numeric(r),
+        (None, Some(s), None) => Room::string(s),
+        (None, None, Some(c)) => Room::call(c),
+        _ => return Err(bad("give exactly one of --room, --str-room and --call".into())),
     }
     .map_err(|e| bad(e.to_string()))?;
+    let settings = &config
+        .providers
+        .get(&policy.provider)
+        .ok_or_else(|| bad(format!("policy {:?} names an unknown provider", policy.name)))?
+        .settings;
+    if !settings.room_kinds().contains(&room.kind()) {
+        let hint = match settings {
+            ProviderSettings::Trtc(_) => "--room or --str-room",
+            ProviderSettings::Acs(_) => "--call",
+        };
+        return Err(bad(format!(
+            "policy {:?} uses {} provider {:?}: name the room with {hint}",
+            policy.name,
+            settings.kind(),
+            policy.provider
+        )));
+    }
+    let (users, wrong) = match settings {
+        ProviderSettings::Trtc(_) => {
+            (&args.users, (!args.participants.is_empty()).then_some("--participant"))
+        }
+        ProviderSettings::Acs(_) => (&args.participants, (!args.users.is_empty()).then_some("--user")),
+    };
+    if let Some(flag) = wrong {
+        return Err(bad(format!("{flag} does not apply to {} policy {:?}", settings.kind(), policy.name)));
+    }
     let limit = args.limit.unwrap_or(policy.max_duration);
     if limit > policy.max_duration {
         return Err(bad(format!(
@@ -360,13 +410,16 @@ pub fn new_sessions(config: &Config, args: &StartArgs, now: Instant) -> Result<V
         None => now,
     };
     let deadline = started_at.saturating_add(limit);
-    let users = args
-        .users
+    let users = users
         .iter()
-        .map(|u| UserId::parse(u).map_err(|e| bad(format!("--user {u:?}: {e}"))))
+        .map(|u| UserId::parse(u).map_err(|e| bad(format!("{u:?}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    if policy.action == crate::domain::Action::RemoveUser && users.is_empty() {
-        return Err(bad(format!("policy {:?} removes a user at the deadline: give --user", policy.name)));
+    if policy.action.targets_user() && users.is_empty() {
+        let flag = if room.kind() == crate::domain::RoomKind::Call { "--participant" } else { "--user" };
+        return Err(bad(format!(
+            "policy {:?} removes a participant at the deadline: give {flag}",
+            policy.name
+        )));
     }
     let one = |user: Option<UserId>| NewSession {
         id: SessionId::new(),
@@ -404,6 +457,7 @@ async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
         secret_id: args.secret_id,
         secret_key: args.secret_key,
         sdk_app_id: args.sdk_app_id,
+        acs_access_key: args.acs_access_key,
         quota_per_second: args.quota,
     };
     let sandbox =

@@ -13,8 +13,8 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use crate::domain::{Action, RetryPolicy, parse_duration};
-use crate::providers::trtc;
+use crate::domain::{Action, RetryPolicy, RoomKind, parse_duration};
+use crate::providers::{acs, trtc};
 
 /// Where the daemon looks when neither `--config` nor `CALLWARDEN_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/callwarden/callwarden.yaml";
@@ -89,6 +89,32 @@ pub struct ProviderConfig {
 #[derive(Debug, Clone)]
 pub enum ProviderSettings {
     Trtc(TrtcSettings),
+    Acs(AcsSettings),
+}
+
+impl ProviderSettings {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderSettings::Trtc(_) => "tencent-trtc",
+            ProviderSettings::Acs(_) => "azure-acs",
+        }
+    }
+
+    /// The policy actions this kind of provider can carry out.
+    pub fn actions(&self) -> [Action; 2] {
+        match self {
+            ProviderSettings::Trtc(_) => [Action::DismissRoom, Action::RemoveUser],
+            ProviderSettings::Acs(_) => [Action::TerminateCall, Action::RemoveParticipant],
+        }
+    }
+
+    /// The room kinds this kind of provider's sessions name.
+    pub fn room_kinds(&self) -> &'static [RoomKind] {
+        match self {
+            ProviderSettings::Trtc(_) => &[RoomKind::Numeric, RoomKind::String],
+            ProviderSettings::Acs(_) => &[RoomKind::Call],
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +124,18 @@ pub struct TrtcSettings {
     pub secret_id: String,
     pub secret_key: Secret,
     pub endpoint: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AcsSettings {
+    /// `https://<resource>.communication.azure.com`, or a sandbox.
+    pub endpoint: String,
+    /// Base64, as the portal shows it; decoded only when signing.
+    pub access_key: Secret,
+    pub api_version: String,
+    /// Where ACS reports outcomes (`operationCallbackUri`); without it,
+    /// an accepted request is recorded as enforced without confirmation.
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +171,10 @@ struct RawProvider {
     secret_key: Option<RawSecret>,
     secret_key_file: Option<String>,
     endpoint: Option<String>,
+    access_key: Option<RawSecret>,
+    access_key_file: Option<String>,
+    api_version: Option<String>,
+    callback_url: Option<String>,
     max_requests_per_second: Option<u32>,
     retry: Option<RawRetry>,
     request_timeout: Option<String>,
@@ -174,6 +216,17 @@ impl<'de> Deserialize<'de> for RawSecret {
 enum ProviderKind {
     #[serde(rename = "tencent-trtc")]
     Trtc,
+    #[serde(rename = "azure-acs")]
+    Acs,
+}
+
+impl ProviderKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Trtc => "tencent-trtc",
+            ProviderKind::Acs => "azure-acs",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -221,7 +274,7 @@ impl Config {
         let mut providers = IndexMap::new();
         for (name, raw) in raw.providers {
             let provider = match raw.kind {
-                ProviderKind::Trtc => ctx.trtc(&name, raw, &mut warnings)?,
+                ProviderKind::Trtc | ProviderKind::Acs => ctx.provider(&name, raw, &mut warnings)?,
             };
             providers.insert(name, provider);
         }
@@ -246,6 +299,20 @@ impl Config {
             }
             let max_duration = session_duration(&raw.max_duration).map_err(|r| err("max_duration", r))?;
             let action: Action = raw.action.parse().map_err(|e| err("action", format!("{e}")))?;
+            let settings = &providers[&raw.provider].settings;
+            if !settings.actions().contains(&action) {
+                let fits: Vec<&str> = settings.actions().iter().map(|a| a.as_str()).collect();
+                return Err(err(
+                    "action",
+                    format!(
+                        "action {} does not fit provider {:?} of kind {} (use {})",
+                        action.as_str(),
+                        raw.provider,
+                        settings.kind(),
+                        fits.join(" or ")
+                    ),
+                ));
+            }
             policies.insert(
                 name.clone(),
                 Policy { name: name.clone(), provider: raw.provider, max_duration, action },
@@ -282,35 +349,132 @@ impl Ctx<'_> {
         ConfigError { file: self.path.to_path_buf(), line: locate(self.text, key_path), reason }
     }
 
-    fn trtc(
+    /// A provider section: the settings every kind shares, then its kind's own.
+    fn provider(
         &self,
         name: &str,
-        t: RawProvider,
+        raw: RawProvider,
         warnings: &mut Vec<String>,
     ) -> Result<ProviderConfig, ConfigError> {
         let err = |key: &str, reason: String| {
             self.error(&["providers", name, key], format!("provider {name:?}: {reason}"))
         };
+        let foreign: &[(&str, bool)] = match raw.kind {
+            ProviderKind::Trtc => &[
+                ("access_key", raw.access_key.is_some()),
+                ("access_key_file", raw.access_key_file.is_some()),
+                ("api_version", raw.api_version.is_some()),
+                ("callback_url", raw.callback_url.is_some()),
+            ],
+            ProviderKind::Acs => &[
+                ("sdk_app_id", raw.sdk_app_id.is_some()),
+                ("region", raw.region.is_some()),
+                ("secret_id", raw.secret_id.is_some()),
+                ("secret_key", raw.secret_key.is_some()),
+                ("secret_key_file", raw.secret_key_file.is_some()),
+            ],
+        };
+        if let Some((key, _)) = foreign.iter().find(|(_, present)| *present) {
+            return Err(err(key, format!("{key} does not apply to kind {}", raw.kind.as_str())));
+        }
+        let max_requests_per_second = raw.max_requests_per_second.unwrap_or(DEFAULT_REQUESTS_PER_SECOND);
+        if max_requests_per_second == 0 || max_requests_per_second > PROVIDER_QUOTA_PER_SECOND {
+            return Err(err(
+                "max_requests_per_second",
+                format!(
+                    "max_requests_per_second must be 1 to {PROVIDER_QUOTA_PER_SECOND} (the provider's quota), not {max_requests_per_second}"
+                ),
+            ));
+        }
+        let mut retry = RetryPolicy::default();
+        if let Some(r) = &raw.retry {
+            let retry_err = |key: &str, reason: String| {
+                self.error(&["providers", name, "retry", key], format!("provider {name:?}: retry: {reason}"))
+            };
+            if let Some(n) = r.max_attempts {
+                if !(1..=100).contains(&n) {
+                    return Err(retry_err("max_attempts", format!("max_attempts must be 1 to 100, not {n}")));
+                }
+                retry.max_attempts = n;
+            }
+            if let Some(s) = &r.initial_backoff {
+                retry.initial_backoff = parse_duration(s).map_err(|e| retry_err("initial_backoff", e))?;
+            }
+            if let Some(s) = &r.max_backoff {
+                retry.max_backoff = parse_duration(s).map_err(|e| retry_err("max_backoff", e))?;
+            }
+            if retry.max_backoff < retry.initial_backoff {
+                return Err(retry_err("max_backoff", "max_backoff is shorter than initial_backoff".into()));
+            }
+        }
+        let request_timeout = match &raw.request_timeout {
+            Some(s) => parse_duration(s).map_err(|e| err("request_timeout", e))?,
+            None => DEFAULT_REQUEST_TIMEOUT,
+        };
+        let settings = match raw.kind {
+            ProviderKind::Trtc => ProviderSettings::Trtc(self.trtc(name, raw, warnings)?),
+            ProviderKind::Acs => ProviderSettings::Acs(self.acs(name, raw, warnings)?),
+        };
+        Ok(ProviderConfig {
+            name: name.to_string(),
+            max_requests_per_second,
+            retry,
+            request_timeout,
+            settings,
+        })
+    }
+
+    /// A secret given inline (`key`) or in a file (`key_file`), exactly one.
+    fn secret(
+        &self,
+        name: &str,
+        (key, inline): (&str, Option<&RawSecret>),
+        (file_key, file): (&str, Option<&String>),
+        what: &str,
+    ) -> Result<Secret, ConfigError> {
+        let err = |key: &str, reason: String| {
+            self.error(&["providers", name, key], format!("provider {name:?}: {reason}"))
+        };
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(err(key, format!("give {key} or {file_key}, not both"))),
+            (None, None) => Err(err("kind", format!("{key} or {file_key} is required ({what})"))),
+            (Some(value), None) => resolve_secret(&value.0).map_err(|r| err(key, r)),
+            (None, Some(path)) => {
+                let base = self.path.parent().unwrap_or(Path::new("."));
+                read_secret_file(base, path).map_err(|r| err(file_key, r))
+            }
+        }
+    }
+
+    fn endpoint(&self, name: &str, endpoint: &str) -> Result<(), ConfigError> {
+        match reqwest::Url::parse(endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
+            _ => Err(self.error(
+                &["providers", name, "endpoint"],
+                format!("provider {name:?}: endpoint {endpoint:?} is not an http(s) URL"),
+            )),
+        }
+    }
+
+    fn trtc(
+        &self,
+        name: &str,
+        t: RawProvider,
+        warnings: &mut Vec<String>,
+    ) -> Result<TrtcSettings, ConfigError> {
+        let err = |key: &str, reason: String| {
+            self.error(&["providers", name, key], format!("provider {name:?}: {reason}"))
+        };
         let required = |key: &str, what: &str| err("kind", format!("{key} is required ({what})"));
         let sdk_app_id = t.sdk_app_id.ok_or_else(|| required("sdk_app_id", "the application's SDKAppID"))?;
-        let region = t.region.ok_or_else(|| required("region", "e.g. ap-guangzhou"))?;
-        let secret_id = t.secret_id.ok_or_else(|| required("secret_id", "the API key's SecretId"))?;
-        let secret_key = match (&t.secret_key, &t.secret_key_file) {
-            (Some(_), Some(_)) => {
-                return Err(err("secret_key", "give secret_key or secret_key_file, not both".into()));
-            }
-            (None, None) => {
-                return Err(err(
-                    "kind",
-                    "secret_key or secret_key_file is required (the TRTC API key's SecretKey)".into(),
-                ));
-            }
-            (Some(value), None) => resolve_secret(&value.0).map_err(|r| err("secret_key", r))?,
-            (None, Some(file)) => {
-                let base = self.path.parent().unwrap_or(Path::new("."));
-                read_secret_file(base, file).map_err(|r| err("secret_key_file", r))?
-            }
-        };
+        let region = t.region.clone().ok_or_else(|| required("region", "e.g. ap-guangzhou"))?;
+        let secret_id = t.secret_id.clone().ok_or_else(|| required("secret_id", "the API key's SecretId"))?;
+        let secret_key = self.secret(
+            name,
+            ("secret_key", t.secret_key.as_ref()),
+            ("secret_key_file", t.secret_key_file.as_ref()),
+            "the TRTC API key's SecretKey",
+        )?;
         let secret_id = expand_env(&secret_id)
             .map_err(|var| err("secret_id", format!("secret_id refers to ${{{var}}}, which is not set")))?;
         if secret_id.trim().is_empty() {
@@ -327,57 +491,59 @@ impl Ctx<'_> {
             ));
         }
         let endpoint = t.endpoint.unwrap_or_else(|| DEFAULT_TRTC_ENDPOINT.to_string());
-        match reqwest::Url::parse(&endpoint) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-            _ => return Err(err("endpoint", format!("endpoint {endpoint:?} is not an http(s) URL"))),
-        }
-        let max_requests_per_second = t.max_requests_per_second.unwrap_or(DEFAULT_REQUESTS_PER_SECOND);
-        if max_requests_per_second == 0 || max_requests_per_second > PROVIDER_QUOTA_PER_SECOND {
+        self.endpoint(name, &endpoint)?;
+        Ok(TrtcSettings { sdk_app_id, region, secret_id, secret_key, endpoint })
+    }
+
+    fn acs(
+        &self,
+        name: &str,
+        a: RawProvider,
+        warnings: &mut Vec<String>,
+    ) -> Result<AcsSettings, ConfigError> {
+        let err = |key: &str, reason: String| {
+            self.error(&["providers", name, key], format!("provider {name:?}: {reason}"))
+        };
+        let endpoint = a.endpoint.clone().ok_or_else(|| {
+            err("kind", "endpoint is required (https://<resource>.communication.azure.com)".into())
+        })?;
+        self.endpoint(name, &endpoint)?;
+        let access_key = self.secret(
+            name,
+            ("access_key", a.access_key.as_ref()),
+            ("access_key_file", a.access_key_file.as_ref()),
+            "the resource's access key, base64 as the Azure portal shows it",
+        )?;
+        if acs::signature(access_key.expose(), "").is_none() {
+            let key = if a.access_key.is_some() { "access_key" } else { "access_key_file" };
             return Err(err(
-                "max_requests_per_second",
-                format!(
-                    "max_requests_per_second must be 1 to {PROVIDER_QUOTA_PER_SECOND} (the provider's quota), not {max_requests_per_second}"
-                ),
+                key,
+                "the access key is not base64 (copy it as the Azure portal shows it)".into(),
             ));
         }
-        let mut retry = RetryPolicy::default();
-        if let Some(r) = t.retry {
-            let retry_err = |key: &str, reason: String| {
-                self.error(&["providers", name, "retry", key], format!("provider {name:?}: retry: {reason}"))
-            };
-            if let Some(n) = r.max_attempts {
-                if !(1..=100).contains(&n) {
-                    return Err(retry_err("max_attempts", format!("max_attempts must be 1 to 100, not {n}")));
-                }
-                retry.max_attempts = n;
-            }
-            if let Some(s) = r.initial_backoff {
-                retry.initial_backoff = parse_duration(&s).map_err(|e| retry_err("initial_backoff", e))?;
-            }
-            if let Some(s) = r.max_backoff {
-                retry.max_backoff = parse_duration(&s).map_err(|e| retry_err("max_backoff", e))?;
-            }
-            if retry.max_backoff < retry.initial_backoff {
-                return Err(retry_err("max_backoff", "max_backoff is shorter than initial_backoff".into()));
-            }
+        let api_version = a.api_version.clone().unwrap_or_else(|| acs::DEFAULT_API_VERSION.to_string());
+        let valid_version =
+            api_version.len() == 10 && chrono::NaiveDate::parse_from_str(&api_version, "%Y-%m-%d").is_ok();
+        if !valid_version {
+            return Err(err(
+                "api_version",
+                format!("api_version {api_version:?} is not a date like 2024-09-15"),
+            ));
         }
-        let request_timeout = match t.request_timeout {
-            Some(s) => parse_duration(&s).map_err(|e| err("request_timeout", e))?,
-            None => DEFAULT_REQUEST_TIMEOUT,
+        let callback_url = match &a.callback_url {
+            None => None,
+            Some(url) => match reqwest::Url::parse(url) {
+                Ok(u) if u.scheme() == "https" => Some(url.clone()),
+                Ok(u) if u.scheme() == "http" => {
+                    warnings.push(format!(
+                        "provider {name:?}: callback_url {url:?} is plain http; ACS delivers callbacks only over https"
+                    ));
+                    Some(url.clone())
+                }
+                _ => return Err(err("callback_url", format!("callback_url {url:?} is not an http(s) URL"))),
+            },
         };
-        Ok(ProviderConfig {
-            name: name.to_string(),
-            max_requests_per_second,
-            retry,
-            request_timeout,
-            settings: ProviderSettings::Trtc(TrtcSettings {
-                sdk_app_id,
-                region,
-                secret_id,
-                secret_key,
-                endpoint,
-            }),
-        })
+        Ok(AcsSettings { endpoint, access_key, api_version, callback_url })
     }
 }
 
@@ -518,7 +684,7 @@ policies:
         let p = &c.providers["trtc"];
         assert_eq!(p.max_requests_per_second, 19);
         assert_eq!(p.retry, RetryPolicy::default());
-        let ProviderSettings::Trtc(t) = &p.settings;
+        let ProviderSettings::Trtc(t) = &p.settings else { panic!("a TRTC provider") };
         assert_eq!(t.endpoint, DEFAULT_TRTC_ENDPOINT);
         assert_eq!(format!("{:?}", t.secret_key), "Secret(****)");
         assert_eq!(c.policies["consultation"].max_duration, Duration::from_secs(1800));
@@ -568,7 +734,7 @@ policies:
         let e = refused(&GOOD.replace("not-a-real-key", "[s3cr3t]"));
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
         let c = parse(&GOOD.replace("not-a-real-key", "1234567")).unwrap();
-        let ProviderSettings::Trtc(t) = &c.providers["trtc"].settings;
+        let ProviderSettings::Trtc(t) = &c.providers["trtc"].settings else { panic!("a TRTC provider") };
         assert_eq!(t.secret_key.expose(), "1234567");
     }
 

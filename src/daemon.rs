@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::{Config, ProviderSettings};
 use crate::enforce::{Enforcer, ProviderSlot};
-use crate::providers::{Provider, trtc::TrtcClient};
+use crate::providers::{Provider, acs::AcsClient, trtc::TrtcClient};
 use crate::scheduler::{Scheduler, policy_actions, watch_changes};
 use crate::store::{Store, StoreError};
 
@@ -49,11 +49,14 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, ProviderSlot>,
     let http = http_client();
     let mut slots = HashMap::new();
     for (name, p) in &config.providers {
+        let failed = |reason| DaemonError::Provider { name: name.clone(), reason };
         let provider = match &p.settings {
-            ProviderSettings::Trtc(t) => Provider::Trtc(
-                TrtcClient::new(http.clone(), t, p.request_timeout)
-                    .map_err(|reason| DaemonError::Provider { name: name.clone(), reason })?,
-            ),
+            ProviderSettings::Trtc(t) => {
+                Provider::Trtc(TrtcClient::new(http.clone(), t, p.request_timeout).map_err(failed)?)
+            }
+            ProviderSettings::Acs(a) => {
+                Provider::Acs(AcsClient::new(http.clone(), a, p.request_timeout).map_err(failed)?)
+            }
         };
         slots.insert(name.clone(), ProviderSlot::new(provider, p.retry, p.max_requests_per_second));
     }

@@ -327,7 +327,9 @@ mod tests {
     fn the_shipped_demo_config_loads_and_matches_the_sandbox() {
         let text = demo_config(std::path::Path::new("/tmp/demo/cw.db"), "http://127.0.0.1:9");
         let config = Config::parse(std::path::Path::new("config/demo.yaml"), &text).unwrap();
-        let crate::config::ProviderSettings::Trtc(t) = &config.providers["trtc"].settings;
+        let crate::config::ProviderSettings::Trtc(t) = &config.providers["trtc"].settings else {
+            panic!("a TRTC provider")
+        };
         assert_eq!(t.secret_id, crate::sandbox::SANDBOX_SECRET_ID);
         assert_eq!(t.secret_key.expose(), crate::sandbox::SANDBOX_SECRET_KEY);
         assert_eq!(t.sdk_app_id, crate::sandbox::SANDBOX_SDK_APP_ID);

@@ -51,25 +51,31 @@ pub enum DomainError {
         "string room id {0:?} must be 1 to 64 bytes of letters, digits, space and !#$%&()+-:;<=.>?@[]^_{{}}|~,"
     )]
     StrRoom(String),
-    #[error("user id must be 1 to 128 characters without control characters")]
+    #[error("user id must be 1 to 256 characters without control characters")]
     UserId,
-    #[error("unknown room kind {0:?} (expected numeric or string)")]
+    #[error("call connection id {0:?} must be 1 to 256 characters of letters, digits and -._~")]
+    Call(String),
+    #[error("unknown room kind {0:?} (expected numeric, string or call)")]
     RoomKind(String),
     #[error("unknown session state {0:?}")]
     State(String),
-    #[error("unknown action {0:?} (expected dismiss_room or remove_user)")]
+    #[error(
+        "unknown action {0:?} (expected dismiss_room or remove_user for TRTC, terminate_call or remove_participant for ACS)"
+    )]
     Action(String),
     #[error("invalid time {0:?}: {1}")]
     Instant(String, String),
 }
 
-/// Which of TRTC's two room namespaces a room id lives in. The number 123 and
-/// the string "123" are different rooms, so the kind travels with the id.
+/// Which namespace a room id lives in: TRTC's numeric or string rooms (the
+/// number 123 and the string "123" are different rooms, so the kind travels
+/// with the id), or an ACS call connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomKind {
     Numeric,
     String,
+    Call,
 }
 
 impl RoomKind {
@@ -77,6 +83,7 @@ impl RoomKind {
         match self {
             RoomKind::Numeric => "numeric",
             RoomKind::String => "string",
+            RoomKind::Call => "call",
         }
     }
 }
@@ -87,17 +94,20 @@ impl FromStr for RoomKind {
         match s {
             "numeric" => Ok(RoomKind::Numeric),
             "string" => Ok(RoomKind::String),
+            "call" => Ok(RoomKind::Call),
             other => Err(DomainError::RoomKind(other.to_string())),
         }
     }
 }
 
 /// A room: TRTC numeric rooms are 1..=4294967294; string rooms are up to 64
-/// bytes from the client SDK's character set.
+/// bytes from the client SDK's character set; an ACS call connection id goes
+/// into a URL path, so it is limited to unreserved URL characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Room {
     Numeric(u32),
     Str(String),
+    Call(String),
 }
 
 const STR_ROOM_PUNCTUATION: &str = " !#$%&()+-:;<=.>?@[]^_{}|~,";
@@ -117,10 +127,18 @@ impl Room {
         if ok { Ok(Room::Str(s.to_string())) } else { Err(DomainError::StrRoom(s.to_string())) }
     }
 
+    pub fn call(s: &str) -> Result<Room, DomainError> {
+        let ok = !s.is_empty()
+            && s.len() <= 256
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c));
+        if ok { Ok(Room::Call(s.to_string())) } else { Err(DomainError::Call(s.to_string())) }
+    }
+
     pub fn parse(kind: RoomKind, id: &str) -> Result<Room, DomainError> {
         match kind {
             RoomKind::Numeric => Room::numeric(id),
             RoomKind::String => Room::string(id),
+            RoomKind::Call => Room::call(id),
         }
     }
 
@@ -128,6 +146,7 @@ impl Room {
         match self {
             Room::Numeric(_) => RoomKind::Numeric,
             Room::Str(_) => RoomKind::String,
+            Room::Call(_) => RoomKind::Call,
         }
     }
 
@@ -135,7 +154,7 @@ impl Room {
     pub fn id_text(&self) -> String {
         match self {
             Room::Numeric(n) => n.to_string(),
-            Room::Str(s) => s.clone(),
+            Room::Str(s) | Room::Call(s) => s.clone(),
         }
     }
 }
@@ -145,6 +164,7 @@ impl fmt::Display for Room {
         match self {
             Room::Numeric(n) => write!(f, "{n}"),
             Room::Str(s) => write!(f, "{s:?}"),
+            Room::Call(s) => write!(f, "call {s}"),
         }
     }
 }
@@ -156,7 +176,7 @@ pub struct UserId(String);
 
 impl UserId {
     pub fn parse(s: &str) -> Result<UserId, DomainError> {
-        if s.is_empty() || s.chars().count() > 128 || s.chars().any(char::is_control) {
+        if s.is_empty() || s.chars().count() > 256 || s.chars().any(char::is_control) {
             return Err(DomainError::UserId);
         }
         Ok(UserId(s.to_string()))
@@ -177,17 +197,39 @@ impl fmt::Display for UserId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
-    /// End the call for everyone in the room.
+    /// TRTC: end the call for everyone in the room.
     DismissRoom,
-    /// Remove the session's user from the room.
+    /// TRTC: remove the session's user from the room.
     RemoveUser,
+    /// ACS: hang up the call for everyone.
+    TerminateCall,
+    /// ACS: remove the session's participant from the call.
+    RemoveParticipant,
 }
 
 impl Action {
+    pub const ALL: [Action; 4] =
+        [Action::DismissRoom, Action::RemoveUser, Action::TerminateCall, Action::RemoveParticipant];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::DismissRoom => "dismiss_room",
             Action::RemoveUser => "remove_user",
+            Action::TerminateCall => "terminate_call",
+            Action::RemoveParticipant => "remove_participant",
+        }
+    }
+
+    /// Whether the action targets one participant (and so needs a user).
+    pub fn targets_user(self) -> bool {
+        matches!(self, Action::RemoveUser | Action::RemoveParticipant)
+    }
+
+    /// The action that ends the whole room or call with the same provider.
+    pub fn whole_room(self) -> Action {
+        match self {
+            Action::DismissRoom | Action::RemoveUser => Action::DismissRoom,
+            Action::TerminateCall | Action::RemoveParticipant => Action::TerminateCall,
         }
     }
 }
@@ -195,21 +237,19 @@ impl Action {
 impl FromStr for Action {
     type Err = DomainError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "dismiss_room" => Ok(Action::DismissRoom),
-            "remove_user" => Ok(Action::RemoveUser),
-            other => Err(DomainError::Action(other.to_string())),
-        }
+        Action::ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| DomainError::Action(s.to_string()))
     }
 }
 
 /// The life of a session. `active` waits for its deadline; `enforcing` has
-/// been claimed by the scheduler; the other four are final.
+/// been claimed by the scheduler; `accepted` waits for the provider to report
+/// the outcome (ACS with a callback URL); the other four are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     Active,
     Enforcing,
+    Accepted,
     Enforced,
     AlreadyEnded,
     Failed,
@@ -217,9 +257,10 @@ pub enum SessionState {
 }
 
 impl SessionState {
-    pub const ALL: [SessionState; 6] = [
+    pub const ALL: [SessionState; 7] = [
         SessionState::Active,
         SessionState::Enforcing,
+        SessionState::Accepted,
         SessionState::Enforced,
         SessionState::AlreadyEnded,
         SessionState::Failed,
@@ -230,6 +271,7 @@ impl SessionState {
         match self {
             SessionState::Active => "active",
             SessionState::Enforcing => "enforcing",
+            SessionState::Accepted => "accepted",
             SessionState::Enforced => "enforced",
             SessionState::AlreadyEnded => "already_ended",
             SessionState::Failed => "failed",
@@ -238,7 +280,7 @@ impl SessionState {
     }
 
     pub fn is_final(self) -> bool {
-        !matches!(self, SessionState::Active | SessionState::Enforcing)
+        !matches!(self, SessionState::Active | SessionState::Enforcing | SessionState::Accepted)
     }
 }
 
@@ -396,6 +438,15 @@ mod tests {
         assert!(Room::numeric("4294967295").is_err());
         assert!(Room::numeric("-3").is_err());
         assert!(Room::numeric("12a").is_err());
+    }
+
+    #[test]
+    fn call_connection_ids_are_path_safe() {
+        assert!(Room::call("18dea47f-b081-4107-9a5c-4300819d2c6c").is_ok());
+        assert!(Room::call("a/b").is_err());
+        assert!(Room::call("a?b").is_err());
+        assert!(Room::call("").is_err());
+        assert_eq!(Room::parse(RoomKind::Call, "x-1").unwrap().kind(), RoomKind::Call);
     }
 
     #[test]

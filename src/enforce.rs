@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::domain::{Action, Instant, RetryPolicy, Room, SessionState};
-use crate::providers::{CallReport, Classified, Provider, Target};
+use crate::providers::{CallContext, CallReport, Classified, Provider, Repeatability, Target};
 use crate::store::{AuditEntry, Session, Store, StoreError};
 
 /// Sessions the scheduler claimed, with the in-flight permits they hold.
@@ -141,12 +141,11 @@ impl Enforcer {
         let Claimed { sessions, mut permit } = claimed;
         for (key, group) in group_sessions(sessions, &self.inner.actions) {
             let (provider, action, room) = key;
-            let chunk_size = match action {
-                Action::RemoveUser => {
-                    self.inner.providers.get(&provider).map_or(1, |p| p.provider.max_users_per_call())
-                }
-                // Every session of a room ends with one dismissal.
-                Action::DismissRoom => usize::MAX,
+            let chunk_size = if action.targets_user() {
+                self.inner.providers.get(&provider).map_or(1, |p| p.provider.max_users_per_call())
+            } else {
+                // Every session of a room or call ends with one dismissal.
+                usize::MAX
             };
             for chunk in group.chunks(chunk_size.max(1)) {
                 let Some(job_permit) = permit.split(chunk.len()) else {
@@ -205,8 +204,19 @@ fn group_sessions(
 impl Inner {
     async fn enforce(&self, job: Job) {
         let ids: Vec<_> = job.sessions.iter().map(|s| s.id).collect();
-        let Some(slot) = self.providers.get(&job.provider) else {
-            let reason = format!("provider {:?} is not in the configuration", job.provider);
+        let slot = self.providers.get(&job.provider);
+        let api_action = slot.and_then(|slot| slot.provider.api_action(job.target.action, &job.target.room));
+        let (Some(slot), Some(api_action)) = (slot, api_action) else {
+            let reason = match slot {
+                None => format!("provider {:?} is not in the configuration", job.provider),
+                Some(slot) => format!(
+                    "provider {:?} ({}) cannot {} on room {}",
+                    job.provider,
+                    slot.provider.kind(),
+                    job.target.action.as_str(),
+                    job.target.room
+                ),
+            };
             tracing::error!(provider = %job.provider, "{reason}; sessions marked failed");
             let entries: Vec<_> =
                 ids.iter().map(|id| AuditEntry::new("failed", *id).detail(reason.clone())).collect();
@@ -220,21 +230,43 @@ impl Inner {
             .await;
             return;
         };
-        let api_action = slot.provider.api_action(job.target.action, &job.target.room);
         let pacer = Arc::clone(&slot.pacers[api_action]);
         let previous_attempts = job.sessions.iter().map(|s| s.attempts).max().unwrap_or(0);
         // Sessions are claimed a little ahead; the call waits for the last
         // deadline of the sessions it settles.
         let latest_deadline =
             job.sessions.iter().map(|s| s.deadline).max().unwrap_or(Instant::from_millis(0));
+        // One logical request for the whole enforcement: the leader's stored
+        // repeatability pair if an earlier run chose one, else a new pair,
+        // stored before anything is sent.
+        let mut repeatability = job.sessions.first().and_then(|s| s.repeatability);
+        let mut ctx = CallContext {
+            operation_context: job.sessions.first().map(|s| s.id.to_string()).unwrap_or_default(),
+            repeatability: None,
+        };
 
         for try_no in 1..=slot.retry.max_attempts {
             let attempt = previous_attempts + try_no;
+            if slot.provider.uses_repeatability() {
+                let r = match repeatability {
+                    Some(r) => r,
+                    None => {
+                        let r = Repeatability::new(self.clock.now_datetime());
+                        if !self.persist(|| self.store.set_repeatability(&ids, r, self.clock.now())).await {
+                            return;
+                        }
+                        r
+                    }
+                };
+                repeatability = Some(r);
+                ctx.repeatability = Some(r);
+            }
             let attempt_entry = AuditEntry {
                 event: "attempt",
                 provider: Some(job.provider.clone()),
                 action: Some(api_action.to_string()),
                 attempt: Some(attempt),
+                provider_request_id: ctx.repeatability.map(|r| r.request_id.to_string()),
                 detail: (!job.target.users.is_empty()).then(|| {
                     let users: Vec<&str> = job.target.users.iter().map(|u| u.as_str()).collect();
                     format!("room {} users {}", job.target.room, users.join(","))
@@ -259,9 +291,10 @@ impl Inner {
                 }
             }
             let sent_at = self.clock.now();
-            let report = slot.provider.call(&job.target).await;
+            let report = slot.provider.call(&job.target, &ctx).await;
             let last_try = try_no == slot.retry.max_attempts;
-            let (event, final_state) = settle(&report.classified, last_try, attempt);
+            let (event, final_state) =
+                settle(&report.classified, last_try, attempt, slot.provider.confirms_later());
             let entries: Vec<_> = job
                 .sessions
                 .iter()
@@ -284,6 +317,12 @@ impl Inner {
             }
             if settled.is_some() {
                 return;
+            }
+            if report.renew_repeatability {
+                // The provider's repeatability window passed (a long outage):
+                // resend under a new id. Safe, because a participant already
+                // removed or a call already ended answers 404.
+                repeatability = None;
             }
             let hint = match &report.classified {
                 Classified::Retryable { wait, .. } => *wait,
@@ -348,8 +387,10 @@ fn settle(
     classified: &Classified,
     last_try: bool,
     attempt: u32,
+    confirms_later: bool,
 ) -> (&'static str, Option<(SessionState, Option<String>)>) {
     match classified {
+        Classified::Success if confirms_later => ("accepted", Some((SessionState::Accepted, None))),
         Classified::Success => ("enforced", Some((SessionState::Enforced, None))),
         Classified::AlreadyEnded { code, .. } => {
             let detail = if attempt > 1 {
@@ -415,7 +456,7 @@ fn log_outcome(
     let code = report.classified.code().unwrap_or("");
     let message = report.classified.message().unwrap_or("");
     match event {
-        "enforced" | "already_ended" => tracing::info!(
+        "enforced" | "accepted" | "already_ended" => tracing::info!(
             %sessions, provider = %job.provider, action = api_action, room = %job.target.room,
             attempt, lateness_ms, latency_ms, code, "{event}"
         ),
@@ -446,6 +487,7 @@ mod tests {
             deadline: Instant::from_millis(deadline_ms),
             state: SessionState::Enforcing,
             attempts: 0,
+            repeatability: None,
         }
     }
 
@@ -478,14 +520,15 @@ mod tests {
 
     #[test]
     fn answers_settle_or_retry() {
-        assert_eq!(settle(&Classified::Success, false, 1).0, "enforced");
+        assert_eq!(settle(&Classified::Success, false, 1, false).0, "enforced");
+        assert_eq!(settle(&Classified::Success, false, 1, true).1.unwrap().0, SessionState::Accepted);
         let retry = Classified::Retryable { code: "InternalError".into(), message: "x".into(), wait: None };
-        assert_eq!(settle(&retry, false, 1), ("retry", None));
-        let (event, state) = settle(&retry, true, 8);
+        assert_eq!(settle(&retry, false, 1, false), ("retry", None));
+        let (event, state) = settle(&retry, true, 8, false);
         assert_eq!(event, "failed");
         assert!(state.unwrap().1.unwrap().contains("gave up after attempt 8"));
         let gone =
             Classified::AlreadyEnded { code: "FailedOperation.RoomNotExist".into(), message: String::new() };
-        assert_eq!(settle(&gone, false, 2).1.unwrap().0, SessionState::AlreadyEnded);
+        assert_eq!(settle(&gone, false, 2, false).1.unwrap().0, SessionState::AlreadyEnded);
     }
 }

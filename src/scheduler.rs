@@ -187,8 +187,21 @@ pub fn adoption(config: &Config, r: &SessionRecord) -> Result<(String, Instant),
     }
     let kind: RoomKind = r.room_kind.parse().map_err(|e| format!("{e}"))?;
     Room::parse(kind, &r.room_id).map_err(|e| e.to_string())?;
+    let settings = &config
+        .providers
+        .get(&policy.provider)
+        .ok_or_else(|| format!("policy {:?} names an unknown provider", policy.name))?
+        .settings;
+    if !settings.room_kinds().contains(&kind) {
+        return Err(format!(
+            "room_kind {:?} does not fit policy {:?}, whose provider is {}",
+            r.room_kind,
+            policy.name,
+            settings.kind()
+        ));
+    }
     let user = r.user_id.as_deref().map(UserId::parse).transpose().map_err(|e| e.to_string())?;
-    if policy.action == Action::RemoveUser && user.is_none() {
+    if policy.action.targets_user() && user.is_none() {
         return Err(format!("policy {:?} removes a user, and the row has no user_id", policy.name));
     }
     let started = Instant::parse(&r.started_at).map_err(|e| e.to_string())?;

@@ -28,6 +28,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use crate::domain::{DomainError, Instant, Room, RoomKind, SessionId, SessionState, UserId};
+use crate::providers::Repeatability;
 
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,6 +68,8 @@ pub struct Session {
     pub deadline: Instant,
     pub state: SessionState,
     pub attempts: u32,
+    /// The ACS repeatability pair of this enforcement, once chosen.
+    pub repeatability: Option<Repeatability>,
 }
 
 /// A session row as stored, for listing: shown even when malformed.
@@ -84,6 +87,8 @@ pub struct SessionRecord {
     pub attempts: i64,
     pub extended_ms: i64,
     pub detail: Option<String>,
+    pub repeatability_id: Option<String>,
+    pub first_sent_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -103,6 +108,8 @@ impl SessionRecord {
             attempts: row.try_get("attempts")?,
             extended_ms: row.try_get("extended_ms")?,
             detail: row.try_get("detail")?,
+            repeatability_id: row.try_get("repeatability_id")?,
+            first_sent_at: row.try_get("first_sent_at")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -126,6 +133,14 @@ impl SessionRecord {
             .map_err(e)?,
             state: self.state.parse().map_err(e)?,
             attempts: u32::try_from(self.attempts).unwrap_or(0),
+            repeatability: match (&self.repeatability_id, &self.first_sent_at) {
+                (Some(id), Some(sent)) => Some(Repeatability {
+                    request_id: uuid::Uuid::parse_str(id)
+                        .map_err(|_| malformed(format!("repeatability_id {id:?} is not a UUID")))?,
+                    first_sent: Instant::parse(sent).map_err(e)?.to_datetime(),
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -220,7 +235,7 @@ pub struct Store {
 }
 
 const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-     state, attempts, extended_ms, detail, created_at, updated_at";
+     state, attempts, extended_ms, detail, repeatability_id, first_sent_at, created_at, updated_at";
 
 impl Store {
     fn options(path: &Path) -> SqliteConnectOptions {
@@ -676,6 +691,31 @@ impl Store {
     }
 
     // ---- enforcement records ------------------------------------------------
+
+    /// Stores the repeatability pair an enforcement sends, before its first
+    /// try (or after the provider forgot the previous one), so every retry
+    /// and every post-crash repeat sends the same pair.
+    pub async fn set_repeatability(
+        &self,
+        ids: &[SessionId],
+        r: Repeatability,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE sessions SET repeatability_id = ?, first_sent_at = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(r.request_id.to_string())
+            .bind(Instant::floor(r.first_sent).to_string())
+            .bind(now.to_string())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 
     /// Records that a provider call is about to be made for these sessions:
     /// their attempt counters go up and each gets an `attempt` row. Written

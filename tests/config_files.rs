@@ -14,6 +14,7 @@ fn check(path: &Path) -> Output {
         .arg("check")
         // For config/callwarden.example.yaml's "${TRTC_SECRET_KEY}".
         .env("TRTC_SECRET_KEY", "example-secret-value-for-tests")
+        .env("ACS_ACCESS_KEY", "ZXhhbXBsZS1hY3Mta2V5LWZvci10ZXN0cw==")
         .output()
         .expect("the binary runs")
 }
@@ -36,7 +37,13 @@ fn assert_loads(path: &Path) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{} was refused:\n{stderr}", path.display());
     assert!(stdout.contains("is valid"), "{}: {stdout}", path.display());
-    for secret in ["example-secret-value-for-tests", "fixture-secret-value", "fixture-secret-from-file"] {
+    for secret in [
+        "example-secret-value-for-tests",
+        "ZXhhbXBsZS1hY3Mta2V5LWZvci10ZXN0cw==",
+        "fixture-secret-value",
+        "fixture-secret-from-file",
+        "Zml4dHVyZS1hY3Mta2V5",
+    ] {
         assert!(!stdout.contains(secret), "{} printed its secret: {stdout}", path.display());
         assert!(!stderr.contains(secret), "{} logged its secret: {stderr}", path.display());
     }

@@ -16,10 +16,155 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::Classified;
+use super::{CallContext, CallReport, Classified, Target};
+use crate::config::{AcsSettings, Secret};
+use crate::domain::{Action, Room};
 
 pub const DEFAULT_API_VERSION: &str = "2024-09-15";
 pub const ACTIONS: [&str; 2] = ["RemoveParticipant", "TerminateCall"];
+
+pub fn api_action(action: Action, room: &Room) -> Option<&'static str> {
+    match (action, room) {
+        (Action::RemoveParticipant, Room::Call(_)) => Some("RemoveParticipant"),
+        (Action::TerminateCall, Room::Call(_)) => Some("TerminateCall"),
+        _ => None,
+    }
+}
+
+/// The path and query of a request, exactly as sent and signed. The colon in
+/// `participants:remove` and `:terminate` is literal.
+pub fn path_and_query(action: Action, call: &str, api_version: &str) -> Option<String> {
+    let path = match action {
+        Action::RemoveParticipant => format!("/calling/callConnections/{call}/participants:remove"),
+        Action::TerminateCall => format!("/calling/callConnections/{call}:terminate"),
+        _ => return None,
+    };
+    Some(format!("{path}?api-version={api_version}"))
+}
+
+/// The `RemoveParticipantRequest` body.
+pub fn remove_body(participant: &str, operation_context: &str, callback: Option<&str>) -> Vec<u8> {
+    let mut body = json!({
+        "participantToRemove": identifier(participant),
+        "operationContext": operation_context,
+    });
+    if let Some(url) = callback {
+        body["operationCallbackUri"] = json!(url);
+    }
+    serde_json::to_vec(&body).expect("a JSON value always serializes")
+}
+
+/// A configured ACS resource, ready to sign and send.
+#[derive(Debug, Clone)]
+pub struct AcsClient {
+    http: reqwest::Client,
+    /// The endpoint without a trailing slash.
+    base: String,
+    /// The authority as sent in `Host` (port included when non-default); signed.
+    host: String,
+    access_key: Secret,
+    api_version: String,
+    callback_url: Option<String>,
+    timeout: Duration,
+}
+
+impl AcsClient {
+    pub fn new(
+        http: reqwest::Client,
+        settings: &AcsSettings,
+        timeout: Duration,
+    ) -> Result<AcsClient, String> {
+        let url = reqwest::Url::parse(&settings.endpoint)
+            .map_err(|e| format!("endpoint {:?}: {e}", settings.endpoint))?;
+        let host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => return Err(format!("endpoint {:?} has no host", settings.endpoint)),
+        };
+        Ok(AcsClient {
+            http,
+            base: settings.endpoint.trim_end_matches('/').to_string(),
+            host,
+            access_key: settings.access_key.clone(),
+            api_version: settings.api_version.clone(),
+            callback_url: settings.callback_url.clone(),
+            timeout,
+        })
+    }
+
+    pub fn callback_url(&self) -> Option<&str> {
+        self.callback_url.as_deref()
+    }
+
+    /// Sends one signed request. Each try signs afresh (`x-ms-date`), while
+    /// the repeatability pair stays what the enforcement stored.
+    pub async fn call(&self, target: &Target, ctx: &CallContext) -> CallReport {
+        let unsupported = |message: String| CallReport {
+            classified: Classified::Fatal { code: "UnsupportedTarget".into(), message },
+            http_status: None,
+            provider_request_id: None,
+            latency: Duration::ZERO,
+            renew_repeatability: false,
+        };
+        let Room::Call(call) = &target.room else {
+            return unsupported(format!("ACS cannot act on room {}", target.room));
+        };
+        let Some(pq) = path_and_query(target.action, call, &self.api_version) else {
+            return unsupported(format!("ACS cannot {}", target.action.as_str()));
+        };
+        let body = match target.action {
+            Action::RemoveParticipant => match target.users.first() {
+                Some(p) => remove_body(p.as_str(), &ctx.operation_context, self.callback_url.as_deref()),
+                None => return unsupported("participants:remove needs a participant".into()),
+            },
+            _ => Vec::new(),
+        };
+        let date = http_date(Utc::now());
+        let hash = content_hash(&body);
+        let Some(sig) =
+            signature(self.access_key.expose(), &string_to_sign("POST", &pq, &date, &self.host, &hash))
+        else {
+            return unsupported("the access key is not base64".into());
+        };
+        let mut request = self
+            .http
+            .post(format!("{}{pq}", self.base))
+            .timeout(self.timeout)
+            .header("x-ms-date", &date)
+            .header("x-ms-content-sha256", &hash)
+            .header("Authorization", authorization(&sig))
+            .header("x-ms-return-client-request-id", "true");
+        if let Some(r) = &ctx.repeatability {
+            request = request
+                .header("Repeatability-Request-ID", r.request_id.to_string())
+                .header("Repeatability-First-Sent", http_date(r.first_sent));
+        }
+        if !body.is_empty() {
+            request = request.header("Content-Type", "application/json");
+        }
+        let started = std::time::Instant::now();
+        let result = request.body(body).send().await;
+        let provider_request_id = ctx.repeatability.map(|r| r.request_id.to_string());
+        let (classified, http_status) = match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let wait = retry_after(response.headers(), Utc::now());
+                match response.bytes().await {
+                    Ok(bytes) => (classify(status, &bytes, wait), Some(status)),
+                    Err(e) => (super::trtc::transport_error(&e), Some(status)),
+                }
+            }
+            Err(e) => (super::trtc::transport_error(&e), None),
+        };
+        CallReport {
+            renew_repeatability: repeatability_expired(http_status),
+            classified,
+            http_status,
+            provider_request_id,
+            latency: started.elapsed(),
+        }
+    }
+}
 
 type HmacSha256 = Hmac<Sha256>;
 

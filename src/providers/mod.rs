@@ -62,13 +62,41 @@ pub struct CallReport {
     pub classified: Classified,
     /// `None` when no HTTP answer arrived (timeout, connection error).
     pub http_status: Option<u16>,
-    /// The provider's id for the request (TRTC's `RequestId`), when it gave one.
+    /// The id the provider knows the request by: TRTC's `RequestId`, or the
+    /// ACS `Repeatability-Request-ID` (the same across an enforcement's tries).
     pub provider_request_id: Option<String>,
     pub latency: Duration,
+    /// The provider no longer remembers the repeatability id (ACS 412): the
+    /// next try must go out under a new one.
+    pub renew_repeatability: bool,
 }
 
-/// Who an enforcement is aimed at: a room, and for `RemoveUser` up to
-/// [`Provider::max_users_per_call`] of its users.
+/// ACS's idempotency key: chosen once per enforcement, stored before the
+/// first try, and sent unchanged on every retry and after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeatability {
+    pub request_id: uuid::Uuid,
+    pub first_sent: chrono::DateTime<chrono::Utc>,
+}
+
+impl Repeatability {
+    pub fn new(now: chrono::DateTime<chrono::Utc>) -> Repeatability {
+        // First-Sent travels at one-second precision; keep exactly what is sent.
+        let first_sent = chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+        Repeatability { request_id: uuid::Uuid::new_v4(), first_sent }
+    }
+}
+
+/// What a call carries besides its target.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// Echoed back in ACS outcome events: the session the call is for.
+    pub operation_context: String,
+    pub repeatability: Option<Repeatability>,
+}
+
+/// Who an enforcement is aimed at: a room or call, and for a removal up to
+/// [`Provider::max_users_per_call`] of its participants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub action: Action,
@@ -81,14 +109,18 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub enum Provider {
     Trtc(trtc::TrtcClient),
+    Acs(acs::AcsClient),
 }
 
 impl Provider {
     /// The provider-side API name, which is also the unit the provider's
-    /// quota counts (TRTC allows 20 requests per second per action).
-    pub fn api_action(&self, action: Action, room: &Room) -> &'static str {
+    /// quota counts (20 requests per second per action). `None` when this
+    /// provider cannot carry out `action` on `room` (a TRTC policy with an
+    /// ACS call, say).
+    pub fn api_action(&self, action: Action, room: &Room) -> Option<&'static str> {
         match self {
             Provider::Trtc(_) => trtc::api_action(action, room),
+            Provider::Acs(_) => acs::api_action(action, room),
         }
     }
 
@@ -96,24 +128,43 @@ impl Provider {
     pub fn api_actions(&self) -> &'static [&'static str] {
         match self {
             Provider::Trtc(_) => &trtc::ACTIONS,
+            Provider::Acs(_) => &acs::ACTIONS,
         }
     }
 
     pub fn max_users_per_call(&self) -> usize {
         match self {
             Provider::Trtc(_) => trtc::MAX_USERS_PER_CALL,
+            // One participant per participants:remove request.
+            Provider::Acs(_) => 1,
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             Provider::Trtc(_) => "tencent-trtc",
+            Provider::Acs(_) => "azure-acs",
         }
     }
 
-    pub async fn call(&self, target: &Target) -> CallReport {
+    /// Whether calls carry a repeatability id that must be stored first.
+    pub fn uses_repeatability(&self) -> bool {
+        matches!(self, Provider::Acs(_))
+    }
+
+    /// Whether a success only means "accepted", with the outcome reported
+    /// later to a callback (ACS with `callback_url`).
+    pub fn confirms_later(&self) -> bool {
+        match self {
+            Provider::Trtc(_) => false,
+            Provider::Acs(client) => client.callback_url().is_some(),
+        }
+    }
+
+    pub async fn call(&self, target: &Target, ctx: &CallContext) -> CallReport {
         match self {
             Provider::Trtc(client) => client.call(target).await,
+            Provider::Acs(client) => client.call(target, ctx).await,
         }
     }
 }

@@ -28,12 +28,13 @@ pub const KNOWN_REGIONS: [&str; 4] = ["ap-beijing", "ap-guangzhou", "ap-mumbai",
 
 type HmacSha256 = Hmac<Sha256>;
 
-pub fn api_action(action: Action, room: &Room) -> &'static str {
+pub fn api_action(action: Action, room: &Room) -> Option<&'static str> {
     match (action, room) {
-        (Action::DismissRoom, Room::Numeric(_)) => "DismissRoom",
-        (Action::DismissRoom, Room::Str(_)) => "DismissRoomByStrRoomId",
-        (Action::RemoveUser, Room::Numeric(_)) => "RemoveUser",
-        (Action::RemoveUser, Room::Str(_)) => "RemoveUserByStrRoomId",
+        (Action::DismissRoom, Room::Numeric(_)) => Some("DismissRoom"),
+        (Action::DismissRoom, Room::Str(_)) => Some("DismissRoomByStrRoomId"),
+        (Action::RemoveUser, Room::Numeric(_)) => Some("RemoveUser"),
+        (Action::RemoveUser, Room::Str(_)) => Some("RemoveUserByStrRoomId"),
+        _ => None,
     }
 }
 
@@ -42,7 +43,7 @@ pub fn api_action(action: Action, room: &Room) -> &'static str {
 pub fn request_body(sdk_app_id: u64, target: &Target) -> Vec<u8> {
     let room = match &target.room {
         Room::Numeric(n) => serde_json::Value::from(*n),
-        Room::Str(s) => serde_json::Value::from(s.as_str()),
+        Room::Str(s) | Room::Call(s) => serde_json::Value::from(s.as_str()),
     };
     let mut body = serde_json::json!({ "SdkAppId": sdk_app_id, "RoomId": room });
     if target.action == Action::RemoveUser {
@@ -301,7 +302,18 @@ impl TrtcClient {
     /// Sends one signed request. Every call signs afresh with the current
     /// time, so a retry after `AuthFailure.SignatureExpire` carries a new stamp.
     pub async fn call(&self, target: &Target) -> CallReport {
-        let action = api_action(target.action, &target.room);
+        let Some(action) = api_action(target.action, &target.room) else {
+            return CallReport {
+                classified: Classified::Fatal {
+                    code: "UnsupportedTarget".into(),
+                    message: format!("TRTC cannot {} on room {}", target.action.as_str(), target.room),
+                },
+                http_status: None,
+                provider_request_id: None,
+                latency: Duration::ZERO,
+                renew_repeatability: false,
+            };
+        };
         let body = request_body(self.sdk_app_id, target);
         let timestamp = Utc::now().timestamp();
         let input = Tc3Input {
@@ -341,7 +353,13 @@ impl TrtcClient {
             }
             Err(e) => (transport_error(&e), None, None),
         };
-        CallReport { classified, http_status, provider_request_id, latency: started.elapsed() }
+        CallReport {
+            classified,
+            http_status,
+            provider_request_id,
+            latency: started.elapsed(),
+            renew_repeatability: false,
+        }
     }
 }
 
@@ -551,12 +569,14 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&request_body(1400000001, &numeric)).unwrap();
         assert_eq!(v["RoomId"], serde_json::json!(1234));
         assert_eq!(v["UserIds"], serde_json::json!(["a"]));
-        assert_eq!(api_action(numeric.action, &numeric.room), "RemoveUser");
+        assert_eq!(api_action(numeric.action, &numeric.room), Some("RemoveUser"));
         let string = Target { action: Action::DismissRoom, room: Room::Str("1234".into()), users: vec![] };
         let v: serde_json::Value = serde_json::from_slice(&request_body(1400000001, &string)).unwrap();
         assert_eq!(v["RoomId"], serde_json::json!("1234"));
         assert!(v.get("UserIds").is_none());
-        assert_eq!(api_action(string.action, &string.room), "DismissRoomByStrRoomId");
+        assert_eq!(api_action(string.action, &string.room), Some("DismissRoomByStrRoomId"));
+        assert_eq!(api_action(Action::TerminateCall, &Room::Numeric(1)), None);
+        assert_eq!(api_action(Action::DismissRoom, &Room::Call("c".into())), None);
     }
 
     #[test]

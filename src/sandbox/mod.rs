@@ -1,4 +1,5 @@
-//! The sandbox: a local stand-in for the provider APIs, for the demo,
+//! The sandbox: a local stand-in for the provider APIs (TRTC at `POST /`,
+//! ACS Call Automation under `/calling/callConnections/`), for the demo,
 //! integration tests and trying callwarden without an account.
 //!
 //! It checks what the real service checks (signature, version, region,
@@ -11,11 +12,12 @@
 //!   seen in any one-second window, effective dismissals and removals;
 //! - `GET /_sandbox/requests`: every request, in arrival order;
 //! - `POST /_sandbox/faults` ([`Fault`]) and `DELETE /_sandbox/faults`;
-//! - `POST /_sandbox/rooms/dismiss` `{"room": 1234}` or `{"room": "abc"}`:
-//!   ends a room as if everyone had left.
+//! - `POST /_sandbox/rooms/dismiss` `{"room": 1234}` or `{"room": "abc"}`
+//!   (TRTC), `{"call": "id"}` (ACS): ends a room or call as if everyone had left.
 //!
 //! It keeps everything in memory and is meant for loopback only.
 
+pub mod acs;
 pub mod trtc;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -35,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 pub const SANDBOX_SECRET_ID: &str = "AKIDcallwardenSANDBOX";
 pub const SANDBOX_SECRET_KEY: &str = "callwarden-sandbox-secret-key";
 pub const SANDBOX_SDK_APP_ID: u64 = 1400000001;
+/// The sandbox's ACS access key (base64 of `callwarden-sandbox-acs-key-0001`).
+pub const SANDBOX_ACS_ACCESS_KEY: &str = "Y2FsbHdhcmRlbi1zYW5kYm94LWFjcy1rZXktMDAwMQ==";
 /// The quota the real APIs publish: 20 requests per second per action.
 pub const SANDBOX_QUOTA: u32 = 20;
 /// How many requests the log keeps (oldest dropped first).
@@ -45,6 +49,7 @@ pub struct SandboxOptions {
     pub secret_id: String,
     pub secret_key: String,
     pub sdk_app_id: u64,
+    pub acs_access_key: String,
     pub quota_per_second: u32,
 }
 
@@ -54,6 +59,7 @@ impl Default for SandboxOptions {
             secret_id: SANDBOX_SECRET_ID.into(),
             secret_key: SANDBOX_SECRET_KEY.into(),
             sdk_app_id: SANDBOX_SDK_APP_ID,
+            acs_access_key: SANDBOX_ACS_ACCESS_KEY.into(),
             quota_per_second: SANDBOX_QUOTA,
         }
     }
@@ -83,6 +89,16 @@ pub struct Fault {
     /// How many requests the rule applies to; absent = every matching one.
     #[serde(default)]
     pub times: Option<u32>,
+    /// ACS: the `Retry-After` seconds to send with an injected status.
+    #[serde(default)]
+    pub retry_after_secs: Option<u64>,
+}
+
+/// An ACS answer, kept under its repeatability id to be replayed.
+#[derive(Debug, Clone)]
+pub struct StoredAnswer {
+    pub status: u16,
+    pub body: Option<String>,
 }
 
 /// One request as the sandbox saw it.
@@ -93,8 +109,11 @@ pub struct RequestRecord {
     pub action: String,
     pub room: Option<String>,
     pub users: Vec<String>,
-    /// The answer's error code, or `"success"`.
+    /// The answer's error code, or `"success"` (TRTC); `HTTP<status>` (ACS).
     pub answer: String,
+    /// ACS: the request's Repeatability-Request-ID, if it carried one.
+    #[serde(default)]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -110,6 +129,12 @@ pub struct Stats {
     pub rooms_dismissed: u64,
     /// Users removed from a live room.
     pub users_removed: u64,
+    /// ACS: participants removed from a live call (a repeat does not count).
+    pub participants_removed: u64,
+    /// ACS: calls terminated.
+    pub calls_terminated: u64,
+    /// ACS: requests answered from the repeatability record without acting.
+    pub repeats_replayed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +143,12 @@ struct Inner {
     stats: Stats,
     dismissed_numeric: HashSet<u64>,
     dismissed_str: HashSet<String>,
+    /// ACS calls that were terminated (or ended by themselves).
+    terminated_calls: HashSet<String>,
+    /// ACS (call, participant raw id) pairs removed.
+    removed_participants: HashSet<(String, String)>,
+    /// ACS first answers by repeatability id.
+    repeats: HashMap<String, StoredAnswer>,
     faults: Vec<Fault>,
     log: VecDeque<RequestRecord>,
 }
@@ -154,6 +185,7 @@ impl SandboxState {
         match room {
             crate::domain::Room::Numeric(n) => inner.dismissed_numeric.insert(u64::from(*n)),
             crate::domain::Room::Str(s) => inner.dismissed_str.insert(s.clone()),
+            crate::domain::Room::Call(c) => inner.terminated_calls.insert(c.clone()),
         };
     }
 
@@ -201,6 +233,17 @@ impl SandboxState {
     }
 
     fn record(&self, action: &str, room: Option<String>, users: Vec<String>, answer: &str) {
+        self.record_with_id(action, room, users, answer, None);
+    }
+
+    fn record_with_id(
+        &self,
+        action: &str,
+        room: Option<String>,
+        users: Vec<String>,
+        answer: &str,
+        request_id: Option<String>,
+    ) {
         let at_ms = self.started.elapsed().as_millis() as u64;
         let mut inner = self.lock();
         inner.stats.requests += 1;
@@ -215,6 +258,7 @@ impl SandboxState {
             room,
             users,
             answer: answer.to_string(),
+            request_id,
         });
     }
 }
@@ -259,6 +303,7 @@ impl Sandbox {
 fn router(state: Arc<SandboxState>) -> Router {
     Router::new()
         .route("/", post(trtc::handle))
+        .route("/calling/callConnections/{*rest}", post(acs::handle))
         .route("/_sandbox/stats", get(stats))
         .route("/_sandbox/requests", get(requests))
         .route("/_sandbox/faults", post(add_fault).delete(clear_faults))
@@ -292,22 +337,29 @@ async fn clear_faults(State(state): State<Arc<SandboxState>>) -> impl IntoRespon
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DismissBody {
-    room: serde_json::Value,
+    #[serde(default)]
+    room: Option<serde_json::Value>,
+    #[serde(default)]
+    call: Option<String>,
 }
 
 async fn dismiss_room(State(state): State<Arc<SandboxState>>, body: axum::body::Bytes) -> impl IntoResponse {
-    let Ok(DismissBody { room }) = serde_json::from_slice(&body) else {
-        return (StatusCode::BAD_REQUEST, "expected {\"room\": 1234} or {\"room\": \"abc\"}").into_response();
+    let usage = "expected {\"room\": 1234}, {\"room\": \"abc\"} or {\"call\": \"id\"}";
+    let Ok(DismissBody { room, call }) = serde_json::from_slice(&body) else {
+        return (StatusCode::BAD_REQUEST, usage).into_response();
     };
     let mut inner = state.lock();
-    match room {
-        serde_json::Value::Number(n) if n.as_u64().is_some() => {
+    match (room, call) {
+        (Some(serde_json::Value::Number(n)), None) if n.as_u64().is_some() => {
             inner.dismissed_numeric.insert(n.as_u64().unwrap_or_default());
         }
-        serde_json::Value::String(s) => {
+        (Some(serde_json::Value::String(s)), None) => {
             inner.dismissed_str.insert(s);
         }
-        _ => return (StatusCode::BAD_REQUEST, "room must be a positive integer or a string").into_response(),
+        (None, Some(c)) => {
+            inner.terminated_calls.insert(c);
+        }
+        _ => return (StatusCode::BAD_REQUEST, usage).into_response(),
     }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -73,6 +73,10 @@ pub struct Config {
     pub providers: IndexMap<String, ProviderConfig>,
     /// In file order, which later decides webhook matching.
     pub policies: IndexMap<String, Policy>,
+    /// Where the HTTP listener (webhooks, health) binds; none when absent.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The secret ACS callbacks must carry as `?token=`.
+    pub acs_webhook_secret: Option<Secret>,
     /// Accepted but suspicious settings, for the operator to see at start.
     pub warnings: Vec<String>,
 }
@@ -152,9 +156,25 @@ pub struct Policy {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     database: String,
+    listen: Option<String>,
+    #[serde(default)]
+    webhooks: RawWebhooks,
     providers: IndexMap<String, RawProvider>,
     #[serde(default)]
     policies: IndexMap<String, RawPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    acs: Option<RawAcsWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcsWebhook {
+    secret: Option<RawSecret>,
+    secret_file: Option<String>,
 }
 
 /// A provider section as written. One flat struct for every kind rather
@@ -319,7 +339,55 @@ impl Config {
             );
         }
 
-        Ok(Config { path: path.to_path_buf(), database, providers, policies, warnings })
+        let listen = match &raw.listen {
+            None => None,
+            Some(text) => Some(text.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+                ctx.error(&["listen"], format!("listen {text:?} is not an address like 127.0.0.1:8720"))
+            })?),
+        };
+        let acs_webhook_secret = match &raw.webhooks.acs {
+            None => None,
+            Some(w) => Some(ctx.secret_pair(
+                &["webhooks", "acs"],
+                "",
+                ("secret", w.secret.as_ref()),
+                ("secret_file", w.secret_file.as_ref()),
+                "the token ACS callbacks carry as ?token=",
+            )?),
+        };
+        let confirming: Vec<&str> = providers
+            .values()
+            .filter(|p| matches!(&p.settings, ProviderSettings::Acs(a) if a.callback_url.is_some()))
+            .map(|p| p.name.as_str())
+            .collect();
+        if let Some(name) = confirming.first() {
+            if acs_webhook_secret.is_none() {
+                return Err(ctx.error(
+                    &["providers", name, "callback_url"],
+                    format!(
+                        "provider {name:?}: callback_url needs webhooks.acs.secret, so that callbacks can be authenticated"
+                    ),
+                ));
+            }
+            if listen.is_none() {
+                return Err(ctx.error(
+                    &["providers", name, "callback_url"],
+                    format!("provider {name:?}: callback_url needs listen, the address that receives the callbacks"),
+                ));
+            }
+        }
+        if acs_webhook_secret.is_some() && listen.is_none() {
+            warnings.push("webhooks.acs is set but listen is not: nothing will receive ACS callbacks".into());
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            database,
+            providers,
+            policies,
+            listen,
+            acs_webhook_secret,
+            warnings,
+        })
     }
 
     pub fn policy(&self, name: &str) -> Option<&Policy> {
@@ -424,20 +492,38 @@ impl Ctx<'_> {
         })
     }
 
-    /// A secret given inline (`key`) or in a file (`key_file`), exactly one.
+    /// A provider's secret given inline (`key`) or in a file (`key_file`), exactly one.
     fn secret(
         &self,
         name: &str,
+        inline: (&str, Option<&RawSecret>),
+        file: (&str, Option<&String>),
+        what: &str,
+    ) -> Result<Secret, ConfigError> {
+        self.secret_pair(&["providers", name], "kind", inline, file, what).map_err(|mut e| {
+            e.reason = format!("provider {name:?}: {}", e.reason);
+            e
+        })
+    }
+
+    /// A secret under `section`, given inline (`key`) or in a file (`key_file`),
+    /// exactly one. When both are missing the error points at `anchor`.
+    fn secret_pair(
+        &self,
+        section: &[&str],
+        anchor: &str,
         (key, inline): (&str, Option<&RawSecret>),
         (file_key, file): (&str, Option<&String>),
         what: &str,
     ) -> Result<Secret, ConfigError> {
-        let err = |key: &str, reason: String| {
-            self.error(&["providers", name, key], format!("provider {name:?}: {reason}"))
+        let err = |k: &str, reason: String| {
+            let mut path = section.to_vec();
+            path.push(k);
+            self.error(&path, reason)
         };
         match (inline, file) {
             (Some(_), Some(_)) => Err(err(key, format!("give {key} or {file_key}, not both"))),
-            (None, None) => Err(err("kind", format!("{key} or {file_key} is required ({what})"))),
+            (None, None) => Err(err(anchor, format!("{key} or {file_key} is required ({what})"))),
             (Some(value), None) => resolve_secret(&value.0).map_err(|r| err(key, r)),
             (None, Some(path)) => {
                 let base = self.path.parent().unwrap_or(Path::new("."));

@@ -55,7 +55,8 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, ProviderSlot>,
                 Provider::Trtc(TrtcClient::new(http.clone(), t, p.request_timeout).map_err(failed)?)
             }
             ProviderSettings::Acs(a) => {
-                Provider::Acs(AcsClient::new(http.clone(), a, p.request_timeout).map_err(failed)?)
+                let token = config.acs_webhook_secret.as_ref();
+                Provider::Acs(AcsClient::new(http.clone(), a, p.request_timeout, token).map_err(failed)?)
             }
         };
         slots.insert(name.clone(), ProviderSlot::new(provider, p.retry, p.max_requests_per_second));

@@ -279,22 +279,26 @@ impl Inner {
             tokio::select! {
                 () = self.wait_for_deadline(latest_deadline) => {}
                 () = self.shutdown.cancelled() => {
-                    self.release(&ids, "stopped before the deadline").await;
+                    self.release(&ids, true, "stopped before the deadline; the attempt was not sent").await;
                     return;
                 }
             }
             tokio::select! {
                 () = pacer.admit() => {}
                 () = self.shutdown.cancelled() => {
-                    self.release(&ids, "stopped while waiting for the provider's rate limit").await;
+                    self.release(&ids, true, "stopped while waiting for the rate limit; the attempt was not sent").await;
                     return;
                 }
             }
             let sent_at = self.clock.now();
             let report = slot.provider.call(&job.target, &ctx).await;
             let last_try = try_no == slot.retry.max_attempts;
-            let (event, final_state) =
-                settle(&report.classified, last_try, attempt, slot.provider.confirms_later());
+            let (event, final_state) = settle(
+                &report.classified,
+                last_try,
+                attempt,
+                slot.provider.confirms_later(job.target.action),
+            );
             let entries: Vec<_> = job
                 .sessions
                 .iter()
@@ -332,7 +336,7 @@ impl Inner {
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = self.shutdown.cancelled() => {
-                    self.release(&ids, "stopped while waiting to retry").await;
+                    self.release(&ids, false, "stopped while waiting to retry").await;
                     return;
                 }
             }
@@ -349,8 +353,8 @@ impl Inner {
 
     /// Puts sessions back in the queue when shutdown interrupts them between
     /// calls, so a stopped daemon leaves nothing `enforcing`.
-    async fn release(&self, ids: &[crate::domain::SessionId], why: &str) {
-        if let Err(e) = self.store.release(ids, self.clock.now(), why).await {
+    async fn release(&self, ids: &[crate::domain::SessionId], unsent: bool, why: &str) {
+        if let Err(e) = self.store.release(ids, unsent, self.clock.now(), why).await {
             tracing::warn!(error = %e, "could not hand sessions back at shutdown; the next start re-queues them");
         }
     }

@@ -31,6 +31,8 @@ use crate::domain::{DomainError, Instant, Room, RoomKind, SessionId, SessionStat
 use crate::providers::Repeatability;
 
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a failed migration is retried before giving up (see `open`).
+const MIGRATION_RETRIES: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -263,10 +265,21 @@ impl Store {
             .connect_with(Self::options(path))
             .await
             .map_err(open_err)?;
-        sqlx::migrate!("./migrations")
-            .run(&writer)
-            .await
-            .map_err(|source| StoreError::Migrate { path: path.to_path_buf(), source })?;
+        // Two processes opening a new database at once (the daemon starting
+        // while the app runs `session start`) both find it unmigrated, and
+        // the slower one's migration fails on what the faster one created.
+        // Migrations are transactional, so trying again sees them applied.
+        let mut tries = 0;
+        loop {
+            match sqlx::migrate!("./migrations").run(&writer).await {
+                Ok(()) => break,
+                Err(_) if tries < MIGRATION_RETRIES => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
+                }
+                Err(source) => return Err(StoreError::Migrate { path: path.to_path_buf(), source }),
+            }
+        }
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(Self::options(path))
@@ -672,12 +685,22 @@ impl Store {
     }
 
     /// Hands claimed sessions back to the queue (shutdown while they waited).
-    pub async fn release(&self, ids: &[SessionId], now: Instant, why: &str) -> Result<(), StoreError> {
+    /// `unsent`: the last recorded attempt never left (it was waiting for its
+    /// deadline or the rate limit), so it is taken off the attempt count.
+    pub async fn release(
+        &self,
+        ids: &[SessionId],
+        unsent: bool,
+        now: Instant,
+        why: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
         for id in ids {
             let done = sqlx::query(
-                "UPDATE sessions SET state = 'active', updated_at = ? WHERE id = ? AND state = 'enforcing'",
+                "UPDATE sessions SET state = 'active', attempts = max(attempts - ?, 0), updated_at = ? \
+                 WHERE id = ? AND state = 'enforcing'",
             )
+            .bind(i64::from(unsent))
             .bind(now.to_string())
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -688,6 +711,65 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    // ---- provider outcome reports ----------------------------------------------
+
+    /// Settles a session the provider accepted, now that it reported the
+    /// outcome. Also taken from `enforcing`: a report can overtake the
+    /// record of the request's own answer. Returns false when the session is
+    /// unknown or already settled (a duplicate report), and writes nothing.
+    pub async fn confirm_session(
+        &self,
+        id: SessionId,
+        state: SessionState,
+        entry: &AuditEntry,
+        now: Instant,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET state = ?, detail = ?, updated_at = ? \
+             WHERE id = ? AND state IN ('accepted', 'enforcing')",
+        )
+        .bind(state.as_str())
+        .bind(&entry.detail)
+        .bind(now.to_string())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &AuditEntry { session_id: Some(id), ..entry.clone() }, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The call ended: every session of it that the provider had accepted is
+    /// enforced. Returns how many.
+    pub async fn confirm_call(
+        &self,
+        call: &str,
+        entry: &AuditEntry,
+        now: Instant,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE sessions INDEXED BY sessions_accepted SET state = 'enforced', detail = ?, updated_at = ? \
+             WHERE state = 'accepted' AND room_id = ? AND room_kind = 'call' RETURNING id",
+        )
+        .bind(&entry.detail)
+        .bind(now.to_string())
+        .bind(call)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let e = AuditEntry { session_id: id.parse().ok(), ..entry.clone() };
+            insert_audit(&mut tx, &e, now).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
     }
 
     // ---- enforcement records ------------------------------------------------

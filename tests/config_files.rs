@@ -43,6 +43,7 @@ fn assert_loads(path: &Path) {
         "fixture-secret-value",
         "fixture-secret-from-file",
         "Zml4dHVyZS1hY3Mta2V5",
+        "fixture-acs-callback-token",
     ] {
         assert!(!stdout.contains(secret), "{} printed its secret: {stdout}", path.display());
         assert!(!stderr.contains(secret), "{} logged its secret: {stderr}", path.display());

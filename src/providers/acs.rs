@@ -64,15 +64,20 @@ pub struct AcsClient {
     host: String,
     access_key: Secret,
     api_version: String,
-    callback_url: Option<String>,
+    /// `operationCallbackUri`: the configured callback URL with the webhook
+    /// token in its query, so it is a secret too.
+    callback: Option<Secret>,
     timeout: Duration,
 }
 
 impl AcsClient {
+    /// `callback_token` is what ACS must send back as `?token=` on the
+    /// callback URL (the `webhooks.acs` secret).
     pub fn new(
         http: reqwest::Client,
         settings: &AcsSettings,
         timeout: Duration,
+        callback_token: Option<&Secret>,
     ) -> Result<AcsClient, String> {
         let url = reqwest::Url::parse(&settings.endpoint)
             .map_err(|e| format!("endpoint {:?}: {e}", settings.endpoint))?;
@@ -81,19 +86,29 @@ impl AcsClient {
             (Some(h), None) => h.to_string(),
             (None, _) => return Err(format!("endpoint {:?} has no host", settings.endpoint)),
         };
+        let callback = match (&settings.callback_url, callback_token) {
+            (Some(url), Some(token)) => {
+                let mut url = reqwest::Url::parse(url).map_err(|e| format!("callback_url {url:?}: {e}"))?;
+                url.query_pairs_mut().append_pair("token", token.expose());
+                Some(Secret::new(url.to_string()))
+            }
+            (Some(_), None) => return Err("callback_url needs the webhooks.acs secret".into()),
+            (None, _) => None,
+        };
         Ok(AcsClient {
             http,
             base: settings.endpoint.trim_end_matches('/').to_string(),
             host,
             access_key: settings.access_key.clone(),
             api_version: settings.api_version.clone(),
-            callback_url: settings.callback_url.clone(),
+            callback,
             timeout,
         })
     }
 
-    pub fn callback_url(&self) -> Option<&str> {
-        self.callback_url.as_deref()
+    /// Whether outcomes of removals are reported to callwarden.
+    pub fn has_callback(&self) -> bool {
+        self.callback.is_some()
     }
 
     /// Sends one signed request. Each try signs afresh (`x-ms-date`), while
@@ -114,7 +129,11 @@ impl AcsClient {
         };
         let body = match target.action {
             Action::RemoveParticipant => match target.users.first() {
-                Some(p) => remove_body(p.as_str(), &ctx.operation_context, self.callback_url.as_deref()),
+                Some(p) => remove_body(
+                    p.as_str(),
+                    &ctx.operation_context,
+                    self.callback.as_ref().map(Secret::expose),
+                ),
                 None => return unsupported("participants:remove needs a participant".into()),
             },
             _ => Vec::new(),

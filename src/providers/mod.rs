@@ -153,11 +153,12 @@ impl Provider {
     }
 
     /// Whether a success only means "accepted", with the outcome reported
-    /// later to a callback (ACS with `callback_url`).
-    pub fn confirms_later(&self) -> bool {
+    /// later to a callback: ACS removals when `callback_url` is set. (A
+    /// `:terminate` answers 204 once the call is ended.)
+    pub fn confirms_later(&self, action: Action) -> bool {
         match self {
             Provider::Trtc(_) => false,
-            Provider::Acs(client) => client.callback_url().is_some(),
+            Provider::Acs(client) => client.has_callback() && action == Action::RemoveParticipant,
         }
     }
 

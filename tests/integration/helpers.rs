@@ -1,0 +1,685 @@
+//! The harness: the real `callwarden` binary as child processes (a sandbox and
+//! a daemon), a config file and a database in a tempdir per test, and helpers
+//! that read outcomes from the SQLite file and the sandbox's control API.
+//!
+//! Child processes are killed when their guard drops. Their logs (stderr) are
+//! captured, and echoed only when `TEST_LOG` is set.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant as StdInstant};
+
+use callwarden::sandbox::{
+    Fault, RequestRecord, SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Stats,
+};
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_callwarden");
+
+/// Session states after which nothing more happens.
+pub const FINAL_STATES: [&str; 4] = ["enforced", "already_ended", "failed", "cancelled"];
+/// Audit events that settle an enforcement.
+pub const FINAL_EVENTS: [&str; 3] = ["enforced", "already_ended", "failed"];
+
+/// Generous bounds for "eventually": they only matter when something is broken.
+pub const SHORT: Duration = Duration::from_secs(20);
+pub const LONG: Duration = Duration::from_secs(60);
+
+fn show_logs() -> bool {
+    std::env::var_os("TEST_LOG").is_some()
+}
+
+// ---- waiting -----------------------------------------------------------------
+
+/// Polls `probe` until it yields a value; panics after `timeout`, naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = StdInstant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` until it is true; panics after `timeout`, naming `what`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(what, timeout, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await;
+}
+
+/// Sleeps until the wall clock reads `at_ms` (for "nothing happened before X").
+pub async fn wait_for_wall_clock(at_ms: i64) {
+    let remaining = at_ms - now_ms();
+    if remaining > 0 {
+        tokio::time::sleep(Duration::from_millis(remaining as u64 + 1)).await;
+    }
+    assert!(now_ms() >= at_ms);
+}
+
+// ---- time ----------------------------------------------------------------------
+
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Milliseconds since the epoch of a time column (`YYYY-MM-DDTHH:MM:SS.sssZ`).
+pub fn ms_of(text: &str) -> i64 {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
+        .timestamp_millis()
+}
+
+/// The canonical text form the database uses.
+pub fn text_of(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms).single().expect("a valid time").to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+// ---- child processes -------------------------------------------------------------
+
+/// A child process killed (SIGKILL) and reaped on drop, with its stderr captured.
+struct ChildGuard {
+    child: Child,
+    logs: Arc<Mutex<String>>,
+}
+
+impl ChildGuard {
+    fn spawn<S: AsRef<OsStr>>(label: &str, args: &[S], stdout: Stdio) -> ChildGuard {
+        let mut child = callwarden_command()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN} ({label}): {e}"));
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (sink, prefix) = (Arc::clone(&logs), format!("[{label} {}]", child.id()));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if show_logs() {
+                    eprintln!("{prefix} {line}");
+                }
+                let mut logs = sink.lock().unwrap_or_else(|e| e.into_inner());
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        ChildGuard { child, logs }
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The binary with a clean environment: no inherited config path or sandbox
+/// credentials, info logs without colours.
+fn callwarden_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("CALLWARDEN_CONFIG")
+        .env_remove("CALLWARDEN_SANDBOX_SECRET_ID")
+        .env_remove("CALLWARDEN_SANDBOX_SECRET_KEY")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// What a finished CLI command left behind.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panics with the whole output unless the command exited 0.
+    pub fn expect_ok(self, what: &str) -> CliOutput {
+        assert!(self.ok(), "{what} failed: {self:#?}");
+        self
+    }
+}
+
+/// Runs `callwarden --config CONFIG ARGS...` to completion.
+pub async fn run_cli<S: AsRef<OsStr>>(config: &Path, args: &[S]) -> CliOutput {
+    let mut cmd = tokio::process::Command::from(callwarden_command());
+    cmd.arg("--config").arg(config).args(args).stdin(Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(LONG, cmd.output())
+        .await
+        .expect("the command finished in time")
+        .expect("the command starts");
+    CliOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+// ---- the sandbox ---------------------------------------------------------------
+
+/// `callwarden sandbox` on a free loopback port.
+pub struct Sandbox {
+    /// Held so the sandbox lives as long as the test.
+    _process: ChildGuard,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Sandbox {
+    pub fn start() -> Sandbox {
+        let mut process =
+            ChildGuard::spawn("sandbox", &["sandbox", "--listen", "127.0.0.1:0"], Stdio::piped());
+        let stdout = process.child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let _ = tx.send(first);
+            let _ = reader.read_to_end(&mut Vec::new());
+        });
+        let first = rx.recv_timeout(SHORT).unwrap_or_default();
+        let url = first
+            .trim()
+            .strip_prefix("sandbox listening on ")
+            .unwrap_or_else(|| panic!("unexpected first sandbox line {first:?}; logs:\n{}", process.logs()))
+            .to_string();
+        Sandbox { _process: process, url, http: reqwest::Client::new() }
+    }
+
+    pub async fn stats(&self) -> Stats {
+        self.get("/_sandbox/stats").await
+    }
+
+    /// Every request the sandbox answered, in arrival order.
+    pub async fn requests(&self) -> Vec<RequestRecord> {
+        self.get("/_sandbox/requests").await
+    }
+
+    /// Requests to one of the TRTC actions (leaves out clock probes).
+    pub async fn api_requests(&self) -> Vec<RequestRecord> {
+        let mut requests = self.requests().await;
+        requests.retain(|r| callwarden::providers::trtc::ACTIONS.contains(&r.action.as_str()));
+        requests
+    }
+
+    /// Requests whose parameters named `room` (numeric or string).
+    pub async fn requests_for(&self, room: &str) -> Vec<RequestRecord> {
+        let mut requests = self.api_requests().await;
+        requests.retain(|r| r.room.as_deref() == Some(room));
+        requests
+    }
+
+    pub async fn inject(&self, fault: Fault) {
+        let response =
+            self.http.post(format!("{}/_sandbox/faults", self.url)).json(&fault).send().await.unwrap();
+        assert!(response.status().is_success(), "fault {fault:?} refused: {}", response.status());
+    }
+
+    /// Ends a room as if everyone left: `json!(1234)` or `json!("abc")`.
+    pub async fn end_room(&self, room: serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}/_sandbox/rooms/dismiss", self.url))
+            .json(&serde_json::json!({ "room": room }))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "room {room} not dismissed: {}", response.status());
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// Relates the sandbox's `at_ms` (since its start) to the wall clock, with
+    /// an unsigned request whose wall time the test brackets.
+    pub async fn clock(&self) -> SandboxClock {
+        let mut best: Option<(i64, SandboxClock)> = None;
+        for _ in 0..3 {
+            let before = now_ms();
+            let _ = self.http.post(format!("{}/", self.url)).body("{}").send().await.unwrap();
+            let after = now_ms();
+            let probe = self
+                .requests()
+                .await
+                .into_iter()
+                .rev()
+                .find(|r| r.action == "?")
+                .expect("the probe is logged");
+            // The probe was recorded at a wall time in [before, after], when the
+            // sandbox's elapsed time was in [at_ms, at_ms + 1).
+            let clock = SandboxClock { start_at_most: after - probe.at_ms as i64 };
+            if best.as_ref().is_none_or(|(spread, _)| after - before < *spread) {
+                best = Some((after - before, clock));
+            }
+        }
+        best.expect("three probes").1
+    }
+}
+
+/// The latest wall time the sandbox can have started at.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxClock {
+    start_at_most: i64,
+}
+
+impl SandboxClock {
+    /// The latest wall time (ms) at which the sandbox can have logged `r`:
+    /// if this is before a deadline, the request certainly arrived early.
+    pub fn latest_wall_ms(&self, r: &RequestRecord) -> i64 {
+        self.start_at_most + r.at_ms as i64 + 1
+    }
+}
+
+// ---- the daemon --------------------------------------------------------------------
+
+/// `callwarden --config PATH run`.
+pub struct Daemon {
+    process: ChildGuard,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits until it says it is running.
+    pub async fn start(config: &Path) -> Daemon {
+        let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("run")];
+        let mut process = ChildGuard::spawn("daemon", &args, Stdio::null());
+        let start = StdInstant::now();
+        while !process.logs().contains("callwarden running") {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("the daemon exited at start ({status}); logs:\n{}", process.logs());
+            }
+            assert!(start.elapsed() < SHORT, "the daemon did not start; logs:\n{}", process.logs());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Daemon { process }
+    }
+
+    /// Asks the daemon to stop, as systemd would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.process.child.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Kills the daemon without warning (SIGKILL), as a crash or OOM would.
+    pub fn crash(&mut self) {
+        self.process.child.kill().expect("SIGKILL is delivered");
+        self.process.child.wait().expect("the daemon is reaped");
+    }
+
+    /// Waits for the daemon to exit on its own; panics after `timeout`.
+    pub async fn exit_status(&mut self, timeout: Duration) -> ExitStatus {
+        let start = StdInstant::now();
+        loop {
+            if let Some(status) = self.process.child.try_wait().expect("waitpid works") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the daemon still runs {timeout:?} after being told to stop; logs:\n{}",
+                self.process.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+}
+
+// ---- configuration ---------------------------------------------------------------
+
+/// The configuration every test starts from; `secret_key` is what the daemon
+/// signs with.
+pub fn config_text(database: &Path, endpoint: &str, secret_key: &str) -> String {
+    format!(
+        "\
+database: {database}
+providers:
+  trtc:
+    kind: tencent-trtc
+    sdk_app_id: {SANDBOX_SDK_APP_ID}
+    region: ap-guangzhou
+    secret_id: {SANDBOX_SECRET_ID}
+    secret_key: {secret_key}
+    endpoint: {endpoint}
+    max_requests_per_second: 19
+    retry: {{ max_attempts: 4, initial_backoff: 100ms, max_backoff: 1s }}
+policies:
+  consultation:
+    provider: trtc
+    max_duration: 30m
+    action: dismiss_room
+  paid-chat:
+    provider: trtc
+    max_duration: 20m
+    action: remove_user
+",
+        database = database.display()
+    )
+}
+
+// ---- database rows ------------------------------------------------------------------
+
+/// A `sessions` row, every column a test may look at.
+#[derive(Debug, Clone, sqlx::FromRow)]
+#[allow(dead_code)]
+pub struct SessionRow {
+    pub id: String,
+    pub policy: String,
+    pub provider: Option<String>,
+    pub room_id: String,
+    pub room_kind: String,
+    pub user_id: Option<String>,
+    pub started_at: String,
+    pub deadline: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub extended_ms: i64,
+    pub detail: Option<String>,
+}
+
+impl SessionRow {
+    pub fn deadline_ms(&self) -> i64 {
+        ms_of(self.deadline.as_deref().unwrap_or_else(|| panic!("session {} has no deadline", self.id)))
+    }
+}
+
+/// An `audit_log` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+#[allow(dead_code)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: String,
+    pub session_id: Option<String>,
+    pub event: String,
+    pub provider: Option<String>,
+    pub action: Option<String>,
+    pub attempt: Option<i64>,
+    pub outcome: Option<String>,
+    pub http_status: Option<i64>,
+    pub provider_request_id: Option<String>,
+    pub error_code: Option<String>,
+    pub detail: Option<String>,
+    pub latency_ms: Option<i64>,
+    pub lateness_ms: Option<i64>,
+}
+
+/// A row to insert with plain SQL, as another program would.
+#[derive(Debug, Clone, Default)]
+pub struct SqlSession {
+    pub policy: String,
+    pub room_id: String,
+    pub room_kind: String,
+    pub user_id: Option<String>,
+    /// Left to the column default when `None`.
+    pub started_at: Option<String>,
+    pub deadline: Option<String>,
+}
+
+impl SqlSession {
+    pub fn dismiss(room: u32, deadline_ms: i64) -> SqlSession {
+        SqlSession {
+            policy: "consultation".into(),
+            room_id: room.to_string(),
+            room_kind: "numeric".into(),
+            deadline: Some(text_of(deadline_ms)),
+            ..SqlSession::default()
+        }
+    }
+}
+
+/// Where a `session start` aims.
+#[derive(Debug, Clone, Copy)]
+pub enum RoomArg<'a> {
+    Num(u32),
+    Str(&'a str),
+}
+
+// ---- the harness ----------------------------------------------------------------------
+
+/// One test's world: tempdir, config, database, sandbox.
+pub struct Harness {
+    /// Held so the files live as long as the test.
+    _dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub db_path: PathBuf,
+    pub sandbox: Sandbox,
+    pool: tokio::sync::OnceCell<SqlitePool>,
+}
+
+impl Harness {
+    /// A sandbox and a config whose credentials it accepts.
+    pub async fn new() -> Harness {
+        Harness::signing_with(SANDBOX_SECRET_KEY).await
+    }
+
+    /// A sandbox and a config that signs with `secret_key`.
+    pub async fn signing_with(secret_key: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("a tempdir");
+        let sandbox = Sandbox::start();
+        let db_path = dir.path().join("cw.db");
+        let config = dir.path().join("callwarden.yaml");
+        std::fs::write(&config, config_text(&db_path, &sandbox.url, secret_key)).unwrap();
+        Harness { _dir: dir, config, db_path, sandbox, pool: tokio::sync::OnceCell::new() }
+    }
+
+    pub async fn start_daemon(&self) -> Daemon {
+        Daemon::start(&self.config).await
+    }
+
+    pub async fn cli<S: AsRef<OsStr>>(&self, args: &[S]) -> CliOutput {
+        run_cli(&self.config, args).await
+    }
+
+    /// `session start`; returns the new ids (one per user).
+    pub async fn start_session(
+        &self,
+        policy: &str,
+        room: RoomArg<'_>,
+        users: &[&str],
+        limit: Option<&str>,
+    ) -> Vec<String> {
+        let mut args: Vec<String> = vec!["session".into(), "start".into(), "--policy".into(), policy.into()];
+        match room {
+            RoomArg::Num(n) => args.extend(["--room".into(), n.to_string()]),
+            RoomArg::Str(s) => args.extend(["--str-room".into(), s.to_string()]),
+        }
+        for u in users {
+            args.extend(["--user".into(), u.to_string()]);
+        }
+        if let Some(limit) = limit {
+            args.extend(["--limit".into(), limit.into()]);
+        }
+        let out = self.cli(&args).await.expect_ok("session start");
+        let ids: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+        assert_eq!(ids.len(), users.len().max(1), "one id per user: {out:?}");
+        ids
+    }
+
+    /// The database, created and migrated by the CLI if nothing opened it yet.
+    pub async fn db(&self) -> &SqlitePool {
+        self.pool
+            .get_or_init(|| async {
+                if !self.db_path.exists() {
+                    self.cli(&["session", "list"]).await.expect_ok("session list (creates the database)");
+                }
+                let options = SqliteConnectOptions::new()
+                    .filename(&self.db_path)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .connect_with(options)
+                    .await
+                    .expect("the database opens")
+            })
+            .await
+    }
+
+    pub async fn session(&self, id: &str) -> SessionRow {
+        sqlx::query_as("SELECT * FROM sessions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.db().await)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no session {id}"))
+    }
+
+    pub async fn sessions(&self) -> Vec<SessionRow> {
+        sqlx::query_as("SELECT * FROM sessions ORDER BY deadline, id")
+            .fetch_all(self.db().await)
+            .await
+            .unwrap()
+    }
+
+    pub async fn audit(&self) -> Vec<AuditRow> {
+        sqlx::query_as("SELECT * FROM audit_log ORDER BY id").fetch_all(self.db().await).await.unwrap()
+    }
+
+    pub async fn audit_of(&self, id: &str) -> Vec<AuditRow> {
+        sqlx::query_as("SELECT * FROM audit_log WHERE session_id = ? ORDER BY id")
+            .bind(id)
+            .fetch_all(self.db().await)
+            .await
+            .unwrap()
+    }
+
+    /// Session count per state.
+    pub async fn state_counts(&self) -> BTreeMap<String, i64> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT state, COUNT(*) FROM sessions GROUP BY state")
+            .fetch_all(self.db().await)
+            .await
+            .unwrap();
+        rows.into_iter().collect()
+    }
+
+    /// Waits until every one of `ids` is in a final state; returns their rows.
+    pub async fn wait_until_settled(&self, ids: &[String], timeout: Duration) -> Vec<SessionRow> {
+        let what = format!("{} sessions to settle", ids.len());
+        wait_for(&what, timeout, || async {
+            let mut rows = Vec::with_capacity(ids.len());
+            for id in ids {
+                let row = self.session(id).await;
+                if !FINAL_STATES.contains(&row.state.as_str()) {
+                    return None;
+                }
+                rows.push(row);
+            }
+            Some(rows)
+        })
+        .await
+    }
+
+    /// Waits until `id` is in `state`; panics if it settles in another state.
+    pub async fn wait_for_state(&self, id: &str, state: &str, timeout: Duration) -> SessionRow {
+        let row = wait_for(&format!("session {id} to become {state}"), timeout, || async {
+            let row = self.session(id).await;
+            (row.state == state || FINAL_STATES.contains(&row.state.as_str())).then_some(row)
+        })
+        .await;
+        assert_eq!(row.state, state, "session {id} settled otherwise: {row:#?}");
+        row
+    }
+
+    /// Inserts rows with plain SQL in one transaction; returns their ids.
+    pub async fn insert_sql(&self, rows: &[SqlSession]) -> Result<Vec<String>, sqlx::Error> {
+        let mut tx = self.db().await.begin().await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = sqlx::query_scalar(
+                "INSERT INTO sessions (policy, room_id, room_kind, user_id, started_at, deadline) \
+                 VALUES (?, ?, ?, ?, COALESCE(?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), ?) RETURNING id",
+            )
+            .bind(&r.policy)
+            .bind(&r.room_id)
+            .bind(&r.room_kind)
+            .bind(&r.user_id)
+            .bind(&r.started_at)
+            .bind(&r.deadline)
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Registers one dismiss_room session per room, all due at `deadline_ms`.
+    pub async fn insert_burst(&self, rooms: std::ops::Range<u32>, deadline_ms: i64) -> Vec<String> {
+        let rows: Vec<_> = rooms.map(|room| SqlSession::dismiss(room, deadline_ms)).collect();
+        self.insert_sql(&rows).await.expect("the burst is inserted")
+    }
+
+    /// Never early: every provider answer recorded in the audit log says the
+    /// call left at or after its session's deadline, and (when a sandbox clock
+    /// is given) the sandbox saw no request for a room before the deadline of
+    /// the sessions enforced in it.
+    pub async fn assert_never_early(&self, clock: Option<SandboxClock>) {
+        let audit = self.audit().await;
+        let early: Vec<_> = audit.iter().filter(|a| a.lateness_ms.is_some_and(|l| l < 0)).collect();
+        assert!(early.is_empty(), "calls recorded as early: {early:#?}");
+        let Some(clock) = clock else { return };
+        let requests = self.sandbox.api_requests().await;
+        let mut deadlines: HashMap<(String, bool), i64> = HashMap::new();
+        for s in self.sessions().await {
+            let Some(deadline) = s.deadline.as_deref().map(ms_of) else { continue };
+            let key = (s.room_id.clone(), s.room_kind == "string");
+            let earliest = deadlines.entry(key).or_insert(deadline);
+            *earliest = (*earliest).min(deadline);
+        }
+        for r in &requests {
+            let Some(room) = &r.room else { continue };
+            let key = (room.clone(), r.action.ends_with("ByStrRoomId"));
+            let Some(deadline) = deadlines.get(&key) else { continue };
+            let latest = clock.latest_wall_ms(r);
+            assert!(
+                latest >= *deadline,
+                "the sandbox saw {} for room {room} at the latest {} but its deadline is {}",
+                r.action,
+                text_of(latest),
+                text_of(*deadline)
+            );
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the real `callwarden` binary (daemon, CLI, sandbox) as
+//! child processes, outcomes read from the SQLite file and the sandbox.
+//!
+//! Each test has its own tempdir, sandbox and daemon, so tests run in
+//! parallel. Set `TEST_LOG=1` to see the children's logs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod config;
+mod crash;
+mod enforcement;
+mod helpers;
+mod sql;

@@ -133,6 +133,9 @@ pub struct SandboxArgs {
     /// The ACS access key (base64) requests must be signed with.
     #[arg(long, env = "CALLWARDEN_SANDBOX_ACS_ACCESS_KEY", default_value = crate::sandbox::SANDBOX_ACS_ACCESS_KEY, hide_default_value = true)]
     pub acs_access_key: String,
+    /// Where to post ACS CallDisconnected events after a terminate.
+    #[arg(long)]
+    pub acs_events_url: Option<String>,
     /// Requests per sliding second per action before RequestLimitExceeded.
     #[arg(long, default_value_t = crate::sandbox::SANDBOX_QUOTA)]
     pub quota: u32,
@@ -458,6 +461,7 @@ async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
         secret_key: args.secret_key,
         sdk_app_id: args.sdk_app_id,
         acs_access_key: args.acs_access_key,
+        acs_events_url: args.acs_events_url,
         quota_per_second: args.quota,
     };
     let sandbox =

@@ -32,6 +32,12 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("provider {name}: {reason}")]
     Provider { name: String, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One HTTP client for every provider: shared connection pool, a user agent,
@@ -82,6 +88,17 @@ pub async fn run(
     }
 
     let tasks = TaskTracker::new();
+    if let Some(addr) = config.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen { addr, source })?;
+        let state = crate::http::AppState {
+            store: store.clone(),
+            clock: clock.clone(),
+            acs_secret: config.acs_webhook_secret.clone(),
+        };
+        tasks.spawn(crate::http::serve(listener, state, shutdown.clone()));
+    }
     let changed = Arc::new(Notify::new());
     let watcher = store.change_watcher().await?;
     tasks.spawn(watch_changes(watcher, Arc::clone(&changed), shutdown.clone()));

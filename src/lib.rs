@@ -15,7 +15,8 @@
 //! - [`scheduler`]: what is due next; claims due sessions; adopts SQL inserts.
 //! - [`enforce`]: pacing, provider calls, retries, outcome records.
 //! - [`providers`]: signed provider requests and answer classification
-//!   ([`providers::trtc`]).
+//!   ([`providers::trtc`], [`providers::acs`]).
+//! - [`http`]: the listener: provider webhooks (ACS outcome callbacks), health.
 //! - [`daemon`]: wires the above into the running service.
 //! - [`sandbox`]: a local stand-in for the provider APIs.
 //! - [`demo`]: the one-command tour: daemon + sandbox + a realistic load.
@@ -31,6 +32,7 @@ pub mod daemon;
 pub mod demo;
 pub mod domain;
 pub mod enforce;
+pub mod http;
 pub mod providers;
 pub mod sandbox;
 pub mod scheduler;

@@ -727,20 +727,21 @@ impl Store {
         now: Instant,
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let done = sqlx::query(
+        let row = sqlx::query(
             "UPDATE sessions SET state = ?, detail = ?, updated_at = ? \
-             WHERE id = ? AND state IN ('accepted', 'enforcing')",
+             WHERE id = ? AND state IN ('accepted', 'enforcing') RETURNING provider",
         )
         .bind(state.as_str())
         .bind(&entry.detail)
         .bind(now.to_string())
         .bind(id.to_string())
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
+        let Some(row) = row else {
             return Ok(false);
-        }
-        insert_audit(&mut tx, &AuditEntry { session_id: Some(id), ..entry.clone() }, now).await?;
+        };
+        let provider: Option<String> = row.try_get("provider")?;
+        insert_audit(&mut tx, &AuditEntry { session_id: Some(id), provider, ..entry.clone() }, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -756,7 +757,7 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let rows = sqlx::query(
             "UPDATE sessions INDEXED BY sessions_accepted SET state = 'enforced', detail = ?, updated_at = ? \
-             WHERE state = 'accepted' AND room_id = ? AND room_kind = 'call' RETURNING id",
+             WHERE state = 'accepted' AND room_id = ? AND room_kind = 'call' RETURNING id, provider",
         )
         .bind(&entry.detail)
         .bind(now.to_string())
@@ -765,7 +766,11 @@ impl Store {
         .await?;
         for row in &rows {
             let id: String = row.try_get("id")?;
-            let e = AuditEntry { session_id: id.parse().ok(), ..entry.clone() };
+            let e = AuditEntry {
+                session_id: id.parse().ok(),
+                provider: row.try_get("provider")?,
+                ..entry.clone()
+            };
             insert_audit(&mut tx, &e, now).await?;
         }
         tx.commit().await?;

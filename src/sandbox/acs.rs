@@ -169,6 +169,7 @@ pub(super) async fn handle(
             None
         }
     };
+    let mut outcome_event = None;
     if let Some(fault) = state.take_fault(action, Some(&call)) {
         if fault.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
@@ -178,8 +179,12 @@ pub(super) async fn handle(
             let message = fault.message.unwrap_or_else(|| "sandbox: injected fault".into());
             return finish(error(status, &code, &message), participant, false, fault.retry_after_secs);
         }
+        outcome_event = fault.outcome_event;
     }
     let result = apply(&state, action, &call, participant.as_deref(), &body);
+    if result.status < 300 {
+        report_outcome(&state, action, &call, &body, outcome_event.as_deref());
+    }
     // ACS remembers answers under the id, except server errors, which a
     // repeat executes again.
     if let Some((id, _)) = repeat
@@ -188,6 +193,64 @@ pub(super) async fn handle(
         state.lock().repeats.insert(id, result.clone());
     }
     finish(result, participant, false, None)
+}
+
+/// Posts the event ACS would send after a successful request: the removal's
+/// outcome to its `operationCallbackUri`, `CallDisconnected` after a
+/// terminate to the configured call events URL. Delivered in the
+/// background, a moment after the answer, as ACS does.
+fn report_outcome(state: &Arc<SandboxState>, action: &str, call: &str, body: &[u8], outcome: Option<&str>) {
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let (url, kind, data) = if action == "RemoveParticipant" {
+        let Some(url) = request.get("operationCallbackUri").and_then(Value::as_str) else { return };
+        let (kind, result) = match outcome {
+            Some("none") => return,
+            Some("failed") => (
+                "RemoveParticipantFailed",
+                json!({ "code": 500, "subCode": 8511, "message": "sandbox: the removal failed" }),
+            ),
+            _ => (
+                "RemoveParticipantSucceeded",
+                json!({ "code": 200, "subCode": 0, "message": "Participant removed." }),
+            ),
+        };
+        let data = json!({
+            "callConnectionId": call,
+            "operationContext": request.get("operationContext").cloned().unwrap_or(Value::Null),
+            "participant": request.get("participantToRemove").cloned().unwrap_or(Value::Null),
+            "resultInformation": result,
+        });
+        (url.to_string(), kind, data)
+    } else {
+        let Some(url) = state.options.acs_events_url.clone() else { return };
+        if outcome == Some("none") {
+            return;
+        }
+        let result = json!({ "code": 200, "subCode": 7000, "message": "The conversation has ended." });
+        (url, "CallDisconnected", json!({ "callConnectionId": call, "resultInformation": result }))
+    };
+    let event = json!([{
+        "id": uuid::Uuid::new_v4().to_string(),
+        "source": format!("calling/callConnections/{call}"),
+        "type": format!("Microsoft.Communication.{kind}"),
+        "data": data,
+        "time": Utc::now().to_rfc3339(),
+        "specversion": "1.0",
+        "datacontenttype": "application/json",
+        "subject": format!("calling/callConnections/{call}"),
+    }]);
+    let state = Arc::clone(state);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let delivered =
+            state.http.post(&url).json(&event).send().await.is_ok_and(|r| r.status().is_success());
+        let mut inner = state.lock();
+        if delivered {
+            inner.stats.events_delivered += 1;
+        } else {
+            inner.stats.events_undelivered += 1;
+        }
+    });
 }
 
 /// The participant's raw id from a `RemoveParticipantRequest`, type-checked.

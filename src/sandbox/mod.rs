@@ -50,6 +50,10 @@ pub struct SandboxOptions {
     pub secret_key: String,
     pub sdk_app_id: u64,
     pub acs_access_key: String,
+    /// Where to post ACS call events (`CallDisconnected` after a terminate),
+    /// as ACS posts to the call's callback URI. Removal outcomes go to each
+    /// request's `operationCallbackUri`.
+    pub acs_events_url: Option<String>,
     pub quota_per_second: u32,
 }
 
@@ -60,6 +64,7 @@ impl Default for SandboxOptions {
             secret_key: SANDBOX_SECRET_KEY.into(),
             sdk_app_id: SANDBOX_SDK_APP_ID,
             acs_access_key: SANDBOX_ACS_ACCESS_KEY.into(),
+            acs_events_url: None,
             quota_per_second: SANDBOX_QUOTA,
         }
     }
@@ -92,6 +97,10 @@ pub struct Fault {
     /// ACS: the `Retry-After` seconds to send with an injected status.
     #[serde(default)]
     pub retry_after_secs: Option<u64>,
+    /// ACS: accept a removal but report it as `RemoveParticipantFailed`
+    /// (`"failed"`), or report nothing at all (`"none"`).
+    #[serde(default)]
+    pub outcome_event: Option<String>,
 }
 
 /// An ACS answer, kept under its repeatability id to be replayed.
@@ -135,6 +144,9 @@ pub struct Stats {
     pub calls_terminated: u64,
     /// ACS: requests answered from the repeatability record without acting.
     pub repeats_replayed: u64,
+    /// ACS: outcome events delivered to a callback (answered 2xx), and not.
+    pub events_delivered: u64,
+    pub events_undelivered: u64,
 }
 
 #[derive(Debug, Default)]
@@ -158,6 +170,8 @@ pub struct SandboxState {
     options: SandboxOptions,
     started: StdInstant,
     inner: Mutex<Inner>,
+    /// For posting ACS outcome events.
+    http: reqwest::Client,
 }
 
 impl SandboxState {
@@ -282,6 +296,7 @@ impl Sandbox {
             options,
             started: StdInstant::now(),
             inner: Mutex::new(Inner::default()),
+            http: crate::daemon::http_client(),
         });
         let app = router(Arc::clone(&state));
         tokio::spawn(async move {

@@ -1,0 +1,74 @@
+//! The daemon's HTTP listener (`listen:` in the config): provider webhooks
+//! and health checks.
+//!
+//! Every request has a body size limit and a time limit; shutdown stops
+//! accepting and lets requests under way finish. Handlers parse what arrives
+//! into typed values first and touch the store only with a request that
+//! parsed and authenticated completely, so a forged or malformed request
+//! changes nothing.
+
+pub mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::clock::Clock;
+use crate::config::Secret;
+use crate::store::Store;
+
+/// Larger than any provider callback batch; anything bigger is refused (413).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+/// A handler that takes longer is answered 408 and dropped.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub clock: Clock,
+    /// The token ACS callbacks must carry as `?token=`; `None` turns the
+    /// ACS webhook off.
+    pub acs_secret: Option<Secret>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/webhooks/acs", post(webhooks::acs))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .with_state(Arc::new(state))
+}
+
+/// Ready when the database answers.
+async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    match state.store.next_deadline().await {
+        Ok(_) => (StatusCode::OK, "ready\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+        }
+    }
+}
+
+/// Serves until `shutdown`, then drains requests under way.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) {
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%addr, "http listening");
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "http listener stopped");
+    }
+}

@@ -143,6 +143,9 @@ pub struct SandboxArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// Which provider's sandbox to enforce against.
+    #[arg(long, value_enum, default_value_t = crate::demo::DemoProvider::Trtc)]
+    pub provider: crate::demo::DemoProvider,
     /// Sessions ending one after another over the first seconds.
     #[arg(long, default_value_t = 40)]
     pub spread: u32,
@@ -207,7 +210,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Session(cmd) => session(&cli.config, cmd).await,
         Command::Audit(args) => audit_command(&cli.config, args).await,
         Command::Sandbox(args) => sandbox(args).await,
-        Command::Demo(args) => crate::demo::run(args.spread, args.burst).await.map_err(Failure::Other),
+        Command::Demo(args) => {
+            crate::demo::run(args.provider, args.spread, args.burst).await.map_err(Failure::Other)
+        }
     }
 }
 

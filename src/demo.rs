@@ -33,12 +33,30 @@ pub fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Which provider the demo plays against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoProvider {
+    Trtc,
+    Acs,
+}
+
 /// `config/demo.yaml` with its placeholders filled in.
 pub fn demo_config(db: &std::path::Path, sandbox_url: &str) -> String {
     include_str!("../config/demo.yaml")
         .replace("{database}", &db.display().to_string())
         .replace("{sandbox_url}", sandbox_url)
 }
+
+/// `config/demo-acs.yaml` with its placeholders filled in.
+pub fn demo_acs_config(db: &std::path::Path, sandbox_url: &str, listen: &str) -> String {
+    include_str!("../config/demo-acs.yaml")
+        .replace("{database}", &db.display().to_string())
+        .replace("{sandbox_url}", sandbox_url)
+        .replace("{listen}", listen)
+}
+
+/// The token the ACS demo's callbacks carry (config/demo-acs.yaml).
+const DEMO_CALLBACK_TOKEN: &str = "demo-callback-token";
 
 struct Plan {
     sessions: Vec<NewSession>,
@@ -47,22 +65,39 @@ struct Plan {
     to_end: Vec<SessionId>,
 }
 
-fn plan(now: Instant, spread: u32, burst: u32) -> Plan {
-    let session = |policy: &str, room: Room, user: Option<&str>, deadline: Instant| NewSession {
+fn new_session(
+    now: Instant,
+    policy: &str,
+    provider: &str,
+    room: Room,
+    user: Option<&str>,
+    deadline: Instant,
+) -> NewSession {
+    NewSession {
         id: SessionId::new(),
         policy: policy.to_string(),
-        provider: "trtc".to_string(),
+        provider: provider.to_string(),
         room,
         user: user.map(|u| UserId::parse(u).expect("demo user ids are valid")),
         started_at: now,
         deadline,
+    }
+}
+
+/// Deadlines from 2 s to 6 s from now, one after another.
+fn spread_deadline(now: Instant, i: u32, spread: u32) -> Instant {
+    now.saturating_add(Duration::from_millis(2000 + u64::from(i) * 4000 / u64::from(spread.max(1))))
+}
+
+fn plan_trtc(now: Instant, spread: u32, burst: u32) -> Plan {
+    let session = |policy: &str, room, user: Option<&str>, deadline| {
+        new_session(now, policy, "trtc", room, user, deadline)
     };
     let mut sessions = Vec::new();
     let mut to_end = Vec::new();
     // Consultations and paid chats ending one after another from 2 s to 6 s.
     for i in 0..spread {
-        let at =
-            now.saturating_add(Duration::from_millis(2000 + u64::from(i) * 4000 / u64::from(spread.max(1))));
+        let at = spread_deadline(now, i, spread);
         let s = match i % 4 {
             0 => session("consultation", Room::Numeric(10_000 + i), None, at),
             1 => session("consultation", Room::Str(format!("consult-{i}")), None, at),
@@ -76,26 +111,13 @@ fn plan(now: Instant, spread: u32, burst: u32) -> Plan {
     }
     // Rooms that closed before their deadline (the sandbox is told below).
     for r in 0..3u32 {
-        sessions.push(session(
-            "consultation",
-            Room::Numeric(30_000 + r),
-            None,
-            now.saturating_add(Duration::from_millis(3000 + u64::from(r) * 300)),
-        ));
+        let at = now.saturating_add(Duration::from_millis(3000 + u64::from(r) * 300));
+        sessions.push(session("consultation", Room::Numeric(30_000 + r), None, at));
     }
     // A provider hiccup (retried) and a bad participant (failed).
-    sessions.push(session(
-        "consultation",
-        Room::Numeric(40_000),
-        None,
-        now.saturating_add(Duration::from_secs(4)),
-    ));
-    sessions.push(session(
-        "paid-chat",
-        Room::Numeric(40_001),
-        Some("ghost"),
-        now.saturating_add(Duration::from_secs(4)),
-    ));
+    let at = now.saturating_add(Duration::from_secs(4));
+    sessions.push(session("consultation", Room::Numeric(40_000), None, at));
+    sessions.push(session("paid-chat", Room::Numeric(40_001), Some("ghost"), at));
     // The burst: everything at the same instant, 7 s from now. One in ten is
     // a participant of the same big room, removed ten per call.
     let burst_at = now.saturating_add(Duration::from_secs(7));
@@ -112,7 +134,88 @@ fn plan(now: Instant, spread: u32, burst: u32) -> Plan {
     Plan { sessions, burst: burst_ids, to_end }
 }
 
-pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
+fn plan_acs(now: Instant, spread: u32, burst: u32) -> Plan {
+    let session = |policy: &str, call: String, user: Option<&str>, deadline| {
+        new_session(now, policy, "acs", Room::Call(call), user, deadline)
+    };
+    let mut sessions = Vec::new();
+    let mut to_end = Vec::new();
+    // Consultations (the call is terminated) and paid chats (one participant
+    // removed) ending one after another from 2 s to 6 s.
+    for i in 0..spread {
+        let at = spread_deadline(now, i, spread);
+        let s = match i % 3 {
+            0 => session("acs-consultation", format!("consult-{i}"), None, at),
+            1 => session("acs-paid-chat", "lounge".into(), Some(&format!("8:acs:demo_guest-{i}")), at),
+            _ => session("acs-paid-chat", format!("chat-{i}"), Some(&format!("+1555010{i:04}")), at),
+        };
+        if i % 10 == 5 {
+            to_end.push(s.id);
+        }
+        sessions.push(s);
+    }
+    // Calls that ended before their deadline (the sandbox is told below).
+    for r in 0..3u32 {
+        let at = now.saturating_add(Duration::from_millis(3000 + u64::from(r) * 300));
+        sessions.push(session("acs-consultation", format!("ended-{r}"), None, at));
+    }
+    // A provider hiccup (retried under the same repeatability id) and a
+    // removal ACS accepts but then reports as failed.
+    let at = now.saturating_add(Duration::from_secs(4));
+    sessions.push(session("acs-paid-chat", "hiccup".into(), Some("8:acs:demo_patient"), at));
+    sessions.push(session("acs-paid-chat", "stubborn".into(), Some("8:orgid:demo-teams-user"), at));
+    // The burst: one participant removed from each of many calls at once.
+    let burst_at = now.saturating_add(Duration::from_secs(7));
+    let mut burst_ids = HashSet::new();
+    for i in 0..burst {
+        let s =
+            session("acs-paid-chat", format!("burst-{i}"), Some(&format!("8:acs:demo_viewer-{i}")), burst_at);
+        burst_ids.insert(s.id);
+        sessions.push(s);
+    }
+    Plan { sessions, burst: burst_ids, to_end }
+}
+
+/// Tells the sandbox which rooms already ended and which faults to inject.
+fn stage(sandbox: &Sandbox, provider: DemoProvider) {
+    match provider {
+        DemoProvider::Trtc => {
+            for r in 0..3u32 {
+                sandbox.state.close_room(&Room::Numeric(30_000 + r));
+            }
+            sandbox.state.add_fault(Fault {
+                room: Some("40000".into()),
+                code: Some("InternalError".into()),
+                times: Some(2),
+                ..Fault::default()
+            });
+            sandbox.state.add_fault(Fault {
+                room: Some("40001".into()),
+                code: Some("InvalidParameter.UserIds".into()),
+                message: Some("UserIds contains an unknown user".into()),
+                ..Fault::default()
+            });
+        }
+        DemoProvider::Acs => {
+            for r in 0..3u32 {
+                sandbox.state.close_room(&Room::Call(format!("ended-{r}")));
+            }
+            sandbox.state.add_fault(Fault {
+                room: Some("hiccup".into()),
+                http_status: Some(503),
+                times: Some(2),
+                ..Fault::default()
+            });
+            sandbox.state.add_fault(Fault {
+                room: Some("stubborn".into()),
+                outcome_event: Some("failed".into()),
+                ..Fault::default()
+            });
+        }
+    }
+}
+
+pub async fn run(provider: DemoProvider, spread: u32, burst: u32) -> anyhow::Result<()> {
     let dir: PathBuf =
         std::env::temp_dir().join(format!("callwarden-demo-{}", &uuid::Uuid::new_v4().to_string()[..8]));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -120,15 +223,41 @@ pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
     let config_path = dir.join("demo.yaml");
 
     let shutdown = CancellationToken::new();
+    // The ACS demo's webhook listener: a free loopback port, found by binding
+    // port 0 and letting it go, so the sandbox can be told where to post.
+    let listen = match provider {
+        DemoProvider::Trtc => None,
+        DemoProvider::Acs => {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind loopback")?;
+            Some(probe.local_addr()?.to_string())
+        }
+    };
+    let options = SandboxOptions {
+        acs_events_url: listen
+            .as_ref()
+            .map(|l| format!("http://{l}/webhooks/acs?token={DEMO_CALLBACK_TOKEN}")),
+        ..SandboxOptions::default()
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind loopback")?;
-    let sandbox = Sandbox::start(listener, SandboxOptions::default(), shutdown.clone()).await?;
-    std::fs::write(&config_path, demo_config(&db, &sandbox.url())).context("cannot write the demo config")?;
+    let sandbox = Sandbox::start(listener, options, shutdown.clone()).await?;
+    let config_text = match &listen {
+        None => demo_config(&db, &sandbox.url()),
+        Some(listen) => demo_acs_config(&db, &sandbox.url(), listen),
+    };
+    std::fs::write(&config_path, config_text).context("cannot write the demo config")?;
     let config = Arc::new(Config::load(&config_path)?);
     let store = Store::open(&config.database).await?;
     let clock = Clock::system();
 
+    let api = match provider {
+        DemoProvider::Trtc => "TRTC API",
+        DemoProvider::Acs => "ACS API ",
+    };
     println!("callwarden demo");
-    println!("  sandbox TRTC API   {} (quota 20 requests/s per action)", sandbox.url());
+    println!("  sandbox {api}   {} (quota 20 requests/s per action)", sandbox.url());
+    if let Some(listen) = &listen {
+        println!("  webhook listener   http://{listen}/webhooks/acs (ACS reports outcomes here)");
+    }
     println!("  database           {}", db.display());
     println!("  daemon rate        19 requests/s per action\n");
 
@@ -136,22 +265,11 @@ pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
         tokio::spawn(crate::daemon::run(Arc::clone(&config), store.clone(), clock.clone(), shutdown.clone()));
 
     let now = clock.now();
-    let Plan { sessions, burst: burst_ids, to_end } = plan(now, spread, burst);
-    for r in 0..3u32 {
-        sandbox.state.close_room(&Room::Numeric(30_000 + r));
-    }
-    sandbox.state.add_fault(Fault {
-        room: Some("40000".into()),
-        code: Some("InternalError".into()),
-        times: Some(2),
-        ..Fault::default()
-    });
-    sandbox.state.add_fault(Fault {
-        room: Some("40001".into()),
-        code: Some("InvalidParameter.UserIds".into()),
-        message: Some("UserIds contains an unknown user".into()),
-        ..Fault::default()
-    });
+    let Plan { sessions, burst: burst_ids, to_end } = match provider {
+        DemoProvider::Trtc => plan_trtc(now, spread, burst),
+        DemoProvider::Acs => plan_acs(now, spread, burst),
+    };
+    stage(&sandbox, provider);
     let total = sessions.len();
     store.insert_sessions(&sessions, now, "registered by the demo").await?;
     println!(
@@ -166,7 +284,6 @@ pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
     let tty = std::io::stdout().is_terminal();
     let mut last_line = StdInstant::now();
     let mut ended = false;
-    let mut burst_done_at = None;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if !ended && started.elapsed() > Duration::from_millis(1000) {
@@ -178,12 +295,17 @@ pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
         let counts = store.state_counts().await?;
         let count = |state: &str| counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
         let stats = sandbox.state.stats();
-        let pending = count("active") + count("enforcing");
+        let pending = count("active") + count("enforcing") + count("accepted");
         let progress = format!(
-            "[{:>5.1}s] waiting {:>4}  enforcing {:>4}  enforced {:>4}  already ended {:>3}  failed {:>2}  cancelled {:>2}  provider calls {:>4}",
+            "[{:>5.1}s] waiting {:>4}  enforcing {:>4}  {}enforced {:>4}  already ended {:>3}  failed {:>2}  cancelled {:>2}  provider calls {:>4}",
             started.elapsed().as_secs_f64(),
             count("active"),
             count("enforcing"),
+            if provider == DemoProvider::Acs {
+                format!("accepted {:>4}  ", count("accepted"))
+            } else {
+                String::new()
+            },
             count("enforced"),
             count("already_ended"),
             count("failed"),
@@ -196,9 +318,6 @@ pub async fn run(spread: u32, burst: u32) -> anyhow::Result<()> {
         } else if last_line.elapsed() >= Duration::from_secs(1) || pending == 0 {
             println!("{progress}");
             last_line = StdInstant::now();
-        }
-        if burst_done_at.is_none() && started.elapsed() > Duration::from_secs(7) && pending == 0 {
-            burst_done_at = Some(started.elapsed());
         }
         if pending == 0 && ended {
             break;
@@ -228,13 +347,15 @@ async fn summarize(
     // pacer cost. Later calls are late by the retry backoff, on purpose.
     let answers = store
         .audit(&AuditFilter {
-            events: vec!["enforced".into(), "already_ended".into(), "retry".into(), "failed".into()],
+            events: ["accepted", "enforced", "already_ended", "retry", "failed"].map(String::from).to_vec(),
             ..AuditFilter::default()
         })
         .await?;
     let mut seen = HashSet::new();
     let mut spread_late = Vec::new();
     let mut burst_late = Vec::new();
+    // The burst's provider calls per API action: one request id per call.
+    let mut burst_calls: std::collections::HashMap<&str, HashSet<&str>> = std::collections::HashMap::new();
     for row in &answers {
         let Some(late) = row.lateness_ms else { continue };
         if !seen.insert(row.session_id.clone()) {
@@ -247,6 +368,10 @@ async fn summarize(
             .is_some_and(|id| burst_ids.contains(&id));
         if in_burst {
             burst_late.push(late);
+            if let (Some(action), Some(request)) = (row.action.as_deref(), row.provider_request_id.as_deref())
+            {
+                burst_calls.entry(action).or_default().insert(request);
+            }
         } else {
             spread_late.push(late);
         }
@@ -270,23 +395,33 @@ async fn summarize(
     };
     line("sessions under the quota", &spread_late);
     line("the burst (queued at 19/s)", &burst_late);
-    // The burst's floor: its busiest action's calls, one every 1/19 s.
-    let busiest = stats.requests_by_action.get("DismissRoom").copied().unwrap_or(0);
-    let burst_calls = busiest.saturating_sub(spread_dismiss_calls(&answers, burst_ids));
-    if burst_calls > 1 {
-        let floor_ms = (burst_calls - 1) as f64 * 1000.0 / 19.0;
+    // The burst's floor: its busiest action's calls, one every 1/19 s
+    // (the first goes at once).
+    let busiest = burst_calls.iter().map(|(action, ids)| (ids.len(), *action)).max();
+    if let Some((calls, action)) = busiest.filter(|(calls, _)| *calls > 1) {
+        let floor_ms = (calls - 1) as f64 * 1000.0 / 19.0;
         let drained_ms = burst_late.last().copied().unwrap_or(0) as f64;
         println!(
-            "  the burst drained in {:.2} s; floor for its {burst_calls} DismissRoom calls at 19/s: {:.2} s (ratio {:.3})",
+            "  the burst drained in {:.2} s; floor for its {calls} {action} calls at 19/s: {:.2} s (ratio {:.3})",
             drained_ms / 1000.0,
             floor_ms / 1000.0,
             drained_ms / floor_ms
         );
     }
     println!(
-        "  provider calls {}; most in any one second: {} (quota 20); RequestLimitExceeded: {}",
+        "  provider calls {}; most in any one second: {} (quota 20); quota errors (RequestLimitExceeded or 429): {}",
         stats.requests, stats.max_per_second, stats.rate_limited
     );
+    if stats.participants_removed + stats.calls_terminated > 0 {
+        let confirmed = store
+            .audit(&AuditFilter { events: vec!["confirmed".into()], ..AuditFilter::default() })
+            .await?
+            .len();
+        println!(
+            "  ACS: outcome reports delivered {}, confirmed removals {confirmed}; repeated requests answered from ACS's record: {}",
+            stats.events_delivered, stats.repeats_replayed
+        );
+    }
     let mut actions: Vec<_> = stats.max_per_second_by_action.iter().collect();
     actions.sort();
     for (action, max) in actions {
@@ -305,20 +440,6 @@ async fn summarize(
     Ok(())
 }
 
-/// DismissRoom calls made for sessions outside the burst.
-fn spread_dismiss_calls(answers: &[crate::store::AuditRecord], burst_ids: &HashSet<SessionId>) -> u64 {
-    answers
-        .iter()
-        .filter(|r| r.action.as_deref() == Some("DismissRoom"))
-        .filter(|r| {
-            !r.session_id
-                .as_deref()
-                .and_then(|id| id.parse::<SessionId>().ok())
-                .is_some_and(|id| burst_ids.contains(&id))
-        })
-        .count() as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +455,20 @@ mod tests {
         assert_eq!(t.secret_key.expose(), crate::sandbox::SANDBOX_SECRET_KEY);
         assert_eq!(t.sdk_app_id, crate::sandbox::SANDBOX_SDK_APP_ID);
         assert_eq!(t.endpoint, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn the_shipped_acs_demo_config_loads_and_matches_the_sandbox() {
+        let text =
+            demo_acs_config(std::path::Path::new("/tmp/demo/cw.db"), "http://127.0.0.1:9", "127.0.0.1:10");
+        let config = Config::parse(std::path::Path::new("config/demo-acs.yaml"), &text).unwrap();
+        let crate::config::ProviderSettings::Acs(a) = &config.providers["acs"].settings else {
+            panic!("an ACS provider")
+        };
+        assert_eq!(a.access_key.expose(), crate::sandbox::SANDBOX_ACS_ACCESS_KEY);
+        assert_eq!(a.endpoint, "http://127.0.0.1:9");
+        assert_eq!(config.listen, Some("127.0.0.1:10".parse().unwrap()));
+        assert_eq!(config.acs_webhook_secret.as_ref().map(|s| s.expose()), Some(DEMO_CALLBACK_TOKEN));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::audit::{self, OutputFormat};
 use crate::clock::Clock;
 use crate::config::{self, Config, ConfigError, ProviderSettings};
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId, parse_duration};
+use crate::policy::Registration;
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::store::{AuditFilter, NewSession, Store, StoreError};
 use crate::telemetry::LogFormat;
@@ -367,10 +368,6 @@ fn refusal(e: StoreError) -> Failure {
 /// Turns `session start` arguments into sessions to insert, or says why not.
 pub fn new_sessions(config: &Config, args: &StartArgs, now: Instant) -> Result<Vec<NewSession>, Failure> {
     let bad = |msg: String| Failure::Other(anyhow::anyhow!(msg));
-    let policy = config.policy(&args.policy).ok_or_else(|| {
-        let known: Vec<&str> = config.policies.keys().map(String::as_str).collect();
-        bad(format!("unknown policy {:?} (configured: {})", args.policy, known.join(", ")))
-    })?;
     let room = match (&args.room, &args.str_room, &args.call) {
         (Some(r), None, None) => Room::numeric(r),
         (None, Some(s), None) => Room::string(s),
@@ -378,67 +375,34 @@ pub fn new_sessions(config: &Config, args: &StartArgs, now: Instant) -> Result<V
         _ => return Err(bad("give exactly one of --room, --str-room and --call".into())),
     }
     .map_err(|e| bad(e.to_string()))?;
-    let settings = &config
-        .providers
-        .get(&policy.provider)
-        .ok_or_else(|| bad(format!("policy {:?} names an unknown provider", policy.name)))?
-        .settings;
-    if !settings.room_kinds().contains(&room.kind()) {
-        let hint = match settings {
-            ProviderSettings::Trtc(_) => "--room or --str-room",
-            ProviderSettings::Acs(_) => "--call",
-        };
-        return Err(bad(format!(
-            "policy {:?} uses {} provider {:?}: name the room with {hint}",
-            policy.name,
-            settings.kind(),
-            policy.provider
-        )));
-    }
-    let (users, wrong) = match settings {
-        ProviderSettings::Trtc(_) => {
-            (&args.users, (!args.participants.is_empty()).then_some("--participant"))
-        }
-        ProviderSettings::Acs(_) => (&args.participants, (!args.users.is_empty()).then_some("--user")),
+    // --user names TRTC users, --participant ACS participants.
+    let (users, flag, other) = if room.kind() == crate::domain::RoomKind::Call {
+        (&args.participants, "--participant", (!args.users.is_empty()).then_some("--user"))
+    } else {
+        (&args.users, "--user", (!args.participants.is_empty()).then_some("--participant"))
     };
-    if let Some(flag) = wrong {
-        return Err(bad(format!("{flag} does not apply to {} policy {:?}", settings.kind(), policy.name)));
+    if let Some(wrong) = other {
+        return Err(bad(format!("{wrong} does not apply to this kind of room; use {flag}")));
     }
-    let limit = args.limit.unwrap_or(policy.max_duration);
-    if limit > policy.max_duration {
-        return Err(bad(format!(
-            "--limit {} is longer than policy {:?} allows ({})",
-            humantime::format_duration(limit),
-            policy.name,
-            humantime::format_duration(policy.max_duration)
-        )));
-    }
-    let started_at = match &args.started_at {
-        Some(s) => Instant::parse(s).map_err(|e| bad(e.to_string()))?,
-        None => now,
-    };
-    let deadline = started_at.saturating_add(limit);
     let users = users
         .iter()
-        .map(|u| UserId::parse(u).map_err(|e| bad(format!("{u:?}: {e}"))))
+        .map(|u| UserId::parse(u).map_err(|e| bad(format!("{flag} {u:?}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    if policy.action.targets_user() && users.is_empty() {
-        let flag = if room.kind() == crate::domain::RoomKind::Call { "--participant" } else { "--user" };
-        return Err(bad(format!(
-            "policy {:?} removes a participant at the deadline: give {flag}",
-            policy.name
-        )));
-    }
-    let one = |user: Option<UserId>| NewSession {
-        id: SessionId::new(),
-        policy: policy.name.clone(),
-        provider: policy.provider.clone(),
-        room: room.clone(),
-        user,
-        started_at,
-        deadline,
+    let started_at = match &args.started_at {
+        Some(s) => Some(Instant::parse(s).map_err(|e| bad(format!("--started-at: {e}")))?),
+        None => None,
     };
-    Ok(if users.is_empty() { vec![one(None)] } else { users.into_iter().map(|u| one(Some(u))).collect() })
+    let registration =
+        Registration { policy: args.policy.clone(), room, users, limit: args.limit, started_at };
+    crate::policy::register(config, &registration, now).map_err(|r| {
+        let hint = match r.field {
+            "room" => " (use --room or --str-room for TRTC, --call for ACS)",
+            "users" => " (--user for TRTC, --participant for ACS)",
+            "limit" => " (--limit)",
+            _ => "",
+        };
+        bad(format!("{r}{hint}"))
+    })
 }
 
 async fn audit_command(path: &std::path::Path, args: AuditArgs) -> Result<(), Failure> {

@@ -10,6 +10,7 @@
 //! In reading order:
 //! - [`domain`]: ids, rooms, states, instants, durations, retry policy. No I/O.
 //! - [`config`]: the YAML file → typed, validated [`config::Config`]; secrets.
+//! - [`policy`]: pure decisions: a registration → sessions and deadlines.
 //! - [`store`]: the SQLite database, the only module with SQL; migrations.
 //! - [`clock`]: the injectable clock deadlines are compared with.
 //! - [`scheduler`]: what is due next; claims due sessions; adopts SQL inserts.
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod domain;
 pub mod enforce;
 pub mod http;
+pub mod policy;
 pub mod providers;
 pub mod sandbox;
 pub mod scheduler;

@@ -1,0 +1,161 @@
+//! Pure decisions about sessions: given a registration, the configuration and
+//! the time, which sessions to store and with what deadline, or why not.
+//!
+//! The CLI and the HTTP API both register through [`register`], so the same
+//! request gets the same answer whichever way it arrives. No I/O here.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::domain::{Instant, Room, RoomKind, SessionId, UserId};
+use crate::store::NewSession;
+
+/// A request to limit a call, already parsed into domain values.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub policy: String,
+    pub room: Room,
+    /// Participants to limit, one session each; empty for the whole room.
+    pub users: Vec<UserId>,
+    /// Default: the policy's `max_duration`, which is also the most allowed.
+    pub limit: Option<Duration>,
+    /// Default: now.
+    pub started_at: Option<Instant>,
+}
+
+/// Why a registration was refused, and which of its fields is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// `policy`, `room`, `users`, `limit` or `started_at`.
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn refuse(field: &'static str, reason: String) -> Refusal {
+    Refusal { field, reason }
+}
+
+/// Decides the sessions a registration creates.
+pub fn register(config: &Config, r: &Registration, now: Instant) -> Result<Vec<NewSession>, Refusal> {
+    let policy = config.policy(&r.policy).ok_or_else(|| {
+        let known: Vec<&str> = config.policies.keys().map(String::as_str).collect();
+        refuse("policy", format!("unknown policy {:?} (configured: {})", r.policy, known.join(", ")))
+    })?;
+    let settings = &config
+        .providers
+        .get(&policy.provider)
+        .ok_or_else(|| refuse("policy", format!("policy {:?} names an unknown provider", policy.name)))?
+        .settings;
+    if !settings.room_kinds().contains(&r.room.kind()) {
+        let wants = if settings.room_kinds().contains(&RoomKind::Call) {
+            "an ACS call connection"
+        } else {
+            "a TRTC room (numeric or string)"
+        };
+        return Err(refuse(
+            "room",
+            format!(
+                "policy {:?} uses {} provider {:?}, whose sessions name {wants}",
+                policy.name,
+                settings.kind(),
+                policy.provider
+            ),
+        ));
+    }
+    if policy.action.targets_user() && r.users.is_empty() {
+        return Err(refuse(
+            "users",
+            format!("policy {:?} removes a participant at the deadline: name the participant", policy.name),
+        ));
+    }
+    let limit = r.limit.unwrap_or(policy.max_duration);
+    if limit > policy.max_duration {
+        return Err(refuse(
+            "limit",
+            format!(
+                "{} is longer than policy {:?} allows ({})",
+                humantime::format_duration(limit),
+                policy.name,
+                humantime::format_duration(policy.max_duration)
+            ),
+        ));
+    }
+    if limit.is_zero() {
+        return Err(refuse("limit", "a limit must be positive".into()));
+    }
+    let started_at = r.started_at.unwrap_or(now);
+    let deadline = started_at.saturating_add(limit);
+    let one = |user: Option<UserId>| NewSession {
+        id: SessionId::new(),
+        policy: policy.name.clone(),
+        provider: policy.provider.clone(),
+        room: r.room.clone(),
+        user,
+        started_at,
+        deadline,
+    };
+    Ok(if r.users.is_empty() {
+        vec![one(None)]
+    } else {
+        r.users.iter().cloned().map(|u| one(Some(u))).collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        let text = "\
+database: cw.db
+providers:
+  trtc: { kind: tencent-trtc, sdk_app_id: 1400000001, region: ap-guangzhou, secret_id: AKID, secret_key: k }
+  acs: { kind: azure-acs, endpoint: 'https://x.communication.azure.com', access_key: a2V5 }
+policies:
+  consultation: { provider: trtc, max_duration: 30m, action: dismiss_room }
+  paid-chat: { provider: trtc, max_duration: 20m, action: remove_user }
+  acs-chat: { provider: acs, max_duration: 10m, action: remove_participant }
+";
+        Config::parse(Path::new("/c.yaml"), text).unwrap()
+    }
+
+    fn reg(policy: &str, room: Room, users: &[&str]) -> Registration {
+        Registration {
+            policy: policy.into(),
+            room,
+            users: users.iter().map(|u| UserId::parse(u).unwrap()).collect(),
+            limit: None,
+            started_at: None,
+        }
+    }
+
+    #[test]
+    fn the_deadline_is_start_plus_limit_defaulting_to_the_policy() {
+        let now = Instant::from_millis(1_000_000);
+        let s = register(&config(), &reg("consultation", Room::Numeric(1), &[]), now).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].deadline, now.saturating_add(Duration::from_secs(1800)));
+        assert_eq!(s[0].provider, "trtc");
+        let mut r = reg("paid-chat", Room::Str("x".into()), &["a", "b"]);
+        r.limit = Some(Duration::from_secs(60));
+        r.started_at = Some(Instant::from_millis(0));
+        let s = register(&config(), &r, now).unwrap();
+        assert_eq!(s.len(), 2, "one session per participant");
+        assert_eq!(s[1].deadline, Instant::from_millis(60_000));
+    }
+
+    #[test]
+    fn refusals_name_the_field_at_fault() {
+        let now = Instant::from_millis(0);
+        let field = |r: Registration| register(&config(), &r, now).unwrap_err().field;
+        assert_eq!(field(reg("nope", Room::Numeric(1), &[])), "policy");
+        assert_eq!(field(reg("acs-chat", Room::Numeric(1), &["8:acs:x"])), "room");
+        assert_eq!(field(reg("consultation", Room::Call("c".into()), &[])), "room");
+        assert_eq!(field(reg("paid-chat", Room::Numeric(1), &[])), "users");
+        let mut long = reg("consultation", Room::Numeric(1), &[]);
+        long.limit = Some(Duration::from_secs(3600));
+        assert_eq!(field(long), "limit");
+    }
+}

@@ -75,6 +75,8 @@ pub struct Config {
     pub policies: IndexMap<String, Policy>,
     /// Where the HTTP listener (webhooks, health) binds; none when absent.
     pub listen: Option<std::net::SocketAddr>,
+    /// The bearer token the session API requires; the API is off without it.
+    pub api_token: Option<Secret>,
     /// The secret ACS callbacks must carry as `?token=`.
     pub acs_webhook_secret: Option<Secret>,
     /// Accepted but suspicious settings, for the operator to see at start.
@@ -157,6 +159,8 @@ pub struct Policy {
 struct RawConfig {
     database: String,
     listen: Option<String>,
+    api_token: Option<RawSecret>,
+    api_token_file: Option<String>,
     #[serde(default)]
     webhooks: RawWebhooks,
     providers: IndexMap<String, RawProvider>,
@@ -345,6 +349,24 @@ impl Config {
                 ctx.error(&["listen"], format!("listen {text:?} is not an address like 127.0.0.1:8720"))
             })?),
         };
+        let api_token = match (&raw.api_token, &raw.api_token_file) {
+            (None, None) => None,
+            (inline, file) => Some(ctx.secret_pair(
+                &[],
+                "api_token",
+                ("api_token", inline.as_ref()),
+                ("api_token_file", file.as_ref()),
+                "the session API's bearer token",
+            )?),
+        };
+        if let Some(token) = &api_token
+            && token.expose().len() < 16
+        {
+            return Err(ctx.error(&["api_token"], "api_token must be at least 16 characters".into()));
+        }
+        if api_token.is_some() && listen.is_none() {
+            warnings.push("api_token is set but listen is not: the session API is not served".into());
+        }
         let acs_webhook_secret = match &raw.webhooks.acs {
             None => None,
             Some(w) => Some(ctx.secret_pair(
@@ -385,6 +407,7 @@ impl Config {
             providers,
             policies,
             listen,
+            api_token,
             acs_webhook_secret,
             warnings,
         })

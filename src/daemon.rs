@@ -88,6 +88,7 @@ pub async fn run(
     }
 
     let tasks = TaskTracker::new();
+    let changed = Arc::new(Notify::new());
     if let Some(addr) = config.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -95,11 +96,13 @@ pub async fn run(
         let state = crate::http::AppState {
             store: store.clone(),
             clock: clock.clone(),
+            config: Arc::clone(&config),
+            api_token: config.api_token.clone(),
+            changed: Some(Arc::clone(&changed)),
             acs_secret: config.acs_webhook_secret.clone(),
         };
         tasks.spawn(crate::http::serve(listener, state, shutdown.clone()));
     }
-    let changed = Arc::new(Notify::new());
     let watcher = store.change_watcher().await?;
     tasks.spawn(watch_changes(watcher, Arc::clone(&changed), shutdown.clone()));
 

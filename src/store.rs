@@ -91,6 +91,8 @@ pub struct SessionRecord {
     pub detail: Option<String>,
     pub repeatability_id: Option<String>,
     pub first_sent_at: Option<String>,
+    /// The client's key when registered through the API with one.
+    pub idempotency_key: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -112,6 +114,7 @@ impl SessionRecord {
             detail: row.try_get("detail")?,
             repeatability_id: row.try_get("repeatability_id")?,
             first_sent_at: row.try_get("first_sent_at")?,
+            idempotency_key: row.try_get("idempotency_key")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -157,6 +160,14 @@ pub struct NewSession {
     pub user: Option<UserId>,
     pub started_at: Instant,
     pub deadline: Instant,
+}
+
+/// What registering under an idempotency key did.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    Created,
+    /// The key was used before; this is the session it created.
+    Existing(SessionRecord),
 }
 
 /// One row to append to the audit log. Fields left `None` stay NULL.
@@ -237,7 +248,7 @@ pub struct Store {
 }
 
 const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-     state, attempts, extended_ms, detail, repeatability_id, first_sent_at, created_at, updated_at";
+     state, attempts, extended_ms, detail, repeatability_id, first_sent_at, idempotency_key, created_at, updated_at";
 
 impl Store {
     fn options(path: &Path) -> SqliteConnectOptions {
@@ -331,20 +342,52 @@ impl Store {
             .bind(now.to_string())
             .execute(&mut *tx)
             .await?;
-            let entry = AuditEntry {
-                provider: Some(s.provider.clone()),
-                ..AuditEntry::new("registered", s.id).detail(format!(
-                    "policy {} room {} {}deadline {}; {detail}",
-                    s.policy,
-                    s.room,
-                    s.user.as_ref().map(|u| format!("user {u} ")).unwrap_or_default(),
-                    s.deadline
-                ))
-            };
-            insert_audit(&mut tx, &entry, now).await?;
+            insert_audit(&mut tx, &registered_entry(s, detail), now).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Registers one session under a client's idempotency key. When the key
+    /// was used before, nothing is written and the earlier session is
+    /// returned instead.
+    pub async fn insert_session_once(
+        &self,
+        s: &NewSession,
+        key: &str,
+        now: Instant,
+        detail: &str,
+    ) -> Result<Inserted, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
+             state, idempotency_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?) \
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(s.id.to_string())
+        .bind(&s.policy)
+        .bind(&s.provider)
+        .bind(s.room.id_text())
+        .bind(s.room.kind().as_str())
+        .bind(s.user.as_ref().map(|u| u.as_str().to_string()))
+        .bind(s.started_at.to_string())
+        .bind(s.deadline.to_string())
+        .bind(key)
+        .bind(now.to_string())
+        .bind(now.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            let row =
+                sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE idempotency_key = ?"))
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            return Ok(Inserted::Existing(SessionRecord::from_row(&row)?));
+        }
+        insert_audit(&mut tx, &registered_entry(s, detail), now).await?;
+        tx.commit().await?;
+        Ok(Inserted::Created)
     }
 
     /// Cancels enforcement of an active session: the call ended by itself.
@@ -854,6 +897,19 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+fn registered_entry(s: &NewSession, detail: &str) -> AuditEntry {
+    AuditEntry {
+        provider: Some(s.provider.clone()),
+        ..AuditEntry::new("registered", s.id).detail(format!(
+            "policy {} room {} {}deadline {}; {detail}",
+            s.policy,
+            s.room,
+            s.user.as_ref().map(|u| format!("user {u} ")).unwrap_or_default(),
+            s.deadline
+        ))
     }
 }
 

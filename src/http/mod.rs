@@ -1,5 +1,5 @@
-//! The daemon's HTTP listener (`listen:` in the config): provider webhooks
-//! and health checks.
+//! The daemon's HTTP listener (`listen:` in the config): the session API
+//! (`/v1/sessions`), provider webhooks and health checks.
 //!
 //! Every request has a body size limit and a time limit; shutdown stops
 //! accepting and lets requests under way finish. Handlers parse what arrives
@@ -7,6 +7,7 @@
 //! parsed and authenticated completely, so a forged or malformed request
 //! changes nothing.
 
+pub mod api;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -21,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use tokio::sync::Notify;
+
 use crate::clock::Clock;
-use crate::config::Secret;
+use crate::config::{Config, Secret};
 use crate::store::Store;
 
 /// Larger than any provider callback batch; anything bigger is refused (413).
@@ -35,6 +38,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AppState {
     pub store: Store,
     pub clock: Clock,
+    pub config: Arc<Config>,
+    /// The session API's bearer token; `None` turns the API off.
+    pub api_token: Option<Secret>,
+    /// Wakes the scheduler at once after a change made here (it would
+    /// otherwise notice within its polling interval).
+    pub changed: Option<Arc<Notify>>,
     /// The token ACS callbacks must carry as `?token=`; `None` turns the
     /// ACS webhook off.
     pub acs_secret: Option<Secret>,
@@ -44,6 +53,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/v1/sessions", post(api::create).get(api::list))
+        .route("/v1/sessions/{id}", get(api::get_one))
+        .route("/v1/sessions/{id}/extend", post(api::extend))
+        .route("/v1/sessions/{id}/end", post(api::end))
         .route("/webhooks/acs", post(webhooks::acs))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))

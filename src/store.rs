@@ -167,7 +167,7 @@ pub struct NewSession {
 pub enum Inserted {
     Created,
     /// The key was used before; this is the session it created.
-    Existing(SessionRecord),
+    Existing(Box<SessionRecord>),
 }
 
 /// One row to append to the audit log. Fields left `None` stay NULL.
@@ -383,7 +383,7 @@ impl Store {
                     .bind(key)
                     .fetch_one(&mut *tx)
                     .await?;
-            return Ok(Inserted::Existing(SessionRecord::from_row(&row)?));
+            return Ok(Inserted::Existing(Box::new(SessionRecord::from_row(&row)?)));
         }
         insert_audit(&mut tx, &registered_entry(s, detail), now).await?;
         tx.commit().await?;

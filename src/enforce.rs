@@ -283,8 +283,9 @@ impl Inner {
                     return;
                 }
             }
+            let queued = std::time::Instant::now();
             tokio::select! {
-                () = pacer.admit() => {}
+                () = pacer.admit() => crate::metrics::rate_limit_wait(&job.provider, api_action, queued.elapsed()),
                 () = self.shutdown.cancelled() => {
                     self.release(&ids, true, "stopped while waiting for the rate limit; the attempt was not sent").await;
                     return;
@@ -304,6 +305,14 @@ impl Inner {
                 .iter()
                 .map(|s| outcome_entry(s, &job.provider, api_action, attempt, &report, sent_at, event))
                 .collect();
+            let lateness_ms = job.sessions.first().map_or(0, |s| sent_at.millis_since(s.deadline));
+            crate::metrics::provider_answer(
+                &job.provider,
+                api_action,
+                report.classified.outcome(),
+                report.latency,
+                lateness_ms,
+            );
             let settled = final_state.as_ref().map(|(state, _)| *state);
             let detail = final_state.and_then(|(_, d)| d);
             log_outcome(&job, api_action, attempt, &report, sent_at, event);

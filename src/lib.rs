@@ -23,7 +23,7 @@
 //! - [`demo`]: the one-command tour: daemon + sandbox + a realistic load.
 //! - [`cli`]: the command line, including the session and audit commands.
 //! - [`audit`]: tables and JSON for the audit log and session lists.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging setup. [`metrics`]: Prometheus metrics.
 
 pub mod audit;
 pub mod cli;
@@ -34,6 +34,7 @@ pub mod demo;
 pub mod domain;
 pub mod enforce;
 pub mod http;
+pub mod metrics;
 pub mod policy;
 pub mod providers;
 pub mod sandbox;

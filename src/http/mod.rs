@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -50,17 +51,26 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
+    let api = Router::new()
         .route("/v1/sessions", post(api::create).get(api::list))
         .route("/v1/sessions/{id}", get(api::get_one))
         .route("/v1/sessions/{id}/extend", post(api::extend))
         .route("/v1/sessions/{id}/end", post(api::end))
+        .route_layer(axum::middleware::map_response(count_api_response));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route("/webhooks/acs", post(webhooks::acs))
+        .merge(api)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .with_state(Arc::new(state))
+}
+
+async fn count_api_response(response: Response) -> Response {
+    crate::metrics::api_request(response.status().as_u16());
+    response
 }
 
 /// Ready when the database answers.
@@ -74,8 +84,27 @@ async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str)
     }
 }
 
+/// Prometheus text format. Session counts are read from the database now;
+/// the rest is what the daemon recorded.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let Some(handle) = crate::metrics::install() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n").into_response();
+    };
+    match state.store.state_counts().await {
+        Ok(counts) => {
+            for s in crate::domain::SessionState::ALL {
+                let n = counts.iter().find(|(name, _)| name == s.as_str()).map_or(0, |(_, n)| *n);
+                crate::metrics::sessions(s.as_str(), n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count sessions for /metrics"),
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}
+
 /// Serves until `shutdown`, then drains requests under way.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) {
+    crate::metrics::install();
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, "http listening");
     let served = axum::serve(listener, router(state))

@@ -129,12 +129,14 @@ pub(super) async fn acs(
         return (StatusCode::NOT_FOUND, "the ACS webhook is not configured\n").into_response();
     };
     if !token_matches(query.as_deref(), secret.expose()) {
+        crate::metrics::webhook("acs", "unauthorized");
         tracing::warn!("refused an ACS callback without the right token");
         return (StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response();
     }
     let events = match parse_acs_events(&body) {
         Ok(events) => events,
         Err(reason) => {
+            crate::metrics::webhook("acs", "malformed");
             tracing::warn!(%reason, "refused a malformed ACS callback");
             return (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response();
         }
@@ -184,11 +186,13 @@ pub(super) async fn acs(
             // ACS retries a delivery that fails; events already applied are
             // no-ops the second time.
             Err(e) => {
+                crate::metrics::webhook("acs", "unavailable");
                 tracing::error!(error = %e, "cannot record an ACS outcome; asking ACS to retry");
                 return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
             }
         }
     }
+    crate::metrics::webhook("acs", "accepted");
     (StatusCode::OK, axum::Json(json!({ "settled": settled, "ignored": ignored }))).into_response()
 }
 

@@ -1,0 +1,98 @@
+//! Prometheus metrics: what the daemon counts and measures, and the
+//! exporter that `/metrics` renders.
+//!
+//! The recorder is process-wide and installed once, when a daemon with a
+//! listener starts; before that the `metrics` macros are no-ops, so the CLI
+//! and the tests pay nothing. Names and labels here are the public interface
+//! for dashboards and alerts (see the README).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const ENFORCEMENTS: &str = "callwarden_enforcements_total";
+pub const PROVIDER_CALL_SECONDS: &str = "callwarden_provider_call_seconds";
+pub const LATENESS_SECONDS: &str = "callwarden_enforcement_lateness_seconds";
+pub const RATE_LIMIT_WAIT_SECONDS: &str = "callwarden_rate_limiter_wait_seconds";
+pub const WEBHOOK_REQUESTS: &str = "callwarden_webhook_requests_total";
+pub const API_REQUESTS: &str = "callwarden_api_requests_total";
+pub const SESSIONS: &str = "callwarden_sessions";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder (once per process) and returns the handle that
+/// renders the text format; `None` if another recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let seconds =
+                [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    metrics::describe_counter!(ENFORCEMENTS, "Provider answers by provider, API action and outcome");
+    metrics::describe_histogram!(PROVIDER_CALL_SECONDS, "Duration of provider HTTP calls");
+    metrics::describe_histogram!(LATENESS_SECONDS, "When a provider call left, minus its session's deadline");
+    metrics::describe_histogram!(
+        RATE_LIMIT_WAIT_SECONDS,
+        "Time a call waited for its provider action's rate limit"
+    );
+    metrics::describe_counter!(WEBHOOK_REQUESTS, "Webhook requests by source and result");
+    metrics::describe_counter!(API_REQUESTS, "Session API requests by status class");
+    metrics::describe_gauge!(SESSIONS, "Sessions in the database by state, read at scrape time");
+}
+
+/// Records one provider answer.
+pub fn provider_answer(
+    provider: &str,
+    action: &str,
+    outcome: &'static str,
+    latency: Duration,
+    lateness_ms: i64,
+) {
+    let labels = [("provider", provider.to_string()), ("action", action.to_string())];
+    metrics::counter!(
+        ENFORCEMENTS,
+        &[
+            ("provider", provider.to_string()),
+            ("action", action.to_string()),
+            ("outcome", outcome.to_string())
+        ]
+    )
+    .increment(1);
+    metrics::histogram!(PROVIDER_CALL_SECONDS, &labels).record(latency.as_secs_f64());
+    metrics::histogram!(LATENESS_SECONDS, &labels).record(lateness_ms.max(0) as f64 / 1000.0);
+}
+
+pub fn rate_limit_wait(provider: &str, action: &str, waited: Duration) {
+    metrics::histogram!(RATE_LIMIT_WAIT_SECONDS, "provider" => provider.to_string(), "action" => action.to_string())
+        .record(waited.as_secs_f64());
+}
+
+pub fn webhook(source: &'static str, result: &'static str) {
+    metrics::counter!(WEBHOOK_REQUESTS, "source" => source, "result" => result).increment(1);
+}
+
+pub fn api_request(status: u16) {
+    let class = match status {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(API_REQUESTS, "status" => class).increment(1);
+}
+
+pub fn sessions(state: &str, count: i64) {
+    metrics::gauge!(SESSIONS, "state" => state.to_string()).set(count as f64);
+}

@@ -79,6 +79,8 @@ pub struct Config {
     pub api_token: Option<Secret>,
     /// The secret ACS callbacks must carry as `?token=`.
     pub acs_webhook_secret: Option<Secret>,
+    /// The key TRTC signs its room callbacks with (the console's callback key).
+    pub trtc_callback_key: Option<Secret>,
     /// Accepted but suspicious settings, for the operator to see at start.
     pub warnings: Vec<String>,
 }
@@ -148,8 +150,37 @@ pub struct AcsSettings {
 pub struct Policy {
     pub name: String,
     pub provider: String,
+    /// Which webhook events this policy takes; `None`: explicit registration only.
+    pub matcher: Option<Match>,
+    /// One session per room, or one per participant.
+    pub scope: Scope,
     pub max_duration: Duration,
     pub action: Action,
+}
+
+/// What a webhook event must fit for a policy to take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    /// Glob (`*`, `?`) on the room id text; any room when absent.
+    pub room: Option<String>,
+    pub sdk_app_id: Option<u64>,
+}
+
+impl Match {
+    pub fn fits(&self, room_id: &str, sdk_app_id: Option<u64>) -> bool {
+        let room_fits =
+            self.room.as_deref().is_none_or(|glob| wildmatch::WildMatch::new(glob).matches(room_id));
+        let app_fits = self.sdk_app_id.is_none_or(|want| sdk_app_id == Some(want));
+        room_fits && app_fits
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The room or call has the clock; the action ends it for everyone.
+    Room,
+    /// Each participant has their own clock, started when they enter.
+    Participant,
 }
 
 // ---- the file as written -------------------------------------------------
@@ -172,6 +203,14 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawWebhooks {
     acs: Option<RawAcsWebhook>,
+    trtc: Option<RawTrtcWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrtcWebhook {
+    callback_key: Option<RawSecret>,
+    callback_key_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -265,8 +304,20 @@ struct RawRetry {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     provider: String,
+    #[serde(rename = "match")]
+    matcher: Option<RawMatch>,
+    scope: Option<String>,
     max_duration: String,
     action: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    /// Glob on the room id (numeric rooms in decimal) or ACS call id.
+    room: Option<String>,
+    /// TRTC: only events of this application (the `SdkAppId` header).
+    sdk_app_id: Option<u64>,
 }
 
 impl Config {
@@ -337,9 +388,51 @@ impl Config {
                     ),
                 ));
             }
+            let scope = match raw.scope.as_deref() {
+                None if action.targets_user() => Scope::Participant,
+                None => Scope::Room,
+                Some("room") => Scope::Room,
+                Some("participant") => Scope::Participant,
+                Some(other) => {
+                    return Err(err(
+                        "scope",
+                        format!("unknown scope {other:?} (expected room or participant)"),
+                    ));
+                }
+            };
+            if (scope == Scope::Participant) != action.targets_user() {
+                return Err(err(
+                    "scope",
+                    format!(
+                        "scope {} does not fit action {}: a room scope ends the room, a participant scope removes the participant",
+                        if scope == Scope::Room { "room" } else { "participant" },
+                        action.as_str()
+                    ),
+                ));
+            }
+            let matcher = match raw.matcher {
+                None => None,
+                Some(m) => {
+                    if m.sdk_app_id.is_some() && !matches!(settings, ProviderSettings::Trtc(_)) {
+                        return Err(err("match", "match.sdk_app_id applies to TRTC providers only".into()));
+                    }
+                    if let (Some(want), ProviderSettings::Trtc(t)) = (m.sdk_app_id, settings)
+                        && want != t.sdk_app_id
+                    {
+                        return Err(err(
+                            "match",
+                            format!(
+                                "match.sdk_app_id {want} is not provider {:?}'s sdk_app_id",
+                                raw.provider
+                            ),
+                        ));
+                    }
+                    Some(Match { room: m.room, sdk_app_id: m.sdk_app_id })
+                }
+            };
             policies.insert(
                 name.clone(),
-                Policy { name: name.clone(), provider: raw.provider, max_duration, action },
+                Policy { name: name.clone(), provider: raw.provider, matcher, scope, max_duration, action },
             );
         }
 
@@ -377,6 +470,20 @@ impl Config {
                 "the token ACS callbacks carry as ?token=",
             )?),
         };
+        let trtc_callback_key = match &raw.webhooks.trtc {
+            None => None,
+            Some(w) => Some(ctx.secret_pair(
+                &["webhooks", "trtc"],
+                "",
+                ("callback_key", w.callback_key.as_ref()),
+                ("callback_key_file", w.callback_key_file.as_ref()),
+                "the callback key set in the TRTC console",
+            )?),
+        };
+        if trtc_callback_key.is_some() && listen.is_none() {
+            warnings
+                .push("webhooks.trtc is set but listen is not: nothing will receive TRTC callbacks".into());
+        }
         let confirming: Vec<&str> = providers
             .values()
             .filter(|p| matches!(&p.settings, ProviderSettings::Acs(a) if a.callback_url.is_some()))
@@ -409,6 +516,7 @@ impl Config {
             listen,
             api_token,
             acs_webhook_secret,
+            trtc_callback_key,
             warnings,
         })
     }

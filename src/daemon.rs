@@ -100,6 +100,7 @@ pub async fn run(
             api_token: config.api_token.clone(),
             changed: Some(Arc::clone(&changed)),
             acs_secret: config.acs_webhook_secret.clone(),
+            trtc_callback_key: config.trtc_callback_key.clone(),
         };
         tasks.spawn(crate::http::serve(listener, state, shutdown.clone()));
     }

@@ -102,6 +102,83 @@ pub fn register(config: &Config, r: &Registration, now: Instant) -> Result<Vec<N
     })
 }
 
+/// What a provider's webhook said about a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// The room was created or the call connected.
+    RoomOpened,
+    /// The room was dismissed or the call disconnected.
+    RoomClosed,
+    Entered(UserId),
+    Left(UserId),
+}
+
+/// What to do about a presence event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Register this session, unless the policy already has one active for
+    /// the same room and participant.
+    Open(NewSession),
+    /// End the room's active sessions (all of them, no provider call).
+    EndRoom,
+    /// End this participant's active sessions in the room.
+    EndParticipant(UserId),
+}
+
+/// The policy a webhook event falls under: the first in file order whose
+/// provider is `provider` and whose `match` fits the room (and, for TRTC,
+/// the application). Policies without `match` take no webhook events.
+pub fn webhook_policy<'a>(
+    config: &'a Config,
+    provider: &str,
+    room: &Room,
+    sdk_app_id: Option<u64>,
+) -> Option<&'a crate::config::Policy> {
+    let id = room.id_text();
+    config
+        .policies
+        .values()
+        .find(|p| p.provider == provider && p.matcher.as_ref().is_some_and(|m| m.fits(&id, sdk_app_id)))
+}
+
+/// Decides what a presence event does. `at` is when it happened, by the
+/// provider's clock: a participant's clock starts when they entered.
+pub fn on_presence(
+    config: &Config,
+    provider: &str,
+    sdk_app_id: Option<u64>,
+    room: &Room,
+    event: &Presence,
+    at: Instant,
+) -> Vec<Effect> {
+    use crate::config::Scope;
+    match event {
+        Presence::RoomClosed => vec![Effect::EndRoom],
+        Presence::Left(user) => vec![Effect::EndParticipant(user.clone())],
+        Presence::RoomOpened | Presence::Entered(_) => {
+            let Some(policy) = webhook_policy(config, provider, room, sdk_app_id) else {
+                return Vec::new();
+            };
+            let user = match (policy.scope, event) {
+                (Scope::Participant, Presence::Entered(user)) => Some(user.clone()),
+                // A room clock starts with the room, or its first entry.
+                (Scope::Room, _) => None,
+                // A participant policy has nothing to time until someone enters.
+                (Scope::Participant, _) => return Vec::new(),
+            };
+            vec![Effect::Open(NewSession {
+                id: SessionId::new(),
+                policy: policy.name.clone(),
+                provider: policy.provider.clone(),
+                room: room.clone(),
+                user,
+                started_at: at,
+                deadline: at.saturating_add(policy.max_duration),
+            })]
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +221,49 @@ policies:
         let s = register(&config(), &r, now).unwrap();
         assert_eq!(s.len(), 2, "one session per participant");
         assert_eq!(s[1].deadline, Instant::from_millis(60_000));
+    }
+
+    fn webhook_config() -> Config {
+        let text = "\
+database: cw.db
+providers:
+  trtc: { kind: tencent-trtc, sdk_app_id: 1400000001, region: ap-guangzhou, secret_id: AKID, secret_key: k }
+policies:
+  manual: { provider: trtc, max_duration: 5m, action: dismiss_room }
+  vip: { provider: trtc, match: { room: '9*' }, max_duration: 60m, action: dismiss_room }
+  chat: { provider: trtc, match: { room: 'chat-*', sdk_app_id: 1400000001 }, max_duration: 20m, action: remove_user }
+";
+        Config::parse(Path::new("/c.yaml"), text).unwrap()
+    }
+
+    fn opened(effects: Vec<Effect>) -> NewSession {
+        match effects.as_slice() {
+            [Effect::Open(s)] => s.clone(),
+            other => panic!("expected one session opened, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn webhook_events_take_the_first_matching_policy_and_open_by_scope() {
+        let c = webhook_config();
+        let at = Instant::from_millis(0);
+        let alice = UserId::parse("alice").unwrap();
+        let open = |room: Room, e: Presence| on_presence(&c, "trtc", Some(1400000001), &room, &e, at);
+        // Room 9xx: the room-scope "vip" policy; opened by creation or first entry.
+        let s = opened(open(Room::Numeric(912), Presence::RoomOpened));
+        assert_eq!((s.policy.as_str(), s.user.clone()), ("vip", None));
+        assert_eq!(s.deadline, at.saturating_add(Duration::from_secs(3600)));
+        let s = opened(open(Room::Numeric(912), Presence::Entered(alice.clone())));
+        assert_eq!(s.user, None, "a room-scope policy times the room, not the user");
+        // String rooms chat-*: a participant clock per entry, none for the room.
+        let s = opened(open(Room::Str("chat-1".into()), Presence::Entered(alice.clone())));
+        assert_eq!((s.policy.as_str(), s.user), ("chat", Some(alice.clone())));
+        assert!(open(Room::Str("chat-1".into()), Presence::RoomOpened).is_empty());
+        // No policy without match is ever chosen; other apps do not match.
+        assert!(open(Room::Numeric(123), Presence::RoomOpened).is_empty());
+        let other_app =
+            on_presence(&c, "trtc", Some(7), &Room::Str("chat-1".into()), &Presence::Entered(alice), at);
+        assert!(other_app.is_empty());
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct AppState {
     /// The token ACS callbacks must carry as `?token=`; `None` turns the
     /// ACS webhook off.
     pub acs_secret: Option<Secret>,
+    /// The key TRTC callbacks are signed with; `None` turns the TRTC webhook off.
+    pub trtc_callback_key: Option<Secret>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -62,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/webhooks/acs", post(webhooks::acs))
+        .route("/webhooks/trtc", post(webhooks::trtc))
         .merge(api)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))

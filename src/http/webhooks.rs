@@ -15,14 +15,15 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::domain::{SessionId, SessionState};
-use crate::store::AuditEntry;
+use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
+use crate::policy::{Effect, Presence};
+use crate::store::{AuditEntry, StoreError};
 
 /// `resultInformation` of an ACS event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -53,8 +54,19 @@ pub enum AcsEvent {
         call: String,
         result: ResultInfo,
     },
+    CallConnected {
+        call: String,
+        at: Option<Instant>,
+    },
     CallDisconnected {
         call: String,
+    },
+    /// The full current roster of a call, ordered by `sequence`.
+    ParticipantsUpdated {
+        call: String,
+        sequence: i64,
+        participants: Vec<UserId>,
+        at: Option<Instant>,
     },
     /// Any other event type; acknowledged and ignored.
     Other(String),
@@ -102,8 +114,35 @@ fn parse_event(event: &Value) -> Result<AcsEvent, String> {
             })
         }
         "CallDisconnected" => Ok(AcsEvent::CallDisconnected { call: call(data()?)? }),
+        "CallConnected" => Ok(AcsEvent::CallConnected { call: call(data()?)?, at: event_time(event) }),
+        "ParticipantsUpdated" => {
+            let data = data()?;
+            let sequence =
+                data.get("sequenceNumber").and_then(Value::as_i64).ok_or("no data.sequenceNumber")?;
+            let list =
+                data.get("participants").and_then(Value::as_array).ok_or("no data.participants array")?;
+            let participants = list
+                .iter()
+                .map(|p| {
+                    p.pointer("/identifier/rawId")
+                        .and_then(Value::as_str)
+                        .ok_or("a participant without identifier.rawId".to_string())
+                        .and_then(|raw| UserId::parse(raw).map_err(|e| e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(AcsEvent::ParticipantsUpdated {
+                call: call(data)?,
+                sequence,
+                participants,
+                at: event_time(event),
+            })
+        }
         other => Ok(AcsEvent::Other(other.to_string())),
     }
+}
+
+fn event_time(event: &Value) -> Option<Instant> {
+    event.get("time").and_then(Value::as_str).and_then(|t| Instant::parse(t).ok())
 }
 
 fn token_matches(query: Option<&str>, secret: &str) -> bool {
@@ -141,59 +180,306 @@ pub(super) async fn acs(
             return (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response();
         }
     };
-    let (mut settled, mut ignored) = (0u32, 0u32);
+    let (mut changed, mut ignored) = (0u32, 0u32);
     for event in events {
-        let now = state.clock.now();
-        let outcome = match &event {
-            AcsEvent::RemoveParticipant { succeeded, session: Some(id), call, result } => {
-                let (state_to, entry) = if *succeeded {
-                    let e = AuditEntry::new("confirmed", *id)
-                        .detail(format!("RemoveParticipantSucceeded on call {call}"));
-                    (SessionState::Enforced, e)
-                } else {
-                    let e = AuditEntry {
-                        error_code: Some(format!(
-                            "{}/{}",
-                            result.code.unwrap_or_default(),
-                            result.sub_code.unwrap_or_default()
-                        )),
-                        ..AuditEntry::new("failed", *id)
-                            .detail(format!("RemoveParticipantFailed on call {call}: {}", result.describe()))
-                    };
-                    (SessionState::Failed, e)
-                };
-                state.store.confirm_session(*id, state_to, &entry, now).await.map(u32::from)
-            }
-            AcsEvent::CallDisconnected { call } => {
-                let entry = AuditEntry {
-                    event: "confirmed",
-                    detail: Some(format!("CallDisconnected: call {call} ended")),
-                    ..AuditEntry::default()
-                };
-                state.store.confirm_call(call, &entry, now).await.map(|n| n as u32)
-            }
-            AcsEvent::RemoveParticipant { session: None, .. } | AcsEvent::Other(_) => Ok(0),
-        };
-        match outcome {
+        match apply_acs_event(&state, &event).await {
             Ok(0) => {
-                tracing::debug!(?event, "ACS event settles nothing here");
+                tracing::debug!(?event, "ACS event changes nothing here");
                 ignored += 1;
             }
             Ok(n) => {
-                tracing::info!(?event, sessions = n, "ACS reported an outcome");
-                settled += n;
+                tracing::info!(?event, sessions = n, "ACS event applied");
+                changed += n;
             }
             // ACS retries a delivery that fails; events already applied are
             // no-ops the second time.
             Err(e) => {
                 crate::metrics::webhook("acs", "unavailable");
-                tracing::error!(error = %e, "cannot record an ACS outcome; asking ACS to retry");
+                tracing::error!(error = %e, "cannot record an ACS event; asking ACS to retry");
                 return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
             }
         }
     }
+    if changed > 0
+        && let Some(notify) = &state.changed
+    {
+        notify.notify_one();
+    }
     crate::metrics::webhook("acs", "accepted");
-    (StatusCode::OK, axum::Json(json!({ "settled": settled, "ignored": ignored }))).into_response()
+    (StatusCode::OK, axum::Json(json!({ "changed": changed, "ignored": ignored }))).into_response()
+}
+
+/// The configured ACS providers' names, in file order.
+fn acs_providers(state: &AppState) -> Vec<String> {
+    state
+        .config
+        .providers
+        .values()
+        .filter(|p| matches!(p.settings, crate::config::ProviderSettings::Acs(_)))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// Applies one ACS event; returns how many sessions it changed.
+async fn apply_acs_event(state: &AppState, event: &AcsEvent) -> Result<u32, StoreError> {
+    let now = state.clock.now();
+    match event {
+        AcsEvent::RemoveParticipant { succeeded, session: Some(id), call, result } => {
+            let (state_to, entry) = if *succeeded {
+                let e = AuditEntry::new("confirmed", *id)
+                    .detail(format!("RemoveParticipantSucceeded on call {call}"));
+                (SessionState::Enforced, e)
+            } else {
+                let e = AuditEntry {
+                    error_code: Some(format!(
+                        "{}/{}",
+                        result.code.unwrap_or_default(),
+                        result.sub_code.unwrap_or_default()
+                    )),
+                    ..AuditEntry::new("failed", *id)
+                        .detail(format!("RemoveParticipantFailed on call {call}: {}", result.describe()))
+                };
+                (SessionState::Failed, e)
+            };
+            Ok(u32::from(state.store.confirm_session(*id, state_to, &entry, now).await?))
+        }
+        AcsEvent::RemoveParticipant { session: None, .. } | AcsEvent::Other(_) => Ok(0),
+        AcsEvent::CallDisconnected { call } => {
+            let entry = AuditEntry {
+                event: "confirmed",
+                detail: Some(format!("CallDisconnected: call {call} ended")),
+                ..AuditEntry::default()
+            };
+            let confirmed = state.store.confirm_call(call, &entry, now).await?;
+            let room = Room::Call(call.clone());
+            let mut changed = confirmed as u32;
+            for provider in acs_providers(state) {
+                changed +=
+                    presence(state, &provider, None, &room, &Presence::RoomClosed, now, now.millis(), "")
+                        .await?;
+            }
+            Ok(changed)
+        }
+        AcsEvent::CallConnected { call, at } => {
+            let room = Room::Call(call.clone());
+            let at = at.unwrap_or(now);
+            let mut changed = 0;
+            for provider in acs_providers(state) {
+                changed +=
+                    presence(state, &provider, None, &room, &Presence::RoomOpened, at, at.millis(), "")
+                        .await?;
+            }
+            Ok(changed)
+        }
+        AcsEvent::ParticipantsUpdated { call, sequence, participants, at } => {
+            let room = Room::Call(call.clone());
+            let at = at.unwrap_or(now);
+            let mut changed = 0;
+            for provider in acs_providers(state) {
+                // The roster is whole, not a delta; an older one is stale.
+                if !state.store.observe(&provider, &room, "#roster", *sequence, "roster").await? {
+                    continue;
+                }
+                let present: std::collections::HashSet<&str> =
+                    participants.iter().map(UserId::as_str).collect();
+                let active = state.store.active_participants(&provider, &room).await?;
+                for gone in active.iter().filter(|a| !present.contains(a.as_str())) {
+                    if let Ok(user) = UserId::parse(gone) {
+                        changed += apply(state, &provider, None, &room, &Presence::Left(user), at).await?;
+                    }
+                }
+                for user in participants.iter().filter(|p| !active.iter().any(|a| a == p.as_str())) {
+                    changed +=
+                        apply(state, &provider, None, &room, &Presence::Entered(user.clone()), at).await?;
+                }
+            }
+            Ok(changed)
+        }
+    }
+}
+
+/// Records a presence event unless it is a duplicate or older than what is
+/// known about the same room or participant, then applies it.
+#[allow(clippy::too_many_arguments)]
+async fn presence(
+    state: &AppState,
+    provider: &str,
+    sdk_app_id: Option<u64>,
+    room: &Room,
+    event: &Presence,
+    at: Instant,
+    event_ms: i64,
+    participant: &str,
+) -> Result<u32, StoreError> {
+    let name = match event {
+        Presence::RoomOpened => "opened",
+        Presence::RoomClosed => "closed",
+        Presence::Entered(_) => "entered",
+        Presence::Left(_) => "left",
+    };
+    if !state.store.observe(provider, room, participant, event_ms, name).await? {
+        return Ok(0);
+    }
+    if let Presence::Entered(_) = event {
+        // An entry older than the room's closing is stale: the participant
+        // left with the room.
+        if let Some((closed_ms, last)) = state.store.last_event(provider, room, "").await?
+            && last == "closed"
+            && closed_ms >= event_ms
+        {
+            return Ok(0);
+        }
+    }
+    apply(state, provider, sdk_app_id, room, event, at).await
+}
+
+/// Carries out what the policy decides for a presence event.
+async fn apply(
+    state: &AppState,
+    provider: &str,
+    sdk_app_id: Option<u64>,
+    room: &Room,
+    event: &Presence,
+    at: Instant,
+) -> Result<u32, StoreError> {
+    let now = state.clock.now();
+    let mut changed = 0;
+    for effect in crate::policy::on_presence(&state.config, provider, sdk_app_id, room, event, at) {
+        changed += match effect {
+            Effect::Open(session) => u32::from(
+                state.store.open_unless_active(&session, now, "opened by a provider webhook").await?,
+            ),
+            Effect::EndRoom => {
+                let detail = "the provider reported the room or call closed";
+                state.store.end_active(provider, room, None, now, detail).await?.len() as u32
+            }
+            Effect::EndParticipant(user) => {
+                let detail = format!("the provider reported {user} gone");
+                state.store.end_active(provider, room, Some(&user), now, &detail).await?.len() as u32
+            }
+        };
+    }
+    Ok(changed)
+}
+
+/// A TRTC room callback, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrtcEvent {
+    pub room: Room,
+    /// `None` for events that open or close nothing (media, role changes).
+    pub presence: Option<Presence>,
+    /// When it happened, in Unix milliseconds (`EventMsTs`).
+    pub at_ms: i64,
+    /// The event type number, for logs.
+    pub kind: i64,
+}
+
+/// Parses a TRTC room/media callback body. Unknown fields are tolerated (TRTC
+/// adds fields over time); missing or mistyped ones refuse the body.
+pub fn parse_trtc_event(body: &[u8]) -> Result<TrtcEvent, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let int = |key: &str| v.get(key).and_then(Value::as_i64).ok_or(format!("no integer {key}"));
+    let group = int("EventGroupId")?;
+    let kind = int("EventType")?;
+    let callback_ts = int("CallbackTs")?;
+    let info = v.get("EventInfo").filter(|i| i.is_object()).ok_or("no EventInfo object")?;
+    let room = match info.get("RoomId") {
+        Some(Value::Number(n)) => Room::numeric(&n.to_string()).map_err(|e| e.to_string())?,
+        Some(Value::String(s)) => Room::string(s).map_err(|e| e.to_string())?,
+        _ => return Err("EventInfo.RoomId must be a number or a string".into()),
+    };
+    let at_ms = info
+        .get("EventMsTs")
+        .and_then(Value::as_i64)
+        .or_else(|| info.get("EventTs").and_then(Value::as_i64).map(|s| s * 1000))
+        .unwrap_or(callback_ts);
+    let user = || -> Result<UserId, String> {
+        let id = info.get("UserId").and_then(Value::as_str).ok_or("no EventInfo.UserId")?;
+        UserId::parse(id).map_err(|e| e.to_string())
+    };
+    let presence = match (group, kind) {
+        (1, 101) => Some(Presence::RoomOpened),
+        (1, 102) => Some(Presence::RoomClosed),
+        (1, 103) => Some(Presence::Entered(user()?)),
+        (1, 104) => Some(Presence::Left(user()?)),
+        _ => None,
+    };
+    Ok(TrtcEvent { room, presence, at_ms, kind })
+}
+
+/// `POST /webhooks/trtc`: TRTC room callbacks open and end sessions.
+pub(super) async fn trtc(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(key) = &state.trtc_callback_key else {
+        return (StatusCode::NOT_FOUND, "the TRTC webhook is not configured\n").into_response();
+    };
+    let sign = headers.get("sign").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let expected = crate::providers::trtc::callback_signature(key.expose(), &body);
+    if !bool::from(expected.as_bytes().ct_eq(sign.as_bytes())) {
+        crate::metrics::webhook("trtc", "unauthorized");
+        tracing::warn!("refused a TRTC callback with a missing or wrong Sign");
+        return (StatusCode::UNAUTHORIZED, "missing or wrong Sign\n").into_response();
+    }
+    let sdk_app_id =
+        headers.get("sdkappid").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let event = match (parse_trtc_event(&body), sdk_app_id) {
+        (Ok(event), Some(_)) => event,
+        (Err(reason), _) => {
+            crate::metrics::webhook("trtc", "malformed");
+            tracing::warn!(%reason, "refused a malformed TRTC callback");
+            return (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response();
+        }
+        (_, None) => {
+            crate::metrics::webhook("trtc", "malformed");
+            return (StatusCode::BAD_REQUEST, "the SdkAppId header is missing\n").into_response();
+        }
+    };
+    let ok = || (StatusCode::OK, axum::Json(json!({ "code": 0 }))).into_response();
+    let Some(presence) = &event.presence else {
+        crate::metrics::webhook("trtc", "ignored");
+        return ok();
+    };
+    let providers: Vec<String> = state
+        .config
+        .providers
+        .values()
+        .filter(|p| matches!(&p.settings, crate::config::ProviderSettings::Trtc(t) if Some(t.sdk_app_id) == sdk_app_id))
+        .map(|p| p.name.clone())
+        .collect();
+    let participant = match presence {
+        Presence::Entered(u) | Presence::Left(u) => u.as_str().to_string(),
+        _ => String::new(),
+    };
+    let mut changed = 0;
+    for provider in &providers {
+        let at = Instant::from_millis(event.at_ms);
+        match self::presence(
+            &state,
+            provider,
+            sdk_app_id,
+            &event.room,
+            presence,
+            at,
+            event.at_ms,
+            &participant,
+        )
+        .await
+        {
+            Ok(n) => changed += n,
+            Err(e) => {
+                crate::metrics::webhook("trtc", "unavailable");
+                tracing::error!(error = %e, "cannot record a TRTC event; TRTC retries for a minute");
+                return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+            }
+        }
+    }
+    if changed > 0
+        && let Some(notify) = &state.changed
+    {
+        notify.notify_one();
+    }
+    tracing::debug!(kind = event.kind, room = %event.room, changed, "TRTC event");
+    crate::metrics::webhook("trtc", if changed > 0 { "applied" } else { "ignored" });
+    ok()
 }
 
 #[cfg(test)]

@@ -63,12 +63,18 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
         .route("/webhooks/acs", post(webhooks::acs))
         .route("/webhooks/trtc", post(webhooks::trtc))
         .merge(api)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .with_state(Arc::new(state))
+}
+
+/// The session API's OpenAPI document (docs/openapi.json).
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../../docs/openapi.json")).into_response()
 }
 
 async fn count_api_response(response: Response) -> Response {

@@ -74,7 +74,8 @@ pub fn router(state: AppState) -> Router {
 
 /// The session API's OpenAPI document (docs/openapi.json).
 async fn openapi() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../../docs/openapi.json")).into_response()
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../../docs/openapi.json"))
+        .into_response()
 }
 
 async fn count_api_response(response: Response) -> Response {

@@ -315,7 +315,9 @@ pub fn classify(status: u16, body: &[u8], wait: Option<Duration>) -> Classified 
         // The repeatability window has passed: the caller must resend under a
         // new id (safe: a participant already removed answers 404).
         412 => Classified::Retryable { code, message, wait: None },
-        408 | 429 | 500 | 502 | 503 | 504 => Classified::Retryable { code, message, wait },
+        // 409: conflicting parallel actions (8519), or a repeat that arrived
+        // while the original request is still in progress.
+        408 | 409 | 429 | 500 | 502 | 503 | 504 => Classified::Retryable { code, message, wait },
         s if s >= 506 => Classified::Retryable { code, message, wait },
         _ => Classified::Fatal { code, message },
     }
@@ -407,6 +409,7 @@ mod tests {
             Classified::Retryable { code: "HTTP429".into(), message: String::new(), wait }
         );
         assert_eq!(classify(503, b"", None).outcome(), "retryable");
+        assert_eq!(classify(409, err("8519").as_bytes(), None).outcome(), "retryable");
         assert_eq!(classify(501, b"", None).outcome(), "fatal");
         let in_message =
             br#"{"error":{"code":"BadRequest","message":"Call terminated. DiagCode: 400#8528"}}"#;

@@ -110,6 +110,22 @@ pub(super) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // A real service carries out a request it received even if the client
+    // hangs up (a daemon killed mid-call); hyper cancels the handler on
+    // disconnect, so the work runs in a task of its own.
+    match tokio::spawn(handle_request(state, rest, uri, headers, body)).await {
+        Ok(response) => response,
+        Err(_) => respond(&error(500, "InternalError", "sandbox: the request handler failed"), false, None),
+    }
+}
+
+async fn handle_request(
+    state: Arc<SandboxState>,
+    rest: String,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let (call, action) = if let Some(call) = rest.strip_suffix("/participants:remove") {
         (call.to_string(), "RemoveParticipant")
     } else if let Some(call) = rest.strip_suffix(":terminate") {
@@ -156,43 +172,71 @@ pub(super) async fn handle(
             state.lock().stats.repeats_replayed += 1;
             return finish(first, None, true, None);
         }
+        // The original is still being carried out: ACS answers 409 rather
+        // than act twice.
+        if !state.lock().repeats_in_progress.insert(id.clone()) {
+            return finish(
+                error(409, "Conflict", "a request with this Repeatability-Request-ID is in progress"),
+                None,
+                false,
+                Some(1),
+            );
+        }
     }
+    let response = carry_out(&state, action, &call, &headers, &body, repeat.as_ref().map(|(id, _)| id)).await;
+    if let Some((id, _)) = &repeat {
+        state.lock().repeats_in_progress.remove(id);
+    }
+    let (answer, participant, retry_after) = response;
+    finish(answer, participant, false, retry_after)
+}
+
+/// Validates, applies faults, and carries out a request that passed the
+/// checks; stores the answer under its repeatability id.
+async fn carry_out(
+    state: &Arc<SandboxState>,
+    action: &'static str,
+    call: &str,
+    _headers: &HeaderMap,
+    body: &[u8],
+    repeat: Option<&String>,
+) -> (StoredAnswer, Option<String>, Option<u64>) {
     let participant = match action {
-        "RemoveParticipant" => match participant_of(&body) {
+        "RemoveParticipant" => match participant_of(body) {
             Ok(p) => Some(p),
-            Err(a) => return finish(a, None, false, None),
+            Err(a) => return (a, None, None),
         },
         _ => {
             if !body.is_empty() {
-                return finish(error(400, "8523", ":terminate takes no body"), None, false, None);
+                return (error(400, "8523", ":terminate takes no body"), None, None);
             }
             None
         }
     };
     let mut outcome_event = None;
-    if let Some(fault) = state.take_fault(action, Some(&call)) {
+    if let Some(fault) = state.take_fault(action, Some(call)) {
         if fault.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
         }
         if let Some(status) = fault.http_status {
             let code = fault.code.unwrap_or_else(|| status.to_string());
             let message = fault.message.unwrap_or_else(|| "sandbox: injected fault".into());
-            return finish(error(status, &code, &message), participant, false, fault.retry_after_secs);
+            return (error(status, &code, &message), participant, fault.retry_after_secs);
         }
         outcome_event = fault.outcome_event;
     }
-    let result = apply(&state, action, &call, participant.as_deref(), &body);
+    let result = apply(state, action, call, participant.as_deref(), body);
     if result.status < 300 {
-        report_outcome(&state, action, &call, &body, outcome_event.as_deref());
+        report_outcome(state, action, call, body, outcome_event.as_deref());
     }
     // ACS remembers answers under the id, except server errors, which a
     // repeat executes again.
-    if let Some((id, _)) = repeat
+    if let Some(id) = repeat
         && result.status < 500
     {
-        state.lock().repeats.insert(id, result.clone());
+        state.lock().repeats.insert(id.clone(), result.clone());
     }
-    finish(result, participant, false, None)
+    (result, participant, None)
 }
 
 /// Posts the event ACS would send after a successful request: the removal's

@@ -161,6 +161,8 @@ struct Inner {
     removed_participants: HashSet<(String, String)>,
     /// ACS first answers by repeatability id.
     repeats: HashMap<String, StoredAnswer>,
+    /// ACS repeatability ids whose first request is still being carried out.
+    repeats_in_progress: HashSet<String>,
     faults: Vec<Fault>,
     log: VecDeque<RequestRecord>,
 }

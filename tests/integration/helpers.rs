@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant as StdInstant};
 
 use callwarden::sandbox::{
-    Fault, RequestRecord, SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Stats,
+    Fault, RequestRecord, SANDBOX_ACS_ACCESS_KEY, SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY,
+    Stats,
 };
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use sqlx::SqlitePool;
@@ -149,6 +150,7 @@ fn callwarden_command() -> Command {
     cmd.env_remove("CALLWARDEN_CONFIG")
         .env_remove("CALLWARDEN_SANDBOX_SECRET_ID")
         .env_remove("CALLWARDEN_SANDBOX_SECRET_KEY")
+        .env_remove("CALLWARDEN_SANDBOX_ACS_ACCESS_KEY")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
     cmd
@@ -260,6 +262,32 @@ impl Sandbox {
             .await
             .unwrap();
         assert!(response.status().is_success(), "room {room} not dismissed: {}", response.status());
+    }
+
+    /// Requests to one of the ACS actions (`RemoveParticipant`, `TerminateCall`).
+    pub async fn acs_requests(&self) -> Vec<RequestRecord> {
+        let mut requests = self.requests().await;
+        requests.retain(|r| callwarden::providers::acs::ACTIONS.contains(&r.action.as_str()));
+        requests
+    }
+
+    /// ACS requests for one call connection, in arrival order.
+    pub async fn acs_requests_for(&self, call: &str) -> Vec<RequestRecord> {
+        let mut requests = self.acs_requests().await;
+        requests.retain(|r| r.room.as_deref() == Some(call));
+        requests
+    }
+
+    /// Ends an ACS call as if everyone hung up.
+    pub async fn end_call(&self, call: &str) {
+        let response = self
+            .http
+            .post(format!("{}/_sandbox/rooms/dismiss", self.url))
+            .json(&serde_json::json!({ "call": call }))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "call {call} not ended: {}", response.status());
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
@@ -399,6 +427,52 @@ policies:
     )
 }
 
+/// [`config_text`]'s TRTC provider and policies, plus an ACS provider named
+/// `acs` that signs with `access_key` (base64), and two ACS policies:
+/// `acs-consultation` (terminate_call) and `acs-paid-chat` (remove_participant).
+pub fn acs_config_text(database: &Path, endpoint: &str, access_key: &str) -> String {
+    format!(
+        "\
+database: {database}
+providers:
+  trtc:
+    kind: tencent-trtc
+    sdk_app_id: {SANDBOX_SDK_APP_ID}
+    region: ap-guangzhou
+    secret_id: {SANDBOX_SECRET_ID}
+    secret_key: {SANDBOX_SECRET_KEY}
+    endpoint: {endpoint}
+    max_requests_per_second: 19
+    retry: {{ max_attempts: 4, initial_backoff: 100ms, max_backoff: 1s }}
+  acs:
+    kind: azure-acs
+    endpoint: {endpoint}
+    access_key: \"{access_key}\"
+    api_version: 2024-09-15
+    max_requests_per_second: 19
+    retry: {{ max_attempts: 5, initial_backoff: 100ms, max_backoff: 1s }}
+policies:
+  consultation:
+    provider: trtc
+    max_duration: 30m
+    action: dismiss_room
+  paid-chat:
+    provider: trtc
+    max_duration: 20m
+    action: remove_user
+  acs-consultation:
+    provider: acs
+    max_duration: 30m
+    action: terminate_call
+  acs-paid-chat:
+    provider: acs
+    max_duration: 20m
+    action: remove_participant
+",
+        database = database.display()
+    )
+}
+
 // ---- database rows ------------------------------------------------------------------
 
 /// A `sessions` row, every column a test may look at.
@@ -504,6 +578,22 @@ impl Harness {
         Harness { _dir: dir, config, db_path, sandbox, pool: tokio::sync::OnceCell::new() }
     }
 
+    /// A sandbox and a config with an ACS provider whose key it accepts
+    /// ([`acs_config_text`]).
+    pub async fn acs() -> Harness {
+        Harness::acs_signing_with(SANDBOX_ACS_ACCESS_KEY).await
+    }
+
+    /// A sandbox and a config whose ACS provider signs with `access_key`.
+    pub async fn acs_signing_with(access_key: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("a tempdir");
+        let sandbox = Sandbox::start();
+        let db_path = dir.path().join("cw.db");
+        let config = dir.path().join("callwarden.yaml");
+        std::fs::write(&config, acs_config_text(&db_path, &sandbox.url, access_key)).unwrap();
+        Harness { _dir: dir, config, db_path, sandbox, pool: tokio::sync::OnceCell::new() }
+    }
+
     pub async fn start_daemon(&self) -> Daemon {
         Daemon::start(&self.config).await
     }
@@ -534,6 +624,35 @@ impl Harness {
         let out = self.cli(&args).await.expect_ok("session start");
         let ids: Vec<String> = out.stdout.lines().map(str::to_string).collect();
         assert_eq!(ids.len(), users.len().max(1), "one id per user: {out:?}");
+        ids
+    }
+
+    /// `session start --call CALL [--participant RAW_ID]...`; returns the new
+    /// ids (one per participant).
+    pub async fn start_acs_session(
+        &self,
+        policy: &str,
+        call: &str,
+        participants: &[&str],
+        limit: Option<&str>,
+    ) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "session".into(),
+            "start".into(),
+            "--policy".into(),
+            policy.into(),
+            "--call".into(),
+            call.into(),
+        ];
+        for p in participants {
+            args.extend(["--participant".into(), p.to_string()]);
+        }
+        if let Some(limit) = limit {
+            args.extend(["--limit".into(), limit.into()]);
+        }
+        let out = self.cli(&args).await.expect_ok("session start --call");
+        let ids: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+        assert_eq!(ids.len(), participants.len().max(1), "one id per participant: {out:?}");
         ids
     }
 
@@ -583,6 +702,16 @@ impl Harness {
             .fetch_all(self.db().await)
             .await
             .unwrap()
+    }
+
+    /// A session's stored ACS repeatability pair: `(repeatability_id, first_sent_at)`.
+    pub async fn repeatability_of(&self, id: &str) -> (Option<String>, Option<String>) {
+        sqlx::query_as("SELECT repeatability_id, first_sent_at FROM sessions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.db().await)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no session {id}"))
     }
 
     /// Session count per state.
@@ -676,6 +805,33 @@ impl Harness {
             assert!(
                 latest >= *deadline,
                 "the sandbox saw {} for room {room} at the latest {} but its deadline is {}",
+                r.action,
+                text_of(latest),
+                text_of(*deadline)
+            );
+        }
+    }
+
+    /// [`Harness::assert_never_early`] for ACS: no audit row recorded an early
+    /// call, and the sandbox saw no ACS request for a call before the
+    /// earliest deadline of the sessions in it.
+    pub async fn assert_acs_never_early(&self, clock: SandboxClock) {
+        self.assert_never_early(None).await;
+        let mut deadlines: HashMap<String, i64> = HashMap::new();
+        for s in self.sessions().await {
+            let Some(deadline) = s.deadline.as_deref().map(ms_of) else { continue };
+            if s.room_kind == "call" {
+                let earliest = deadlines.entry(s.room_id.clone()).or_insert(deadline);
+                *earliest = (*earliest).min(deadline);
+            }
+        }
+        for r in self.sandbox.acs_requests().await {
+            let Some(call) = &r.room else { continue };
+            let Some(deadline) = deadlines.get(call) else { continue };
+            let latest = clock.latest_wall_ms(&r);
+            assert!(
+                latest >= *deadline,
+                "the sandbox saw {} for call {call} at the latest {} but its deadline is {}",
                 r.action,
                 text_of(latest),
                 text_of(*deadline)

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acs;
 mod cli;
 mod config;
 mod crash;

@@ -95,6 +95,7 @@ pub async fn run(
             .map_err(|source| DaemonError::Listen { addr, source })?;
         let state = crate::http::AppState {
             store: store.clone(),
+            registrar: store.registrar(),
             clock: clock.clone(),
             config: Arc::clone(&config),
             api_token: config.api_token.clone(),

@@ -54,6 +54,8 @@ pub enum StoreError {
     NotFound(SessionId),
     #[error("session {id} is {state}; only an active session can be {verb}")]
     NotActive { id: SessionId, state: String, verb: &'static str },
+    #[error("database: {0}")]
+    Batch(String),
     #[error("session {id} in the database is malformed: {reason}")]
     Malformed { id: String, reason: String },
 }
@@ -120,6 +122,29 @@ impl SessionRecord {
         })
     }
 
+    /// The row a just-registered session was stored as.
+    pub fn registered(s: &NewSession, key: Option<String>, now: Instant) -> SessionRecord {
+        SessionRecord {
+            id: s.id.to_string(),
+            policy: s.policy.clone(),
+            provider: Some(s.provider.clone()),
+            room_id: s.room.id_text(),
+            room_kind: s.room.kind().as_str().to_string(),
+            user_id: s.user.as_ref().map(|u| u.as_str().to_string()),
+            started_at: s.started_at.to_string(),
+            deadline: Some(s.deadline.to_string()),
+            state: "active".into(),
+            attempts: 0,
+            extended_ms: 0,
+            detail: None,
+            repeatability_id: None,
+            first_sent_at: None,
+            idempotency_key: key,
+            created_at: now.to_string(),
+            updated_at: now.to_string(),
+        }
+    }
+
     /// Parses the stored text into a schedulable session.
     pub fn to_session(&self) -> Result<Session, StoreError> {
         let malformed = |reason: String| StoreError::Malformed { id: self.id.clone(), reason };
@@ -160,6 +185,48 @@ pub struct NewSession {
     pub user: Option<UserId>,
     pub started_at: Instant,
     pub deadline: Instant,
+}
+
+/// Most registrations committed in one transaction.
+const REGISTRAR_BATCH: usize = 256;
+
+struct Registration {
+    session: NewSession,
+    key: Option<String>,
+    detail: &'static str,
+    now: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Inserted, StoreError>>,
+}
+
+/// A handle for registering sessions through the group-committing task.
+#[derive(Debug, Clone)]
+pub struct Registrar {
+    tx: tokio::sync::mpsc::Sender<Registration>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration").field("session", &self.session.id).finish()
+    }
+}
+
+impl Registrar {
+    /// Registers one session (under `key`, if given), committed with
+    /// whatever else is waiting.
+    pub async fn register(
+        &self,
+        session: NewSession,
+        key: Option<String>,
+        now: Instant,
+        detail: &'static str,
+    ) -> Result<Inserted, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Registration { session, key, detail, now, reply })
+            .await
+            .map_err(|_| StoreError::Batch("the registration writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Batch("the registration writer has stopped".into()))?
+    }
 }
 
 /// What registering under an idempotency key did.
@@ -348,46 +415,70 @@ impl Store {
         Ok(())
     }
 
-    /// Registers one session under a client's idempotency key. When the key
-    /// was used before, nothing is written and the earlier session is
-    /// returned instead.
-    pub async fn insert_session_once(
-        &self,
-        s: &NewSession,
-        key: &str,
-        now: Instant,
-        detail: &str,
-    ) -> Result<Inserted, StoreError> {
+    /// A group-committing front for registrations: concurrent callers share
+    /// one transaction (and one fsync) instead of queueing for one each.
+    /// The task ends when every [`Registrar`] handle is dropped.
+    pub fn registrar(&self) -> Registrar {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Registration>(REGISTRAR_BATCH * 4);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(REGISTRAR_BATCH);
+            while rx.recv_many(&mut batch, REGISTRAR_BATCH).await > 0 {
+                match store.insert_batch(&batch).await {
+                    Ok(results) => {
+                        for (r, result) in batch.drain(..).zip(results) {
+                            let _ = r.reply.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        for r in batch.drain(..) {
+                            let _ = r.reply.send(Err(StoreError::Batch(reason.clone())));
+                        }
+                    }
+                }
+            }
+        });
+        Registrar { tx }
+    }
+
+    async fn insert_batch(&self, batch: &[Registration]) -> Result<Vec<Inserted>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let done = sqlx::query(
-            "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-             state, idempotency_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?) \
-             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-        )
-        .bind(s.id.to_string())
-        .bind(&s.policy)
-        .bind(&s.provider)
-        .bind(s.room.id_text())
-        .bind(s.room.kind().as_str())
-        .bind(s.user.as_ref().map(|u| u.as_str().to_string()))
-        .bind(s.started_at.to_string())
-        .bind(s.deadline.to_string())
-        .bind(key)
-        .bind(now.to_string())
-        .bind(now.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            let row =
-                sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE idempotency_key = ?"))
-                    .bind(key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            return Ok(Inserted::Existing(Box::new(SessionRecord::from_row(&row)?)));
+        let mut results = Vec::with_capacity(batch.len());
+        for r in batch {
+            let s = &r.session;
+            let done = sqlx::query(
+                "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
+                 state, idempotency_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?) \
+                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+            )
+            .bind(s.id.to_string())
+            .bind(&s.policy)
+            .bind(&s.provider)
+            .bind(s.room.id_text())
+            .bind(s.room.kind().as_str())
+            .bind(s.user.as_ref().map(|u| u.as_str().to_string()))
+            .bind(s.started_at.to_string())
+            .bind(s.deadline.to_string())
+            .bind(&r.key)
+            .bind(r.now.to_string())
+            .bind(r.now.to_string())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                let row =
+                    sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE idempotency_key = ?"))
+                        .bind(&r.key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                results.push(Inserted::Existing(Box::new(SessionRecord::from_row(&row)?)));
+            } else {
+                insert_audit(&mut tx, &registered_entry(s, r.detail), r.now).await?;
+                results.push(Inserted::Created);
+            }
         }
-        insert_audit(&mut tx, &registered_entry(s, detail), now).await?;
         tx.commit().await?;
-        Ok(Inserted::Created)
+        Ok(results)
     }
 
     /// Cancels enforcement of an active session: the call ended by itself.

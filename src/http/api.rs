@@ -176,38 +176,28 @@ pub(super) async fn create(State(app): State<Arc<AppState>>, headers: HeaderMap,
     let Some(session) = sessions.pop() else {
         return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, "no session was decided"));
     };
-    let status = match &request.idempotency_key {
-        Some(key) => {
-            match app.store.insert_session_once(&session, key, now, "registered through the API").await? {
-                Inserted::Created => StatusCode::CREATED,
-                Inserted::Existing(earlier) => {
-                    let same = earlier.policy == session.policy
-                        && earlier.room_id == session.room.id_text()
-                        && earlier.room_kind == session.room.kind().as_str()
-                        && earlier.user_id.as_deref() == session.user.as_ref().map(UserId::as_str);
-                    if !same {
-                        return Err(ApiError::new(
-                            StatusCode::CONFLICT,
-                            Some("idempotency_key"),
-                            format!("already used for session {}, with other parameters", earlier.id),
-                        ));
-                    }
-                    return Ok((StatusCode::OK, axum::Json(earlier)).into_response());
-                }
-            }
+    let key = request.idempotency_key.clone();
+    let registered =
+        app.registrar.register(session.clone(), key.clone(), now, "registered through the API").await?;
+    if let Inserted::Existing(earlier) = registered {
+        let same = earlier.policy == session.policy
+            && earlier.room_id == session.room.id_text()
+            && earlier.room_kind == session.room.kind().as_str()
+            && earlier.user_id.as_deref() == session.user.as_ref().map(UserId::as_str);
+        if !same {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                Some("idempotency_key"),
+                format!("already used for session {}, with other parameters", earlier.id),
+            ));
         }
-        None => {
-            app.store
-                .insert_sessions(std::slice::from_ref(&session), now, "registered through the API")
-                .await?;
-            StatusCode::CREATED
-        }
-    };
+        return Ok((StatusCode::OK, axum::Json(earlier)).into_response());
+    }
     if let Some(changed) = &app.changed {
         changed.notify_one();
     }
-    let record = app.store.session(session.id).await?;
-    let mut response = (status, axum::Json(record)).into_response();
+    let record = SessionRecord::registered(&session, key, now);
+    let mut response = (StatusCode::CREATED, axum::Json(record)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/sessions/{}", session.id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }

@@ -38,6 +38,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Registrations go through here, committed in groups.
+    pub registrar: crate::store::Registrar,
     pub clock: Clock,
     pub config: Arc<Config>,
     /// The session API's bearer token; `None` turns the API off.

@@ -678,7 +678,7 @@ impl Store {
              AND (provider IS NULL OR deadline IS NULL) ORDER BY created_at LIMIT ?"
         ))
         .bind(limit)
-        .fetch_all(&self.writer)
+        .fetch_all(&self.readers)
         .await?;
         rows.iter()
             .map(|r| Ok(Unadopted { record: SessionRecord::from_row(r)? }))
@@ -748,7 +748,7 @@ impl Store {
             "SELECT deadline FROM sessions INDEXED BY sessions_due WHERE state = 'active' \
              AND deadline IS NOT NULL AND provider IS NOT NULL ORDER BY deadline LIMIT 1",
         )
-        .fetch_optional(&self.writer)
+        .fetch_optional(&self.readers)
         .await?;
         match row {
             None => Ok(None),
@@ -893,7 +893,7 @@ impl Store {
         .bind(room.kind().as_str())
         .bind(room.id_text())
         .bind(participant)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&self.readers)
         .await?;
         Ok(match row {
             Some(r) => Some((r.try_get("last_event_ms")?, r.try_get("last_event")?)),

@@ -23,6 +23,9 @@ use crate::domain::{Instant, Room, SessionId, SessionState, UserId, parse_durati
 use crate::policy::Registration;
 use crate::store::{Inserted, SessionRecord, StoreError};
 
+/// A deadline this close is worth waking the scheduler for (milliseconds).
+const IMMINENT_MS: i64 = 2 * crate::scheduler::CHANGE_POLL.as_millis() as i64;
+
 /// Most sessions one list request returns.
 const LIST_LIMIT_MAX: u32 = 10_000;
 
@@ -193,7 +196,12 @@ pub(super) async fn create(State(app): State<Arc<AppState>>, headers: HeaderMap,
         }
         return Ok((StatusCode::OK, axum::Json(earlier)).into_response());
     }
-    if let Some(changed) = &app.changed {
+    // The scheduler sees every commit within its polling interval; wake it
+    // at once only when the deadline is nearer than that, so a stream of
+    // registrations does not keep it busy re-reading the queue.
+    if session.deadline.millis_since(now) < IMMINENT_MS
+        && let Some(changed) = &app.changed
+    {
         changed.notify_one();
     }
     let record = SessionRecord::registered(&session, key, now);

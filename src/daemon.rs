@@ -127,6 +127,14 @@ pub async fn run(
         policies = config.policies.len(),
         "callwarden running"
     );
+    crate::service::ready("enforcing deadlines");
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            shutdown.cancelled().await;
+            crate::service::stopping();
+        });
+    }
     // The scheduler owns the only sender; when it returns, enforcement sees
     // the channel close and drains.
     scheduler.run(shutdown).await;

@@ -18,7 +18,8 @@
 //! - [`providers`]: signed provider requests and answer classification
 //!   ([`providers::trtc`], [`providers::acs`]).
 //! - [`http`]: the listener: provider webhooks (ACS outcome callbacks), health.
-//! - [`daemon`]: wires the above into the running service.
+//! - [`daemon`]: wires the above into the running service; [`service`]:
+//!   systemd readiness and watchdog.
 //! - [`sandbox`]: a local stand-in for the provider APIs.
 //! - [`demo`]: the one-command tour: daemon + sandbox + a realistic load.
 //! - [`cli`]: the command line, including the session and audit commands.
@@ -39,5 +40,6 @@ pub mod policy;
 pub mod providers;
 pub mod sandbox;
 pub mod scheduler;
+pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -62,10 +62,16 @@ impl Scheduler {
 
     /// Runs until `shutdown`. Database errors are logged and retried: a locked
     /// or full database delays enforcement, it does not stop the daemon.
+    /// With systemd's watchdog on, each turn pings it and no turn sleeps
+    /// past the next ping, so the pings stop exactly when the loop does.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        let watchdog = crate::service::watchdog_interval();
         while !shutdown.is_cancelled() {
-            match self.turn(&shutdown).await {
+            if watchdog.is_some() {
+                crate::service::watchdog();
+            }
+            match self.turn(&shutdown, watchdog).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "scheduler cannot read the queue");
@@ -79,13 +85,25 @@ impl Scheduler {
         }
     }
 
-    /// One step: adopt new rows, then either claim what is due or sleep.
-    async fn turn(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+    /// One step: adopt new rows, then either claim what is due or sleep (at
+    /// most `max_sleep`, so the watchdog hears from the loop in time). Only
+    /// the sleep is ever cut short, never a database step.
+    async fn turn(
+        &self,
+        shutdown: &CancellationToken,
+        max_sleep: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let nap = async {
+            match max_sleep {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         self.adopt_new_rows().await?;
         let next = self.store.next_deadline().await?;
         let horizon = self.clock.now().saturating_add(CLAIM_LEAD);
         match next {
-            Some(deadline) if deadline <= horizon => self.claim(horizon, shutdown).await,
+            Some(deadline) if deadline <= horizon => self.claim(horizon, shutdown, nap).await,
             Some(deadline) => {
                 let wake =
                     Instant::from_millis(deadline.millis() - crate::domain::duration_millis_ceil(CLAIM_LEAD));
@@ -93,6 +111,7 @@ impl Scheduler {
                     () = self.clock.sleep_until(wake) => {}
                     () = self.changed.notified() => {}
                     () = shutdown.cancelled() => {}
+                    () = nap => {}
                 }
                 Ok(())
             }
@@ -100,6 +119,7 @@ impl Scheduler {
                 tokio::select! {
                     () = self.changed.notified() => {}
                     () = shutdown.cancelled() => {}
+                    () = nap => {}
                 }
                 Ok(())
             }
@@ -107,13 +127,21 @@ impl Scheduler {
     }
 
     /// Claims sessions due by `horizon`.
-    async fn claim(&self, horizon: Instant, shutdown: &CancellationToken) -> Result<(), StoreError> {
+    async fn claim(
+        &self,
+        horizon: Instant,
+        shutdown: &CancellationToken,
+        nap: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StoreError> {
+        // Waiting for room in enforcement (a long backlog, a provider outage)
+        // is a healthy wait: give the loop back for the watchdog meanwhile.
         let first = tokio::select! {
             permit = Arc::clone(&self.capacity).acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => return Ok(()),
             },
             () = shutdown.cancelled() => return Ok(()),
+            () = nap => return Ok(()),
         };
         let mut permit = first;
         let more = (self.capacity.available_permits() as u32).min(CLAIM_BATCH - 1);

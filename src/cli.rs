@@ -234,9 +234,35 @@ async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
     let store = open(&config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(check_on_hangup(path.to_path_buf(), shutdown.clone()));
     crate::daemon::run(config, store.clone(), Clock::system(), shutdown).await.context("daemon failed")?;
     store.close().await;
     Ok(())
+}
+
+/// On SIGHUP (`systemctl reload`), validates the configuration file again
+/// and says whether it would load. The running daemon keeps the
+/// configuration it started with; applying changes takes a restart.
+/// (Without a handler, SIGHUP would end the process.)
+async fn check_on_hangup(path: PathBuf, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP");
+        return;
+    };
+    loop {
+        tokio::select! {
+            received = hup.recv() => if received.is_none() { return },
+            () = shutdown.cancelled() => return,
+        }
+        match Config::load(&path) {
+            Ok(_) => tracing::warn!(
+                config = %path.display(),
+                "SIGHUP: the configuration is valid; restart the daemon to apply changes (it keeps running with the one it started with)"
+            ),
+            Err(e) => tracing::error!("SIGHUP: the configuration is invalid and would not load: {e}"),
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -585,6 +585,13 @@ impl Ctx<'_> {
                 ),
             ));
         }
+        if max_requests_per_second == PROVIDER_QUOTA_PER_SECOND {
+            warnings.push(format!(
+                "provider {name:?}: max_requests_per_second {max_requests_per_second} equals the provider's quota; \
+                 network jitter can then put {} requests in one second (the default 19 leaves a margin)",
+                max_requests_per_second + 1
+            ));
+        }
         let mut retry = RetryPolicy::default();
         if let Some(r) = &raw.retry {
             let retry_err = |key: &str, reason: String| {

@@ -29,9 +29,15 @@ use crate::enforce::Claimed;
 use crate::store::{ChangeWatcher, SessionRecord, Store, StoreError};
 
 /// How long before its deadline a session is claimed. Covers the database
-/// work between claiming and sending (two commits), so the call leaves on
-/// time; a CLI `end` within this window is refused as already enforcing.
-pub const CLAIM_LEAD: Duration = Duration::from_millis(25);
+/// work between claiming and sending (two synced commits), with room for a
+/// slow or stalled disk, so the call still leaves on time; calls are held
+/// until their deadline anyway. A CLI `end` or API `end` within this window
+/// is refused as already enforcing.
+pub const CLAIM_LEAD: Duration = Duration::from_millis(200);
+/// When the scheduler wakes to claim, it also takes what falls due within
+/// this much more, so a steady stream of deadlines is claimed in batches
+/// rather than one commit per deadline.
+pub const CLAIM_WINDOW: Duration = Duration::from_millis(100);
 /// Most sessions claimed in one statement.
 pub const CLAIM_BATCH: u32 = 256;
 /// How often another connection's commits are looked for.
@@ -101,9 +107,11 @@ impl Scheduler {
         };
         self.adopt_new_rows().await?;
         let next = self.store.next_deadline().await?;
-        let horizon = self.clock.now().saturating_add(CLAIM_LEAD);
+        let now = self.clock.now();
         match next {
-            Some(deadline) if deadline <= horizon => self.claim(horizon, shutdown, nap).await,
+            Some(deadline) if deadline <= now.saturating_add(CLAIM_LEAD) => {
+                self.claim(now.saturating_add(CLAIM_LEAD + CLAIM_WINDOW), shutdown, nap).await
+            }
             Some(deadline) => {
                 let wake =
                     Instant::from_millis(deadline.millis() - crate::domain::duration_millis_ceil(CLAIM_LEAD));

@@ -11,7 +11,7 @@ use callwarden::clock::Clock;
 use callwarden::config::Config;
 use callwarden::domain::{Instant, Room, SessionId, SessionState};
 use callwarden::enforce::Claimed;
-use callwarden::scheduler::{CLAIM_LEAD, Scheduler, watch_changes};
+use callwarden::scheduler::{CLAIM_LEAD, CLAIM_WINDOW, Scheduler, watch_changes};
 use callwarden::store::{AuditEntry, NewSession, Store};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -126,8 +126,8 @@ async fn deadlines_hours_apart_are_handed_over_in_order_and_never_before_the_cla
         let lead = s.deadline.millis_since(at);
         assert!(lead >= 0, "handed over {}ms after its deadline", -lead);
         assert!(
-            lead <= CLAIM_LEAD.as_millis() as i64,
-            "handed over {lead}ms before its deadline, more than the claim lead"
+            lead <= (CLAIM_LEAD + CLAIM_WINDOW).as_millis() as i64,
+            "handed over {lead}ms before its deadline, more than the claim lead and window"
         );
         assert_eq!(s.state, SessionState::Enforcing);
         h.settle(&claimed).await;
@@ -151,7 +151,9 @@ async fn an_extension_made_while_the_scheduler_sleeps_moves_the_hand_over() {
     h.set(new_deadline);
     let (at, claimed) = h.next().await;
     assert_eq!(claimed.sessions[0].deadline, new_deadline);
-    assert!(at >= Instant::from_millis(new_deadline.millis() - CLAIM_LEAD.as_millis() as i64));
+    assert!(
+        at >= Instant::from_millis(new_deadline.millis() - (CLAIM_LEAD + CLAIM_WINDOW).as_millis() as i64)
+    );
     h.shutdown.cancel();
 }
 

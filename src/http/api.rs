@@ -83,11 +83,13 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "the session API is off: set api_token in the configuration",
         ));
     };
+    // The scheme name is case-insensitive (RFC 7235).
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
         Ok(())
     } else {
@@ -183,10 +185,21 @@ pub(super) async fn create(State(app): State<Arc<AppState>>, headers: HeaderMap,
     let registered =
         app.registrar.register(session.clone(), key.clone(), now, "registered through the API").await?;
     if let Inserted::Existing(earlier) = registered {
+        // The same request again: same policy, room, participant, limit, and
+        // start when one was given (a start left to "now" differs by retry).
+        let limit = |started: &str, deadline: Option<&str>, extended_ms: i64| {
+            let (Ok(s), Some(Ok(d))) = (Instant::parse(started), deadline.map(Instant::parse)) else {
+                return None;
+            };
+            Some(d.millis_since(s) - extended_ms)
+        };
         let same = earlier.policy == session.policy
             && earlier.room_id == session.room.id_text()
             && earlier.room_kind == session.room.kind().as_str()
-            && earlier.user_id.as_deref() == session.user.as_ref().map(UserId::as_str);
+            && earlier.user_id.as_deref() == session.user.as_ref().map(UserId::as_str)
+            && limit(&earlier.started_at, earlier.deadline.as_deref(), earlier.extended_ms)
+                == Some(session.deadline.millis_since(session.started_at))
+            && (request.started_at.is_none() || earlier.started_at == session.started_at.to_string());
         if !same {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

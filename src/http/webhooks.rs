@@ -60,6 +60,7 @@ pub enum AcsEvent {
     },
     CallDisconnected {
         call: String,
+        at: Option<Instant>,
     },
     /// The full current roster of a call, ordered by `sequence`.
     ParticipantsUpdated {
@@ -113,7 +114,7 @@ fn parse_event(event: &Value) -> Result<AcsEvent, String> {
                 },
             })
         }
-        "CallDisconnected" => Ok(AcsEvent::CallDisconnected { call: call(data()?)? }),
+        "CallDisconnected" => Ok(AcsEvent::CallDisconnected { call: call(data()?)?, at: event_time(event) }),
         "CallConnected" => Ok(AcsEvent::CallConnected { call: call(data()?)?, at: event_time(event) }),
         "ParticipantsUpdated" => {
             let data = data()?;
@@ -244,7 +245,9 @@ async fn apply_acs_event(state: &AppState, event: &AcsEvent) -> Result<u32, Stor
             Ok(u32::from(state.store.confirm_session(*id, state_to, &entry, now).await?))
         }
         AcsEvent::RemoveParticipant { session: None, .. } | AcsEvent::Other(_) => Ok(0),
-        AcsEvent::CallDisconnected { call } => {
+        AcsEvent::CallDisconnected { call, at } => {
+            // Ordered against CallConnected by the provider's clock, not ours.
+            let at = at.unwrap_or(now);
             let entry = AuditEntry {
                 event: "confirmed",
                 detail: Some(format!("CallDisconnected: call {call} ended")),
@@ -255,7 +258,7 @@ async fn apply_acs_event(state: &AppState, event: &AcsEvent) -> Result<u32, Stor
             let mut changed = confirmed as u32;
             for provider in acs_providers(state) {
                 changed +=
-                    presence(state, &provider, None, &room, &Presence::RoomClosed, now, now.millis(), "")
+                    presence(state, &provider, None, &room, &Presence::RoomClosed, at, at.millis(), "")
                         .await?;
             }
             Ok(changed)
@@ -278,6 +281,11 @@ async fn apply_acs_event(state: &AppState, event: &AcsEvent) -> Result<u32, Stor
             for provider in acs_providers(state) {
                 // The roster is whole, not a delta; an older one is stale.
                 if !state.store.observe(&provider, &room, "#roster", *sequence, "roster").await? {
+                    continue;
+                }
+                // A roster from before the call ended, delivered after it,
+                // opens nothing on the dead call.
+                if call_closed_since(state, &provider, &room, at.millis()).await? {
                     continue;
                 }
                 let present: std::collections::HashSet<&str> =
@@ -320,17 +328,26 @@ async fn presence(
     if !state.store.observe(provider, room, participant, event_ms, name).await? {
         return Ok(0);
     }
-    if let Presence::Entered(_) = event {
-        // An entry older than the room's closing is stale: the participant
-        // left with the room.
-        if let Some((closed_ms, last)) = state.store.last_event(provider, room, "").await?
-            && last == "closed"
-            && closed_ms >= event_ms
-        {
-            return Ok(0);
-        }
+    // An entry older than the room's closing is stale: the participant left
+    // with the room.
+    if let Presence::Entered(_) = event
+        && call_closed_since(state, provider, room, event_ms).await?
+    {
+        return Ok(0);
     }
     apply(state, provider, sdk_app_id, room, event, at).await
+}
+
+/// Whether the room's last recorded event is its closing, at or after `ms`.
+async fn call_closed_since(
+    state: &AppState,
+    provider: &str,
+    room: &Room,
+    ms: i64,
+) -> Result<bool, StoreError> {
+    Ok(
+        matches!(state.store.last_event(provider, room, "").await?, Some((closed_ms, last)) if last == "closed" && closed_ms >= ms),
+    )
 }
 
 /// Carries out what the policy decides for a presence event.
@@ -506,7 +523,7 @@ mod tests {
                 result: ResultInfo { code: Some(200), sub_code: Some(0), message: Some("ok".into()) },
             }
         );
-        assert_eq!(events[1], AcsEvent::CallDisconnected { call: "c1".into() });
+        assert_eq!(events[1], AcsEvent::CallDisconnected { call: "c1".into(), at: None });
         assert_eq!(events[2], AcsEvent::Other("PlayCompleted".into()));
     }
 

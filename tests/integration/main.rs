@@ -12,4 +12,6 @@ mod config;
 mod crash;
 mod enforcement;
 mod helpers;
+mod http;
 mod sql;
+mod webhooks;

@@ -282,6 +282,9 @@ pub struct AuditRecord {
     pub detail: Option<String>,
     pub latency_ms: Option<i64>,
     pub lateness_ms: Option<i64>,
+    /// The chain: the previous row's hash, and this row's (NULL before schema v5).
+    pub prev_hash: Option<String>,
+    pub hash: Option<String>,
 }
 
 /// Which audit rows to read.
@@ -605,7 +608,8 @@ impl Store {
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let mut sql = String::from(
             "SELECT id, at, session_id, event, provider, action, attempt, outcome, http_status, \
-             provider_request_id, error_code, detail, latency_ms, lateness_ms FROM audit_log WHERE 1 = 1",
+             provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash \
+             FROM audit_log WHERE 1 = 1",
         );
         if filter.session.is_some() {
             sql.push_str(" AND session_id = ?");
@@ -630,43 +634,43 @@ impl Store {
         }
         query = query.bind(filter.limit.map_or(-1, i64::from));
         let rows = query.fetch_all(&self.readers).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRecord {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    session_id: r.try_get("session_id")?,
-                    event: r.try_get("event")?,
-                    provider: r.try_get("provider")?,
-                    action: r.try_get("action")?,
-                    attempt: r.try_get("attempt")?,
-                    outcome: r.try_get("outcome")?,
-                    http_status: r.try_get("http_status")?,
-                    provider_request_id: r.try_get("provider_request_id")?,
-                    error_code: r.try_get("error_code")?,
-                    detail: r.try_get("detail")?,
-                    latency_ms: r.try_get("latency_ms")?,
-                    lateness_ms: r.try_get("lateness_ms")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        rows.iter().map(audit_record).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
     }
 
-    /// Lateness of the call that settled each session (enforced or
-    /// already_ended), in milliseconds, optionally only for sessions whose
-    /// deadline is at or after `since`.
-    pub async fn settled_lateness_ms(&self) -> Result<Vec<i64>, StoreError> {
+    /// Audit rows with an id above `after`, oldest first, at most `limit`:
+    /// for walking the whole log in pages.
+    pub async fn audit_page(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT lateness_ms FROM audit_log WHERE event IN ('enforced', 'already_ended') \
-             AND lateness_ms IS NOT NULL ORDER BY lateness_ms",
+            "SELECT id, at, session_id, event, provider, action, attempt, outcome, http_status, \
+             provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash \
+             FROM audit_log WHERE id > ? ORDER BY id LIMIT ?",
         )
+        .bind(after)
+        .bind(limit)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|r| r.try_get("lateness_ms"))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        rows.iter().map(audit_record).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
+    }
+
+    /// The last retention checkpoint: the id and hash of the last pruned row.
+    pub async fn audit_checkpoint(&self) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query("SELECT last_id, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("last_id")?, r.try_get("last_hash")?)),
+            None => None,
+        })
+    }
+
+    /// A consistent copy of the live database at `path` (`VACUUM INTO`),
+    /// safe while the daemon runs. Refuses to overwrite an existing file.
+    pub async fn backup(&self, path: &Path) -> Result<(), StoreError> {
+        if path.exists() {
+            return Err(StoreError::Batch(format!("{} exists; choose a new file", path.display())));
+        }
+        sqlx::query("VACUUM INTO ?").bind(path.display().to_string()).execute(&self.readers).await?;
+        Ok(())
     }
 
     // ---- the scheduler's queue ----------------------------------------------
@@ -1145,6 +1149,27 @@ impl Store {
     }
 }
 
+fn audit_record(r: &SqliteRow) -> Result<AuditRecord, sqlx::Error> {
+    Ok(AuditRecord {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        session_id: r.try_get("session_id")?,
+        event: r.try_get("event")?,
+        provider: r.try_get("provider")?,
+        action: r.try_get("action")?,
+        attempt: r.try_get("attempt")?,
+        outcome: r.try_get("outcome")?,
+        http_status: r.try_get("http_status")?,
+        provider_request_id: r.try_get("provider_request_id")?,
+        error_code: r.try_get("error_code")?,
+        detail: r.try_get("detail")?,
+        latency_ms: r.try_get("latency_ms")?,
+        lateness_ms: r.try_get("lateness_ms")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
 fn registered_entry(s: &NewSession, detail: &str) -> AuditEntry {
     AuditEntry {
         provider: Some(s.provider.clone()),
@@ -1158,16 +1183,48 @@ fn registered_entry(s: &NewSession, detail: &str) -> AuditEntry {
     }
 }
 
+/// Appends an audit row, chained to the previous one. Every caller holds the
+/// write lock already (its transaction wrote first), so "the previous row"
+/// cannot change under it, even with the CLI writing from another process.
 async fn insert_audit(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     e: &AuditEntry,
     now: Instant,
 ) -> Result<(), sqlx::Error> {
+    let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (id, prev_hash) = match last {
+        Some(row) => {
+            (row.try_get::<i64, _>("id")? + 1, row.try_get::<Option<String>, _>("hash")?.unwrap_or_default())
+        }
+        None => (1, String::new()),
+    };
+    let record = AuditRecord {
+        id,
+        at: now.to_string(),
+        session_id: e.session_id.map(|id| id.to_string()),
+        event: e.event.to_string(),
+        provider: e.provider.clone(),
+        action: e.action.clone(),
+        attempt: e.attempt.map(i64::from),
+        outcome: e.outcome.map(str::to_string),
+        http_status: e.http_status.map(i64::from),
+        provider_request_id: e.provider_request_id.clone(),
+        error_code: e.error_code.clone(),
+        detail: e.detail.clone(),
+        latency_ms: e.latency_ms,
+        lateness_ms: e.lateness_ms,
+        prev_hash: Some(prev_hash.clone()),
+        hash: None,
+    };
+    let hash = crate::audit::chain_hash(&prev_hash, &record);
     sqlx::query(
-        "INSERT INTO audit_log (at, session_id, event, provider, action, attempt, outcome, http_status, \
-         provider_request_id, error_code, detail, latency_ms, lateness_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit_log (id, at, session_id, event, provider, action, attempt, outcome, http_status, \
+         provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
+    .bind(id)
     .bind(now.to_string())
     .bind(e.session_id.map(|id| id.to_string()))
     .bind(e.event)
@@ -1181,6 +1238,8 @@ async fn insert_audit(
     .bind(&e.detail)
     .bind(e.latency_ms)
     .bind(e.lateness_ms)
+    .bind(prev_hash)
+    .bind(hash)
     .execute(&mut **tx)
     .await?;
     Ok(())

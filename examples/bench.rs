@@ -1,0 +1,1173 @@
+//! callwarden's benchmarks. See BENCHMARKS.md for what each figure means and
+//! the results on the reference machine.
+//!
+//! ```text
+//! cargo run --release --example bench -- lateness  [--sessions 1000] [--spread-secs 100]
+//! cargo run --release --example bench -- scheduler [--sessions 100000] [--spread-secs 100]
+//! cargo run --release --example bench -- drain     [--sessions 2000]
+//! cargo run --release --example bench -- startup   [--sessions 1000000]
+//! cargo run --release --example bench -- all       (every scenario at full size)
+//! ```
+//!
+//! Every scenario takes `--runs N`: it runs N times, prints each run's
+//! figures, then the median of each figure over the runs.
+//!
+//! Timing sources:
+//! - deadlines are whole milliseconds of the system clock (UTC), as stored;
+//! - "the call left" is measured by a TCP tap placed between the daemon and
+//!   the sandbox: the wall-clock time (`Utc::now()`, microsecond resolution)
+//!   at which the first bytes of each HTTP request arrive at the tap over
+//!   loopback. The audit log's `lateness_ms` (whole milliseconds, floored) is
+//!   reported too.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant as StdInstant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use callwarden::clock::Clock;
+use callwarden::config::Config;
+use callwarden::daemon::MAX_IN_FLIGHT;
+use callwarden::demo::percentile;
+use callwarden::domain::{Instant, Room, SessionId, SessionState, UserId};
+use callwarden::enforce::Claimed;
+use callwarden::sandbox::{
+    SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Sandbox, SandboxOptions,
+};
+use callwarden::scheduler::{CLAIM_LEAD, Scheduler, watch_changes};
+use callwarden::store::{AuditEntry, AuditFilter, NewSession, Store};
+
+#[derive(Parser)]
+#[command(about = "callwarden benchmarks (see BENCHMARKS.md)")]
+struct Cli {
+    /// Run the scenario this many times and report the median of each figure.
+    #[arg(long, global = true, default_value_t = 1)]
+    runs: usize,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// End-to-end lateness under the quota: daemon + sandbox, sessions spread evenly.
+    Lateness(LatenessArgs),
+    /// Scheduler alone: handover time relative to the deadline, and memory.
+    Scheduler(SchedulerArgs),
+    /// Many sessions with the same deadline, drained at the provider's rate.
+    Drain(DrainArgs),
+    /// Startup time, RSS and idle CPU of the release binary over a large database.
+    Startup(StartupArgs),
+    /// Every scenario at full size.
+    All(AllArgs),
+}
+
+#[derive(Args, Clone)]
+struct LatenessArgs {
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// Deadlines are spread evenly over this many seconds.
+    #[arg(long, default_value_t = 100.0)]
+    spread_secs: f64,
+    /// One session in this many removes a user instead of dismissing a room (0: none).
+    #[arg(long, default_value_t = 10)]
+    remove_user_every: usize,
+}
+
+#[derive(Args, Clone)]
+struct SchedulerArgs {
+    #[arg(long, default_value_t = 100_000)]
+    sessions: usize,
+    #[arg(long, default_value_t = 100.0)]
+    spread_secs: f64,
+}
+
+#[derive(Args, Clone)]
+struct DrainArgs {
+    #[arg(long, default_value_t = 2000)]
+    sessions: usize,
+    /// The daemon's configured max_requests_per_second.
+    #[arg(long, default_value_t = 19)]
+    rate: u32,
+}
+
+#[derive(Args, Clone)]
+struct StartupArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    sessions: usize,
+    /// Where the filled database is kept between runs (default: $CARGO_TARGET_DIR/bench-cache).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// The callwarden binary (default: the release binary next to this example, rebuilt first).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Seconds to let the daemon settle after "callwarden running" before reading RSS.
+    #[arg(long, default_value_t = 3.0)]
+    settle_secs: f64,
+    /// Seconds over which idle CPU is measured.
+    #[arg(long, default_value_t = 10.0)]
+    idle_secs: f64,
+}
+
+#[derive(Args, Clone)]
+struct AllArgs {
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+// ---- figures ------------------------------------------------------------------
+
+/// One run's figures, in print order.
+#[derive(Default)]
+struct Figures(Vec<(String, f64, &'static str)>);
+
+impl Figures {
+    fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str) {
+        self.0.push((name.into(), value, unit));
+    }
+
+    /// p50, p99, max and min of microsecond samples, in milliseconds.
+    fn add_dist_us(&mut self, name: &str, sorted_us: &[i64]) {
+        for (label, v) in [
+            ("p50", percentile(sorted_us, 50.0)),
+            ("p99", percentile(sorted_us, 99.0)),
+            ("max", sorted_us.last().copied().unwrap_or(0)),
+            ("min", sorted_us.first().copied().unwrap_or(0)),
+        ] {
+            self.add(format!("{name} {label}"), v as f64 / 1000.0, "ms");
+        }
+    }
+
+    /// p50, p99, max and min of whole-millisecond samples.
+    fn add_dist_ms(&mut self, name: &str, sorted_ms: &[i64]) {
+        for (label, v) in [
+            ("p50", percentile(sorted_ms, 50.0)),
+            ("p99", percentile(sorted_ms, 99.0)),
+            ("max", sorted_ms.last().copied().unwrap_or(0)),
+            ("min", sorted_ms.first().copied().unwrap_or(0)),
+        ] {
+            self.add(format!("{name} {label}"), v as f64, "ms");
+        }
+    }
+
+    fn print(&self, header: &str) {
+        println!("{header}");
+        let width = self.0.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
+        for (name, value, unit) in &self.0 {
+            println!("  {name:<width$}  {}", format_value(*value, unit));
+        }
+    }
+}
+
+fn format_value(v: f64, unit: &str) -> String {
+    let number = if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.0}") } else { format!("{v:.3}") };
+    if unit.is_empty() { number } else { format!("{number} {unit}") }
+}
+
+/// The median of each figure over runs (by name, in the first run's order).
+fn medians(runs: &[Figures]) -> Figures {
+    let mut out = Figures::default();
+    let Some(first) = runs.first() else { return out };
+    for (name, _, unit) in &first.0 {
+        let mut values: Vec<f64> =
+            runs.iter().filter_map(|f| f.0.iter().find(|(n, _, _)| n == name).map(|(_, v, _)| *v)).collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
+        out.add(name.clone(), median, unit);
+    }
+    out
+}
+
+// ---- shared set-up ------------------------------------------------------------
+
+fn config_text(db: &Path, endpoint: &str, rate: u32) -> String {
+    [
+        format!("database: {}", db.display()),
+        "providers:".into(),
+        "  trtc:".into(),
+        "    kind: tencent-trtc".into(),
+        format!("    sdk_app_id: {SANDBOX_SDK_APP_ID}"),
+        "    region: ap-guangzhou".into(),
+        format!("    secret_id: {SANDBOX_SECRET_ID}"),
+        format!("    secret_key: {SANDBOX_SECRET_KEY}"),
+        format!("    endpoint: {endpoint}"),
+        format!("    max_requests_per_second: {rate}"),
+        "policies:".into(),
+        "  end:".into(),
+        "    provider: trtc".into(),
+        "    max_duration: 24h".into(),
+        "    action: dismiss_room".into(),
+        "  kick:".into(),
+        "    provider: trtc".into(),
+        "    max_duration: 24h".into(),
+        "    action: remove_user".into(),
+    ]
+    .join("\n")
+        + "\n"
+}
+
+/// Writes the config next to the database and loads it as the daemon would.
+fn write_config(dir: &Path, db: &Path, endpoint: &str, rate: u32) -> anyhow::Result<(PathBuf, Arc<Config>)> {
+    let path = dir.join("bench.yaml");
+    std::fs::write(&path, config_text(db, endpoint, rate))?;
+    let config = Config::load(&path).context("the bench config does not load")?;
+    Ok((path, Arc::new(config)))
+}
+
+fn dismiss(room: u32, deadline: Instant, now: Instant) -> NewSession {
+    NewSession {
+        id: SessionId::new(),
+        policy: "end".into(),
+        provider: "trtc".into(),
+        room: Room::Numeric(room),
+        user: None,
+        started_at: now,
+        deadline,
+    }
+}
+
+/// Inserts in transactions of `batch` sessions; returns the seconds taken.
+async fn insert_all(store: &Store, sessions: &[NewSession], batch: usize) -> anyhow::Result<f64> {
+    let started = StdInstant::now();
+    for chunk in sessions.chunks(batch.max(1)) {
+        store.insert_sessions(chunk, Clock::system().now(), "bench").await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Times `n` one-session commits (two rows, `synchronous=FULL`) into a
+/// scratch database in `dir`: what one fsync'd write transaction costs on
+/// this disk right now. Microseconds, sorted.
+async fn commit_probe(dir: &Path, n: usize) -> anyhow::Result<Vec<i64>> {
+    let store = Store::open(&dir.join("probe.db")).await?;
+    let now = Clock::system().now();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = dismiss(1 + i as u32, now.saturating_add(Duration::from_secs(86_400)), now);
+        let started = StdInstant::now();
+        store.insert_sessions(&[s], now, "probe").await?;
+        out.push(started.elapsed().as_micros() as i64);
+    }
+    store.close().await;
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// A thread that writes and fsyncs a small file in the benchmark's
+/// directory every 100 ms, timing each fsync: it shows when the disk (shared
+/// with whatever else runs on the machine) stalls, independently of the
+/// daemon's own connection.
+struct FsyncMonitor {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<(DateTime<Utc>, Duration)>>,
+}
+
+impl FsyncMonitor {
+    fn start(dir: &Path) -> anyhow::Result<FsyncMonitor> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(dir.join("fsync-monitor"))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let at = Utc::now();
+                let started = StdInstant::now();
+                if file.write_all(b"x").and_then(|()| file.sync_data()).is_err() {
+                    break;
+                }
+                out.push((at, started.elapsed()));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            out
+        });
+        Ok(FsyncMonitor { stop, handle })
+    }
+
+    fn finish(self) -> Vec<(DateTime<Utc>, Duration)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+/// Whether any fsync slower than `slow` overlapped `[from, to]`.
+fn stalled(
+    samples: &[(DateTime<Utc>, Duration)],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    slow: Duration,
+) -> bool {
+    samples.iter().any(|(at, took)| {
+        *took > slow && *at <= to && *at + chrono::Duration::from_std(*took).unwrap_or_default() >= from
+    })
+}
+
+fn fsync_figures(f: &mut Figures, samples: &[(DateTime<Utc>, Duration)]) {
+    let mut us: Vec<i64> = samples.iter().map(|(_, d)| d.as_micros() as i64).collect();
+    us.sort_unstable();
+    f.add_dist_us("fsync monitor (1-byte write + fdatasync every 100 ms)", &us);
+    f.add("fsync monitor: fsyncs over 50 ms", us.iter().filter(|v| **v > 50_000).count() as f64, "");
+}
+
+/// Polls until no session is active or enforcing (after `not_before`), or `timeout`.
+async fn wait_settled(store: &Store, not_before: Instant, timeout: Duration) -> anyhow::Result<()> {
+    let started = StdInstant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let counts = store.state_counts().await?;
+        let pending: i64 =
+            counts.iter().filter(|(s, _)| s == "active" || s == "enforcing").map(|(_, n)| *n).sum();
+        if pending == 0 && Clock::system().now() >= not_before {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("{pending} sessions still pending after {timeout:?}: {counts:?}");
+        }
+    }
+}
+
+fn micros_after(at: DateTime<Utc>, deadline: Instant) -> i64 {
+    (at - deadline.to_datetime()).num_microseconds().unwrap_or(i64::MAX)
+}
+
+/// VmRSS and VmHWM (kB) of a process, from /proc.
+fn proc_memory_kb(pid: &str) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+fn mb(kb: u64) -> f64 {
+    (kb as f64 / 1024.0 * 10.0).round() / 10.0
+}
+
+// ---- the tap: when each request really leaves --------------------------------
+
+/// A request seen by the tap.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// When its first bytes arrived at the tap.
+    at: DateTime<Utc>,
+    action: String,
+    /// `RoomId` from the JSON body, as text.
+    room: String,
+}
+
+/// A loopback TCP relay in front of the sandbox that timestamps each HTTP
+/// request. The request bytes pass through unchanged (the `Host` header, and
+/// so the signature, name the tap).
+struct Tap {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Tap {
+    async fn start(upstream: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<Tap> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    () = shutdown.cancelled() => return,
+                };
+                let Ok((client, _)) = accepted else { continue };
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    if let Err(e) = relay(client, upstream, log).await {
+                        eprintln!("tap: {e}");
+                    }
+                });
+            }
+        });
+        Ok(Tap { addr, seen })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+async fn relay(client: TcpStream, upstream: SocketAddr, log: Arc<Mutex<Vec<Seen>>>) -> anyhow::Result<()> {
+    client.set_nodelay(true)?;
+    let server = TcpStream::connect(upstream).await?;
+    server.set_nodelay(true)?;
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    });
+    let mut parser = RequestParser::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = client_read.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let at = Utc::now();
+        for seen in parser.feed(&buf[..n], at) {
+            if let Ok(mut log) = log.lock() {
+                log.push(seen);
+            }
+        }
+        server_write.write_all(&buf[..n]).await?;
+    }
+    server_write.shutdown().await?;
+    Ok(())
+}
+
+/// Splits an HTTP/1.1 byte stream into requests (Content-Length bodies).
+#[derive(Default)]
+struct RequestParser {
+    pending: Vec<u8>,
+    started: Option<DateTime<Utc>>,
+}
+
+impl RequestParser {
+    fn feed(&mut self, data: &[u8], at: DateTime<Utc>) -> Vec<Seen> {
+        if self.pending.is_empty() {
+            self.started = Some(at);
+        }
+        self.pending.extend_from_slice(data);
+        let mut out = Vec::new();
+        while let Some(head_end) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&self.pending[..head_end]).into_owned();
+            let mut length = 0usize;
+            let mut action = String::new();
+            for line in head.split("\r\n").skip(1) {
+                if let Some((key, value)) = line.split_once(':') {
+                    match key.trim().to_ascii_lowercase().as_str() {
+                        "content-length" => length = value.trim().parse().unwrap_or(0),
+                        "x-tc-action" => action = value.trim().to_string(),
+                        _ => {}
+                    }
+                }
+            }
+            let total = head_end + 4 + length;
+            if self.pending.len() < total {
+                break;
+            }
+            let room = serde_json::from_slice::<serde_json::Value>(&self.pending[head_end + 4..total])
+                .ok()
+                .and_then(|v| {
+                    v.get("RoomId").map(|r| match r {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                })
+                .unwrap_or_default();
+            out.push(Seen { at: self.started.unwrap_or(at), action, room });
+            self.pending.drain(..total);
+            self.started = if self.pending.is_empty() { None } else { Some(at) };
+        }
+        out
+    }
+}
+
+/// Sandbox, tap in front of it, fresh database and config: what the daemon runs against.
+struct Rig {
+    dir: tempfile::TempDir,
+    sandbox: Sandbox,
+    tap: Tap,
+    store: Store,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+}
+
+impl Rig {
+    async fn new(rate: u32) -> anyhow::Result<Rig> {
+        let dir = tempfile::tempdir()?;
+        let shutdown = CancellationToken::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let sandbox = Sandbox::start(listener, SandboxOptions::default(), shutdown.clone()).await?;
+        let tap = Tap::start(sandbox.addr, shutdown.clone()).await?;
+        let db = dir.path().join("callwarden.db");
+        let (_, config) = write_config(dir.path(), &db, &tap.url(), rate)?;
+        let store = Store::open(&config.database).await?;
+        Ok(Rig { dir, sandbox, tap, store, config, shutdown })
+    }
+
+    fn start_daemon(&self) -> tokio::task::JoinHandle<Result<(), callwarden::daemon::DaemonError>> {
+        tokio::spawn(callwarden::daemon::run(
+            Arc::clone(&self.config),
+            self.store.clone(),
+            Clock::system(),
+            self.shutdown.clone(),
+        ))
+    }
+
+    async fn stop(
+        self,
+        daemon: tokio::task::JoinHandle<Result<(), callwarden::daemon::DaemonError>>,
+    ) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        daemon.await??;
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+/// The first answer recorded for each session (enforced, already_ended, retry
+/// or failed), keyed by session id.
+async fn first_answers(store: &Store) -> anyhow::Result<HashMap<String, callwarden::store::AuditRecord>> {
+    let rows = store
+        .audit(&AuditFilter {
+            events: vec!["enforced".into(), "already_ended".into(), "retry".into(), "failed".into()],
+            ..AuditFilter::default()
+        })
+        .await?;
+    let mut first = HashMap::new();
+    for row in rows {
+        if let Some(id) = row.session_id.clone() {
+            first.entry(id).or_insert(row);
+        }
+    }
+    Ok(first)
+}
+
+// ---- 1. lateness ----------------------------------------------------------------
+
+async fn lateness(args: &LatenessArgs) -> anyhow::Result<Figures> {
+    let rig = Rig::new(19).await?;
+    let probe_us = commit_probe(rig.dir.path(), 100).await?;
+    let clock = Clock::system();
+    let now = clock.now();
+    let n = args.sessions.max(1);
+    let spread_ms = (args.spread_secs * 1000.0) as i64;
+    // Time for the insert and the daemon's start before the first deadline.
+    let first = now.saturating_add(Duration::from_secs(2));
+    let mut sessions = Vec::with_capacity(n);
+    let mut deadline_of_room = HashMap::new();
+    for i in 0..n {
+        let deadline = Instant::from_millis(first.millis() + i as i64 * spread_ms / n as i64);
+        let room = 1_000_000 + i as u32;
+        let mut s = dismiss(room, deadline, now);
+        if args.remove_user_every > 0 && i % args.remove_user_every == args.remove_user_every - 1 {
+            s.policy = "kick".into();
+            s.user = Some(UserId::parse(&format!("user-{i}"))?);
+        }
+        deadline_of_room.insert(room.to_string(), deadline);
+        sessions.push(s);
+    }
+    let last_deadline = sessions.last().map_or(first, |s| s.deadline);
+    let session_room: HashMap<String, (String, Instant)> =
+        sessions.iter().map(|s| (s.id.to_string(), (s.room.id_text(), s.deadline))).collect();
+    insert_all(&rig.store, &sessions, 1000).await?;
+    let margin = first.millis_since(clock.now());
+    if margin < 1000 {
+        eprintln!("warning: only {margin} ms between the end of the insert and the first deadline");
+    }
+    let monitor = FsyncMonitor::start(rig.dir.path())?;
+    let daemon = rig.start_daemon();
+    wait_settled(&rig.store, last_deadline, Duration::from_secs_f64(args.spread_secs + 120.0)).await?;
+    let fsyncs = monitor.finish();
+
+    // Fine: the tap's arrival time of the first request for each room.
+    let mut first_seen: HashMap<String, DateTime<Utc>> = HashMap::new();
+    let seen = rig.tap.seen();
+    let dismiss_calls = seen.iter().filter(|s| s.action == "DismissRoom").count();
+    for s in seen {
+        first_seen.entry(s.room).or_insert(s.at);
+    }
+    let mut fine_us: Vec<i64> = deadline_of_room
+        .iter()
+        .filter_map(|(room, deadline)| first_seen.get(room).map(|at| micros_after(*at, *deadline)))
+        .collect();
+    fine_us.sort_unstable();
+    // Coarse: the audit log's lateness_ms of each session's first answer.
+    let answers = first_answers(&rig.store).await?;
+    let mut audit_ms: Vec<i64> = answers.values().filter_map(|r| r.lateness_ms).collect();
+    audit_ms.sort_unstable();
+    let not_enforced = answers.values().filter(|r| r.event != "enforced").count();
+    let stats = rig.sandbox.state.stats();
+    // Where the time goes: the first attempt row's `at` is the clock reading
+    // taken just before enforcement writes the attempt (after the claim).
+    let attempts =
+        rig.store.audit(&AuditFilter { events: vec!["attempt".into()], ..AuditFilter::default() }).await?;
+    let mut attempt_at: HashMap<String, Instant> = HashMap::new();
+    for row in &attempts {
+        if let (Some(id), Ok(at)) = (row.session_id.clone(), Instant::parse(&row.at)) {
+            attempt_at.entry(id).or_insert(at);
+        }
+    }
+    let mut to_attempt_ms = Vec::new();
+    let mut attempt_to_call_us = Vec::new();
+    let (mut late, mut late_claimed_late, mut late_during_stall) = (0usize, 0usize, 0usize);
+    for (id, at) in &attempt_at {
+        let Some((room, deadline)) = session_room.get(id) else { continue };
+        to_attempt_ms.push(at.millis_since(*deadline));
+        if let Some(left) = first_seen.get(room) {
+            attempt_to_call_us.push(micros_after(*left, *at));
+            if micros_after(*left, *deadline) > 10_000 {
+                late += 1;
+                if at.millis_since(*deadline) > -5 {
+                    late_claimed_late += 1;
+                }
+                let from = deadline.to_datetime() - chrono::Duration::milliseconds(30);
+                if stalled(&fsyncs, from, *left, Duration::from_millis(10)) {
+                    late_during_stall += 1;
+                }
+            }
+        }
+    }
+    to_attempt_ms.sort_unstable();
+    attempt_to_call_us.sort_unstable();
+
+    let mut f = Figures::default();
+    f.add("sessions", n as f64, "");
+    f.add("calls seen by the tap", fine_us.len() as f64, "");
+    f.add("  of which DismissRoom", dismiss_calls as f64, "");
+    f.add_dist_us("lateness (tap arrival - deadline)", &fine_us);
+    f.add("early calls (tap arrival < deadline)", fine_us.iter().filter(|v| **v < 0).count() as f64, "");
+    f.add_dist_ms("lateness (audit lateness_ms)", &audit_ms);
+    f.add("first answers other than enforced", not_enforced as f64, "");
+    f.add_dist_ms("breakdown: attempt write begins - deadline", &to_attempt_ms);
+    f.add_dist_us("breakdown: call leaves - attempt write begins", &attempt_to_call_us);
+    f.add("calls later than 10 ms", late as f64, "");
+    f.add("  of which the attempt write began < 5 ms before the deadline", late_claimed_late as f64, "");
+    f.add("  of which an fsync > 10 ms overlapped [deadline - 30 ms, call]", late_during_stall as f64, "");
+    fsync_figures(&mut f, &fsyncs);
+    f.add_dist_us("probe before the run: one-session SQLite commit", &probe_us);
+    f.add("sandbox rate_limited", stats.rate_limited as f64, "");
+    f.add("sandbox max_per_second", f64::from(stats.max_per_second), "req");
+    rig.stop(daemon).await?;
+    Ok(f)
+}
+
+// ---- 2. scheduler ---------------------------------------------------------------
+
+/// What the consumer saw of one session.
+struct Handover {
+    deadline: Instant,
+    handed_over: DateTime<Utc>,
+    released: DateTime<Utc>,
+}
+
+async fn scheduler(args: &SchedulerArgs) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("callwarden.db");
+    let (_, config) = write_config(dir.path(), &db, "http://127.0.0.1:9", 19)?;
+    let probe_us = commit_probe(dir.path(), 100).await?;
+    let store = Store::open(&config.database).await?;
+    let clock = Clock::system();
+    let n = args.sessions.max(1);
+    let spread_ms = (args.spread_secs * 1000.0) as i64;
+    let now = clock.now();
+    // The insert runs at 8,000-20,000 sessions/s here; leave room for it.
+    let lead_ms = 3000 + (n as i64) * 3 / 20;
+    let first = Instant::from_millis(now.millis() + lead_ms);
+    let sessions: Vec<NewSession> = (0..n)
+        .map(|i| {
+            let deadline = Instant::from_millis(first.millis() + i as i64 * spread_ms / n as i64);
+            dismiss(1 + (i % 4_000_000_000) as u32, deadline, now)
+        })
+        .collect();
+    let last_deadline = sessions.last().map_or(first, |s| s.deadline);
+    let insert_secs = insert_all(&store, &sessions, 5000).await?;
+    drop(sessions);
+    let margin = first.millis_since(clock.now());
+    if margin < 1000 {
+        eprintln!("warning: only {margin} ms between the end of the insert and the first deadline");
+    }
+    let pid = std::process::id().to_string();
+    let (rss_before, _) = proc_memory_kb(&pid)?;
+
+    let shutdown = CancellationToken::new();
+    let changed = Arc::new(Notify::new());
+    let watcher = store.change_watcher().await?;
+    let watcher = tokio::spawn(watch_changes(watcher, Arc::clone(&changed), shutdown.clone()));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Claimed>();
+    let sched = Scheduler::new(
+        store.clone(),
+        clock.clone(),
+        Arc::clone(&config),
+        Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        changed,
+        tx,
+    );
+    let monitor = FsyncMonitor::start(dir.path())?;
+    let sched_started = clock.now();
+    let sched_task = tokio::spawn(sched.run(shutdown.clone()));
+
+    // The consumer: notes the handover, then, per batch, waits for each
+    // deadline as enforcement does, notes the release, and settles the batch.
+    let records = Arc::new(Mutex::new(Vec::<Handover>::with_capacity(n)));
+    let settled = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let batches = Arc::new(AtomicUsize::new(0));
+    let consumer = {
+        let (records, settled, done, batches, store) = (
+            Arc::clone(&records),
+            Arc::clone(&settled),
+            Arc::clone(&done),
+            Arc::clone(&batches),
+            store.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(Claimed { sessions, permit }) = rx.recv().await {
+                let handed_over = Utc::now();
+                batches.fetch_add(1, Ordering::Relaxed);
+                let (records, settled, done, store, clock) = (
+                    Arc::clone(&records),
+                    Arc::clone(&settled),
+                    Arc::clone(&done),
+                    store.clone(),
+                    clock.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut mine = Vec::with_capacity(sessions.len());
+                    for s in &sessions {
+                        while clock.now() < s.deadline {
+                            clock.sleep_until(s.deadline).await;
+                        }
+                        mine.push(Handover { deadline: s.deadline, handed_over, released: Utc::now() });
+                    }
+                    let now = clock.now();
+                    let entries: Vec<AuditEntry> = sessions
+                        .iter()
+                        .map(|s| AuditEntry {
+                            lateness_ms: Some(now.millis_since(s.deadline)),
+                            ..AuditEntry::new("enforced", s.id)
+                        })
+                        .collect();
+                    let mut wait = Duration::from_millis(50);
+                    while let Err(e) =
+                        store.record_outcome(&entries, Some((SessionState::Enforced, None)), now).await
+                    {
+                        eprintln!("record_outcome: {e}; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                    drop(permit);
+                    let count = mine.len();
+                    if let Ok(mut r) = records.lock() {
+                        r.extend(mine);
+                    }
+                    settled.fetch_add(count, Ordering::SeqCst);
+                    done.notify_one();
+                });
+            }
+        })
+    };
+
+    // Memory while it runs.
+    let peak_rss = Arc::new(Mutex::new(rss_before));
+    let sampler = {
+        let (peak, pid, stop) = (Arc::clone(&peak_rss), pid.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                if let (Ok((rss, _)), Ok(mut p)) = (proc_memory_kb(&pid), peak.lock()) {
+                    *p = (*p).max(rss);
+                }
+            }
+        })
+    };
+
+    let timeout = Duration::from_millis((lead_ms + spread_ms) as u64) + Duration::from_secs(120);
+    let started = StdInstant::now();
+    while settled.load(Ordering::SeqCst) < n {
+        if started.elapsed() > timeout {
+            bail!("only {} of {n} sessions settled in {timeout:?}", settled.load(Ordering::SeqCst));
+        }
+        tokio::select! {
+            () = done.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    let (rss_after, hwm) = proc_memory_kb(&pid)?;
+    shutdown.cancel();
+    let fsyncs = monitor.finish();
+    sched_task.await?;
+    consumer.await?;
+    watcher.await?;
+    sampler.await?;
+    let pending = store.state_counts().await?;
+    store.close().await;
+    let _ = last_deadline;
+
+    let records = records.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+    // Sessions due before the scheduler had run a second (the insert overran
+    // its allowance) measure the insert, not the scheduler: leave them out.
+    let measured_from = sched_started.saturating_add(Duration::from_secs(1));
+    let total_settled = records.len();
+    let records: Vec<Handover> = records.into_iter().filter(|r| r.deadline >= measured_from).collect();
+    let mut handover_us: Vec<i64> = records.iter().map(|r| micros_after(r.handed_over, r.deadline)).collect();
+    handover_us.sort_unstable();
+    let mut release_us: Vec<i64> = records.iter().map(|r| micros_after(r.released, r.deadline)).collect();
+    release_us.sort_unstable();
+    // What a consumer could do at best: release at max(handover, deadline).
+    let mut possible_us: Vec<i64> = handover_us.iter().map(|v| (*v).max(0)).collect();
+    possible_us.sort_unstable();
+    let late_handovers = handover_us.iter().filter(|v| **v > 0).count();
+    let late_during_stall = records
+        .iter()
+        .filter(|r| micros_after(r.handed_over, r.deadline) > 0)
+        .filter(|r| {
+            let from = r.deadline.to_datetime() - chrono::Duration::milliseconds(30);
+            stalled(&fsyncs, from, r.handed_over, Duration::from_millis(10))
+        })
+        .count();
+    let peak = peak_rss.lock().map(|p| *p).unwrap_or(0);
+
+    let mut f = Figures::default();
+    f.add("sessions", n as f64, "");
+    f.add("sessions measured (deadline >= scheduler start + 1 s)", records.len() as f64, "");
+    f.add("sessions settled", total_settled as f64, "");
+    f.add("insert time", insert_secs, "s");
+    f.add("claim batches handed over", batches.load(Ordering::Relaxed) as f64, "");
+    f.add_dist_us("handover - deadline", &handover_us);
+    f.add(
+        format!("handover lead p50 (CLAIM_LEAD {} ms)", CLAIM_LEAD.as_millis()),
+        -percentile(&handover_us, 50.0) as f64 / 1000.0,
+        "ms",
+    );
+    f.add("handed over after the deadline", late_handovers as f64, "");
+    f.add(
+        "  of which an fsync > 10 ms overlapped [deadline - 30 ms, handover]",
+        late_during_stall as f64,
+        "",
+    );
+    f.add_dist_us("possible release lateness max(handover, deadline) - deadline", &possible_us);
+    f.add_dist_us("measured release lateness (consumer sleeps to deadline)", &release_us);
+    f.add("RSS before scheduler start", mb(rss_before), "MB");
+    f.add("RSS peak during run", mb(peak), "MB");
+    f.add("RSS after run", mb(rss_after), "MB");
+    f.add("RSS growth (after - before)", mb(rss_after) - mb(rss_before), "MB");
+    f.add("VmHWM (whole process)", mb(hwm), "MB");
+    let not_enforced: i64 = pending.iter().filter(|(s, _)| s != "enforced").map(|(_, n)| *n).sum();
+    f.add("sessions not enforced at the end", not_enforced as f64, "");
+    f.add_dist_us("probe before the run: one-session SQLite commit", &probe_us);
+    fsync_figures(&mut f, &fsyncs);
+    Ok(f)
+}
+
+// ---- 3. drain -------------------------------------------------------------------
+
+async fn drain(args: &DrainArgs) -> anyhow::Result<Figures> {
+    let rig = Rig::new(args.rate).await?;
+    let probe_us = commit_probe(rig.dir.path(), 100).await?;
+    let clock = Clock::system();
+    let n = args.sessions.max(1);
+    let now = clock.now();
+    let deadline = now.saturating_add(Duration::from_secs(3));
+    let sessions: Vec<NewSession> = (0..n).map(|i| dismiss(2_000_000 + i as u32, deadline, now)).collect();
+    insert_all(&rig.store, &sessions, 1000).await?;
+    let margin = deadline.millis_since(clock.now());
+    if margin < 200 {
+        eprintln!("warning: only {margin} ms between the end of the insert and the deadline");
+    }
+    let monitor = FsyncMonitor::start(rig.dir.path())?;
+    let daemon = rig.start_daemon();
+    let floor = n as f64 / f64::from(args.rate);
+    wait_settled(&rig.store, deadline, Duration::from_secs_f64(floor * 1.5 + 60.0)).await?;
+    let fsyncs = monitor.finish();
+
+    let seen = rig.tap.seen();
+    let mut arrivals: Vec<i64> = seen.iter().map(|s| micros_after(s.at, deadline)).collect();
+    arrivals.sort_unstable();
+    let first_us = arrivals.first().copied().unwrap_or(0);
+    let last_us = arrivals.last().copied().unwrap_or(0);
+    // Closest two consecutive calls, and the most calls the tap saw in any sliding second.
+    let min_gap_us = arrivals.windows(2).map(|w| w[1] - w[0]).min().unwrap_or(0);
+    let mut most_in_a_second = 0usize;
+    let mut lo = 0;
+    for hi in 0..arrivals.len() {
+        while arrivals[hi] - arrivals[lo] >= 1_000_000 {
+            lo += 1;
+        }
+        most_in_a_second = most_in_a_second.max(hi - lo + 1);
+    }
+    let answers = first_answers(&rig.store).await?;
+    let last_recorded_ms = answers
+        .values()
+        .filter_map(|r| Instant::parse(&r.at).ok())
+        .map(|at| at.millis_since(deadline))
+        .max()
+        .unwrap_or(0);
+    let enforced = answers.values().filter(|r| r.event == "enforced").count();
+    let stats = rig.sandbox.state.stats();
+
+    let drain_s = last_us as f64 / 1e6;
+    let mut f = Figures::default();
+    f.add("sessions", n as f64, "");
+    f.add("daemon rate", f64::from(args.rate), "req/s");
+    f.add("first call after deadline", first_us as f64 / 1000.0, "ms");
+    f.add("drain: deadline -> last call leaves", drain_s, "s");
+    f.add("drain: deadline -> last outcome recorded", last_recorded_ms as f64 / 1000.0, "s");
+    f.add(format!("floor {n}/{}", args.rate), floor, "s");
+    f.add(format!("floor {n}/20"), n as f64 / 20.0, "s");
+    f.add(format!("ratio drain / ({n}/{})", args.rate), drain_s / floor, "");
+    f.add(format!("ratio drain / ({n}/20)"), drain_s / (n as f64 / 20.0), "");
+    f.add(
+        format!("ratio drain / (({n}-1)/{}) (GCRA ideal)", args.rate),
+        drain_s / ((n as f64 - 1.0) / f64::from(args.rate)),
+        "",
+    );
+    f.add("closest two calls (tap)", min_gap_us as f64 / 1000.0, "ms");
+    f.add("most calls in a sliding second (tap)", most_in_a_second as f64, "req");
+    f.add("sessions enforced on the first call", enforced as f64, "");
+    f.add("sandbox requests", stats.requests as f64, "");
+    f.add("sandbox rate_limited", stats.rate_limited as f64, "");
+    f.add("sandbox max_per_second", f64::from(stats.max_per_second), "req");
+    f.add_dist_us("probe before the run: one-session SQLite commit", &probe_us);
+    fsync_figures(&mut f, &fsyncs);
+    rig.stop(daemon).await?;
+    Ok(f)
+}
+
+// ---- 4. startup -----------------------------------------------------------------
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// The release binary: rebuilt through cargo when run by cargo, else next to this example.
+fn release_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--quiet", "--bin", "callwarden"])
+            .status()
+            .context("cannot run cargo build")?;
+        if !status.success() {
+            bail!("cargo build --release --bin callwarden failed");
+        }
+    }
+    let exe = std::env::current_exe()?;
+    // target/release/examples/bench -> target/release/callwarden
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("callwarden"))
+        .context("cannot locate the release directory")?;
+    if !bin.exists() {
+        bail!("{} not found; build it with cargo build --release, or pass --binary", bin.display());
+    }
+    Ok(bin)
+}
+
+/// The database with `n` active sessions, far in the future; filled once and kept.
+async fn startup_database(n: usize, cache_dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(cache_dir)?;
+    let db = cache_dir.join(format!("startup-{n}.db"));
+    let marker = cache_dir.join(format!("startup-{n}.done"));
+    if marker.exists() && db.exists() {
+        return Ok(db);
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    eprintln!("filling {} with {n} sessions (once; cached afterwards)", db.display());
+    let store = Store::open(&db).await?;
+    let base = Instant::parse("2099-01-01T00:00:00Z")?;
+    let now = Clock::system().now();
+    let started = StdInstant::now();
+    let batch = 20_000;
+    let mut i = 0;
+    while i < n {
+        let chunk: Vec<NewSession> = (i..(i + batch).min(n))
+            .map(|k| {
+                dismiss(1 + (k % 4_000_000_000) as u32, Instant::from_millis(base.millis() + k as i64), now)
+            })
+            .collect();
+        store.insert_sessions(&chunk, Clock::system().now(), "bench").await?;
+        i += chunk.len();
+        if i % 200_000 == 0 {
+            eprintln!("  {i} sessions in {:.0} s", started.elapsed().as_secs_f64());
+        }
+    }
+    store.close().await;
+    std::fs::write(&marker, format!("{n} sessions, filled in {:.1} s\n", started.elapsed().as_secs_f64()))?;
+    Ok(db)
+}
+
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, i.e. indexes 11 and 12 here.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+async fn startup(args: &StartupArgs, binary: &Path, db: &Path) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let (config_path, _) = write_config(dir.path(), db, "http://127.0.0.1:9", 19)?;
+    let db_mb = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+
+    let spawned = StdInstant::now();
+    let mut child = Command::new(binary)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let pid = child.id();
+    let stderr = child.stderr.take().context("no stderr")?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("callwarden running") {
+                let _ = ready_tx.send(spawned.elapsed());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let ready = tokio::task::spawn_blocking(move || ready_rx.recv_timeout(Duration::from_secs(120))).await?;
+    let Ok(startup_time) = ready else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let lines = reader.join().unwrap_or_default();
+        bail!("the daemon did not report running within 120 s; its log:\n{}", lines.join("\n"));
+    };
+    tokio::time::sleep(Duration::from_secs_f64(args.settle_secs)).await;
+    let (rss, hwm) = proc_memory_kb(&pid.to_string())?;
+    let ticks_before = cpu_ticks(pid)?;
+    let idle_started = StdInstant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.idle_secs)).await;
+    let ticks_after = cpu_ticks(pid)?;
+    let idle_wall = idle_started.elapsed().as_secs_f64();
+    let (rss_end, hwm_end) = proc_memory_kb(&pid.to_string())?;
+    let cpu_pct = (ticks_after - ticks_before) as f64 / clock_ticks_per_second() / idle_wall * 100.0;
+
+    let stop_started = StdInstant::now();
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let stopped = tokio::task::spawn_blocking(move || child.wait()).await??;
+    let stop_time = stop_started.elapsed();
+    let lines = reader.join().unwrap_or_default();
+    let errors = lines.iter().filter(|l| l.contains("ERROR") || l.contains("WARN")).count();
+
+    let mut f = Figures::default();
+    f.add("active sessions in the database", args.sessions as f64, "");
+    f.add("database file", db_mb, "MB");
+    f.add("startup: spawn -> \"callwarden running\"", startup_time.as_secs_f64() * 1000.0, "ms");
+    f.add(format!("VmRSS after {:.0} s", args.settle_secs), mb(rss), "MB");
+    f.add(format!("VmHWM after {:.0} s", args.settle_secs), mb(hwm), "MB");
+    f.add("VmRSS at the end of the idle window", mb(rss_end), "MB");
+    f.add("VmHWM at the end of the idle window", mb(hwm_end), "MB");
+    f.add(format!("idle CPU over {:.0} s (% of one core)", idle_wall), cpu_pct, "%");
+    f.add("stop: SIGTERM -> exit", stop_time.as_secs_f64() * 1000.0, "ms");
+    f.add("exit status success", if stopped.success() { 1.0 } else { 0.0 }, "");
+    f.add("warnings and errors logged", errors as f64, "");
+    Ok(f)
+}
+
+// ---- driver ---------------------------------------------------------------------
+
+async fn repeat<F, Fut>(name: &str, runs: usize, mut run: F) -> anyhow::Result<Figures>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Figures>>,
+{
+    let runs = runs.max(1);
+    let mut all = Vec::with_capacity(runs);
+    for k in 1..=runs {
+        let started = StdInstant::now();
+        let f = run().await.with_context(|| format!("{name} run {k}"))?;
+        f.print(&format!("[{name} run {k}/{runs}] ({:.1} s)", started.elapsed().as_secs_f64()));
+        all.push(f);
+    }
+    let m = medians(&all);
+    if runs > 1 {
+        m.print(&format!("== {name}: median of {runs} runs =="));
+    }
+    Ok(m)
+}
+
+async fn run_startup(args: &StartupArgs, runs: usize) -> anyhow::Result<Figures> {
+    let binary = release_binary(args.binary.as_deref())?;
+    let cache = args.cache_dir.clone().unwrap_or_else(|| target_dir().join("bench-cache"));
+    let db = startup_database(args.sessions, &cache).await?;
+    repeat("startup", runs, || startup(args, &binary, &db)).await
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let runs = cli.runs;
+    match cli.scenario {
+        Scenario::Lateness(a) => drop(repeat("lateness", runs, || lateness(&a)).await?),
+        Scenario::Scheduler(a) => drop(repeat("scheduler", runs, || scheduler(&a)).await?),
+        Scenario::Drain(a) => drop(repeat("drain", runs, || drain(&a)).await?),
+        Scenario::Startup(a) => drop(run_startup(&a, runs).await?),
+        Scenario::All(all) => {
+            let l = LatenessArgs { sessions: 1000, spread_secs: 100.0, remove_user_every: 10 };
+            let s = SchedulerArgs { sessions: 100_000, spread_secs: 100.0 };
+            let d = DrainArgs { sessions: 2000, rate: 19 };
+            let st = StartupArgs {
+                sessions: 1_000_000,
+                cache_dir: all.cache_dir,
+                binary: None,
+                settle_secs: 3.0,
+                idle_secs: 10.0,
+            };
+            let results = [
+                ("lateness", repeat("lateness", runs, || lateness(&l)).await?),
+                ("scheduler", repeat("scheduler", runs, || scheduler(&s)).await?),
+                ("drain", repeat("drain", runs, || drain(&d)).await?),
+                ("startup", run_startup(&st, runs).await?),
+            ];
+            println!("\n==== summary ({runs} run(s) each; medians when more than one) ====");
+            for (name, f) in &results {
+                f.print(&format!("{name}:"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    callwarden::telemetry::init(callwarden::telemetry::LogFormat::Human, "warn");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli))
+}

@@ -46,57 +46,86 @@ pub fn chain_hash(prev_hash: &str, r: &AuditRecord) -> String {
 /// What verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// The chain holds: rows checked, and rows before the chain began
-    /// (written before schema v5).
-    Intact { checked: u64, unchained: u64 },
+    /// The chain holds: rows checked, rows before the chain began (written
+    /// before schema v5), and the last row's id and hash. Removing rows from
+    /// the end cannot be seen from inside the log; recording the head
+    /// elsewhere (a ticket, a log shipper) makes that visible too.
+    Intact { checked: u64, unchained: u64, head: Option<(i64, String)> },
     /// The first row where the chain breaks, and how.
     Broken { id: i64, reason: String },
 }
 
-/// Walks rows in id order (starting after a retention checkpoint, if
-/// `start` gives its last id and hash) and finds the first break.
-pub fn verify(rows: impl IntoIterator<Item = AuditRecord>, start: Option<(i64, String)>) -> Verdict {
-    let (mut expected_id, mut prev) = match &start {
-        Some((id, hash)) => (Some(id + 1), Some(hash.clone())),
-        None => (None, None),
-    };
-    let (mut checked, mut unchained) = (0u64, 0u64);
-    for r in rows {
-        let Some(hash) = &r.hash else {
-            if prev.is_some() {
-                return Verdict::Broken {
-                    id: r.id,
-                    reason: "row has no hash inside the chain (inserted by hand?)".into(),
-                };
+/// Checks the chain one row at a time, in id order, so a log of any size is
+/// verified in constant memory.
+#[derive(Debug, Default)]
+pub struct ChainCheck {
+    expected_id: Option<i64>,
+    prev: Option<String>,
+    checked: u64,
+    unchained: u64,
+}
+
+impl ChainCheck {
+    /// Starts after a retention checkpoint (the last pruned row's id and
+    /// hash), or at the first row.
+    pub fn new(start: Option<(i64, String)>) -> ChainCheck {
+        match start {
+            Some((id, hash)) => {
+                ChainCheck { expected_id: Some(id + 1), prev: Some(hash), ..ChainCheck::default() }
             }
-            unchained += 1;
-            expected_id = Some(r.id + 1);
-            continue;
+            None => ChainCheck::default(),
+        }
+    }
+
+    /// Checks the next row; `Err` is the verdict at the first break.
+    pub fn push(&mut self, r: &AuditRecord) -> Result<(), Verdict> {
+        let broken = |reason: &str| Err(Verdict::Broken { id: r.id, reason: reason.to_string() });
+        let Some(hash) = &r.hash else {
+            if self.prev.is_some() {
+                return broken("row has no hash inside the chain (inserted by hand?)");
+            }
+            self.unchained += 1;
+            self.expected_id = Some(r.id + 1);
+            return Ok(());
         };
-        if let Some(want) = expected_id
+        if let Some(want) = self.expected_id
             && r.id != want
         {
-            return Verdict::Broken {
+            return Err(Verdict::Broken {
                 id: r.id,
                 reason: format!("rows {want} to {} are missing (deleted?)", r.id - 1),
-            };
+            });
         }
         let link = r.prev_hash.clone().unwrap_or_default();
-        let want_prev = prev.clone().unwrap_or_default();
-        if prev.is_some() && link != want_prev {
-            return Verdict::Broken { id: r.id, reason: "its link does not match the previous row's hash (a row before it was changed, deleted or inserted)".into() };
+        if self.prev.as_ref().is_some_and(|prev| *prev != link) {
+            return broken(
+                "its link does not match the previous row's hash (a row before it was changed, deleted or inserted)",
+            );
         }
-        if chain_hash(&link, &r) != *hash {
-            return Verdict::Broken {
-                id: r.id,
-                reason: "its content does not match its hash (edited?)".into(),
-            };
+        if chain_hash(&link, r) != *hash {
+            return broken("its content does not match its hash (edited?)");
         }
-        prev = Some(hash.clone());
-        expected_id = Some(r.id + 1);
-        checked += 1;
+        self.prev = Some(hash.clone());
+        self.expected_id = Some(r.id + 1);
+        self.checked += 1;
+        Ok(())
     }
-    Verdict::Intact { checked, unchained }
+
+    pub fn finish(self) -> Verdict {
+        let head = self.expected_id.zip(self.prev).map(|(next, hash)| (next - 1, hash));
+        Verdict::Intact { checked: self.checked, unchained: self.unchained, head }
+    }
+}
+
+/// Verifies rows given in id order.
+pub fn verify(rows: impl IntoIterator<Item = AuditRecord>, start: Option<(i64, String)>) -> Verdict {
+    let mut check = ChainCheck::new(start);
+    for r in rows {
+        if let Err(verdict) = check.push(&r) {
+            return verdict;
+        }
+    }
+    check.finish()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

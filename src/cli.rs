@@ -46,8 +46,10 @@ pub enum Command {
     /// Register, end, extend and list sessions.
     #[command(subcommand)]
     Session(SessionCommand),
-    /// Show the audit log, newest last.
+    /// Show the audit log, newest last (or `audit verify` its hash chain).
     Audit(AuditArgs),
+    /// Write a consistent copy of the live database to PATH (safe while the daemon runs).
+    Backup { path: PathBuf },
     /// Serve a local stand-in for the TRTC and ACS APIs (for tests and trying things out).
     Sandbox(SandboxArgs),
     /// Run the daemon against an in-process sandbox with a realistic load and summarise.
@@ -108,7 +110,10 @@ pub struct StartArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
     #[arg(long)]
     pub session: Option<String>,
     /// Only rows from this far back, e.g. 1h.
@@ -119,6 +124,13 @@ pub struct AuditArgs {
     /// At most this many rows (the newest).
     #[arg(long)]
     pub limit: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the audit log's hash chain; exit 1 naming the first altered,
+    /// deleted or inserted row.
+    Verify,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +222,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Check => check(&cli.config),
         Command::Session(cmd) => session(&cli.config, cmd).await,
         Command::Audit(args) => audit_command(&cli.config, args).await,
+        Command::Backup { path } => backup(&cli.config, &path).await,
         Command::Sandbox(args) => sandbox(args).await,
         Command::Demo(args) => {
             crate::demo::run(args.provider, args.spread, args.burst).await.map_err(Failure::Other)
@@ -431,9 +444,54 @@ pub fn new_sessions(config: &Config, args: &StartArgs, now: Instant) -> Result<V
     })
 }
 
+async fn backup(config_path: &std::path::Path, to: &std::path::Path) -> Result<(), Failure> {
+    let config = load(config_path)?;
+    let store = open(&config).await?;
+    store.backup(to).await.with_context(|| format!("cannot back up to {}", to.display()))?;
+    eprintln!("backed up {} to {}", config.database.display(), to.display());
+    Ok(())
+}
+
+async fn verify_audit(store: &Store) -> Result<(), Failure> {
+    const PAGE: u32 = 10_000;
+    let start = store.audit_checkpoint().await.map_err(refusal)?;
+    let mut after = start.as_ref().map_or(0, |(id, _)| *id);
+    let mut check = audit::ChainCheck::new(start);
+    let verdict = loop {
+        let page = store.audit_page(after, PAGE).await.map_err(refusal)?;
+        let Some(last) = page.last() else { break check.finish() };
+        after = last.id;
+        if let Some(Err(broken)) = page.iter().map(|r| check.push(r)).find(Result::is_err) {
+            break broken;
+        }
+    };
+    match verdict {
+        audit::Verdict::Intact { checked, unchained, head } => {
+            println!(
+                "audit log intact: {checked} rows chained{}",
+                if unchained > 0 {
+                    format!(", {unchained} older rows from before the chain")
+                } else {
+                    String::new()
+                }
+            );
+            if let Some((id, hash)) = head {
+                println!("head: row {id} hash {hash}");
+            }
+            Ok(())
+        }
+        audit::Verdict::Broken { id, reason } => {
+            Err(Failure::Other(anyhow::anyhow!("audit log broken at row {id}: {reason}")))
+        }
+    }
+}
+
 async fn audit_command(path: &std::path::Path, args: AuditArgs) -> Result<(), Failure> {
     let config = load(path)?;
     let store = open(&config).await?;
+    if let Some(AuditCommand::Verify) = args.command {
+        return verify_audit(&store).await;
+    }
     let now = Clock::system().now_datetime();
     let filter = AuditFilter {
         session: args.session.as_deref().map(parse_id).transpose()?,

@@ -1,0 +1,130 @@
+//! The audit log's tamper evidence and the backup command, through the real
+//! binary: `audit verify` passes on an honest log and names the first row
+//! that was edited, deleted or inserted with plain SQL; `backup` copies the
+//! live database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sqlx::Connection;
+
+const CONFIG: &str = "\
+database: cw.db
+providers:
+  trtc: { kind: tencent-trtc, sdk_app_id: 1400000001, region: ap-guangzhou, secret_id: AKIDtest, secret_key: test, endpoint: 'http://127.0.0.1:9' }
+policies:
+  consultation: { provider: trtc, max_duration: 30m, action: dismiss_room }
+";
+
+fn callwarden(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_callwarden"))
+        .arg("--config")
+        .arg(dir.join("cw.yaml"))
+        .args(args)
+        .env_remove("CALLWARDEN_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// A database with a few sessions, registered, extended and ended: a dozen
+/// chained audit rows.
+fn honest_log() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cw.yaml"), CONFIG).unwrap();
+    for room in ["1", "2", "3", "4"] {
+        let out = callwarden(dir.path(), &["session", "start", "--policy", "consultation", "--room", room]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(callwarden(dir.path(), &["session", "extend", &id, "--by", "1m"]).status.success());
+        assert!(callwarden(dir.path(), &["session", "end", &id]).status.success());
+    }
+    dir
+}
+
+fn verify(dir: &Path) -> (bool, String) {
+    let out = callwarden(dir, &["audit", "verify"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Runs SQL as a tamperer would: the append-only triggers dropped first.
+async fn tamper(dir: &Path, sql: &str) {
+    let url = format!("sqlite://{}", dir.join("cw.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("DROP TRIGGER IF EXISTS audit_log_is_append_only_update").execute(&mut conn).await.unwrap();
+    sqlx::query("DROP TRIGGER IF EXISTS audit_log_is_append_only_delete").execute(&mut conn).await.unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[test]
+fn an_honest_log_verifies() {
+    let dir = honest_log();
+    let (ok, text) = verify(dir.path());
+    assert!(ok, "{text}");
+    assert!(text.contains("audit log intact: 12 rows chained"), "{text}");
+    assert!(text.contains("head: row 12 hash "), "{text}");
+}
+
+#[tokio::test]
+async fn an_edited_row_is_found() {
+    let dir = honest_log();
+    tamper(dir.path(), "UPDATE audit_log SET detail = 'nothing to see' WHERE id = 5").await;
+    let (ok, text) = verify(dir.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("broken at row 5") && text.contains("edited"), "{text}");
+}
+
+#[tokio::test]
+async fn a_deleted_row_is_found() {
+    let dir = honest_log();
+    tamper(dir.path(), "DELETE FROM audit_log WHERE id = 7").await;
+    let (ok, text) = verify(dir.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("broken at row 8") && text.contains("rows 7 to 7 are missing"), "{text}");
+}
+
+#[tokio::test]
+async fn an_inserted_row_is_found() {
+    let dir = honest_log();
+    // An inserted row, even one that copies a neighbour's hash, breaks the chain.
+    tamper(
+        dir.path(),
+        "INSERT INTO audit_log (id, at, event, prev_hash, hash) \
+         SELECT 100, at, 'enforced', prev_hash, hash FROM audit_log WHERE id = 12",
+    )
+    .await;
+    let (ok, text) = verify(dir.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("broken at row 100"), "{text}");
+}
+
+#[tokio::test]
+async fn a_rewritten_chain_from_a_row_on_is_still_caught_at_that_row() {
+    let dir = honest_log();
+    // Editing a row and recomputing its hash (without the next row's link)
+    // moves the break to the next row.
+    tamper(dir.path(), "UPDATE audit_log SET detail = 'x', hash = 'forged' WHERE id = 3").await;
+    let (ok, text) = verify(dir.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("broken at row 3"), "{text}");
+}
+
+#[tokio::test]
+async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
+    let dir = honest_log();
+    let copy = dir.path().join("copy.db");
+    let out = callwarden(dir.path(), &["backup", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = format!("sqlite://{}", copy.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let sessions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sessions").fetch_one(&mut conn).await.unwrap();
+    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&mut conn).await.unwrap();
+    assert_eq!((sessions, audit), (4, 12));
+    let again = callwarden(dir.path(), &["backup", copy.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+}

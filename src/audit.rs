@@ -132,6 +132,116 @@ pub fn verify(rows: impl IntoIterator<Item = AuditRecord>, start: Option<(i64, S
 pub enum OutputFormat {
     Table,
     Json,
+    Csv,
+}
+
+const AUDIT_HEADER: [&str; 16] = [
+    "id",
+    "at",
+    "session_id",
+    "event",
+    "provider",
+    "action",
+    "attempt",
+    "outcome",
+    "http_status",
+    "provider_request_id",
+    "error_code",
+    "detail",
+    "latency_ms",
+    "lateness_ms",
+    "prev_hash",
+    "hash",
+];
+
+fn audit_csv_row(r: &AuditRecord) -> [String; 16] {
+    let o = |v: &Option<String>| v.clone().unwrap_or_default();
+    let n = |v: &Option<i64>| v.map(|x| x.to_string()).unwrap_or_default();
+    [
+        r.id.to_string(),
+        r.at.clone(),
+        o(&r.session_id),
+        r.event.clone(),
+        o(&r.provider),
+        o(&r.action),
+        n(&r.attempt),
+        o(&r.outcome),
+        n(&r.http_status),
+        o(&r.provider_request_id),
+        o(&r.error_code),
+        o(&r.detail),
+        n(&r.latency_ms),
+        n(&r.lateness_ms),
+        o(&r.prev_hash),
+        o(&r.hash),
+    ]
+}
+
+/// Prints `audit summary`.
+pub fn print_summary(
+    s: &crate::store::AuditSummary,
+    since: crate::domain::Instant,
+    until: crate::domain::Instant,
+    format: OutputFormat,
+) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    let late = &s.first_call_lateness_ms;
+    let pct = |p: f64| crate::demo::percentile(late, p);
+    match format {
+        OutputFormat::Json => {
+            let value = serde_json::json!({
+                "from": since.to_string(),
+                "until": until.to_string(),
+                "events": s.events.iter().map(|(k, n)| (k.clone(), serde_json::Value::from(*n))).collect::<serde_json::Map<_, _>>(),
+                "outcomes": s.outcomes.iter().map(|(k, n)| (k.clone(), serde_json::Value::from(*n))).collect::<serde_json::Map<_, _>>(),
+                "error_codes": s.error_codes.iter().map(|(k, n)| (k.clone(), serde_json::Value::from(*n))).collect::<serde_json::Map<_, _>>(),
+                "first_call_lateness_ms": {
+                    "count": late.len(), "p50": pct(50.0), "p99": pct(99.0), "max": late.last().copied().unwrap_or(0)
+                },
+            });
+            writeln!(out, "{value}")?;
+        }
+        OutputFormat::Csv => {
+            let mut w = csv::Writer::from_writer(&mut out);
+            w.write_record(["kind", "key", "count"]).map_err(io::Error::other)?;
+            for (kind, rows) in
+                [("event", &s.events), ("outcome", &s.outcomes), ("error_code", &s.error_codes)]
+            {
+                for (k, n) in rows {
+                    w.write_record([kind, k, &n.to_string()]).map_err(io::Error::other)?;
+                }
+            }
+            for (name, v) in
+                [("p50", pct(50.0)), ("p99", pct(99.0)), ("max", late.last().copied().unwrap_or(0))]
+            {
+                w.write_record(["first_call_lateness_ms", name, &v.to_string()]).map_err(io::Error::other)?;
+            }
+            w.flush()?;
+        }
+        OutputFormat::Table => {
+            writeln!(out, "audit summary from {since} until {until}")?;
+            for (title, rows) in
+                [("events", &s.events), ("outcomes", &s.outcomes), ("error codes", &s.error_codes)]
+            {
+                writeln!(out, "\n{title}")?;
+                if rows.is_empty() {
+                    writeln!(out, "  (none)")?;
+                }
+                for (k, n) in rows {
+                    writeln!(out, "  {k:<40} {n:>8}")?;
+                }
+            }
+            writeln!(
+                out,
+                "\nfirst-call lateness over {} sessions: p50 {} ms, p99 {} ms, max {} ms",
+                late.len(),
+                pct(50.0),
+                pct(99.0),
+                late.last().copied().unwrap_or(0)
+            )?;
+        }
+    }
+    out.flush()
 }
 
 fn cell(v: &Option<impl ToString>) -> String {
@@ -165,6 +275,14 @@ fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> io::Res
 pub fn print_audit(rows: &[AuditRecord], format: OutputFormat) -> io::Result<()> {
     let mut out = io::stdout().lock();
     match format {
+        OutputFormat::Csv => {
+            let mut w = csv::Writer::from_writer(&mut out);
+            w.write_record(AUDIT_HEADER).map_err(io::Error::other)?;
+            for r in rows {
+                w.write_record(audit_csv_row(r)).map_err(io::Error::other)?;
+            }
+            w.flush()?;
+        }
         OutputFormat::Json => {
             for r in rows {
                 writeln!(out, "{}", serde_json::to_string(r).map_err(io::Error::other)?)?;
@@ -202,6 +320,13 @@ pub fn print_audit(rows: &[AuditRecord], format: OutputFormat) -> io::Result<()>
 pub fn print_sessions(rows: &[SessionRecord], format: OutputFormat) -> io::Result<()> {
     let mut out = io::stdout().lock();
     match format {
+        OutputFormat::Csv => {
+            let mut w = csv::Writer::from_writer(&mut out);
+            for r in rows {
+                w.serialize(r).map_err(io::Error::other)?;
+            }
+            w.flush()?;
+        }
         OutputFormat::Json => {
             for r in rows {
                 writeln!(out, "{}", serde_json::to_string(r).map_err(io::Error::other)?)?;

@@ -116,9 +116,23 @@ pub struct AuditArgs {
     pub command: Option<AuditCommand>,
     #[arg(long)]
     pub session: Option<String>,
-    /// Only rows from this far back, e.g. 1h.
-    #[arg(long, value_parser = parse_duration)]
-    pub since: Option<Duration>,
+    /// Rows of sessions in this room or call.
+    #[arg(long)]
+    pub room: Option<String>,
+    /// Rows of this user's (or ACS participant's) sessions.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Rows of this provider (its name in the config).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only these outcomes (success, already_ended, retryable, fatal); repeatable.
+    #[arg(long = "outcome")]
+    pub outcomes: Vec<String>,
+    /// Only these events (enforced, failed, attempt, ...); repeatable.
+    #[arg(long = "event")]
+    pub events: Vec<String>,
+    #[command(flatten)]
+    pub range: TimeRange,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
     /// At most this many rows (the newest).
@@ -126,11 +140,52 @@ pub struct AuditArgs {
     pub limit: Option<u32>,
 }
 
+/// A time range: `--since 1h`, or `--from`/`--until` instants (RFC 3339).
+#[derive(Debug, Args)]
+pub struct TimeRange {
+    /// From this far back, e.g. 1h or 7d.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "from")]
+    pub since: Option<Duration>,
+    /// From this instant (inclusive), e.g. 2026-11-20T00:00:00Z.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Until this instant (exclusive).
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+impl TimeRange {
+    fn resolve(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(Option<Instant>, Option<Instant>), Failure> {
+        let parse = |flag: &str, s: &Option<String>| {
+            s.as_deref()
+                .map(Instant::parse)
+                .transpose()
+                .map_err(|e| Failure::Other(anyhow::anyhow!("{flag}: {e}")))
+        };
+        let since = match self.since {
+            Some(d) => Some(Instant::floor(now - chrono::Duration::from_std(d).unwrap_or_default())),
+            None => parse("--from", &self.from)?,
+        };
+        Ok((since, parse("--until", &self.until)?))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Walk the audit log's hash chain; exit 1 naming the first altered,
     /// deleted or inserted row.
     Verify,
+    /// Counts per event, outcome and error code, and lateness percentiles,
+    /// over a time range (default: the last 24 hours).
+    Summary {
+        #[command(flatten)]
+        range: TimeRange,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -489,14 +544,29 @@ async fn verify_audit(store: &Store) -> Result<(), Failure> {
 async fn audit_command(path: &std::path::Path, args: AuditArgs) -> Result<(), Failure> {
     let config = load(path)?;
     let store = open(&config).await?;
-    if let Some(AuditCommand::Verify) = args.command {
-        return verify_audit(&store).await;
-    }
     let now = Clock::system().now_datetime();
+    match &args.command {
+        Some(AuditCommand::Verify) => return verify_audit(&store).await,
+        Some(AuditCommand::Summary { range, format }) => {
+            let (since, until) = range.resolve(now)?;
+            let since = since.unwrap_or(Instant::floor(now - chrono::Duration::hours(24)));
+            let until = until.unwrap_or(Instant::ceil(now).saturating_add(Duration::from_millis(1)));
+            let summary = store.audit_summary(since, until).await.map_err(refusal)?;
+            audit::print_summary(&summary, since, until, *format).context("cannot write the summary")?;
+            return Ok(());
+        }
+        None => {}
+    }
+    let (since, until) = args.range.resolve(now)?;
     let filter = AuditFilter {
         session: args.session.as_deref().map(parse_id).transpose()?,
-        since: args.since.map(|d| Instant::floor(now - chrono::Duration::from_std(d).unwrap_or_default())),
-        events: Vec::new(),
+        room: args.room.clone(),
+        user: args.user.clone(),
+        provider: args.provider.clone(),
+        outcomes: args.outcomes.clone(),
+        events: args.events.clone(),
+        since,
+        until,
         limit: args.limit,
     };
     let rows = store.audit(&filter).await.map_err(refusal)?;

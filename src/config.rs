@@ -759,9 +759,13 @@ impl Ctx<'_> {
             Some(url) => match reqwest::Url::parse(url) {
                 Ok(u) if u.scheme() == "https" => Some(url.clone()),
                 Ok(u) if u.scheme() == "http" => {
-                    warnings.push(format!(
+                    // On loopback (a sandbox, a local proxy) plain http is expected.
+                    let loopback = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                    if !loopback {
+                        warnings.push(format!(
                         "provider {name:?}: callback_url {url:?} is plain http; ACS delivers callbacks only over https"
                     ));
+                    }
                     Some(url.clone())
                 }
                 _ => return Err(err("callback_url", format!("callback_url {url:?} is not an http(s) URL"))),

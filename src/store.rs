@@ -291,11 +291,31 @@ pub struct AuditRecord {
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub session: Option<SessionId>,
-    pub since: Option<Instant>,
+    /// Rows of sessions in this room (or call), of any kind.
+    pub room: Option<String>,
+    /// Rows of this participant's sessions.
+    pub user: Option<String>,
+    pub provider: Option<String>,
+    /// Only rows with one of these outcomes; empty means all.
+    pub outcomes: Vec<String>,
     /// Only rows with one of these events; empty means all.
     pub events: Vec<String>,
+    /// From this instant (inclusive).
+    pub since: Option<Instant>,
+    /// Until this instant (exclusive).
+    pub until: Option<Instant>,
     /// At most this many rows, the newest ones (still printed oldest first).
     pub limit: Option<u32>,
+}
+
+/// Counts over a time range, for `callwarden audit summary`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuditSummary {
+    pub events: Vec<(String, i64)>,
+    pub outcomes: Vec<(String, i64)>,
+    pub error_codes: Vec<(String, i64)>,
+    /// Each session's first provider call's lateness, sorted.
+    pub first_call_lateness_ms: Vec<i64>,
 }
 
 /// A session row inserted with plain SQL, before the daemon fills it in.
@@ -606,35 +626,87 @@ impl Store {
     }
 
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut sql = String::from(
-            "SELECT id, at, session_id, event, provider, action, attempt, outcome, http_status, \
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT * FROM (SELECT id, at, session_id, event, provider, action, attempt, outcome, http_status, \
              provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash \
              FROM audit_log WHERE 1 = 1",
         );
-        if filter.session.is_some() {
-            sql.push_str(" AND session_id = ?");
-        }
-        if filter.since.is_some() {
-            sql.push_str(" AND at >= ?");
-        }
-        if !filter.events.is_empty() {
-            sql.push_str(&format!(" AND event IN ({})", vec!["?"; filter.events.len()].join(", ")));
-        }
-        // Newest `limit` rows, then back to oldest first.
-        sql = format!("SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY id");
-        let mut query = sqlx::query(&sql);
         if let Some(id) = filter.session {
-            query = query.bind(id.to_string());
+            q.push(" AND session_id = ").push_bind(id.to_string());
+        }
+        if filter.room.is_some() || filter.user.is_some() {
+            q.push(" AND session_id IN (SELECT id FROM sessions WHERE 1 = 1");
+            if let Some(room) = &filter.room {
+                q.push(" AND room_id = ").push_bind(room.clone());
+            }
+            if let Some(user) = &filter.user {
+                q.push(" AND user_id = ").push_bind(user.clone());
+            }
+            q.push(")");
+        }
+        if let Some(provider) = &filter.provider {
+            q.push(" AND provider = ").push_bind(provider.clone());
+        }
+        for (column, values) in [("outcome", &filter.outcomes), ("event", &filter.events)] {
+            if !values.is_empty() {
+                q.push(format!(" AND {column} IN ("));
+                let mut list = q.separated(", ");
+                for v in values {
+                    list.push_bind(v.clone());
+                }
+                q.push(")");
+            }
         }
         if let Some(since) = filter.since {
-            query = query.bind(since.to_string());
+            q.push(" AND at >= ").push_bind(since.to_string());
         }
-        for event in &filter.events {
-            query = query.bind(event);
+        if let Some(until) = filter.until {
+            q.push(" AND at < ").push_bind(until.to_string());
         }
-        query = query.bind(filter.limit.map_or(-1, i64::from));
-        let rows = query.fetch_all(&self.readers).await?;
+        // Newest `limit` rows, then back to oldest first.
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(filter.limit.map_or(-1, i64::from))
+            .push(") ORDER BY id");
+        let rows = q.build().fetch_all(&self.readers).await?;
         rows.iter().map(audit_record).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
+    }
+
+    /// Counts per event, outcome and error code, and first-call lateness,
+    /// for rows in `[since, until)`.
+    pub async fn audit_summary(&self, since: Instant, until: Instant) -> Result<AuditSummary, StoreError> {
+        let counts = |column: &'static str| {
+            format!(
+                "SELECT {column} AS k, count(*) AS n FROM audit_log WHERE at >= ? AND at < ? AND {column} IS NOT NULL \
+                 GROUP BY {column} ORDER BY n DESC, k"
+            )
+        };
+        let mut summary = AuditSummary::default();
+        for (column, out) in [
+            ("event", &mut summary.events),
+            ("outcome", &mut summary.outcomes),
+            ("error_code", &mut summary.error_codes),
+        ] {
+            let rows = sqlx::query(&counts(column))
+                .bind(since.to_string())
+                .bind(until.to_string())
+                .fetch_all(&self.readers)
+                .await?;
+            for r in rows {
+                out.push((r.try_get("k")?, r.try_get("n")?));
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT lateness_ms FROM audit_log WHERE id IN ( \
+               SELECT min(id) FROM audit_log WHERE lateness_ms IS NOT NULL AND at >= ? AND at < ? GROUP BY session_id) \
+             ORDER BY lateness_ms",
+        )
+        .bind(since.to_string())
+        .bind(until.to_string())
+        .fetch_all(&self.readers)
+        .await?;
+        summary.first_call_lateness_ms =
+            rows.iter().map(|r| r.try_get("lateness_ms")).collect::<Result<_, sqlx::Error>>()?;
+        Ok(summary)
     }
 
     /// Audit rows with an id above `after`, oldest first, at most `limit`:

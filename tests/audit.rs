@@ -128,3 +128,32 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
 }
+
+#[test]
+fn audit_filters_csv_and_summary_answer_operators_questions() {
+    let dir = honest_log();
+    let text = |args: &[&str]| {
+        let out = callwarden(dir.path(), args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let csv = text(&["audit", "--event", "cancelled", "--format", "csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 5, "a header and four rows: {csv}");
+    assert!(lines[0].starts_with("id,at,session_id,event,"), "{csv}");
+    assert!(lines[1..].iter().all(|l| l.contains(",cancelled,")), "{csv}");
+
+    let room = text(&["audit", "--room", "2", "--format", "json"]);
+    assert_eq!(room.lines().count(), 3, "registered, extended, cancelled: {room}");
+    assert_eq!(text(&["audit", "--room", "2", "--event", "extended", "--format", "json"]).lines().count(), 1);
+    assert_eq!(text(&["audit", "--outcome", "success", "--format", "json"]).lines().count(), 0);
+    assert_eq!(text(&["audit", "--until", "2000-01-01T00:00:00Z", "--format", "json"]).lines().count(), 0);
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&text(&["audit", "summary", "--format", "json"])).unwrap();
+    assert_eq!(summary["events"]["registered"], 4, "{summary}");
+    assert_eq!(summary["events"]["extended"], 4, "{summary}");
+    assert_eq!(summary["events"]["cancelled"], 4, "{summary}");
+    let table = text(&["audit", "summary", "--since", "1h"]);
+    assert!(table.contains("registered") && table.contains("first-call lateness"), "{table}");
+}

@@ -43,6 +43,16 @@ pub fn chain_hash(prev_hash: &str, r: &AuditRecord) -> String {
     hex::encode(h.finalize())
 }
 
+/// The signature of a retention checkpoint: hex HMAC-SHA256 with the
+/// configured checkpoint key.
+pub fn checkpoint_signature(key: &crate::config::Secret, cp: &crate::store::Checkpoint) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes any key length");
+    mac.update(cp.signed_text().as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// What verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -507,9 +507,31 @@ async fn backup(config_path: &std::path::Path, to: &std::path::Path) -> Result<(
     Ok(())
 }
 
-async fn verify_audit(store: &Store) -> Result<(), Failure> {
+async fn verify_audit(store: &Store, config: &Config) -> Result<(), Failure> {
     const PAGE: u32 = 10_000;
-    let start = store.audit_checkpoint().await.map_err(refusal)?;
+    let checkpoint = store.audit_checkpoint().await.map_err(refusal)?;
+    if let Some(cp) = &checkpoint {
+        match (&config.retention.checkpoint_key, &cp.signature) {
+            (Some(key), Some(sig)) if audit::checkpoint_signature(key, cp) == *sig => {
+                println!(
+                    "retention checkpoint at row {} ({} rows pruned) is signed and valid",
+                    cp.last_id, cp.rows_pruned
+                )
+            }
+            (Some(_), _) => {
+                return Err(Failure::Other(anyhow::anyhow!(
+                    "audit log broken at row {}: the retention checkpoint's signature is missing or wrong (forged?)",
+                    cp.last_id
+                )));
+            }
+            (None, Some(_)) => println!(
+                "retention checkpoint at row {} is signed, but no retention.checkpoint_key is configured to check it",
+                cp.last_id
+            ),
+            (None, None) => println!("retention checkpoint at row {} is unsigned", cp.last_id),
+        }
+    }
+    let start = checkpoint.map(|cp| (cp.last_id, cp.last_hash));
     let mut after = start.as_ref().map_or(0, |(id, _)| *id);
     let mut check = audit::ChainCheck::new(start);
     let verdict = loop {
@@ -546,7 +568,7 @@ async fn audit_command(path: &std::path::Path, args: AuditArgs) -> Result<(), Fa
     let store = open(&config).await?;
     let now = Clock::system().now_datetime();
     match &args.command {
-        Some(AuditCommand::Verify) => return verify_audit(&store).await,
+        Some(AuditCommand::Verify) => return verify_audit(&store, &config).await,
         Some(AuditCommand::Summary { range, format }) => {
             let (since, until) = range.resolve(now)?;
             let since = since.unwrap_or(Instant::floor(now - chrono::Duration::hours(24)));

@@ -81,8 +81,20 @@ pub struct Config {
     pub acs_webhook_secret: Option<Secret>,
     /// The key TRTC signs its room callbacks with (the console's callback key).
     pub trtc_callback_key: Option<Secret>,
+    /// What the daemon prunes, and how it signs audit checkpoints.
+    pub retention: Retention,
     /// Accepted but suspicious settings, for the operator to see at start.
     pub warnings: Vec<String>,
+}
+
+/// `retention:`. Nothing is pruned when a period is absent.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    pub sessions: Option<Duration>,
+    pub audit: Option<Duration>,
+    /// Signs the checkpoints that pruning leaves, so a checkpoint cannot be
+    /// forged by someone with only database access.
+    pub checkpoint_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -194,9 +206,21 @@ struct RawConfig {
     api_token_file: Option<String>,
     #[serde(default)]
     webhooks: RawWebhooks,
+    retention: Option<RawRetention>,
     providers: IndexMap<String, RawProvider>,
     #[serde(default)]
     policies: IndexMap<String, RawPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    /// How long settled sessions are kept after they settled.
+    sessions: Option<String>,
+    /// How long audit rows are kept.
+    audit: Option<String>,
+    checkpoint_key: Option<RawSecret>,
+    checkpoint_key_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -484,6 +508,40 @@ impl Config {
             warnings
                 .push("webhooks.trtc is set but listen is not: nothing will receive TRTC callbacks".into());
         }
+        let retention = match &raw.retention {
+            None => Retention::default(),
+            Some(r) => {
+                let period = |key: &'static str,
+                              v: &Option<String>|
+                 -> Result<Option<Duration>, ConfigError> {
+                    let Some(text) = v else { return Ok(None) };
+                    let d = parse_duration(text)
+                        .map_err(|e| ctx.error(&["retention", key], format!("retention: {e}")))?;
+                    if d < Duration::from_secs(24 * 3600) {
+                        return Err(ctx
+                            .error(&["retention", key], format!("retention: {key} must be at least 1 day")));
+                    }
+                    Ok(Some(d))
+                };
+                let checkpoint_key = match (&r.checkpoint_key, &r.checkpoint_key_file) {
+                    (None, None) => None,
+                    (inline, file) => Some(ctx.secret_pair(
+                        &["retention"],
+                        "checkpoint_key",
+                        ("checkpoint_key", inline.as_ref()),
+                        ("checkpoint_key_file", file.as_ref()),
+                        "the key that signs audit checkpoints",
+                    )?),
+                };
+                let audit = period("audit", &r.audit)?;
+                if audit.is_some() && checkpoint_key.is_none() {
+                    warnings.push(
+                        "retention.audit prunes the audit log without retention.checkpoint_key: its checkpoints are unsigned".into(),
+                    );
+                }
+                Retention { sessions: period("sessions", &r.sessions)?, audit, checkpoint_key }
+            }
+        };
         let confirming: Vec<&str> = providers
             .values()
             .filter(|p| matches!(&p.settings, ProviderSettings::Acs(a) if a.callback_url.is_some()))
@@ -517,6 +575,7 @@ impl Config {
             api_token,
             acs_webhook_secret,
             trtc_callback_key,
+            retention,
             warnings,
         })
     }

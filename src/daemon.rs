@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::config::{Config, ProviderSettings};
+use crate::domain::Instant;
 use crate::enforce::{Enforcer, ProviderSlot};
 use crate::providers::{Provider, acs::AcsClient, trtc::TrtcClient};
 use crate::scheduler::{Scheduler, policy_actions, watch_changes};
@@ -70,6 +71,54 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, ProviderSlot>,
     Ok(slots)
 }
 
+/// How often retention runs (also once at start).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Applies `retention:`: settled sessions and audit rows older than their
+/// periods are deleted, the audit log behind a signed checkpoint.
+async fn prune_periodically(
+    store: Store,
+    clock: Clock,
+    retention: crate::config::Retention,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = prune_once(&store, &clock, &retention).await {
+            tracing::error!(error = %e, "retention pruning failed; it runs again in an hour");
+        }
+    }
+}
+
+pub async fn prune_once(
+    store: &Store,
+    clock: &Clock,
+    retention: &crate::config::Retention,
+) -> Result<(), StoreError> {
+    let now = clock.now();
+    let before = |d: Duration| Instant::from_millis(now.millis() - crate::domain::duration_millis_ceil(d));
+    if let Some(keep) = retention.sessions {
+        let n = store.prune_sessions(before(keep)).await?;
+        if n > 0 {
+            tracing::info!(sessions = n, "retention: pruned settled sessions");
+        }
+    }
+    if let Some(keep) = retention.audit {
+        let key = retention.checkpoint_key.clone();
+        let sign = move |cp: &crate::store::Checkpoint| {
+            key.as_ref().map(|k| crate::audit::checkpoint_signature(k, cp))
+        };
+        if let Some(cp) = store.prune_audit(before(keep), now, sign).await? {
+            tracing::info!(rows = cp.rows_pruned, checkpoint = cp.last_id, "retention: pruned the audit log");
+        }
+    }
+    Ok(())
+}
+
 /// Runs the daemon until `shutdown` is cancelled, then drains: calls already
 /// sent are answered and recorded (within [`SHUTDOWN_GRACE`]); sessions still
 /// waiting go back to the queue.
@@ -115,7 +164,7 @@ pub async fn run(
 
     let scheduler = Scheduler::new(
         store.clone(),
-        clock,
+        clock.clone(),
         Arc::clone(&config),
         Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         changed,
@@ -127,6 +176,14 @@ pub async fn run(
         policies = config.policies.len(),
         "callwarden running"
     );
+    if config.retention.sessions.is_some() || config.retention.audit.is_some() {
+        tasks.spawn(prune_periodically(
+            store.clone(),
+            clock.clone(),
+            config.retention.clone(),
+            shutdown.clone(),
+        ));
+    }
     crate::service::ready("enforcing deadlines");
     {
         let shutdown = shutdown.clone();

@@ -308,6 +308,23 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
+/// Where pruning left the audit chain: its last pruned row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Checkpoint {
+    pub at: String,
+    pub last_id: i64,
+    pub last_hash: String,
+    pub rows_pruned: i64,
+    /// HMAC-SHA256 over [`Checkpoint::signed_text`] with the checkpoint key.
+    pub signature: Option<String>,
+}
+
+impl Checkpoint {
+    pub fn signed_text(&self) -> String {
+        format!("{}:{}:{}:{}", self.last_id, self.last_hash, self.rows_pruned, self.at)
+    }
+}
+
 /// Counts over a time range, for `callwarden audit summary`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditSummary {
@@ -724,15 +741,96 @@ impl Store {
         rows.iter().map(audit_record).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
     }
 
-    /// The last retention checkpoint: the id and hash of the last pruned row.
-    pub async fn audit_checkpoint(&self) -> Result<Option<(i64, String)>, StoreError> {
-        let row = sqlx::query("SELECT last_id, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&self.readers)
-            .await?;
+    /// The last retention checkpoint: where verification of the remaining
+    /// audit rows starts.
+    pub async fn audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let row = sqlx::query(
+            "SELECT at, last_id, last_hash, rows_pruned, signature FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.readers)
+        .await?;
         Ok(match row {
-            Some(r) => Some((r.try_get("last_id")?, r.try_get("last_hash")?)),
+            Some(r) => Some(Checkpoint {
+                at: r.try_get("at")?,
+                last_id: r.try_get("last_id")?,
+                last_hash: r.try_get("last_hash")?,
+                rows_pruned: r.try_get("rows_pruned")?,
+                signature: r.try_get("signature")?,
+            }),
             None => None,
         })
+    }
+
+    /// Deletes settled sessions last updated before `sessions_before`, in
+    /// batches. Returns how many.
+    pub async fn prune_sessions(&self, before: Instant) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions INDEXED BY sessions_state \
+                 WHERE state IN ('enforced', 'already_ended', 'failed', 'cancelled') AND updated_at < ? LIMIT 5000)",
+            )
+            .bind(before.to_string())
+            .execute(&self.writer)
+            .await?;
+            total += done.rows_affected();
+            if done.rows_affected() < 5000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Prunes audit rows written before `before`: records a checkpoint with
+    /// the last pruned row's id and hash (signed by `sign`), deletes up to
+    /// it, and appends a `pruned` row to the chain. Returns the checkpoint,
+    /// or `None` when nothing was old enough.
+    pub async fn prune_audit(
+        &self,
+        before: Instant,
+        now: Instant,
+        sign: impl Fn(&Checkpoint) -> Option<String>,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let last = sqlx::query(
+            "SELECT id, hash, (SELECT count(*) FROM audit_log b WHERE b.id <= a.id) AS n \
+             FROM audit_log a WHERE at < ? AND hash IS NOT NULL ORDER BY id DESC LIMIT 1",
+        )
+        .bind(before.to_string())
+        .fetch_optional(&self.readers)
+        .await?;
+        let Some(last) = last else { return Ok(None) };
+        let mut checkpoint = Checkpoint {
+            at: now.to_string(),
+            last_id: last.try_get("id")?,
+            last_hash: last.try_get::<Option<String>, _>("hash")?.unwrap_or_default(),
+            rows_pruned: last.try_get("n")?,
+            signature: None,
+        };
+        checkpoint.signature = sign(&checkpoint);
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (at, last_id, last_hash, rows_pruned, signature) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&checkpoint.at)
+        .bind(checkpoint.last_id)
+        .bind(&checkpoint.last_hash)
+        .bind(checkpoint.rows_pruned)
+        .bind(&checkpoint.signature)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM audit_log WHERE id <= ?").bind(checkpoint.last_id).execute(&mut *tx).await?;
+        let entry = AuditEntry {
+            event: "pruned",
+            detail: Some(format!(
+                "{} audit rows written before {before} pruned; checkpoint at row {} ({})",
+                checkpoint.rows_pruned,
+                checkpoint.last_id,
+                if checkpoint.signature.is_some() { "signed" } else { "unsigned" }
+            )),
+            ..AuditEntry::default()
+        };
+        insert_audit(&mut tx, &entry, now).await?;
+        tx.commit().await?;
+        Ok(Some(checkpoint))
     }
 
     /// A consistent copy of the live database at `path` (`VACUUM INTO`),

@@ -157,3 +157,69 @@ fn audit_filters_csv_and_summary_answer_operators_questions() {
     let table = text(&["audit", "summary", "--since", "1h"]);
     assert!(table.contains("registered") && table.contains("first-call lateness"), "{table}");
 }
+
+const RETENTION: &str = "\
+retention:
+  sessions: 30d
+  audit: 30d
+  checkpoint_key: test-checkpoint-key
+";
+
+#[tokio::test]
+async fn retention_prunes_behind_a_signed_checkpoint_and_verification_still_holds() {
+    use callwarden::clock::Clock;
+    use callwarden::domain::{Instant, Room, SessionId};
+    use callwarden::store::{NewSession, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cw.yaml"), format!("{CONFIG}{RETENTION}")).unwrap();
+    let config = callwarden::config::Config::load(&dir.path().join("cw.yaml")).unwrap();
+    let store = Store::open(&config.database).await.unwrap();
+    // Two months ago: sessions registered and ended. Yesterday: more.
+    let session = |room: u32, at: Instant| NewSession {
+        id: SessionId::new(),
+        policy: "consultation".into(),
+        provider: "trtc".into(),
+        room: Room::Numeric(room),
+        user: None,
+        started_at: at,
+        deadline: at.saturating_add(std::time::Duration::from_secs(60)),
+    };
+    let now = Instant::parse("2026-06-01T12:00:00Z").unwrap();
+    let old = Instant::parse("2026-04-01T12:00:00Z").unwrap();
+    let recent = Instant::parse("2026-05-31T12:00:00Z").unwrap();
+    for (room, at) in [(1, old), (2, old), (3, recent)] {
+        let s = session(room, at);
+        store.insert_sessions(std::slice::from_ref(&s), at, "test").await.unwrap();
+        store.end_session(s.id, at, "test").await.unwrap();
+    }
+    callwarden::daemon::prune_once(&store, &Clock::manual(now), &config.retention).await.unwrap();
+    let counts = store.state_counts().await.unwrap();
+    assert_eq!(counts, vec![("cancelled".to_string(), 1)], "the two old sessions are gone");
+    let cp = store.audit_checkpoint().await.unwrap().expect("a checkpoint");
+    assert_eq!((cp.last_id, cp.rows_pruned), (4, 4), "two registered and two cancelled rows pruned");
+    store.close().await;
+
+    let (ok, text) = verify(dir.path());
+    assert!(ok, "{text}");
+    assert!(text.contains("signed and valid") && text.contains("audit log intact: 3 rows chained"), "{text}");
+
+    // A forged checkpoint (pruning more history than was really pruned) is caught.
+    let url = format!("sqlite://{}", dir.path().join("cw.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE audit_checkpoints SET rows_pruned = 3").execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    let (ok, text) = verify(dir.path());
+    assert!(!ok && text.contains("signature"), "{text}");
+}
+
+#[tokio::test]
+async fn audit_rows_cannot_be_deleted_outside_a_checkpoint() {
+    let dir = honest_log();
+    let url = format!("sqlite://{}", dir.path().join("cw.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let refused = sqlx::query("DELETE FROM audit_log WHERE id = 1").execute(&mut conn).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("append-only")));
+    let refused = sqlx::query("UPDATE audit_log SET detail = 'x' WHERE id = 1").execute(&mut conn).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("append-only")));
+}

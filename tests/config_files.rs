@@ -17,6 +17,7 @@ fn check(path: &Path) -> Output {
         .env("ACS_ACCESS_KEY", "ZXhhbXBsZS1hY3Mta2V5LWZvci10ZXN0cw==")
         .env("TRTC_CALLBACK_KEY", "example-callback-key")
         .env("CALLWARDEN_API_TOKEN", "example-api-token-for-tests")
+        .env("CALLWARDEN_CHECKPOINT_KEY", "example-checkpoint-key")
         .env("ACS_CALLBACK_SECRET", "example-acs-callback-secret")
         .output()
         .expect("the binary runs")
@@ -50,6 +51,7 @@ fn assert_loads(path: &Path) {
         "example-callback-key",
         "example-api-token-for-tests",
         "example-acs-callback-secret",
+        "example-checkpoint-key",
     ] {
         assert!(!stdout.contains(secret), "{} printed its secret: {stdout}", path.display());
         assert!(!stderr.contains(secret), "{} logged its secret: {stderr}", path.display());

@@ -212,10 +212,8 @@ pub(super) async fn create(State(app): State<Arc<AppState>>, headers: HeaderMap,
     // The scheduler sees every commit within its polling interval; wake it
     // at once only when the deadline is nearer than that, so a stream of
     // registrations does not keep it busy re-reading the queue.
-    if session.deadline.millis_since(now) < IMMINENT_MS
-        && let Some(changed) = &app.changed
-    {
-        changed.notify_one();
+    if session.deadline.millis_since(now) < IMMINENT_MS {
+        app.wake_scheduler();
     }
     let record = SessionRecord::registered(&session, key, now);
     let mut response = (StatusCode::CREATED, axum::Json(record)).into_response();
@@ -285,9 +283,7 @@ pub(super) async fn extend(
     let request: ExtendSession = parse_body(&body)?;
     let by = parse_duration(&request.by).map_err(|e| ApiError::invalid("by", e))?;
     app.store.extend_session(id, by, app.clock.now()).await?;
-    if let Some(changed) = &app.changed {
-        changed.notify_one();
-    }
+    app.wake_scheduler();
     Ok(axum::Json(app.store.session(id).await?).into_response())
 }
 
@@ -300,8 +296,6 @@ pub(super) async fn end(
     authorize(&app, &headers)?;
     let id = session_id(&id)?;
     app.store.end_session(id, app.clock.now(), "ended through the API").await?;
-    if let Some(changed) = &app.changed {
-        changed.notify_one();
-    }
+    app.wake_scheduler();
     Ok(axum::Json(app.store.session(id).await?).into_response())
 }

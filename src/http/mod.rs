@@ -54,6 +54,15 @@ pub struct AppState {
     pub trtc_callback_key: Option<Secret>,
 }
 
+impl AppState {
+    /// Wakes the scheduler now rather than at its next poll of the database.
+    pub fn wake_scheduler(&self) {
+        if let Some(changed) = &self.changed {
+            changed.notify_one();
+        }
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/sessions", post(api::create).get(api::list))

@@ -201,10 +201,8 @@ pub(super) async fn acs(
             }
         }
     }
-    if changed > 0
-        && let Some(notify) = &state.changed
-    {
-        notify.notify_one();
+    if changed > 0 {
+        state.wake_scheduler();
     }
     crate::metrics::webhook("acs", "accepted");
     (StatusCode::OK, axum::Json(json!({ "changed": changed, "ignored": ignored }))).into_response()
@@ -489,10 +487,8 @@ pub(super) async fn trtc(State(state): State<Arc<AppState>>, headers: HeaderMap,
             }
         }
     }
-    if changed > 0
-        && let Some(notify) = &state.changed
-    {
-        notify.notify_one();
+    if changed > 0 {
+        state.wake_scheduler();
     }
     tracing::debug!(kind = event.kind, room = %event.room, changed, "TRTC event");
     crate::metrics::webhook("trtc", if changed > 0 { "applied" } else { "ignored" });

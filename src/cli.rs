@@ -439,7 +439,11 @@ async fn session(path: &std::path::Path, cmd: SessionCommand) -> Result<(), Fail
         SessionCommand::Extend { id, by } => {
             let id = parse_id(&id)?;
             let store = open(&config).await?;
-            let deadline = store.extend_session(id, by, clock.now()).await.map_err(refusal)?;
+            let policy = store.session(id).await.map_err(refusal)?.policy;
+            let deadline = store
+                .extend_session(id, by, config.max_extension(&policy), clock.now())
+                .await
+                .map_err(refusal)?;
             println!("{deadline}");
         }
         SessionCommand::List { state, format, limit } => {

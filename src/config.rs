@@ -167,6 +167,8 @@ pub struct Policy {
     /// One session per room, or one per participant.
     pub scope: Scope,
     pub max_duration: Duration,
+    /// The most a session may be extended in all; unlimited when absent.
+    pub max_extension: Option<Duration>,
     pub action: Action,
 }
 
@@ -332,6 +334,7 @@ struct RawPolicy {
     matcher: Option<RawMatch>,
     scope: Option<String>,
     max_duration: String,
+    max_extension: Option<String>,
     action: String,
 }
 
@@ -454,9 +457,21 @@ impl Config {
                     Some(Match { room: m.room, sdk_app_id: m.sdk_app_id })
                 }
             };
+            let max_extension = match &raw.max_extension {
+                Some(text) => Some(session_duration(text).map_err(|r| err("max_extension", r))?),
+                None => None,
+            };
             policies.insert(
                 name.clone(),
-                Policy { name: name.clone(), provider: raw.provider, matcher, scope, max_duration, action },
+                Policy {
+                    name: name.clone(),
+                    provider: raw.provider,
+                    matcher,
+                    scope,
+                    max_duration,
+                    max_extension,
+                    action,
+                },
             );
         }
 
@@ -582,6 +597,11 @@ impl Config {
 
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.policies.get(name)
+    }
+
+    /// The extension limit of a session's policy (none if the policy is gone).
+    pub fn max_extension(&self, policy: &str) -> Option<Duration> {
+        self.policy(policy).and_then(|p| p.max_extension)
     }
 }
 

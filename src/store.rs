@@ -56,6 +56,11 @@ pub enum StoreError {
     NotActive { id: SessionId, state: String, verb: &'static str },
     #[error("database: {0}")]
     Batch(String),
+    #[error(
+        "session {id} cannot be extended by {asked_ms} ms: it has been extended by {used_ms} ms and its policy \
+         allows {max_ms} ms in all"
+    )]
+    ExtensionLimit { id: SessionId, used_ms: i64, asked_ms: i64, max_ms: i64 },
     #[error("session {id} in the database is malformed: {reason}")]
     Malformed { id: String, reason: String },
 }
@@ -540,28 +545,46 @@ impl Store {
     }
 
     /// Moves an active session's deadline later by `by`; returns the new deadline.
+    /// `max_total`: the most the session may be extended in all (its
+    /// policy's `max_extension`), checked in the same statement.
     pub async fn extend_session(
         &self,
         id: SessionId,
         by: Duration,
+        max_total: Option<Duration>,
         now: Instant,
     ) -> Result<Instant, StoreError> {
         let by_ms = crate::domain::duration_millis_ceil(by);
+        let max_ms = max_total.map(crate::domain::duration_millis_ceil);
         let mut tx = self.writer.begin().await?;
         // strftime keeps the canonical text form; julianday arithmetic in days.
         let row = sqlx::query(
             "UPDATE sessions SET deadline = strftime('%Y-%m-%dT%H:%M:%fZ', julianday(deadline) + ? / 86400000.0), \
              extended_ms = extended_ms + ?, updated_at = ? WHERE id = ? AND state = 'active' AND deadline IS NOT NULL \
-             RETURNING deadline",
+             AND (? IS NULL OR extended_ms + ? <= ?) RETURNING deadline",
         )
         .bind(by_ms)
         .bind(by_ms)
         .bind(now.to_string())
         .bind(id.to_string())
+        .bind(max_ms)
+        .bind(by_ms)
+        .bind(max_ms)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            return Err(self.why_not_active(&mut tx, id, "extended").await);
+            let why = self.why_not_active(&mut tx, id, "extended").await;
+            // Still active: then it was the extension limit that refused.
+            if let (StoreError::NotActive { state, .. }, Some(max_ms)) = (&why, max_ms)
+                && state == "active"
+            {
+                let used: i64 = sqlx::query_scalar("SELECT extended_ms FROM sessions WHERE id = ?")
+                    .bind(id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                return Err(StoreError::ExtensionLimit { id, used_ms: used, asked_ms: by_ms, max_ms });
+            }
+            return Err(why);
         };
         let deadline_text: String = row.try_get("deadline")?;
         let deadline = Instant::parse(&deadline_text)

@@ -144,7 +144,8 @@ async fn an_extension_made_while_the_scheduler_sleeps_moves_the_hand_over() {
     // Let the scheduler go to sleep on the 10-minute deadline, then extend.
     h.clock.advance(60_000);
     h.nothing_yet().await;
-    let new_deadline = h.store.extend_session(s.id, Duration::from_secs(1200), h.clock.now()).await.unwrap();
+    let new_deadline =
+        h.store.extend_session(s.id, Duration::from_secs(1200), None, h.clock.now()).await.unwrap();
     assert_eq!(new_deadline, s.deadline.saturating_add(Duration::from_secs(1200)));
     h.set(s.deadline);
     h.nothing_yet().await;

@@ -65,6 +65,9 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, None, format!("no session {id}"))
             }
             e @ StoreError::NotActive { .. } => ApiError::new(StatusCode::CONFLICT, None, e.to_string()),
+            e @ StoreError::ExtensionLimit { .. } => {
+                ApiError::new(StatusCode::CONFLICT, Some("by"), e.to_string())
+            }
             e => {
                 tracing::error!(error = %e, "session API cannot reach the database");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, "the database is unavailable")
@@ -282,7 +285,8 @@ pub(super) async fn extend(
     let id = session_id(&id)?;
     let request: ExtendSession = parse_body(&body)?;
     let by = parse_duration(&request.by).map_err(|e| ApiError::invalid("by", e))?;
-    app.store.extend_session(id, by, app.clock.now()).await?;
+    let policy = app.store.session(id).await?.policy;
+    app.store.extend_session(id, by, app.config.max_extension(&policy), app.clock.now()).await?;
     app.wake_scheduler();
     Ok(axum::Json(app.store.session(id).await?).into_response())
 }

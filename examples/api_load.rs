@@ -8,10 +8,15 @@
 //! ```
 //!
 //! Prints each run's figures and the medians. Everything runs on loopback in
-//! one process (daemon, sandbox and clients share the machine's cores, as
-//! they would on a small host), against a real SQLite file with
-//! `synchronous=FULL`.
+//! one process against a real SQLite file with `synchronous=FULL`, so the
+//! load generator shares the machine's cores with the daemon. To tell the two
+//! apart, the daemon (with the sandbox) and the load generator run on two
+//! separate tokio runtimes whose threads are named `cw-daemon` and `cw-load`;
+//! each phase reports the CPU time of each side, read per thread from
+//! `/proc/self/task/*/stat`. SQLite's connection threads (`sqlx-sqlite-*`)
+//! count as the daemon's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as StdInstant};
@@ -19,10 +24,12 @@ use std::time::{Duration, Instant as StdInstant};
 use anyhow::Context;
 use callwarden::clock::Clock;
 use callwarden::config::Config;
+use callwarden::demo::percentile;
 use callwarden::sandbox::{
     SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Sandbox, SandboxOptions,
 };
 use callwarden::store::Store;
+use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "load-test-token-0123456789";
@@ -61,9 +68,85 @@ fn config(db: &std::path::Path, sandbox: &str, listen: &str) -> String {
     )
 }
 
-/// Runs `clients` tasks sending requests made by `make` for `seconds`;
-/// returns requests answered 2xx per second, and any non-2xx count.
-async fn hammer<F>(seconds: u64, clients: usize, make: F) -> (f64, u64)
+// ---- CPU per side -----------------------------------------------------------------
+
+/// CPU ticks (utime + stime) of this process's threads, summed by side.
+fn cpu_by_side() -> HashMap<&'static str, u64> {
+    let mut out = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let side = if comm.starts_with("cw-daemon") || comm.starts_with("sqlx-sqlite") {
+            "daemon"
+        } else if comm.starts_with("cw-load") {
+            "load"
+        } else {
+            "other"
+        };
+        *out.entry(side).or_default() += ticks;
+    }
+    out
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Cores used by each side between two readings. Threads that exited in
+/// between are not counted (the runtimes' threads live for the whole run).
+fn cores_used(
+    before: &HashMap<&'static str, u64>,
+    after: &HashMap<&'static str, u64>,
+    wall: f64,
+) -> HashMap<&'static str, f64> {
+    let tck = clock_ticks_per_second();
+    ["daemon", "load", "other"]
+        .into_iter()
+        .map(|side| {
+            let d =
+                after.get(side).copied().unwrap_or(0).saturating_sub(before.get(side).copied().unwrap_or(0));
+            (side, d as f64 / tck / wall)
+        })
+        .collect()
+}
+
+// ---- load ---------------------------------------------------------------------------
+
+/// What one phase measured.
+struct Phase {
+    /// Requests answered 2xx per second.
+    rate: f64,
+    errors: u64,
+    /// Request latency as the client saw it, microseconds.
+    p50_us: i64,
+    p99_us: i64,
+    daemon_cores: f64,
+    load_cores: f64,
+    other_cores: f64,
+}
+
+impl Phase {
+    /// Requests per second of daemon CPU: what the daemon could serve if it
+    /// had both cores to itself and scaled perfectly (an upper bound).
+    fn per_daemon_core(&self) -> f64 {
+        if self.daemon_cores > 0.0 { self.rate / self.daemon_cores } else { 0.0 }
+    }
+}
+
+/// Runs `clients` tasks on the load runtime sending requests made by `make`
+/// for `seconds`.
+fn hammer<F>(load: &Runtime, seconds: u64, clients: usize, make: F) -> Phase
 where
     F: Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
 {
@@ -71,28 +154,80 @@ where
     let ok = Arc::new(AtomicU64::new(0));
     let bad = Arc::new(AtomicU64::new(0));
     let seq = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_by_side();
     let start = StdInstant::now();
     let end = start + Duration::from_secs(seconds);
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let (make, ok, bad, seq) = (Arc::clone(&make), Arc::clone(&ok), Arc::clone(&bad), Arc::clone(&seq));
-        tasks.spawn(async move {
-            let client = reqwest::Client::new();
-            while StdInstant::now() < end {
-                let n = seq.fetch_add(1, Ordering::Relaxed);
-                match make(&client, n).send().await {
-                    Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => bad.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
+    let latencies = load.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (make, ok, bad, seq) =
+                (Arc::clone(&make), Arc::clone(&ok), Arc::clone(&bad), Arc::clone(&seq));
+            tasks.spawn(async move {
+                let client = reqwest::Client::new();
+                let mut lat = Vec::new();
+                while StdInstant::now() < end {
+                    let n = seq.fetch_add(1, Ordering::Relaxed);
+                    let sent = StdInstant::now();
+                    match make(&client, n).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            lat.push(sent.elapsed().as_micros() as i64);
+                        }
+                        _ => {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                lat
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            all.extend(done.unwrap_or_default());
+        }
+        all
+    });
     let elapsed = start.elapsed().as_secs_f64();
-    (ok.load(Ordering::Relaxed) as f64 / elapsed, bad.load(Ordering::Relaxed))
+    let cores = cores_used(&cpu_before, &cpu_by_side(), elapsed);
+    let mut latencies = latencies;
+    latencies.sort_unstable();
+    Phase {
+        rate: ok.load(Ordering::Relaxed) as f64 / elapsed,
+        errors: bad.load(Ordering::Relaxed),
+        p50_us: percentile(&latencies, 50.0),
+        p99_us: percentile(&latencies, 99.0),
+        daemon_cores: cores["daemon"],
+        load_cores: cores["load"],
+        other_cores: cores["other"],
+    }
 }
 
-async fn one_run(a: &Args) -> anyhow::Result<(f64, f64)> {
+fn print_phase(name: &str, p: &Phase) {
+    println!(
+        "  {name:<14} {:>7.0}/s (errors {})  latency p50 {:.1} ms p99 {:.1} ms  \
+         CPU cores: daemon {:.2}, load generator {:.2}, other {:.2}  -> {:.0}/s per daemon core",
+        p.rate,
+        p.errors,
+        p.p50_us as f64 / 1000.0,
+        p.p99_us as f64 / 1000.0,
+        p.daemon_cores,
+        p.load_cores,
+        p.other_cores,
+        p.per_daemon_core()
+    );
+}
+
+struct Server {
+    _dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    sandbox: Sandbox,
+    store: Store,
+    daemon: tokio::task::JoinHandle<Result<(), callwarden::daemon::DaemonError>>,
+    base: String,
+}
+
+/// Sandbox, database and daemon, all on the daemon runtime.
+async fn start_server() -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let shutdown = CancellationToken::new();
     let sandbox = Sandbox::start(
@@ -108,20 +243,27 @@ async fn one_run(a: &Args) -> anyhow::Result<(f64, f64)> {
     let store = Store::open(&config.database).await?;
     let daemon =
         tokio::spawn(callwarden::daemon::run(config, store.clone(), Clock::system(), shutdown.clone()));
-    let base = format!("http://{listen}");
-    let client = reqwest::Client::new();
-    for _ in 0..100 {
-        if client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            break;
+    Ok(Server { _dir: dir, shutdown, sandbox, store, daemon, base: format!("http://{listen}") })
+}
+
+fn one_run(a: &Args, daemon_rt: &Runtime, load: &Runtime) -> anyhow::Result<(Phase, Phase)> {
+    let server = daemon_rt.block_on(start_server())?;
+    let base = server.base.clone();
+    load.block_on(async {
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    });
 
     // Background: ten sessions a second expiring, so the daemon enforces
     // while the API is under load.
     let background = {
-        let (base, shutdown) = (base.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        let (base, shutdown) = (base.clone(), server.shutdown.clone());
+        load.spawn(async move {
             let client = reqwest::Client::new();
             let mut n = 0u64;
             while !shutdown.is_cancelled() {
@@ -135,13 +277,12 @@ async fn one_run(a: &Args) -> anyhow::Result<(f64, f64)> {
     };
 
     let url = format!("{base}/v1/sessions");
-    let (registrations, reg_errors) = hammer(a.seconds, a.clients, move |c, n| {
+    let registrations = hammer(load, a.seconds, a.clients, move |c, n| {
         c.post(&url).bearer_auth(TOKEN).json(&serde_json::json!({ "policy": "consultation", "room": n + 1 }))
-    })
-    .await;
+    });
 
     let url = format!("{base}/webhooks/trtc");
-    let (events, event_errors) = hammer(a.seconds, a.clients, move |c, n| {
+    let events = hammer(load, a.seconds, a.clients, move |c, n| {
         let now = chrono::Utc::now().timestamp_millis();
         let kind = if n % 2 == 0 { 103 } else { 104 };
         let body = format!(
@@ -156,44 +297,64 @@ async fn one_run(a: &Args) -> anyhow::Result<(f64, f64)> {
             .header("SdkAppId", SANDBOX_SDK_APP_ID.to_string())
             .header("Content-Type", "application/json")
             .body(body)
-    })
-    .await;
+    });
 
-    shutdown.cancel();
+    server.shutdown.cancel();
     background.abort();
-    daemon.await??;
-    let stats = sandbox.state.stats();
-    println!(
-        "  registrations/s {registrations:>8.0} (errors {reg_errors})   webhook events/s {events:>8.0} (errors {event_errors})   \
-         enforced meanwhile: {} calls, quota errors {}",
-        stats.requests, stats.rate_limited
-    );
-    store.close().await;
+    daemon_rt.block_on(server.daemon)??;
+    let stats = server.sandbox.state.stats();
+    print_phase("registrations", &registrations);
+    print_phase("webhook events", &events);
+    println!("  enforced meanwhile: {} calls, quota errors {}", stats.requests, stats.rate_limited);
+    daemon_rt.block_on(server.store.close());
     Ok((registrations, events))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let a = args()?;
+fn print_medians(name: &str, phases: &[Phase]) {
+    let m = |f: fn(&Phase) -> f64| median(phases.iter().map(f).collect());
     println!(
-        "api_load: {} s per phase, {} concurrent clients, {} runs, {} cores",
-        a.seconds,
-        a.clients,
-        a.runs,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "median {name:<14} {:>7.0}/s  latency p50 {:.1} ms p99 {:.1} ms  CPU cores: daemon {:.2}, \
+         load generator {:.2}  -> {:.0}/s per daemon core",
+        m(|p| p.rate),
+        m(|p| p.p50_us as f64) / 1000.0,
+        m(|p| p.p99_us as f64) / 1000.0,
+        m(|p| p.daemon_cores),
+        m(|p| p.load_cores),
+        m(Phase::per_daemon_core)
+    );
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Two runtimes, each with one worker per core, as two processes would have.
+    let daemon_rt =
+        tokio::runtime::Builder::new_multi_thread().thread_name("cw-daemon").enable_all().build()?;
+    let load = tokio::runtime::Builder::new_multi_thread().thread_name("cw-load").enable_all().build()?;
+    println!(
+        "api_load: {} s per phase, {} concurrent clients, {} runs, {cores} cores \
+         (daemon and load generator share them)",
+        a.seconds, a.clients, a.runs
     );
     let mut regs = Vec::new();
     let mut events = Vec::new();
-    for _ in 0..a.runs {
-        let (r, e) = one_run(&a).await?;
+    for k in 1..=a.runs.max(1) {
+        println!("run {k}:");
+        let (r, e) = one_run(&a, &daemon_rt, &load)?;
         regs.push(r);
         events.push(e);
     }
-    println!("median registrations/s {:.0}   median webhook events/s {:.0}", median(regs), median(events));
+    print_medians("registrations", &regs);
+    print_medians("webhook events", &events);
     Ok(())
 }

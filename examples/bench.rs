@@ -2,12 +2,16 @@
 //! the results on the reference machine.
 //!
 //! ```text
-//! cargo run --release --example bench -- lateness  [--sessions 1000] [--spread-secs 100]
+//! cargo run --release --example bench -- lateness  [--sessions 1000] [--spread-secs 100] [--provider acs]
 //! cargo run --release --example bench -- scheduler [--sessions 100000] [--spread-secs 100]
-//! cargo run --release --example bench -- drain     [--sessions 2000]
+//! cargo run --release --example bench -- drain     [--sessions 2000] [--provider acs]
 //! cargo run --release --example bench -- startup   [--sessions 1000000]
 //! cargo run --release --example bench -- all       (every scenario at full size)
 //! ```
+//!
+//! `--provider acs` runs lateness and drain against the sandbox's ACS Call
+//! Automation API (terminate_call / remove_participant on `Room::Call`s)
+//! instead of TRTC; the default is `trtc`.
 //!
 //! Every scenario takes `--runs N`: it runs N times, prints each run's
 //! figures, then the median of each figure over the runs.
@@ -31,7 +35,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -44,9 +48,10 @@ use callwarden::demo::percentile;
 use callwarden::domain::{Instant, Room, SessionId, SessionState, UserId};
 use callwarden::enforce::Claimed;
 use callwarden::sandbox::{
-    SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Sandbox, SandboxOptions,
+    SANDBOX_ACS_ACCESS_KEY, SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Sandbox,
+    SandboxOptions,
 };
-use callwarden::scheduler::{CLAIM_LEAD, Scheduler, watch_changes};
+use callwarden::scheduler::{CLAIM_LEAD, CLAIM_WINDOW, Scheduler, watch_changes};
 use callwarden::store::{AuditEntry, AuditFilter, NewSession, Store};
 
 #[derive(Parser)]
@@ -73,6 +78,33 @@ enum Scenario {
     All(AllArgs),
 }
 
+/// Which provider API the daemon enforces against (the sandbox serves both).
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug, Default)]
+enum ProviderKind {
+    /// Tencent TRTC: DismissRoom / RemoveUser on numeric rooms.
+    #[default]
+    Trtc,
+    /// Azure Communication Services: `:terminate` / `participants:remove` on calls.
+    Acs,
+}
+
+impl ProviderKind {
+    fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Trtc => "trtc",
+            ProviderKind::Acs => "acs",
+        }
+    }
+
+    /// The API actions of the room-wide and the per-user policy.
+    fn end_action(self) -> &'static str {
+        match self {
+            ProviderKind::Trtc => "DismissRoom",
+            ProviderKind::Acs => "TerminateCall",
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 struct LatenessArgs {
     #[arg(long, default_value_t = 1000)]
@@ -83,6 +115,8 @@ struct LatenessArgs {
     /// One session in this many removes a user instead of dismissing a room (0: none).
     #[arg(long, default_value_t = 10)]
     remove_user_every: usize,
+    #[arg(long, value_enum, default_value_t = ProviderKind::Trtc)]
+    provider: ProviderKind,
 }
 
 #[derive(Args, Clone)]
@@ -100,6 +134,9 @@ struct DrainArgs {
     /// The daemon's configured max_requests_per_second.
     #[arg(long, default_value_t = 19)]
     rate: u32,
+    /// TRTC: DismissRoom of distinct rooms; ACS: participants:remove in distinct calls.
+    #[arg(long, value_enum, default_value_t = ProviderKind::Trtc)]
+    provider: ProviderKind,
 }
 
 #[derive(Args, Clone)]
@@ -192,7 +229,30 @@ fn medians(runs: &[Figures]) -> Figures {
 
 // ---- shared set-up ------------------------------------------------------------
 
-fn config_text(db: &Path, endpoint: &str, rate: u32) -> String {
+fn config_text(db: &Path, endpoint: &str, rate: u32, provider: ProviderKind) -> String {
+    if provider == ProviderKind::Acs {
+        // No callback_url: a 202/204 settles the session as enforced directly.
+        return [
+            format!("database: {}", db.display()),
+            "providers:".into(),
+            "  acs:".into(),
+            "    kind: azure-acs".into(),
+            format!("    endpoint: {endpoint}"),
+            format!("    access_key: {SANDBOX_ACS_ACCESS_KEY}"),
+            format!("    max_requests_per_second: {rate}"),
+            "policies:".into(),
+            "  end:".into(),
+            "    provider: acs".into(),
+            "    max_duration: 24h".into(),
+            "    action: terminate_call".into(),
+            "  kick:".into(),
+            "    provider: acs".into(),
+            "    max_duration: 24h".into(),
+            "    action: remove_participant".into(),
+        ]
+        .join("\n")
+            + "\n";
+    }
     [
         format!("database: {}", db.display()),
         "providers:".into(),
@@ -219,9 +279,15 @@ fn config_text(db: &Path, endpoint: &str, rate: u32) -> String {
 }
 
 /// Writes the config next to the database and loads it as the daemon would.
-fn write_config(dir: &Path, db: &Path, endpoint: &str, rate: u32) -> anyhow::Result<(PathBuf, Arc<Config>)> {
+fn write_config(
+    dir: &Path,
+    db: &Path,
+    endpoint: &str,
+    rate: u32,
+    provider: ProviderKind,
+) -> anyhow::Result<(PathBuf, Arc<Config>)> {
     let path = dir.join("bench.yaml");
-    std::fs::write(&path, config_text(db, endpoint, rate))?;
+    std::fs::write(&path, config_text(db, endpoint, rate, provider))?;
     let config = Config::load(&path).context("the bench config does not load")?;
     Ok((path, Arc::new(config)))
 }
@@ -236,6 +302,32 @@ fn dismiss(room: u32, deadline: Instant, now: Instant) -> NewSession {
         started_at: now,
         deadline,
     }
+}
+
+/// Session `i` of a run against `provider`: the room-wide policy (`end`), or
+/// with `kick` the per-user one. TRTC: numeric room `room`, user `user-i`;
+/// ACS: call `bench_call-room`, participant `8:acs:bench_user-i`.
+fn bench_session(
+    provider: ProviderKind,
+    room: u32,
+    i: usize,
+    kick: bool,
+    deadline: Instant,
+    now: Instant,
+) -> anyhow::Result<NewSession> {
+    let mut s = dismiss(room, deadline, now);
+    if provider == ProviderKind::Acs {
+        s.provider = "acs".into();
+        s.room = Room::call(&format!("bench_call-{room}"))?;
+    }
+    if kick {
+        s.policy = "kick".into();
+        s.user = Some(UserId::parse(&match provider {
+            ProviderKind::Trtc => format!("user-{i}"),
+            ProviderKind::Acs => format!("8:acs:bench_user-{i}"),
+        })?);
+    }
+    Ok(s)
 }
 
 /// Inserts in transactions of `batch` sessions; returns the seconds taken.
@@ -302,6 +394,54 @@ impl FsyncMonitor {
     }
 }
 
+/// A thread that sleeps 1 ms at a time and notes how much later than asked
+/// it woke: CPU contention (run-queue delay) on this shared two-core machine,
+/// independent of the disk. Keeps the wake-ups that overshot by more than
+/// 1 ms, with the total count of sleeps.
+struct WakeMonitor {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Wakes>,
+}
+
+/// How many 1 ms sleeps ran, and (start, overshoot) of those that overshot by > 1 ms.
+type Wakes = (usize, Vec<(DateTime<Utc>, Duration)>);
+
+impl WakeMonitor {
+    fn start() -> WakeMonitor {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let (mut count, mut late) = (0usize, Vec::new());
+            while !flag.load(Ordering::Relaxed) {
+                let at = Utc::now();
+                let started = StdInstant::now();
+                std::thread::sleep(Duration::from_millis(1));
+                let over = started.elapsed().saturating_sub(Duration::from_millis(1));
+                count += 1;
+                if over > Duration::from_millis(1) {
+                    late.push((at, over));
+                }
+            }
+            (count, late)
+        });
+        WakeMonitor { stop, handle }
+    }
+
+    fn finish(self) -> Wakes {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+fn wake_figures(f: &mut Figures, (count, late): &Wakes) {
+    let over = |ms: u64| late.iter().filter(|(_, d)| *d > Duration::from_millis(ms)).count() as f64;
+    f.add("CPU monitor: 1 ms sleeps", *count as f64, "");
+    f.add("CPU monitor: woke > 5 ms late", over(5), "");
+    f.add("CPU monitor: woke > 20 ms late", over(20), "");
+    let max = late.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    f.add("CPU monitor: latest wake-up", max.as_secs_f64() * 1000.0, "ms");
+}
+
 /// Whether any fsync slower than `slow` overlapped `[from, to]`.
 fn stalled(
     samples: &[(DateTime<Utc>, Duration)],
@@ -338,6 +478,17 @@ async fn wait_settled(store: &Store, not_before: Instant, timeout: Duration) -> 
     }
 }
 
+/// How far ahead of its deadline a session can be claimed: the scheduler
+/// claims at deadline - CLAIM_LEAD and takes what falls due within
+/// CLAIM_WINDOW more. A disk stall that starts in this reach can delay a call.
+fn claim_reach() -> chrono::Duration {
+    chrono::Duration::from_std(CLAIM_LEAD + CLAIM_WINDOW).unwrap_or_default()
+}
+
+fn claim_reach_ms() -> u128 {
+    (CLAIM_LEAD + CLAIM_WINDOW).as_millis()
+}
+
 fn micros_after(at: DateTime<Utc>, deadline: Instant) -> i64 {
     (at - deadline.to_datetime()).num_microseconds().unwrap_or(i64::MAX)
 }
@@ -368,7 +519,7 @@ struct Seen {
     /// When its first bytes arrived at the tap.
     at: DateTime<Utc>,
     action: String,
-    /// `RoomId` from the JSON body, as text.
+    /// TRTC: `RoomId` from the JSON body, as text; ACS: the call connection id from the path.
     room: String,
 }
 
@@ -460,6 +611,19 @@ impl RequestParser {
             let head = String::from_utf8_lossy(&self.pending[..head_end]).into_owned();
             let mut length = 0usize;
             let mut action = String::new();
+            // ACS: POST /calling/callConnections/{call}/participants:remove or /{call}:terminate.
+            let mut acs_call = None;
+            let target = head.split("\r\n").next().and_then(|l| l.split(' ').nth(1)).unwrap_or_default();
+            if let Some(rest) = target.strip_prefix("/calling/callConnections/") {
+                let path = rest.split('?').next().unwrap_or_default();
+                if let Some(call) = path.strip_suffix("/participants:remove") {
+                    action = "RemoveParticipant".into();
+                    acs_call = Some(call.to_string());
+                } else if let Some(call) = path.strip_suffix(":terminate") {
+                    action = "TerminateCall".into();
+                    acs_call = Some(call.to_string());
+                }
+            }
             for line in head.split("\r\n").skip(1) {
                 if let Some((key, value)) = line.split_once(':') {
                     match key.trim().to_ascii_lowercase().as_str() {
@@ -473,15 +637,17 @@ impl RequestParser {
             if self.pending.len() < total {
                 break;
             }
-            let room = serde_json::from_slice::<serde_json::Value>(&self.pending[head_end + 4..total])
-                .ok()
-                .and_then(|v| {
-                    v.get("RoomId").map(|r| match r {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
+            let room = acs_call.unwrap_or_else(|| {
+                serde_json::from_slice::<serde_json::Value>(&self.pending[head_end + 4..total])
+                    .ok()
+                    .and_then(|v| {
+                        v.get("RoomId").map(|r| match r {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
                     })
-                })
-                .unwrap_or_default();
+                    .unwrap_or_default()
+            });
             out.push(Seen { at: self.started.unwrap_or(at), action, room });
             self.pending.drain(..total);
             self.started = if self.pending.is_empty() { None } else { Some(at) };
@@ -501,14 +667,14 @@ struct Rig {
 }
 
 impl Rig {
-    async fn new(rate: u32) -> anyhow::Result<Rig> {
+    async fn new(rate: u32, provider: ProviderKind) -> anyhow::Result<Rig> {
         let dir = tempfile::tempdir()?;
         let shutdown = CancellationToken::new();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let sandbox = Sandbox::start(listener, SandboxOptions::default(), shutdown.clone()).await?;
         let tap = Tap::start(sandbox.addr, shutdown.clone()).await?;
         let db = dir.path().join("callwarden.db");
-        let (_, config) = write_config(dir.path(), &db, &tap.url(), rate)?;
+        let (_, config) = write_config(dir.path(), &db, &tap.url(), rate, provider)?;
         let store = Store::open(&config.database).await?;
         Ok(Rig { dir, sandbox, tap, store, config, shutdown })
     }
@@ -554,7 +720,7 @@ async fn first_answers(store: &Store) -> anyhow::Result<HashMap<String, callward
 // ---- 1. lateness ----------------------------------------------------------------
 
 async fn lateness(args: &LatenessArgs) -> anyhow::Result<Figures> {
-    let rig = Rig::new(19).await?;
+    let rig = Rig::new(19, args.provider).await?;
     let probe_us = commit_probe(rig.dir.path(), 100).await?;
     let clock = Clock::system();
     let now = clock.now();
@@ -567,12 +733,9 @@ async fn lateness(args: &LatenessArgs) -> anyhow::Result<Figures> {
     for i in 0..n {
         let deadline = Instant::from_millis(first.millis() + i as i64 * spread_ms / n as i64);
         let room = 1_000_000 + i as u32;
-        let mut s = dismiss(room, deadline, now);
-        if args.remove_user_every > 0 && i % args.remove_user_every == args.remove_user_every - 1 {
-            s.policy = "kick".into();
-            s.user = Some(UserId::parse(&format!("user-{i}"))?);
-        }
-        deadline_of_room.insert(room.to_string(), deadline);
+        let kick = args.remove_user_every > 0 && i % args.remove_user_every == args.remove_user_every - 1;
+        let s = bench_session(args.provider, room, i, kick, deadline, now)?;
+        deadline_of_room.insert(s.room.id_text(), deadline);
         sessions.push(s);
     }
     let last_deadline = sessions.last().map_or(first, |s| s.deadline);
@@ -584,14 +747,17 @@ async fn lateness(args: &LatenessArgs) -> anyhow::Result<Figures> {
         eprintln!("warning: only {margin} ms between the end of the insert and the first deadline");
     }
     let monitor = FsyncMonitor::start(rig.dir.path())?;
+    let wakes = WakeMonitor::start();
     let daemon = rig.start_daemon();
     wait_settled(&rig.store, last_deadline, Duration::from_secs_f64(args.spread_secs + 120.0)).await?;
     let fsyncs = monitor.finish();
+    let wakes = wakes.finish();
 
     // Fine: the tap's arrival time of the first request for each room.
     let mut first_seen: HashMap<String, DateTime<Utc>> = HashMap::new();
     let seen = rig.tap.seen();
-    let dismiss_calls = seen.iter().filter(|s| s.action == "DismissRoom").count();
+    let end_action = args.provider.end_action();
+    let dismiss_calls = seen.iter().filter(|s| s.action == end_action).count();
     for s in seen {
         first_seen.entry(s.room).or_insert(s.at);
     }
@@ -619,6 +785,7 @@ async fn lateness(args: &LatenessArgs) -> anyhow::Result<Figures> {
     let mut to_attempt_ms = Vec::new();
     let mut attempt_to_call_us = Vec::new();
     let (mut late, mut late_claimed_late, mut late_during_stall) = (0usize, 0usize, 0usize);
+    let mut late_cpu = 0usize;
     for (id, at) in &attempt_at {
         let Some((room, deadline)) = session_room.get(id) else { continue };
         to_attempt_ms.push(at.millis_since(*deadline));
@@ -629,9 +796,13 @@ async fn lateness(args: &LatenessArgs) -> anyhow::Result<Figures> {
                 if at.millis_since(*deadline) > -5 {
                     late_claimed_late += 1;
                 }
-                let from = deadline.to_datetime() - chrono::Duration::milliseconds(30);
+                let from = deadline.to_datetime() - claim_reach();
                 if stalled(&fsyncs, from, *left, Duration::from_millis(10)) {
                     late_during_stall += 1;
+                }
+                let around = deadline.to_datetime() - chrono::Duration::milliseconds(10);
+                if stalled(&wakes.1, around, *left, Duration::from_millis(5)) {
+                    late_cpu += 1;
                 }
             }
         }
@@ -642,7 +813,7 @@ async fn lateness(args: &LatenessArgs) -> anyhow::Result<Figures> {
     let mut f = Figures::default();
     f.add("sessions", n as f64, "");
     f.add("calls seen by the tap", fine_us.len() as f64, "");
-    f.add("  of which DismissRoom", dismiss_calls as f64, "");
+    f.add(format!("  of which {end_action}"), dismiss_calls as f64, "");
     f.add_dist_us("lateness (tap arrival - deadline)", &fine_us);
     f.add("early calls (tap arrival < deadline)", fine_us.iter().filter(|v| **v < 0).count() as f64, "");
     f.add_dist_ms("lateness (audit lateness_ms)", &audit_ms);
@@ -651,8 +822,14 @@ async fn lateness(args: &LatenessArgs) -> anyhow::Result<Figures> {
     f.add_dist_us("breakdown: call leaves - attempt write begins", &attempt_to_call_us);
     f.add("calls later than 10 ms", late as f64, "");
     f.add("  of which the attempt write began < 5 ms before the deadline", late_claimed_late as f64, "");
-    f.add("  of which an fsync > 10 ms overlapped [deadline - 30 ms, call]", late_during_stall as f64, "");
+    f.add(
+        format!("  of which an fsync > 10 ms overlapped [deadline - {} ms, call]", claim_reach_ms()),
+        late_during_stall as f64,
+        "",
+    );
+    f.add("  of which a 1 ms sleep woke > 5 ms late in [deadline - 10 ms, call]", late_cpu as f64, "");
     fsync_figures(&mut f, &fsyncs);
+    wake_figures(&mut f, &wakes);
     f.add_dist_us("probe before the run: one-session SQLite commit", &probe_us);
     f.add("sandbox rate_limited", stats.rate_limited as f64, "");
     f.add("sandbox max_per_second", f64::from(stats.max_per_second), "req");
@@ -672,7 +849,7 @@ struct Handover {
 async fn scheduler(args: &SchedulerArgs) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("callwarden.db");
-    let (_, config) = write_config(dir.path(), &db, "http://127.0.0.1:9", 19)?;
+    let (_, config) = write_config(dir.path(), &db, "http://127.0.0.1:9", 19, ProviderKind::Trtc)?;
     let probe_us = commit_probe(dir.path(), 100).await?;
     let store = Store::open(&config.database).await?;
     let clock = Clock::system();
@@ -712,6 +889,7 @@ async fn scheduler(args: &SchedulerArgs) -> anyhow::Result<Figures> {
         tx,
     );
     let monitor = FsyncMonitor::start(dir.path())?;
+    let wakes = WakeMonitor::start();
     let sched_started = clock.now();
     let sched_task = tokio::spawn(sched.run(shutdown.clone()));
 
@@ -808,6 +986,7 @@ async fn scheduler(args: &SchedulerArgs) -> anyhow::Result<Figures> {
     let (rss_after, hwm) = proc_memory_kb(&pid)?;
     shutdown.cancel();
     let fsyncs = monitor.finish();
+    let wakes = wakes.finish();
     sched_task.await?;
     consumer.await?;
     watcher.await?;
@@ -834,7 +1013,7 @@ async fn scheduler(args: &SchedulerArgs) -> anyhow::Result<Figures> {
         .iter()
         .filter(|r| micros_after(r.handed_over, r.deadline) > 0)
         .filter(|r| {
-            let from = r.deadline.to_datetime() - chrono::Duration::milliseconds(30);
+            let from = r.deadline.to_datetime() - claim_reach();
             stalled(&fsyncs, from, r.handed_over, Duration::from_millis(10))
         })
         .count();
@@ -845,16 +1024,22 @@ async fn scheduler(args: &SchedulerArgs) -> anyhow::Result<Figures> {
     f.add("sessions measured (deadline >= scheduler start + 1 s)", records.len() as f64, "");
     f.add("sessions settled", total_settled as f64, "");
     f.add("insert time", insert_secs, "s");
-    f.add("claim batches handed over", batches.load(Ordering::Relaxed) as f64, "");
+    let batch_count = batches.load(Ordering::Relaxed);
+    f.add("claim batches handed over", batch_count as f64, "");
+    f.add("sessions per claim batch (mean)", total_settled as f64 / batch_count.max(1) as f64, "");
     f.add_dist_us("handover - deadline", &handover_us);
     f.add(
-        format!("handover lead p50 (CLAIM_LEAD {} ms)", CLAIM_LEAD.as_millis()),
+        format!(
+            "handover lead p50 (claimed CLAIM_LEAD {} ms to CLAIM_LEAD + CLAIM_WINDOW {} ms ahead)",
+            CLAIM_LEAD.as_millis(),
+            claim_reach_ms()
+        ),
         -percentile(&handover_us, 50.0) as f64 / 1000.0,
         "ms",
     );
     f.add("handed over after the deadline", late_handovers as f64, "");
     f.add(
-        "  of which an fsync > 10 ms overlapped [deadline - 30 ms, handover]",
+        format!("  of which an fsync > 10 ms overlapped [deadline - {} ms, handover]", claim_reach_ms()),
         late_during_stall as f64,
         "",
     );
@@ -869,29 +1054,36 @@ async fn scheduler(args: &SchedulerArgs) -> anyhow::Result<Figures> {
     f.add("sessions not enforced at the end", not_enforced as f64, "");
     f.add_dist_us("probe before the run: one-session SQLite commit", &probe_us);
     fsync_figures(&mut f, &fsyncs);
+    wake_figures(&mut f, &wakes);
     Ok(f)
 }
 
 // ---- 3. drain -------------------------------------------------------------------
 
 async fn drain(args: &DrainArgs) -> anyhow::Result<Figures> {
-    let rig = Rig::new(args.rate).await?;
+    let rig = Rig::new(args.rate, args.provider).await?;
     let probe_us = commit_probe(rig.dir.path(), 100).await?;
     let clock = Clock::system();
     let n = args.sessions.max(1);
     let now = clock.now();
     let deadline = now.saturating_add(Duration::from_secs(3));
-    let sessions: Vec<NewSession> = (0..n).map(|i| dismiss(2_000_000 + i as u32, deadline, now)).collect();
+    // TRTC: one DismissRoom per room; ACS: one participants:remove per call.
+    let kick = args.provider == ProviderKind::Acs;
+    let sessions = (0..n)
+        .map(|i| bench_session(args.provider, 2_000_000 + i as u32, i, kick, deadline, now))
+        .collect::<anyhow::Result<Vec<NewSession>>>()?;
     insert_all(&rig.store, &sessions, 1000).await?;
     let margin = deadline.millis_since(clock.now());
     if margin < 200 {
         eprintln!("warning: only {margin} ms between the end of the insert and the deadline");
     }
     let monitor = FsyncMonitor::start(rig.dir.path())?;
+    let wakes = WakeMonitor::start();
     let daemon = rig.start_daemon();
     let floor = n as f64 / f64::from(args.rate);
     wait_settled(&rig.store, deadline, Duration::from_secs_f64(floor * 1.5 + 60.0)).await?;
     let fsyncs = monitor.finish();
+    let wakes = wakes.finish();
 
     let seen = rig.tap.seen();
     let mut arrivals: Vec<i64> = seen.iter().map(|s| micros_after(s.at, deadline)).collect();
@@ -921,6 +1113,11 @@ async fn drain(args: &DrainArgs) -> anyhow::Result<Figures> {
     let drain_s = last_us as f64 / 1e6;
     let mut f = Figures::default();
     f.add("sessions", n as f64, "");
+    f.add(
+        format!("calls seen by the tap ({})", seen.iter().map(|s| s.action.as_str()).next().unwrap_or("-")),
+        seen.len() as f64,
+        "",
+    );
     f.add("daemon rate", f64::from(args.rate), "req/s");
     f.add("first call after deadline", first_us as f64 / 1000.0, "ms");
     f.add("drain: deadline -> last call leaves", drain_s, "s");
@@ -942,6 +1139,7 @@ async fn drain(args: &DrainArgs) -> anyhow::Result<Figures> {
     f.add("sandbox max_per_second", f64::from(stats.max_per_second), "req");
     f.add_dist_us("probe before the run: one-session SQLite commit", &probe_us);
     fsync_figures(&mut f, &fsyncs);
+    wake_figures(&mut f, &wakes);
     rig.stop(daemon).await?;
     Ok(f)
 }
@@ -1037,7 +1235,7 @@ fn clock_ticks_per_second() -> f64 {
 
 async fn startup(args: &StartupArgs, binary: &Path, db: &Path) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
-    let (config_path, _) = write_config(dir.path(), db, "http://127.0.0.1:9", 19)?;
+    let (config_path, _) = write_config(dir.path(), db, "http://127.0.0.1:9", 19, ProviderKind::Trtc)?;
     let db_mb = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
 
     let spawned = StdInstant::now();
@@ -1135,14 +1333,25 @@ async fn run_startup(args: &StartupArgs, runs: usize) -> anyhow::Result<Figures>
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let runs = cli.runs;
     match cli.scenario {
-        Scenario::Lateness(a) => drop(repeat("lateness", runs, || lateness(&a)).await?),
+        Scenario::Lateness(a) => {
+            let name = format!("lateness ({})", a.provider.name());
+            drop(repeat(&name, runs, || lateness(&a)).await?)
+        }
         Scenario::Scheduler(a) => drop(repeat("scheduler", runs, || scheduler(&a)).await?),
-        Scenario::Drain(a) => drop(repeat("drain", runs, || drain(&a)).await?),
+        Scenario::Drain(a) => {
+            let name = format!("drain ({})", a.provider.name());
+            drop(repeat(&name, runs, || drain(&a)).await?)
+        }
         Scenario::Startup(a) => drop(run_startup(&a, runs).await?),
         Scenario::All(all) => {
-            let l = LatenessArgs { sessions: 1000, spread_secs: 100.0, remove_user_every: 10 };
+            let l = LatenessArgs {
+                sessions: 1000,
+                spread_secs: 100.0,
+                remove_user_every: 10,
+                provider: ProviderKind::Trtc,
+            };
             let s = SchedulerArgs { sessions: 100_000, spread_secs: 100.0 };
-            let d = DrainArgs { sessions: 2000, rate: 19 };
+            let d = DrainArgs { sessions: 2000, rate: 19, provider: ProviderKind::Trtc };
             let st = StartupArgs {
                 sessions: 1_000_000,
                 cache_dir: all.cache_dir,

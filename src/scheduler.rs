@@ -31,15 +31,18 @@ use crate::store::{ChangeWatcher, SessionRecord, Store, StoreError};
 /// How long before its deadline a session is claimed. Covers the database
 /// work between claiming and sending (two synced commits), with room for a
 /// slow or stalled disk, so the call still leaves on time; calls are held
-/// until their deadline anyway. A CLI `end` or API `end` within this window
-/// is refused as already enforcing.
+/// until their deadline anyway. With [`CLAIM_WINDOW`], a session is claimed
+/// up to 300 ms early, and a CLI or API `end` in that time is refused as
+/// already enforcing.
 pub const CLAIM_LEAD: Duration = Duration::from_millis(200);
 /// When the scheduler wakes to claim, it also takes what falls due within
 /// this much more, so a steady stream of deadlines is claimed in batches
 /// rather than one commit per deadline.
 pub const CLAIM_WINDOW: Duration = Duration::from_millis(100);
-/// Most sessions claimed in one statement.
-pub const CLAIM_BATCH: u32 = 256;
+/// Most sessions claimed in one statement: as many as enforcement can hold,
+/// so a scheduler that fell behind (a long disk stall) catches up in a few
+/// claims rather than many small ones.
+pub const CLAIM_BATCH: u32 = 1024;
 /// How often another connection's commits are looked for.
 pub const CHANGE_POLL: Duration = Duration::from_millis(50);
 

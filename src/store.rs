@@ -487,41 +487,53 @@ impl Store {
         Registrar { tx }
     }
 
+    /// One transaction for a batch: the sessions in one multi-row INSERT
+    /// (a reused idempotency key is skipped and answered with the session it
+    /// made), then their `registered` rows, chained in memory, in another.
     async fn insert_batch(&self, batch: &[Registration]) -> Result<Vec<Inserted>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let mut results = Vec::with_capacity(batch.len());
-        for r in batch {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
+             state, idempotency_key, created_at, updated_at) ",
+        );
+        q.push_values(batch, |mut b, r| {
             let s = &r.session;
-            let done = sqlx::query(
-                "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-                 state, idempotency_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?) \
-                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-            )
-            .bind(s.id.to_string())
-            .bind(&s.policy)
-            .bind(&s.provider)
-            .bind(s.room.id_text())
-            .bind(s.room.kind().as_str())
-            .bind(s.user.as_ref().map(|u| u.as_str().to_string()))
-            .bind(s.started_at.to_string())
-            .bind(s.deadline.to_string())
-            .bind(&r.key)
-            .bind(r.now.to_string())
-            .bind(r.now.to_string())
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                let row =
-                    sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE idempotency_key = ?"))
-                        .bind(&r.key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                results.push(Inserted::Existing(Box::new(SessionRecord::from_row(&row)?)));
-            } else {
-                insert_audit(&mut tx, &registered_entry(s, r.detail), r.now).await?;
+            b.push_bind(s.id.to_string())
+                .push_bind(s.policy.clone())
+                .push_bind(s.provider.clone())
+                .push_bind(s.room.id_text())
+                .push_bind(s.room.kind().as_str())
+                .push_bind(s.user.as_ref().map(|u| u.as_str().to_string()))
+                .push_bind(s.started_at.to_string())
+                .push_bind(s.deadline.to_string())
+                .push("'active'")
+                .push_bind(r.key.clone())
+                .push_bind(r.now.to_string())
+                .push_bind(r.now.to_string());
+        });
+        q.push(" ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id");
+        let inserted: std::collections::HashSet<String> = q
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>("id"))
+            .collect::<Result<_, _>>()?;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut entries = Vec::new();
+        for r in batch {
+            if inserted.contains(&r.session.id.to_string()) {
+                entries.push((registered_entry(&r.session, r.detail), r.now));
                 results.push(Inserted::Created);
+            } else {
+                let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE idempotency_key = ?"))
+                    .bind(&r.key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                results.push(Inserted::Existing(Box::new(SessionRecord::from_row(&row)?)));
             }
         }
+        insert_audit_rows(&mut tx, &entries).await?;
         tx.commit().await?;
         Ok(results)
     }
@@ -1300,15 +1312,16 @@ impl Store {
         now: Instant,
     ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
+        let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
             sqlx::query("UPDATE sessions SET attempts = attempts + 1, updated_at = ? WHERE id = ?")
                 .bind(now.to_string())
                 .bind(id.to_string())
                 .execute(&mut *tx)
                 .await?;
-            let e = AuditEntry { session_id: Some(*id), ..entry.clone() };
-            insert_audit(&mut tx, &e, now).await?;
+            rows.push((AuditEntry { session_id: Some(*id), ..entry.clone() }, now));
         }
+        insert_audit_rows(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1335,8 +1348,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            insert_audit(&mut tx, entry, now).await?;
         }
+        let rows: Vec<_> = entries.iter().map(|e| (e.clone(), now)).collect();
+        insert_audit_rows(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1384,57 +1398,75 @@ async fn insert_audit(
     e: &AuditEntry,
     now: Instant,
 ) -> Result<(), sqlx::Error> {
-    let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-        .fetch_optional(&mut **tx)
-        .await?;
-    let (id, prev_hash) = match last {
-        Some(row) => {
-            (row.try_get::<i64, _>("id")? + 1, row.try_get::<Option<String>, _>("hash")?.unwrap_or_default())
-        }
-        None => (1, String::new()),
+    insert_audit_rows(tx, &[(e.clone(), now)]).await
+}
+
+/// Appends audit rows in order, each chained to the one before: the chain's
+/// head is read once, and the rows go in as one multi-row INSERT.
+async fn insert_audit_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    entries: &[(AuditEntry, Instant)],
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut **tx).await?;
+    let (mut id, mut prev_hash) = match last {
+        Some(row) => (row.try_get::<i64, _>("id")?, row.try_get::<Option<String>, _>("hash")?.unwrap_or_default()),
+        None => (0, String::new()),
     };
-    let record = AuditRecord {
-        id,
-        at: now.to_string(),
-        session_id: e.session_id.map(|id| id.to_string()),
-        event: e.event.to_string(),
-        provider: e.provider.clone(),
-        action: e.action.clone(),
-        attempt: e.attempt.map(i64::from),
-        outcome: e.outcome.map(str::to_string),
-        http_status: e.http_status.map(i64::from),
-        provider_request_id: e.provider_request_id.clone(),
-        error_code: e.error_code.clone(),
-        detail: e.detail.clone(),
-        latency_ms: e.latency_ms,
-        lateness_ms: e.lateness_ms,
-        prev_hash: Some(prev_hash.clone()),
-        hash: None,
-    };
-    let hash = crate::audit::chain_hash(&prev_hash, &record);
-    sqlx::query(
-        "INSERT INTO audit_log (id, at, session_id, event, provider, action, attempt, outcome, http_status, \
-         provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id)
-    .bind(now.to_string())
-    .bind(e.session_id.map(|id| id.to_string()))
-    .bind(e.event)
-    .bind(&e.provider)
-    .bind(&e.action)
-    .bind(e.attempt)
-    .bind(e.outcome)
-    .bind(e.http_status)
-    .bind(&e.provider_request_id)
-    .bind(&e.error_code)
-    .bind(&e.detail)
-    .bind(e.latency_ms)
-    .bind(e.lateness_ms)
-    .bind(prev_hash)
-    .bind(hash)
-    .execute(&mut **tx)
-    .await?;
+    let mut records = Vec::with_capacity(entries.len());
+    for (e, now) in entries {
+        id += 1;
+        let mut record = AuditRecord {
+            id,
+            at: now.to_string(),
+            session_id: e.session_id.map(|id| id.to_string()),
+            event: e.event.to_string(),
+            provider: e.provider.clone(),
+            action: e.action.clone(),
+            attempt: e.attempt.map(i64::from),
+            outcome: e.outcome.map(str::to_string),
+            http_status: e.http_status.map(i64::from),
+            provider_request_id: e.provider_request_id.clone(),
+            error_code: e.error_code.clone(),
+            detail: e.detail.clone(),
+            latency_ms: e.latency_ms,
+            lateness_ms: e.lateness_ms,
+            prev_hash: Some(prev_hash.clone()),
+            hash: None,
+        };
+        let hash = crate::audit::chain_hash(&prev_hash, &record);
+        record.hash = Some(hash.clone());
+        prev_hash = hash;
+        records.push(record);
+    }
+    // SQLite takes at most 32,766 bound values per statement: 16 a row.
+    for chunk in records.chunks(1000) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit_log (id, at, session_id, event, provider, action, attempt, outcome, http_status, \
+             provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.id)
+                .push_bind(r.at.clone())
+                .push_bind(r.session_id.clone())
+                .push_bind(r.event.clone())
+                .push_bind(r.provider.clone())
+                .push_bind(r.action.clone())
+                .push_bind(r.attempt)
+                .push_bind(r.outcome.clone())
+                .push_bind(r.http_status)
+                .push_bind(r.provider_request_id.clone())
+                .push_bind(r.error_code.clone())
+                .push_bind(r.detail.clone())
+                .push_bind(r.latency_ms)
+                .push_bind(r.lateness_ms)
+                .push_bind(r.prev_hash.clone())
+                .push_bind(r.hash.clone());
+        });
+        q.build().execute(&mut **tx).await?;
+    }
     Ok(())
 }
 

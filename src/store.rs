@@ -526,10 +526,11 @@ impl Store {
                 entries.push((registered_entry(&r.session, r.detail), r.now));
                 results.push(Inserted::Created);
             } else {
-                let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE idempotency_key = ?"))
-                    .bind(&r.key)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let row =
+                    sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE idempotency_key = ?"))
+                        .bind(&r.key)
+                        .fetch_one(&mut *tx)
+                        .await?;
                 results.push(Inserted::Existing(Box::new(SessionRecord::from_row(&row)?)));
             }
         }
@@ -1410,9 +1411,13 @@ async fn insert_audit_rows(
     if entries.is_empty() {
         return Ok(());
     }
-    let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut **tx).await?;
+    let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
     let (mut id, mut prev_hash) = match last {
-        Some(row) => (row.try_get::<i64, _>("id")?, row.try_get::<Option<String>, _>("hash")?.unwrap_or_default()),
+        Some(row) => {
+            (row.try_get::<i64, _>("id")?, row.try_get::<Option<String>, _>("hash")?.unwrap_or_default())
+        }
         None => (0, String::new()),
     };
     let mut records = Vec::with_capacity(entries.len());

@@ -88,9 +88,9 @@ struct Job {
     provider: String,
     target: Target,
     sessions: Vec<Session>,
-    /// Held until the job ends, so claimed-but-unsettled work stays bounded.
-    #[allow(dead_code)]
-    permit: OwnedSemaphorePermit,
+    /// Held (for its drop) until the job ends, so claimed-but-unsettled
+    /// work stays bounded.
+    _permit: OwnedSemaphorePermit,
 }
 
 #[derive(Debug, Clone)]
@@ -160,7 +160,7 @@ impl Enforcer {
                     provider: provider.clone(),
                     target: Target { action, room: room.clone(), users },
                     sessions: chunk.to_vec(),
-                    permit: job_permit,
+                    _permit: job_permit,
                 };
                 let inner = Arc::clone(&self.inner);
                 self.inner.tasks.spawn(async move { inner.enforce(job).await });

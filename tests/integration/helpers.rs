@@ -891,15 +891,6 @@ pub fn http_config_text(database: &Path, endpoint: &str, listener: Listener, ext
     text
 }
 
-/// Binds 127.0.0.1:0, reads the port the system chose and frees it again.
-/// (The daemon can race another process for it; [`http_config_text`] lets
-/// the daemon pick its own port instead.)
-#[allow(dead_code)]
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    listener.local_addr().expect("a local address").port()
-}
-
 impl Harness {
     /// A sandbox and the config `make(database, sandbox_url)` writes.
     pub async fn with_config(make: impl FnOnce(&Path, &str) -> String) -> Harness {

@@ -170,6 +170,8 @@ pub struct Policy {
     /// The most a session may be extended in all; unlimited when absent.
     pub max_extension: Option<Duration>,
     pub action: Action,
+    /// `shadow`: everything happens and is recorded except the provider call.
+    pub shadow: bool,
 }
 
 /// What a webhook event must fit for a policy to take it.
@@ -336,6 +338,7 @@ struct RawPolicy {
     max_duration: String,
     max_extension: Option<String>,
     action: String,
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -461,6 +464,13 @@ impl Config {
                 Some(text) => Some(session_duration(text).map_err(|r| err("max_extension", r))?),
                 None => None,
             };
+            let shadow = match raw.mode.as_deref() {
+                None | Some("enforce") => false,
+                Some("shadow") => true,
+                Some(other) => {
+                    return Err(err("mode", format!("unknown mode {other:?} (expected enforce or shadow)")));
+                }
+            };
             policies.insert(
                 name.clone(),
                 Policy {
@@ -471,6 +481,7 @@ impl Config {
                     max_duration,
                     max_extension,
                     action,
+                    shadow,
                 },
             );
         }

@@ -254,10 +254,12 @@ pub enum SessionState {
     AlreadyEnded,
     Failed,
     Cancelled,
+    /// Went through everything but the provider call (a `mode: shadow` policy).
+    Shadowed,
 }
 
 impl SessionState {
-    pub const ALL: [SessionState; 7] = [
+    pub const ALL: [SessionState; 8] = [
         SessionState::Active,
         SessionState::Enforcing,
         SessionState::Accepted,
@@ -265,6 +267,7 @@ impl SessionState {
         SessionState::AlreadyEnded,
         SessionState::Failed,
         SessionState::Cancelled,
+        SessionState::Shadowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -276,6 +279,7 @@ impl SessionState {
             SessionState::AlreadyEnded => "already_ended",
             SessionState::Failed => "failed",
             SessionState::Cancelled => "cancelled",
+            SessionState::Shadowed => "shadowed",
         }
     }
 

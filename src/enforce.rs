@@ -88,6 +88,8 @@ struct Job {
     provider: String,
     target: Target,
     sessions: Vec<Session>,
+    /// The policy is in shadow mode: record, do not call.
+    shadow: bool,
     /// Held (for its drop) until the job ends, so claimed-but-unsettled
     /// work stays bounded.
     _permit: OwnedSemaphorePermit,
@@ -104,7 +106,7 @@ struct Inner {
     clock: Clock,
     providers: HashMap<String, ProviderSlot>,
     /// What each policy does at the deadline; sessions name their policy.
-    actions: HashMap<String, Action>,
+    actions: HashMap<String, (Action, bool)>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -114,7 +116,7 @@ impl Enforcer {
         store: Store,
         clock: Clock,
         providers: HashMap<String, ProviderSlot>,
-        actions: HashMap<String, Action>,
+        actions: HashMap<String, (Action, bool)>,
         shutdown: CancellationToken,
     ) -> Enforcer {
         Enforcer {
@@ -140,7 +142,7 @@ impl Enforcer {
     async fn dispatch(&self, claimed: Claimed) {
         let Claimed { sessions, mut permit } = claimed;
         for (key, group) in group_sessions(sessions, &self.inner.actions) {
-            let (provider, action, room) = key;
+            let (provider, action, room, shadow) = key;
             let chunk_size = if action.targets_user() {
                 self.inner.providers.get(&provider).map_or(1, |p| p.provider.max_users_per_call())
             } else {
@@ -160,6 +162,7 @@ impl Enforcer {
                     provider: provider.clone(),
                     target: Target { action, room: room.clone(), users },
                     sessions: chunk.to_vec(),
+                    shadow,
                     _permit: job_permit,
                 };
                 let inner = Arc::clone(&self.inner);
@@ -169,27 +172,32 @@ impl Enforcer {
     }
 }
 
-type GroupKey = (String, Action, Room);
+/// Provider, action, room, and whether the policy is in shadow mode (a
+/// shadow session never shares a call with a real one).
+type GroupKey = (String, Action, Room, bool);
 
 /// Groups sessions that one provider call can settle, keeping deadline order
 /// (of each group's first session) so the most overdue go out first.
 fn group_sessions(
     sessions: Vec<Session>,
-    actions: &HashMap<String, Action>,
+    actions: &HashMap<String, (Action, bool)>,
 ) -> Vec<(GroupKey, Vec<Session>)> {
     let mut groups: Vec<(GroupKey, Vec<Session>)> = Vec::new();
     let mut index: HashMap<GroupKey, usize> = HashMap::new();
     for s in sessions {
-        let action = actions.get(&s.policy).copied().unwrap_or(if s.user.is_some() {
-            Action::RemoveUser
-        } else {
-            Action::DismissRoom
-        });
-        // A remove_user session without a user cannot be enforced as such;
-        // enforce what it can mean: the room.
-        let action =
-            if action == Action::RemoveUser && s.user.is_none() { Action::DismissRoom } else { action };
-        let key = (s.provider.clone(), action, s.room.clone());
+        // A session whose policy left the configuration is enforced as what
+        // its shape says: a participant's removal, or the room's end.
+        let fallback = match (&s.room, s.user.is_some()) {
+            (Room::Call(_), true) => Action::RemoveParticipant,
+            (Room::Call(_), false) => Action::TerminateCall,
+            (_, true) => Action::RemoveUser,
+            (_, false) => Action::DismissRoom,
+        };
+        let (action, shadow) = actions.get(&s.policy).copied().unwrap_or((fallback, false));
+        // A removal without a participant cannot be enforced as such; enforce
+        // what it can mean: the room.
+        let action = if action.targets_user() && s.user.is_none() { action.whole_room() } else { action };
+        let key = (s.provider.clone(), action, s.room.clone(), shadow);
         match index.get(&key) {
             Some(&i) => groups[i].1.push(s),
             None => {
@@ -230,6 +238,10 @@ impl Inner {
             .await;
             return;
         };
+        if job.shadow {
+            self.shadow(&job, api_action).await;
+            return;
+        }
         let pacer = Arc::clone(&slot.pacers[api_action]);
         let previous_attempts = job.sessions.iter().map(|s| s.attempts).max().unwrap_or(0);
         // Sessions are claimed a little ahead; the call waits for the last
@@ -350,6 +362,53 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Shadow mode: at the deadline, record what would have been called and
+    /// settle the sessions `shadowed`, without calling or using the quota.
+    async fn shadow(&self, job: &Job, api_action: &str) {
+        let ids: Vec<_> = job.sessions.iter().map(|s| s.id).collect();
+        let latest = job.sessions.iter().map(|s| s.deadline).max().unwrap_or(Instant::from_millis(0));
+        tokio::select! {
+            () = self.wait_for_deadline(latest) => {}
+            () = self.shutdown.cancelled() => {
+                self.release(&ids, false, "stopped before the deadline (shadow mode)").await;
+                return;
+            }
+        }
+        let now = self.clock.now();
+        let users: Vec<&str> = job.target.users.iter().map(|u| u.as_str()).collect();
+        let detail = format!(
+            "shadow mode: would have called {api_action} on room {}{}",
+            job.target.room,
+            if users.is_empty() { String::new() } else { format!(" for {}", users.join(",")) }
+        );
+        let entries: Vec<_> = job
+            .sessions
+            .iter()
+            .map(|s| AuditEntry {
+                session_id: Some(s.id),
+                event: "shadow",
+                provider: Some(job.provider.clone()),
+                action: Some(api_action.to_string()),
+                outcome: Some("shadow"),
+                detail: Some(detail.clone()),
+                lateness_ms: Some(now.millis_since(s.deadline)),
+                ..AuditEntry::default()
+            })
+            .collect();
+        crate::metrics::provider_answer(
+            &job.provider,
+            api_action,
+            "shadow",
+            Duration::ZERO,
+            job.sessions.first().map_or(0, |s| now.millis_since(s.deadline)),
+        );
+        tracing::info!(provider = %job.provider, action = api_action, room = %job.target.room, "{detail}");
+        self.persist(|| {
+            self.store.record_outcome(&entries, Some((SessionState::Shadowed, Some(&detail))), now)
+        })
+        .await;
     }
 
     /// Returns once the clock reads `deadline` or later. Re-checks after each
@@ -507,8 +566,8 @@ mod tests {
     #[test]
     fn sessions_of_one_room_share_a_call_in_deadline_order() {
         let actions = HashMap::from([
-            ("kick".to_string(), Action::RemoveUser),
-            ("end".to_string(), Action::DismissRoom),
+            ("kick".to_string(), (Action::RemoveUser, false)),
+            ("end".to_string(), (Action::DismissRoom, false)),
         ]);
         let groups = group_sessions(
             vec![
@@ -520,7 +579,7 @@ mod tests {
             ],
             &actions,
         );
-        let shape: Vec<_> = groups.iter().map(|((_, a, r), s)| (*a, r.clone(), s.len())).collect();
+        let shape: Vec<_> = groups.iter().map(|((_, a, r, _), s)| (*a, r.clone(), s.len())).collect();
         assert_eq!(
             shape,
             vec![

@@ -273,7 +273,7 @@ pub async fn watch_changes(mut watcher: ChangeWatcher, changed: Arc<Notify>, shu
     }
 }
 
-/// Policy name → what it does, for enforcement.
-pub fn policy_actions(config: &Config) -> HashMap<String, Action> {
-    config.policies.values().map(|p| (p.name.clone(), p.action)).collect()
+/// Policy name → what it does at the deadline, and whether only in shadow.
+pub fn policy_actions(config: &Config) -> HashMap<String, (Action, bool)> {
+    config.policies.values().map(|p| (p.name.clone(), (p.action, p.shadow))).collect()
 }

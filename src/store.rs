@@ -804,7 +804,7 @@ impl Store {
         loop {
             let done = sqlx::query(
                 "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions INDEXED BY sessions_state \
-                 WHERE state IN ('enforced', 'already_ended', 'failed', 'cancelled') AND updated_at < ? LIMIT 5000)",
+                 WHERE state IN ('enforced', 'already_ended', 'failed', 'cancelled', 'shadowed') AND updated_at < ? LIMIT 5000)",
             )
             .bind(before.to_string())
             .execute(&self.writer)

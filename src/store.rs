@@ -31,8 +31,9 @@ use crate::domain::{DomainError, Instant, Room, RoomKind, SessionId, SessionStat
 use crate::providers::Repeatability;
 
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a failed migration is retried before giving up (see `open`).
-const MIGRATION_RETRIES: u32 = 5;
+/// How often opening is retried while another process creates the database
+/// (see `open`): 100 ms, 200 ms, ... about 5.5 s in all.
+const OPEN_RETRIES: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,6 +64,21 @@ pub enum StoreError {
     ExtensionLimit { id: SessionId, used_ms: i64, asked_ms: i64, max_ms: i64 },
     #[error("session {id} in the database is malformed: {reason}")]
     Malformed { id: String, reason: String },
+}
+
+impl StoreError {
+    /// A failure another process may be causing for a moment: a lock, or a
+    /// migration racing one that is under way.
+    fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Migrate { .. } => true,
+            StoreError::Open { source, .. } => {
+                let text = source.to_string();
+                text.contains("locked") || text.contains("busy")
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A session ready for scheduling: adopted, typed, valid.
@@ -380,6 +396,26 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Open { path: path.to_path_buf(), source: sqlx::Error::Io(e) })?;
         }
+        // Two processes opening a new database at once (the daemon starting
+        // while the app runs `session start`) race: one migrates while the
+        // other finds the file locked (switching to WAL needs a moment of
+        // exclusive access), or finds it unmigrated and fails on what the
+        // first created. Migrations are transactional, so trying again a
+        // little later sees them applied.
+        let mut tries = 0;
+        loop {
+            match Self::open_once(path).await {
+                Ok(store) => return Ok(store),
+                Err(e) if tries < OPEN_RETRIES && e.is_transient() => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn open_once(path: &Path) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -388,20 +424,9 @@ impl Store {
             .connect_with(Self::options(path))
             .await
             .map_err(open_err)?;
-        // Two processes opening a new database at once (the daemon starting
-        // while the app runs `session start`) both find it unmigrated, and
-        // the slower one's migration fails on what the faster one created.
-        // Migrations are transactional, so trying again sees them applied.
-        let mut tries = 0;
-        loop {
-            match sqlx::migrate!("./migrations").run(&writer).await {
-                Ok(()) => break,
-                Err(_) if tries < MIGRATION_RETRIES => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
-                }
-                Err(source) => return Err(StoreError::Migrate { path: path.to_path_buf(), source }),
-            }
+        if let Err(source) = sqlx::migrate!("./migrations").run(&writer).await {
+            writer.close().await;
+            return Err(StoreError::Migrate { path: path.to_path_buf(), source });
         }
         let readers = SqlitePoolOptions::new()
             .max_connections(4)

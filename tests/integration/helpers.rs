@@ -570,12 +570,7 @@ impl Harness {
 
     /// A sandbox and a config that signs with `secret_key`.
     pub async fn signing_with(secret_key: &str) -> Harness {
-        let dir = tempfile::tempdir().expect("a tempdir");
-        let sandbox = Sandbox::start();
-        let db_path = dir.path().join("cw.db");
-        let config = dir.path().join("callwarden.yaml");
-        std::fs::write(&config, config_text(&db_path, &sandbox.url, secret_key)).unwrap();
-        Harness { _dir: dir, config, db_path, sandbox, pool: tokio::sync::OnceCell::new() }
+        Harness::with_config(|db, url| config_text(db, url, secret_key)).await
     }
 
     /// A sandbox and a config with an ACS provider whose key it accepts
@@ -586,12 +581,7 @@ impl Harness {
 
     /// A sandbox and a config whose ACS provider signs with `access_key`.
     pub async fn acs_signing_with(access_key: &str) -> Harness {
-        let dir = tempfile::tempdir().expect("a tempdir");
-        let sandbox = Sandbox::start();
-        let db_path = dir.path().join("cw.db");
-        let config = dir.path().join("callwarden.yaml");
-        std::fs::write(&config, acs_config_text(&db_path, &sandbox.url, access_key)).unwrap();
-        Harness { _dir: dir, config, db_path, sandbox, pool: tokio::sync::OnceCell::new() }
+        Harness::with_config(|db, url| acs_config_text(db, url, access_key)).await
     }
 
     pub async fn start_daemon(&self) -> Daemon {

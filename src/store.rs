@@ -462,6 +462,7 @@ impl Store {
         detail: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
+        let mut audit = Vec::with_capacity(sessions.len());
         for s in sessions {
             sqlx::query(
                 "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
@@ -479,8 +480,9 @@ impl Store {
             .bind(now.to_string())
             .execute(&mut *tx)
             .await?;
-            insert_audit(&mut tx, &registered_entry(s, detail), now).await?;
+            audit.push((registered_entry(s, detail), now));
         }
+        insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1038,6 +1040,7 @@ impl Store {
         .bind(now.to_string())
         .fetch_all(&mut *tx)
         .await?;
+        let mut audit = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: String = row.try_get("id")?;
             let entry = AuditEntry {
@@ -1047,8 +1050,9 @@ impl Store {
                 detail: Some(why.to_string()),
                 ..AuditEntry::default()
             };
-            insert_audit(&mut tx, &entry, now).await?;
+            audit.push((entry, now));
         }
+        insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
     }
@@ -1064,6 +1068,7 @@ impl Store {
         why: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
+        let mut audit = Vec::new();
         for id in ids {
             let done = sqlx::query(
                 "UPDATE sessions SET state = 'active', attempts = max(attempts - ?, 0), updated_at = ? \
@@ -1075,9 +1080,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
-                insert_audit(&mut tx, &AuditEntry::new("interrupted", *id).detail(why), now).await?;
+                audit.push((AuditEntry::new("interrupted", *id).detail(why), now));
             }
         }
+        insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1205,15 +1211,17 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let mut ended = Vec::with_capacity(rows.len());
+        let mut audit = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: String = row.try_get("id")?;
             if let Ok(id) = id.parse::<SessionId>() {
                 let entry =
                     AuditEntry { provider: Some(provider.to_string()), ..AuditEntry::new("ended", id) };
-                insert_audit(&mut tx, &entry.detail(detail), now).await?;
+                audit.push((entry.detail(detail), now));
                 ended.push(id);
             }
         }
+        insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(ended)
     }
@@ -1287,6 +1295,7 @@ impl Store {
         .bind(call)
         .fetch_all(&mut *tx)
         .await?;
+        let mut audit = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: String = row.try_get("id")?;
             let e = AuditEntry {
@@ -1294,8 +1303,9 @@ impl Store {
                 provider: row.try_get("provider")?,
                 ..entry.clone()
             };
-            insert_audit(&mut tx, &e, now).await?;
+            audit.push((e, now));
         }
+        insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
     }

@@ -301,6 +301,9 @@ fn dismiss(room: u32, deadline: Instant, now: Instant) -> NewSession {
         user: None,
         started_at: now,
         deadline,
+        grace: std::time::Duration::ZERO,
+        warn_before: Vec::new(),
+        note: None,
     }
 }
 

@@ -364,3 +364,60 @@ pub fn print_sessions(rows: &[SessionRecord], format: OutputFormat) -> io::Resul
     }
     out.flush()
 }
+
+/// One line of `callwarden budget USER`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BudgetRow {
+    pub user: String,
+    pub policy: String,
+    pub window: &'static str,
+    pub time_zone: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub used_ms: i64,
+    pub limit_ms: i64,
+    pub remaining_ms: i64,
+}
+
+pub fn print_budget(rows: &[BudgetRow], format: OutputFormat) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    match format {
+        OutputFormat::Csv => {
+            let mut w = csv::Writer::from_writer(&mut out);
+            for r in rows {
+                w.serialize(r).map_err(io::Error::other)?;
+            }
+            w.flush()?;
+        }
+        OutputFormat::Json => {
+            for r in rows {
+                writeln!(out, "{}", serde_json::to_string(r).map_err(io::Error::other)?)?;
+            }
+        }
+        OutputFormat::Table => {
+            let header = ["policy", "window", "from", "until", "used", "limit", "remaining"];
+            let minutes = |ms: i64| {
+                humantime::format_duration(std::time::Duration::from_secs(
+                    u64::try_from(ms / 1000).unwrap_or(0),
+                ))
+                .to_string()
+            };
+            let rows: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.policy.clone(),
+                        format!("{} ({})", r.window, r.time_zone),
+                        r.window_start.clone(),
+                        r.window_end.clone(),
+                        minutes(r.used_ms),
+                        minutes(r.limit_ms),
+                        minutes(r.remaining_ms),
+                    ]
+                })
+                .collect();
+            table(&mut out, &header, &rows)?;
+        }
+    }
+    out.flush()
+}

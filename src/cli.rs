@@ -48,6 +48,8 @@ pub enum Command {
     Session(SessionCommand),
     /// Show the audit log, newest last (or `audit verify` its hash chain).
     Audit(AuditArgs),
+    /// Show how much of each budget a user has used in the current window.
+    Budget(BudgetArgs),
     /// Write a consistent copy of the live database to PATH (safe while the daemon runs).
     Backup { path: PathBuf },
     /// Serve a local stand-in for the TRTC and ACS APIs (for tests and trying things out).
@@ -107,6 +109,20 @@ pub struct StartArgs {
     /// When the call started (RFC 3339); default now.
     #[arg(long)]
     pub started_at: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BudgetArgs {
+    /// The user (TRTC user id or ACS raw id).
+    pub user: String,
+    /// Only this policy; default every policy with a budget.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Where the user stood at this instant (RFC 3339); default now.
+    #[arg(long)]
+    pub at: Option<String>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -277,6 +293,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Check => check(&cli.config),
         Command::Session(cmd) => session(&cli.config, cmd).await,
         Command::Audit(args) => audit_command(&cli.config, args).await,
+        Command::Budget(args) => budget(&cli.config, args).await,
         Command::Backup { path } => backup(&cli.config, &path).await,
         Command::Sandbox(args) => sandbox(args).await,
         Command::Demo(args) => {
@@ -301,36 +318,67 @@ async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
     let config = Arc::new(load(path)?);
     let store = open(&config).await?;
     let shutdown = CancellationToken::new();
+    let clock = Clock::system();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    tokio::spawn(check_on_hangup(path.to_path_buf(), shutdown.clone()));
-    crate::daemon::run(config, store.clone(), Clock::system(), shutdown).await.context("daemon failed")?;
+    let (live, reloads) = crate::reload::Live::new(config);
+    tokio::spawn(crate::reload::watch_config(
+        path.to_path_buf(),
+        reloads,
+        store.clone(),
+        clock.clone(),
+        shutdown.clone(),
+    ));
+    crate::daemon::serve(live, store.clone(), clock, shutdown).await.context("daemon failed")?;
     store.close().await;
     Ok(())
 }
 
-/// On SIGHUP (`systemctl reload`), validates the configuration file again
-/// and says whether it would load. The running daemon keeps the
-/// configuration it started with; applying changes takes a restart.
-/// (Without a handler, SIGHUP would end the process.)
-async fn check_on_hangup(path: PathBuf, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP");
-        return;
+/// `callwarden budget USER`: each budgeted policy's window, use and rest.
+async fn budget(path: &std::path::Path, args: BudgetArgs) -> Result<(), Failure> {
+    let config = load(path)?;
+    let user = UserId::parse(&args.user)
+        .map_err(|e| Failure::Other(anyhow::anyhow!("user {:?}: {e}", args.user)))?;
+    let at = match &args.at {
+        Some(t) => Instant::parse(t).map_err(|e| Failure::Other(anyhow::anyhow!("--at: {e}")))?,
+        None => Clock::system().now(),
     };
-    loop {
-        tokio::select! {
-            received = hup.recv() => if received.is_none() { return },
-            () = shutdown.cancelled() => return,
+    let policies: Vec<&crate::config::Policy> = match &args.policy {
+        Some(name) => {
+            let p = config
+                .policy(name)
+                .ok_or_else(|| Failure::Other(anyhow::anyhow!("unknown policy {name:?}")))?;
+            if p.budget.is_none() {
+                return Err(Failure::Other(anyhow::anyhow!("policy {name:?} has no budget")));
+            }
+            vec![p]
         }
-        match Config::load(&path) {
-            Ok(_) => tracing::warn!(
-                config = %path.display(),
-                "SIGHUP: the configuration is valid; restart the daemon to apply changes (it keeps running with the one it started with)"
-            ),
-            Err(e) => tracing::error!("SIGHUP: the configuration is invalid and would not load: {e}"),
-        }
+        None => config.policies.values().filter(|p| p.budget.is_some()).collect(),
+    };
+    if policies.is_empty() {
+        return Err(Failure::Other(anyhow::anyhow!("no policy has a budget")));
     }
+    let store = open(&config).await?;
+    let mut rows = Vec::new();
+    for p in policies {
+        let Some(b) = p.budget else { continue };
+        let s = store
+            .budget_standing(&p.name, b, config.time_zone, &user, at)
+            .await
+            .context("cannot read the budget")?;
+        rows.push(audit::BudgetRow {
+            user: user.as_str().to_string(),
+            policy: p.name.clone(),
+            window: b.window.as_str(),
+            time_zone: config.time_zone.name().to_string(),
+            window_start: s.window_start.to_string(),
+            window_end: s.window_end.to_string(),
+            used_ms: crate::domain::duration_millis_ceil(s.used),
+            limit_ms: crate::domain::duration_millis_ceil(s.limit),
+            remaining_ms: crate::domain::duration_millis_ceil(s.remaining()),
+        });
+    }
+    audit::print_budget(&rows, args.format).context("cannot write the budget")?;
+    Ok(())
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
@@ -412,8 +460,13 @@ async fn session(path: &std::path::Path, cmd: SessionCommand) -> Result<(), Fail
     let clock = Clock::system();
     match cmd {
         SessionCommand::Start(args) => {
-            let sessions = new_sessions(&config, &args, clock.now())?;
+            let registration = registration(&args)?;
             let store = open(&config).await?;
+            let now = clock.now();
+            let standings = crate::budget::standings(&store, &config, &registration, now)
+                .await
+                .context("cannot read the user's budget")?;
+            let sessions = new_sessions(&config, &registration, now, &standings)?;
             store
                 .insert_sessions(&sessions, clock.now(), "registered by the CLI")
                 .await
@@ -441,7 +494,13 @@ async fn session(path: &std::path::Path, cmd: SessionCommand) -> Result<(), Fail
             let store = open(&config).await?;
             let policy = store.session(id).await.map_err(refusal)?.policy;
             let deadline = store
-                .extend_session(id, by, config.max_extension(&policy), clock.now())
+                .extend_session(
+                    id,
+                    by,
+                    config.max_extension(&policy),
+                    config.warn_before(&policy),
+                    clock.now(),
+                )
                 .await
                 .map_err(refusal)?;
             println!("{deadline}");
@@ -463,8 +522,8 @@ fn refusal(e: StoreError) -> Failure {
     Failure::Other(anyhow::Error::new(e))
 }
 
-/// Turns `session start` arguments into sessions to insert, or says why not.
-pub fn new_sessions(config: &Config, args: &StartArgs, now: Instant) -> Result<Vec<NewSession>, Failure> {
+/// Turns `session start` arguments into a registration, or says why not.
+pub fn registration(args: &StartArgs) -> Result<Registration, Failure> {
     let bad = |msg: String| Failure::Other(anyhow::anyhow!(msg));
     let room = match (&args.room, &args.str_room, &args.call) {
         (Some(r), None, None) => Room::numeric(r),
@@ -490,9 +549,18 @@ pub fn new_sessions(config: &Config, args: &StartArgs, now: Instant) -> Result<V
         Some(s) => Some(Instant::parse(s).map_err(|e| bad(format!("--started-at: {e}")))?),
         None => None,
     };
-    let registration =
-        Registration { policy: args.policy.clone(), room, users, limit: args.limit, started_at };
-    crate::policy::register(config, &registration, now).map_err(|r| {
+    Ok(Registration { policy: args.policy.clone(), room, users, limit: args.limit, started_at })
+}
+
+/// The sessions a registration creates, or why not, with the flag to fix.
+pub fn new_sessions(
+    config: &Config,
+    registration: &Registration,
+    now: Instant,
+    standings: &std::collections::HashMap<UserId, crate::budget::Standing>,
+) -> Result<Vec<NewSession>, Failure> {
+    let bad = |msg: String| Failure::Other(anyhow::anyhow!(msg));
+    crate::policy::register(config, registration, now, standings).map_err(|r| {
         let hint = match r.field {
             "room" => " (use --room or --str-room for TRTC, --call for ACS)",
             "users" => " (--user for TRTC, --participant for ACS)",

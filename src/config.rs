@@ -13,6 +13,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+use crate::budget::{Budget, Window};
 use crate::domain::{Action, RetryPolicy, RoomKind, parse_duration};
 use crate::providers::{acs, trtc};
 
@@ -25,6 +26,8 @@ pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 19;
 pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_TRTC_ENDPOINT: &str = "https://trtc.tencentcloudapi.com";
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `grace` a policy may give after its deadline.
+pub const MAX_GRACE: Duration = Duration::from_secs(3600);
 
 /// A secret value. Its `Debug` and `Display` print a mask, so it can sit in
 /// structs that get logged or printed without leaking.
@@ -83,12 +86,30 @@ pub struct Config {
     pub trtc_callback_key: Option<Secret>,
     /// What the daemon prunes, and how it signs audit checkpoints.
     pub retention: Retention,
+    /// Where warnings and outcome events are POSTed; none when absent.
+    pub notifications: Option<Notifications>,
+    /// The zone whose calendar budget windows follow (`time_zone`, IANA name).
+    pub time_zone: chrono_tz::Tz,
+    /// The files this configuration was read from: the main file, then each
+    /// policy file in load order. A reload re-reads them all.
+    pub sources: Vec<PathBuf>,
+    /// `policy_files` patterns, resolved against the config file's folder;
+    /// a file that newly matches one is picked up by the next reload.
+    pub policy_globs: Vec<String>,
     /// Accepted but suspicious settings, for the operator to see at start.
     pub warnings: Vec<String>,
 }
 
+/// `notifications:`: the app's endpoint for warnings and outcome events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notifications {
+    pub url: String,
+    /// Signs every delivery (HMAC-SHA256); see README "Notifications".
+    pub secret: Secret,
+}
+
 /// `retention:`. Nothing is pruned when a period is absent.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Retention {
     pub sessions: Option<Duration>,
     pub audit: Option<Duration>,
@@ -97,7 +118,7 @@ pub struct Retention {
     pub checkpoint_key: Option<Secret>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderConfig {
     pub name: String,
     pub max_requests_per_second: u32,
@@ -106,7 +127,7 @@ pub struct ProviderConfig {
     pub settings: ProviderSettings,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderSettings {
     Trtc(TrtcSettings),
     Acs(AcsSettings),
@@ -137,7 +158,7 @@ impl ProviderSettings {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrtcSettings {
     pub sdk_app_id: u64,
     pub region: String,
@@ -146,7 +167,7 @@ pub struct TrtcSettings {
     pub endpoint: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcsSettings {
     /// `https://<resource>.communication.azure.com`, or a sandbox.
     pub endpoint: String,
@@ -172,6 +193,14 @@ pub struct Policy {
     pub action: Action,
     /// `shadow`: everything happens and is recorded except the provider call.
     pub shadow: bool,
+    /// Notifications this long before the deadline, longest first.
+    pub warn_before: Vec<Duration>,
+    /// How long after the deadline enforcement waits.
+    pub grace: Duration,
+    /// A cap on each user's time under this policy per calendar window.
+    pub budget: Option<Budget>,
+    /// The file that defines the policy.
+    pub source: PathBuf,
 }
 
 /// What a webhook event must fit for a policy to take it.
@@ -214,6 +243,33 @@ struct RawConfig {
     providers: IndexMap<String, RawProvider>,
     #[serde(default)]
     policies: IndexMap<String, RawPolicy>,
+    policy_files: Option<Vec<String>>,
+    notifications: Option<RawNotifications>,
+    time_zone: Option<String>,
+}
+
+/// A file named by `policy_files`: policies only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyFile {
+    #[serde(default)]
+    policies: IndexMap<String, RawPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifications {
+    url: String,
+    secret: Option<RawSecret>,
+    secret_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    per: String,
+    window: String,
+    limit: String,
 }
 
 #[derive(Deserialize)]
@@ -339,6 +395,9 @@ struct RawPolicy {
     max_extension: Option<String>,
     action: String,
     mode: Option<String>,
+    warn_before: Option<Vec<String>>,
+    grace: Option<String>,
+    budget: Option<RawBudget>,
 }
 
 #[derive(Deserialize)]
@@ -388,102 +447,32 @@ impl Config {
         }
 
         let mut policies = IndexMap::new();
+        let mut defined_at = std::collections::HashMap::new();
         for (name, raw) in raw.policies {
-            let at = |key: &'static str| [String::from("policies"), name.clone(), key.to_string()];
-            let err = |key: &'static str, reason: String| {
-                let path = at(key);
-                let refs: Vec<&str> = path.iter().map(String::as_str).collect();
-                ctx.error(&refs, format!("policy {name:?}: {reason}"))
-            };
-            if !providers.contains_key(&raw.provider) {
-                let known: Vec<&str> = providers.keys().map(String::as_str).collect();
-                return Err(err(
-                    "provider",
-                    format!("unknown provider {:?} (configured: {})", raw.provider, known.join(", ")),
-                ));
+            let policy = ctx.policy(&name, raw, &providers)?;
+            defined_at.insert(name.clone(), (path.to_path_buf(), locate(text, &["policies", &name])));
+            policies.insert(name, policy);
+        }
+        let mut sources = vec![path.to_path_buf()];
+        let mut policy_globs = Vec::new();
+        for pattern in raw.policy_files.iter().flatten() {
+            let full = base.join(pattern.trim()).to_string_lossy().into_owned();
+            let bad = |reason: String| ctx.error(&["policy_files"], format!("policy_files: {reason}"));
+            let matches =
+                glob::glob(&full).map_err(|e| bad(format!("{pattern:?} is not a valid pattern: {e}")))?;
+            let mut files: Vec<PathBuf> = matches.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+            files.sort();
+            if files.is_empty() {
+                warnings.push(format!("policy_files: {pattern:?} matches no file"));
             }
-            let max_duration = session_duration(&raw.max_duration).map_err(|r| err("max_duration", r))?;
-            let action: Action = raw.action.parse().map_err(|e| err("action", format!("{e}")))?;
-            let settings = &providers[&raw.provider].settings;
-            if !settings.actions().contains(&action) {
-                let fits: Vec<&str> = settings.actions().iter().map(|a| a.as_str()).collect();
-                return Err(err(
-                    "action",
-                    format!(
-                        "action {} does not fit provider {:?} of kind {} (use {})",
-                        action.as_str(),
-                        raw.provider,
-                        settings.kind(),
-                        fits.join(" or ")
-                    ),
-                ));
+            for file in files {
+                if sources.contains(&file) {
+                    continue;
+                }
+                load_policy_file(&file, &providers, &mut policies, &mut defined_at)?;
+                sources.push(file);
             }
-            let scope = match raw.scope.as_deref() {
-                None if action.targets_user() => Scope::Participant,
-                None => Scope::Room,
-                Some("room") => Scope::Room,
-                Some("participant") => Scope::Participant,
-                Some(other) => {
-                    return Err(err(
-                        "scope",
-                        format!("unknown scope {other:?} (expected room or participant)"),
-                    ));
-                }
-            };
-            if (scope == Scope::Participant) != action.targets_user() {
-                return Err(err(
-                    "scope",
-                    format!(
-                        "scope {} does not fit action {}: a room scope ends the room, a participant scope removes the participant",
-                        if scope == Scope::Room { "room" } else { "participant" },
-                        action.as_str()
-                    ),
-                ));
-            }
-            let matcher = match raw.matcher {
-                None => None,
-                Some(m) => {
-                    if m.sdk_app_id.is_some() && !matches!(settings, ProviderSettings::Trtc(_)) {
-                        return Err(err("match", "match.sdk_app_id applies to TRTC providers only".into()));
-                    }
-                    if let (Some(want), ProviderSettings::Trtc(t)) = (m.sdk_app_id, settings)
-                        && want != t.sdk_app_id
-                    {
-                        return Err(err(
-                            "match",
-                            format!(
-                                "match.sdk_app_id {want} is not provider {:?}'s sdk_app_id",
-                                raw.provider
-                            ),
-                        ));
-                    }
-                    Some(Match { room: m.room, sdk_app_id: m.sdk_app_id })
-                }
-            };
-            let max_extension = match &raw.max_extension {
-                Some(text) => Some(session_duration(text).map_err(|r| err("max_extension", r))?),
-                None => None,
-            };
-            let shadow = match raw.mode.as_deref() {
-                None | Some("enforce") => false,
-                Some("shadow") => true,
-                Some(other) => {
-                    return Err(err("mode", format!("unknown mode {other:?} (expected enforce or shadow)")));
-                }
-            };
-            policies.insert(
-                name.clone(),
-                Policy {
-                    name: name.clone(),
-                    provider: raw.provider,
-                    matcher,
-                    scope,
-                    max_duration,
-                    max_extension,
-                    action,
-                    shadow,
-                },
-            );
+            policy_globs.push(full);
         }
 
         let listen = match &raw.listen {
@@ -592,6 +581,56 @@ impl Config {
         if acs_webhook_secret.is_some() && listen.is_none() {
             warnings.push("webhooks.acs is set but listen is not: nothing will receive ACS callbacks".into());
         }
+        let notifications = match &raw.notifications {
+            None => None,
+            Some(n) => {
+                let url = expand_env(&n.url).map_err(|var| {
+                    ctx.error(
+                        &["notifications", "url"],
+                        format!("notifications.url refers to ${{{var}}}, which is not set"),
+                    )
+                })?;
+                match reqwest::Url::parse(url.trim()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                    _ => {
+                        return Err(ctx.error(
+                            &["notifications", "url"],
+                            format!("notifications.url {:?} is not an http(s) URL", n.url),
+                        ));
+                    }
+                }
+                let secret = ctx.secret_pair(
+                    &["notifications"],
+                    "",
+                    ("secret", n.secret.as_ref()),
+                    ("secret_file", n.secret_file.as_ref()),
+                    "the key that signs each notification",
+                )?;
+                Some(Notifications { url: url.trim().to_string(), secret })
+            }
+        };
+        if notifications.is_none()
+            && let Some(p) = policies.values().find(|p| !p.warn_before.is_empty())
+        {
+            let (file, line) = defined_at.get(&p.name).cloned().unwrap_or((p.source.clone(), None));
+            return Err(ConfigError {
+                file,
+                line,
+                reason: format!(
+                    "policy {:?}: warn_before needs notifications.url, where the warnings go",
+                    p.name
+                ),
+            });
+        }
+        let time_zone = match &raw.time_zone {
+            None => chrono_tz::Tz::UTC,
+            Some(name) => name.trim().parse::<chrono_tz::Tz>().map_err(|_| {
+                ctx.error(
+                    &["time_zone"],
+                    format!("time_zone {name:?} is not an IANA zone name like Europe/Berlin or UTC"),
+                )
+            })?,
+        };
         Ok(Config {
             path: path.to_path_buf(),
             database,
@@ -602,6 +641,10 @@ impl Config {
             acs_webhook_secret,
             trtc_callback_key,
             retention,
+            notifications,
+            time_zone,
+            sources,
+            policy_globs,
             warnings,
         })
     }
@@ -610,10 +653,53 @@ impl Config {
         self.policies.get(name)
     }
 
+    /// The warning points of a session's policy (none if the policy is gone).
+    pub fn warn_before(&self, policy: &str) -> &[Duration] {
+        self.policy(policy).map_or(&[], |p| p.warn_before.as_slice())
+    }
+
     /// The extension limit of a session's policy (none if the policy is gone).
     pub fn max_extension(&self, policy: &str) -> Option<Duration> {
         self.policy(policy).and_then(|p| p.max_extension)
     }
+}
+
+/// Reads one of `policy_files` into `policies`. A name defined before is an
+/// error naming both places.
+fn load_policy_file(
+    file: &Path,
+    providers: &IndexMap<String, ProviderConfig>,
+    policies: &mut IndexMap<String, Policy>,
+    defined_at: &mut std::collections::HashMap<String, (PathBuf, Option<usize>)>,
+) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        line: None,
+        reason: format!("cannot read the policy file: {e}"),
+    })?;
+    let ctx = Ctx { path: file, text: &text };
+    let raw: RawPolicyFile = serde_yaml::from_str(&text).map_err(|e| syntax_error(file, &text, &e))?;
+    for (name, raw) in raw.policies {
+        let line = locate(&text, &["policies", &name]);
+        if let Some((first, first_line)) = defined_at.get(&name) {
+            let at = |f: &Path, l: &Option<usize>| {
+                format!("{}{}", f.display(), l.map(|l| format!(":{l}")).unwrap_or_default())
+            };
+            return Err(ConfigError {
+                file: file.to_path_buf(),
+                line,
+                reason: format!(
+                    "policy {name:?} is defined twice: at {} and at {}",
+                    at(first, first_line),
+                    at(file, &line)
+                ),
+            });
+        }
+        let policy = ctx.policy(&name, raw, providers)?;
+        defined_at.insert(name.clone(), (file.to_path_buf(), line));
+        policies.insert(name, policy);
+    }
+    Ok(())
 }
 
 /// A session's length: positive, and not absurd.
@@ -634,6 +720,155 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// One policy, checked against the providers; errors point into this
+    /// context's file.
+    fn policy(
+        &self,
+        name: &str,
+        raw: RawPolicy,
+        providers: &IndexMap<String, ProviderConfig>,
+    ) -> Result<Policy, ConfigError> {
+        let ctx = self;
+        let name = name.to_string();
+        let at = |key: &'static str| [String::from("policies"), name.clone(), key.to_string()];
+        let err = |key: &'static str, reason: String| {
+            let path = at(key);
+            let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+            ctx.error(&refs, format!("policy {name:?}: {reason}"))
+        };
+        if !providers.contains_key(&raw.provider) {
+            let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+            return Err(err(
+                "provider",
+                format!("unknown provider {:?} (configured: {})", raw.provider, known.join(", ")),
+            ));
+        }
+        let max_duration = session_duration(&raw.max_duration).map_err(|r| err("max_duration", r))?;
+        let action: Action = raw.action.parse().map_err(|e| err("action", format!("{e}")))?;
+        let settings = &providers[&raw.provider].settings;
+        if !settings.actions().contains(&action) {
+            let fits: Vec<&str> = settings.actions().iter().map(|a| a.as_str()).collect();
+            return Err(err(
+                "action",
+                format!(
+                    "action {} does not fit provider {:?} of kind {} (use {})",
+                    action.as_str(),
+                    raw.provider,
+                    settings.kind(),
+                    fits.join(" or ")
+                ),
+            ));
+        }
+        let scope = match raw.scope.as_deref() {
+            None if action.targets_user() => Scope::Participant,
+            None => Scope::Room,
+            Some("room") => Scope::Room,
+            Some("participant") => Scope::Participant,
+            Some(other) => {
+                return Err(err("scope", format!("unknown scope {other:?} (expected room or participant)")));
+            }
+        };
+        if (scope == Scope::Participant) != action.targets_user() {
+            return Err(err(
+                "scope",
+                format!(
+                    "scope {} does not fit action {}: a room scope ends the room, a participant scope removes the participant",
+                    if scope == Scope::Room { "room" } else { "participant" },
+                    action.as_str()
+                ),
+            ));
+        }
+        let matcher = match raw.matcher {
+            None => None,
+            Some(m) => {
+                if m.sdk_app_id.is_some() && !matches!(settings, ProviderSettings::Trtc(_)) {
+                    return Err(err("match", "match.sdk_app_id applies to TRTC providers only".into()));
+                }
+                if let (Some(want), ProviderSettings::Trtc(t)) = (m.sdk_app_id, settings)
+                    && want != t.sdk_app_id
+                {
+                    return Err(err(
+                        "match",
+                        format!("match.sdk_app_id {want} is not provider {:?}'s sdk_app_id", raw.provider),
+                    ));
+                }
+                Some(Match { room: m.room, sdk_app_id: m.sdk_app_id })
+            }
+        };
+        let max_extension = match &raw.max_extension {
+            Some(text) => Some(session_duration(text).map_err(|r| err("max_extension", r))?),
+            None => None,
+        };
+        let shadow = match raw.mode.as_deref() {
+            None | Some("enforce") => false,
+            Some("shadow") => true,
+            Some(other) => {
+                return Err(err("mode", format!("unknown mode {other:?} (expected enforce or shadow)")));
+            }
+        };
+        let mut warn_before = Vec::new();
+        for text in raw.warn_before.iter().flatten() {
+            let d = parse_duration(text).map_err(|r| err("warn_before", format!("warn_before: {r}")))?;
+            if d >= max_duration {
+                return Err(err(
+                    "warn_before",
+                    format!(
+                        "warn_before {text:?} is not shorter than max_duration ({}): it would fire at the start",
+                        humantime::format_duration(max_duration)
+                    ),
+                ));
+            }
+            warn_before.push(d);
+        }
+        warn_before.sort_unstable_by(|a, b| b.cmp(a));
+        warn_before.dedup();
+        let grace = match &raw.grace {
+            None => Duration::ZERO,
+            Some(text) => {
+                let d = parse_duration(text).map_err(|r| err("grace", format!("grace: {r}")))?;
+                if d > MAX_GRACE {
+                    return Err(err(
+                        "grace",
+                        format!("grace {text:?} is longer than {}", humantime::format_duration(MAX_GRACE)),
+                    ));
+                }
+                d
+            }
+        };
+        let budget = match raw.budget {
+            None => None,
+            Some(b) => {
+                if b.per != "user" {
+                    return Err(err("budget", format!("budget.per {:?} is not supported (use user)", b.per)));
+                }
+                if scope != Scope::Participant {
+                    return Err(err(
+                        "budget",
+                        "a budget counts each user's time, so it needs scope participant".into(),
+                    ));
+                }
+                let window: Window = b.window.parse().map_err(|r| err("budget", format!("budget: {r}")))?;
+                let limit =
+                    parse_duration(&b.limit).map_err(|r| err("budget", format!("budget.limit: {r}")))?;
+                Some(Budget { window, limit })
+            }
+        };
+        Ok(Policy {
+            name: name.clone(),
+            provider: raw.provider,
+            matcher,
+            scope,
+            max_duration,
+            max_extension,
+            action,
+            shadow,
+            warn_before,
+            grace,
+            budget,
+            source: self.path.to_path_buf(),
+        })
+    }
+
     fn error(&self, key_path: &[&str], reason: String) -> ConfigError {
         ConfigError { file: self.path.to_path_buf(), line: locate(self.text, key_path), reason }
     }

@@ -17,7 +17,8 @@ use crate::config::{Config, ProviderSettings};
 use crate::domain::Instant;
 use crate::enforce::{Enforcer, ProviderSlot};
 use crate::providers::{Provider, acs::AcsClient, trtc::TrtcClient};
-use crate::scheduler::{Scheduler, policy_actions, watch_changes};
+use crate::reload::Live;
+use crate::scheduler::{Scheduler, watch_changes};
 use crate::store::{Store, StoreError};
 
 /// Sessions claimed and not yet settled, at most. Bounds memory and tasks in
@@ -119,16 +120,29 @@ pub async fn prune_once(
     Ok(())
 }
 
-/// Runs the daemon until `shutdown` is cancelled, then drains: calls already
-/// sent are answered and recorded (within [`SHUTDOWN_GRACE`]); sessions still
-/// waiting go back to the queue.
+/// Runs the daemon with a configuration that does not change; see [`serve`].
 pub async fn run(
     config: Arc<Config>,
     store: Store,
     clock: Clock,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    serve(Live::fixed(config), store, clock, shutdown).await
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then drains: calls already
+/// sent are answered and recorded (within [`SHUTDOWN_GRACE`]); sessions still
+/// waiting go back to the queue. Policies and notifications are read from
+/// `live` as they change (see `reload`); the rest is fixed at start.
+pub async fn serve(
+    live: Live,
+    store: Store,
+    clock: Clock,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let config = live.current();
     let providers = build_providers(&config)?;
+    store.set_outcome_notifications(config.notifications.is_some()).await?;
     let requeued = store
         .requeue_interrupted(clock.now(), "enforcement was interrupted by a stop or crash; resuming")
         .await?;
@@ -146,7 +160,8 @@ pub async fn run(
             store: store.clone(),
             registrar: store.registrar(),
             clock: clock.clone(),
-            config: Arc::clone(&config),
+            config: live.clone(),
+            budget_lock: Arc::default(),
             api_token: config.api_token.clone(),
             changed: Some(Arc::clone(&changed)),
             acs_secret: config.acs_webhook_secret.clone(),
@@ -158,14 +173,15 @@ pub async fn run(
     tasks.spawn(watch_changes(watcher, Arc::clone(&changed), shutdown.clone()));
 
     let (claims_tx, claims_rx) = mpsc::unbounded_channel();
-    let enforcer =
-        Enforcer::new(store.clone(), clock.clone(), providers, policy_actions(&config), shutdown.clone());
+    let enforcer = Enforcer::new(store.clone(), clock.clone(), providers, live.clone(), shutdown.clone());
     tasks.spawn(enforcer.run(claims_rx, SHUTDOWN_GRACE));
+    let notifier = crate::notify::Notifier::new(store.clone(), clock.clone(), live.clone());
+    tasks.spawn(notifier.run(shutdown.clone()));
 
     let scheduler = Scheduler::new(
         store.clone(),
         clock.clone(),
-        Arc::clone(&config),
+        live.clone(),
         Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         changed,
         claims_tx,

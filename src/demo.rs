@@ -81,6 +81,9 @@ fn new_session(
         user: user.map(|u| UserId::parse(u).expect("demo user ids are valid")),
         started_at: now,
         deadline,
+        grace: Duration::ZERO,
+        warn_before: Vec::new(),
+        note: None,
     }
 }
 

@@ -28,6 +28,8 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::domain::{Action, Instant, RetryPolicy, Room, SessionState};
 use crate::providers::{CallContext, CallReport, Classified, Provider, Repeatability, Target};
+use crate::reload::Live;
+use crate::scheduler::policy_actions;
 use crate::store::{AuditEntry, Session, Store, StoreError};
 
 /// Sessions the scheduler claimed, with the in-flight permits they hold.
@@ -105,8 +107,11 @@ struct Inner {
     store: Store,
     clock: Clock,
     providers: HashMap<String, ProviderSlot>,
-    /// What each policy does at the deadline; sessions name their policy.
-    actions: HashMap<String, (Action, bool)>,
+    /// The configuration in force: what each policy does at the deadline.
+    live: Live,
+    /// What each policy did when last seen, for sessions whose policy a
+    /// reload removed: they are enforced as their policy last said.
+    known: std::sync::Mutex<HashMap<String, (Action, bool)>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -116,12 +121,29 @@ impl Enforcer {
         store: Store,
         clock: Clock,
         providers: HashMap<String, ProviderSlot>,
-        actions: HashMap<String, (Action, bool)>,
+        live: Live,
         shutdown: CancellationToken,
     ) -> Enforcer {
+        let known = std::sync::Mutex::new(policy_actions(&live.current()));
         Enforcer {
-            inner: Arc::new(Inner { store, clock, providers, actions, tasks: TaskTracker::new(), shutdown }),
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                providers,
+                live,
+                known,
+                tasks: TaskTracker::new(),
+                shutdown,
+            }),
         }
+    }
+
+    /// What each policy does now, and what removed ones did last.
+    fn actions(&self) -> HashMap<String, (Action, bool)> {
+        let current = policy_actions(&self.inner.live.current());
+        let mut known = self.inner.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.extend(current);
+        known.clone()
     }
 
     /// Takes claimed sessions until the scheduler hangs up, then waits up to
@@ -141,7 +163,7 @@ impl Enforcer {
 
     async fn dispatch(&self, claimed: Claimed) {
         let Claimed { sessions, mut permit } = claimed;
-        for (key, group) in group_sessions(sessions, &self.inner.actions) {
+        for (key, group) in group_sessions(sessions, &self.actions()) {
             let (provider, action, room, shadow) = key;
             let chunk_size = if action.targets_user() {
                 self.inner.providers.get(&provider).map_or(1, |p| p.provider.max_users_per_call())

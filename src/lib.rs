@@ -27,6 +27,7 @@
 //! - [`telemetry`]: logging setup. [`metrics`]: Prometheus metrics.
 
 pub mod audit;
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -36,8 +37,10 @@ pub mod domain;
 pub mod enforce;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod providers;
+pub mod reload;
 pub mod sandbox;
 pub mod scheduler;
 pub mod service;

@@ -18,6 +18,8 @@ pub const RATE_LIMIT_WAIT_SECONDS: &str = "callwarden_rate_limiter_wait_seconds"
 pub const WEBHOOK_REQUESTS: &str = "callwarden_webhook_requests_total";
 pub const API_REQUESTS: &str = "callwarden_api_requests_total";
 pub const SESSIONS: &str = "callwarden_sessions";
+pub const CONFIG_RELOADS: &str = "callwarden_config_reloads_total";
+pub const NOTIFICATIONS: &str = "callwarden_notifications_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -50,6 +52,8 @@ fn describe() {
     );
     metrics::describe_counter!(WEBHOOK_REQUESTS, "Webhook requests by source and result");
     metrics::describe_counter!(API_REQUESTS, "Session API requests by status class");
+    metrics::describe_counter!(CONFIG_RELOADS, "Configuration reloads by result (applied, rejected)");
+    metrics::describe_counter!(NOTIFICATIONS, "Notification deliveries by event and result");
     metrics::describe_gauge!(SESSIONS, "Sessions in the database by state, read at scrape time");
 }
 
@@ -95,4 +99,12 @@ pub fn api_request(status: u16) {
 
 pub fn sessions(state: &str, count: i64) {
     metrics::gauge!(SESSIONS, "state" => state.to_string()).set(count as f64);
+}
+
+pub fn config_reload(result: &'static str) {
+    metrics::counter!(CONFIG_RELOADS, "result" => result).increment(1);
+}
+
+pub fn notification(event: &str, result: &'static str) {
+    metrics::counter!(NOTIFICATIONS, "event" => event.to_string(), "result" => result).increment(1);
 }

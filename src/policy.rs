@@ -4,9 +4,11 @@
 //! The CLI and the HTTP API both register through [`register`], so the same
 //! request gets the same answer whichever way it arrives. No I/O here.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::budget::Standing;
+use crate::config::{Config, Policy};
 use crate::domain::{Instant, Room, RoomKind, SessionId, UserId};
 use crate::store::NewSession;
 
@@ -36,8 +38,16 @@ fn refuse(field: &'static str, reason: String) -> Refusal {
     Refusal { field, reason }
 }
 
-/// Decides the sessions a registration creates.
-pub fn register(config: &Config, r: &Registration, now: Instant) -> Result<Vec<NewSession>, Refusal> {
+/// Decides the sessions a registration creates. `standings`: where each
+/// named user stands against the policy's budget, when it has one (see
+/// [`budget_users`]); a user's limit is clipped to what the budget has left,
+/// and a user with nothing left gets a session due at once (removed on entry).
+pub fn register(
+    config: &Config,
+    r: &Registration,
+    now: Instant,
+    standings: &HashMap<UserId, Standing>,
+) -> Result<Vec<NewSession>, Refusal> {
     let policy = config.policy(&r.policy).ok_or_else(|| {
         let known: Vec<&str> = config.policies.keys().map(String::as_str).collect();
         refuse("policy", format!("unknown policy {:?} (configured: {})", r.policy, known.join(", ")))
@@ -85,21 +95,80 @@ pub fn register(config: &Config, r: &Registration, now: Instant) -> Result<Vec<N
         return Err(refuse("limit", "a limit must be positive".into()));
     }
     let started_at = r.started_at.unwrap_or(now);
-    let deadline = started_at.saturating_add(limit);
-    let one = |user: Option<UserId>| NewSession {
-        id: SessionId::new(),
-        policy: policy.name.clone(),
-        provider: policy.provider.clone(),
-        room: r.room.clone(),
-        user,
-        started_at,
-        deadline,
+    let one = |user: Option<UserId>| {
+        let standing = user.as_ref().and_then(|u| standings.get(u));
+        let (limit, note) = clip_to_budget(policy, limit, standing);
+        session(policy, r.room.clone(), user, started_at, limit, note)
     };
     Ok(if r.users.is_empty() {
         vec![one(None)]
     } else {
         r.users.iter().cloned().map(|u| one(Some(u))).collect()
     })
+}
+
+/// A session of `policy` lasting `limit` from `started_at`, plus the
+/// policy's grace, with its warnings.
+fn session(
+    policy: &Policy,
+    room: Room,
+    user: Option<UserId>,
+    started_at: Instant,
+    limit: Duration,
+    note: Option<String>,
+) -> NewSession {
+    NewSession {
+        id: SessionId::new(),
+        policy: policy.name.clone(),
+        provider: policy.provider.clone(),
+        room,
+        user,
+        started_at,
+        deadline: started_at.saturating_add(limit).saturating_add(policy.grace),
+        grace: policy.grace,
+        warn_before: policy.warn_before.clone(),
+        note,
+    }
+}
+
+/// The limit a budget leaves, and a note saying so when it is less than asked.
+fn clip_to_budget(
+    policy: &Policy,
+    limit: Duration,
+    standing: Option<&Standing>,
+) -> (Duration, Option<String>) {
+    let (Some(budget), Some(s)) = (&policy.budget, standing) else {
+        return (limit, None);
+    };
+    let fmt = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+    if s.exhausted() {
+        let note = format!(
+            "budget exhausted: {} of {} per {} used; removed on entry",
+            fmt(s.used),
+            fmt(s.limit),
+            budget.window
+        );
+        return (Duration::ZERO, Some(note));
+    }
+    if s.remaining() < limit {
+        let note = format!(
+            "limit cut to the budget's remaining {} ({} of {} per {} used)",
+            fmt(s.remaining()),
+            fmt(s.used),
+            fmt(s.limit),
+            budget.window
+        );
+        return (s.remaining(), Some(note));
+    }
+    (limit, None)
+}
+
+/// The users of a registration whose budget must be looked up first: all of
+/// them when the policy has a budget, none otherwise.
+pub fn budget_users<'a>(config: &'a Config, r: &'a Registration) -> Option<(&'a Policy, &'a [UserId])> {
+    let policy = config.policy(&r.policy)?;
+    policy.budget.as_ref()?;
+    Some((policy, &r.users))
 }
 
 /// What a provider's webhook said about a room.
@@ -150,6 +219,7 @@ pub fn on_presence(
     room: &Room,
     event: &Presence,
     at: Instant,
+    standing: Option<Standing>,
 ) -> Vec<Effect> {
     use crate::config::Scope;
     match event {
@@ -166,15 +236,8 @@ pub fn on_presence(
                 // A participant policy has nothing to time until someone enters.
                 (Scope::Participant, _) => return Vec::new(),
             };
-            vec![Effect::Open(NewSession {
-                id: SessionId::new(),
-                policy: policy.name.clone(),
-                provider: policy.provider.clone(),
-                room: room.clone(),
-                user,
-                started_at: at,
-                deadline: at.saturating_add(policy.max_duration),
-            })]
+            let (limit, note) = clip_to_budget(policy, policy.max_duration, standing.as_ref());
+            vec![Effect::Open(session(policy, room.clone(), user, at, limit, note))]
         }
     }
 }
@@ -211,14 +274,15 @@ policies:
     #[test]
     fn the_deadline_is_start_plus_limit_defaulting_to_the_policy() {
         let now = Instant::from_millis(1_000_000);
-        let s = register(&config(), &reg("consultation", Room::Numeric(1), &[]), now).unwrap();
+        let s =
+            register(&config(), &reg("consultation", Room::Numeric(1), &[]), now, &HashMap::new()).unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].deadline, now.saturating_add(Duration::from_secs(1800)));
         assert_eq!(s[0].provider, "trtc");
         let mut r = reg("paid-chat", Room::Str("x".into()), &["a", "b"]);
         r.limit = Some(Duration::from_secs(60));
         r.started_at = Some(Instant::from_millis(0));
-        let s = register(&config(), &r, now).unwrap();
+        let s = register(&config(), &r, now, &HashMap::new()).unwrap();
         assert_eq!(s.len(), 2, "one session per participant");
         assert_eq!(s[1].deadline, Instant::from_millis(60_000));
     }
@@ -248,7 +312,7 @@ policies:
         let c = webhook_config();
         let at = Instant::from_millis(0);
         let alice = UserId::parse("alice").unwrap();
-        let open = |room: Room, e: Presence| on_presence(&c, "trtc", Some(1400000001), &room, &e, at);
+        let open = |room: Room, e: Presence| on_presence(&c, "trtc", Some(1400000001), &room, &e, at, None);
         // Room 9xx: the room-scope "vip" policy; opened by creation or first entry.
         let s = opened(open(Room::Numeric(912), Presence::RoomOpened));
         assert_eq!((s.policy.as_str(), s.user.clone()), ("vip", None));
@@ -261,15 +325,22 @@ policies:
         assert!(open(Room::Str("chat-1".into()), Presence::RoomOpened).is_empty());
         // No policy without match is ever chosen; other apps do not match.
         assert!(open(Room::Numeric(123), Presence::RoomOpened).is_empty());
-        let other_app =
-            on_presence(&c, "trtc", Some(7), &Room::Str("chat-1".into()), &Presence::Entered(alice), at);
+        let other_app = on_presence(
+            &c,
+            "trtc",
+            Some(7),
+            &Room::Str("chat-1".into()),
+            &Presence::Entered(alice),
+            at,
+            None,
+        );
         assert!(other_app.is_empty());
     }
 
     #[test]
     fn refusals_name_the_field_at_fault() {
         let now = Instant::from_millis(0);
-        let field = |r: Registration| register(&config(), &r, now).unwrap_err().field;
+        let field = |r: Registration| register(&config(), &r, now, &HashMap::new()).unwrap_err().field;
         assert_eq!(field(reg("nope", Room::Numeric(1), &[])), "policy");
         assert_eq!(field(reg("acs-chat", Room::Numeric(1), &["8:acs:x"])), "room");
         assert_eq!(field(reg("consultation", Room::Call("c".into()), &[])), "room");
@@ -277,5 +348,65 @@ policies:
         let mut long = reg("consultation", Room::Numeric(1), &[]);
         long.limit = Some(Duration::from_secs(3600));
         assert_eq!(field(long), "limit");
+    }
+
+    fn budget_config() -> Config {
+        let text = "\
+database: cw.db
+providers:
+  trtc: { kind: tencent-trtc, sdk_app_id: 1400000001, region: ap-guangzhou, secret_id: AKID, secret_key: k }
+notifications: { url: 'http://127.0.0.1:9/hook', secret: s3cret }
+policies:
+  paid-chat:
+    provider: trtc
+    max_duration: 20m
+    warn_before: [1m, 5m]
+    grace: 30s
+    budget: { per: user, window: day, limit: 60m }
+    action: remove_user
+";
+        Config::parse(Path::new("/c.yaml"), text).unwrap()
+    }
+
+    #[test]
+    fn grace_follows_the_booked_time_and_warnings_come_longest_first() {
+        let c = budget_config();
+        let p = c.policy("paid-chat").unwrap();
+        assert_eq!(p.warn_before, vec![Duration::from_secs(300), Duration::from_secs(60)]);
+        let now = Instant::from_millis(0);
+        let s = register(&c, &reg("paid-chat", Room::Numeric(1), &["a"]), now, &HashMap::new()).unwrap();
+        assert_eq!(s[0].booked_end(), Instant::from_millis(20 * 60_000));
+        assert_eq!(s[0].deadline, Instant::from_millis(20 * 60_000 + 30_000));
+        assert_eq!(s[0].grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_budget_cuts_the_limit_to_what_is_left_or_to_nothing() {
+        let c = budget_config();
+        let now = Instant::from_millis(0);
+        let min = |m: u64| Duration::from_secs(m * 60);
+        let standing = |used: u64| crate::budget::Standing {
+            window_start: now,
+            window_end: now.saturating_add(min(24 * 60)),
+            used: min(used),
+            limit: min(60),
+        };
+        let a = UserId::parse("a").unwrap();
+        let b = UserId::parse("b").unwrap();
+        let standings = HashMap::from([(a.clone(), standing(52)), (b.clone(), standing(60))]);
+        let s = register(&c, &reg("paid-chat", Room::Numeric(1), &["a", "b", "c"]), now, &standings).unwrap();
+        // a: 8 minutes left, less than the policy's 20; the grace still follows.
+        assert_eq!(s[0].booked_end(), now.saturating_add(min(8)));
+        assert!(s[0].note.as_deref().unwrap().contains("remaining 8m"), "{:?}", s[0].note);
+        // b: nothing left, so due at once (plus grace): removed on entry.
+        assert_eq!(s[1].booked_end(), now);
+        assert!(s[1].note.as_deref().unwrap().starts_with("budget exhausted"));
+        // c: no standing known (nothing used): the policy's limit.
+        assert_eq!(s[2].booked_end(), now.saturating_add(min(20)));
+        assert_eq!(s[2].note, None);
+        // Webhook entries are clipped alike.
+        let opened =
+            on_presence(&c, "trtc", None, &Room::Numeric(1), &Presence::Entered(a), now, Some(standing(59)));
+        assert!(opened.is_empty(), "paid-chat has no match, so webhooks do not open it");
     }
 }

@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{Action, Instant, Room, RoomKind, UserId};
 use crate::enforce::Claimed;
+use crate::reload::Live;
 use crate::store::{ChangeWatcher, SessionRecord, Store, StoreError};
 
 /// How long before its deadline a session is claimed. Covers the database
@@ -49,7 +50,7 @@ pub const CHANGE_POLL: Duration = Duration::from_millis(50);
 pub struct Scheduler {
     store: Store,
     clock: Clock,
-    config: Arc<Config>,
+    config: Live,
     /// Sessions claimed and not yet settled; the scheduler claims only as many
     /// as it can take permits for.
     capacity: Arc<Semaphore>,
@@ -61,12 +62,12 @@ impl Scheduler {
     pub fn new(
         store: Store,
         clock: Clock,
-        config: Arc<Config>,
+        config: impl Into<Live>,
         capacity: Arc<Semaphore>,
         changed: Arc<Notify>,
         out: mpsc::UnboundedSender<Claimed>,
     ) -> Scheduler {
-        Scheduler { store, clock, config, capacity, changed, out }
+        Scheduler { store, clock, config: config.into(), capacity, changed, out }
     }
 
     /// Runs until `shutdown`. Database errors are logged and retried: a locked
@@ -193,10 +194,14 @@ impl Scheduler {
                 return Ok(());
             }
             let now = self.clock.now();
+            let config = self.config.current();
             for row in rows {
-                match adoption(&self.config, &row.record) {
-                    Ok((provider, deadline)) => {
-                        self.store.adopt(&row.record.id, &provider, deadline, now).await?;
+                match adoption(&config, &row.record) {
+                    Ok(a) => {
+                        let deadline = a.deadline;
+                        self.store
+                            .adopt(&row.record.id, &a.provider, deadline, a.grace, &a.warn_before, now)
+                            .await?;
                         tracing::info!(session = %row.record.id, %deadline, "adopted a session inserted with SQL");
                     }
                     Err(reason) => {
@@ -209,9 +214,20 @@ impl Scheduler {
     }
 }
 
-/// Decides how a plain-SQL row is scheduled: its provider and deadline, or
-/// why it cannot be.
-pub fn adoption(config: &Config, r: &SessionRecord) -> Result<(String, Instant), String> {
+/// How a plain-SQL row is scheduled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoption {
+    pub provider: String,
+    /// The row's own deadline, or its start plus the policy's
+    /// `max_duration` and `grace`.
+    pub deadline: Instant,
+    /// The grace included in `deadline` (none when the row gave one).
+    pub grace: Duration,
+    pub warn_before: Vec<Duration>,
+}
+
+/// Decides how a plain-SQL row is scheduled, or why it cannot be.
+pub fn adoption(config: &Config, r: &SessionRecord) -> Result<Adoption, String> {
     let policy = config.policy(&r.policy).ok_or_else(|| format!("unknown policy {:?}", r.policy))?;
     if let Some(provider) = &r.provider
         && provider != &policy.provider
@@ -244,11 +260,18 @@ pub fn adoption(config: &Config, r: &SessionRecord) -> Result<(String, Instant),
         return Err(format!("policy {:?} removes a user, and the row has no user_id", policy.name));
     }
     let started = Instant::parse(&r.started_at).map_err(|e| e.to_string())?;
-    let deadline = match &r.deadline {
-        Some(d) => Instant::parse(d).map_err(|e| e.to_string())?,
-        None => started.saturating_add(policy.max_duration),
+    // A deadline written by the app is when to enforce; one left to the
+    // policy is the booked time plus the grace.
+    let (deadline, grace) = match &r.deadline {
+        Some(d) => (Instant::parse(d).map_err(|e| e.to_string())?, Duration::ZERO),
+        None => (started.saturating_add(policy.max_duration).saturating_add(policy.grace), policy.grace),
     };
-    Ok((policy.provider.clone(), deadline))
+    Ok(Adoption {
+        provider: policy.provider.clone(),
+        deadline,
+        grace,
+        warn_before: policy.warn_before.clone(),
+    })
 }
 
 /// Polls `PRAGMA data_version` and wakes the scheduler when anything

@@ -29,6 +29,7 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use crate::domain::{DomainError, Instant, Room, RoomKind, SessionId, SessionState, UserId};
 use crate::providers::Repeatability;
+use outbox::{insert_warnings, warnings_of};
 
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often opening is retried while another process creates the database
@@ -118,6 +119,10 @@ pub struct SessionRecord {
     pub idempotency_key: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// The part of `deadline` that is grace after the booked time.
+    pub grace_ms: i64,
+    /// When it settled; none while it runs.
+    pub ended_at: Option<String>,
 }
 
 impl SessionRecord {
@@ -140,6 +145,8 @@ impl SessionRecord {
             idempotency_key: row.try_get("idempotency_key")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            grace_ms: row.try_get("grace_ms")?,
+            ended_at: row.try_get("ended_at")?,
         })
     }
 
@@ -157,12 +164,14 @@ impl SessionRecord {
             state: "active".into(),
             attempts: 0,
             extended_ms: 0,
-            detail: None,
+            detail: s.note.clone(),
             repeatability_id: None,
             first_sent_at: None,
             idempotency_key: key,
             created_at: now.to_string(),
             updated_at: now.to_string(),
+            grace_ms: crate::domain::duration_millis_ceil(s.grace),
+            ended_at: None,
         }
     }
 
@@ -205,7 +214,23 @@ pub struct NewSession {
     pub room: Room,
     pub user: Option<UserId>,
     pub started_at: Instant,
+    /// When enforcement happens: the end of the booked time plus `grace`.
     pub deadline: Instant,
+    /// The part of the deadline that is the policy's grace.
+    pub grace: Duration,
+    /// The policy's `warn_before` points, each armed as a notification due
+    /// that long before the end of the booked time (those already past are
+    /// skipped).
+    pub warn_before: Vec<Duration>,
+    /// Why the limit is what it is, when a budget shortened it.
+    pub note: Option<String>,
+}
+
+impl NewSession {
+    /// The end of the booked time: the deadline less the grace.
+    pub fn booked_end(&self) -> Instant {
+        Instant::from_millis(self.deadline.millis() - crate::domain::duration_millis_ceil(self.grace))
+    }
 }
 
 /// Most registrations committed in one transaction.
@@ -376,7 +401,11 @@ pub struct Store {
 }
 
 const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-     state, attempts, extended_ms, detail, repeatability_id, first_sent_at, idempotency_key, created_at, updated_at";
+     state, attempts, extended_ms, detail, repeatability_id, first_sent_at, idempotency_key, created_at, updated_at, \
+     grace_ms, ended_at";
+
+mod outbox;
+pub use outbox::{Notification, NotificationSession};
 
 impl Store {
     fn options(path: &Path) -> SqliteConnectOptions {
@@ -466,7 +495,7 @@ impl Store {
         for s in sessions {
             sqlx::query(
                 "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-                 state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
+                 grace_ms, detail, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
             )
             .bind(s.id.to_string())
             .bind(&s.policy)
@@ -476,12 +505,16 @@ impl Store {
             .bind(s.user.as_ref().map(|u| u.as_str().to_string()))
             .bind(s.started_at.to_string())
             .bind(s.deadline.to_string())
+            .bind(crate::domain::duration_millis_ceil(s.grace))
+            .bind(s.note.as_deref())
             .bind(now.to_string())
             .bind(now.to_string())
             .execute(&mut *tx)
             .await?;
             audit.push((registered_entry(s, detail), now));
         }
+        let warnings: Vec<_> = sessions.iter().flat_map(|s| warnings_of(s, now)).collect();
+        insert_warnings(&mut tx, &warnings, now).await?;
         insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(())
@@ -521,7 +554,7 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-             state, idempotency_key, created_at, updated_at) ",
+             grace_ms, detail, state, idempotency_key, created_at, updated_at) ",
         );
         q.push_values(batch, |mut b, r| {
             let s = &r.session;
@@ -533,6 +566,8 @@ impl Store {
                 .push_bind(s.user.as_ref().map(|u| u.as_str().to_string()))
                 .push_bind(s.started_at.to_string())
                 .push_bind(s.deadline.to_string())
+                .push_bind(crate::domain::duration_millis_ceil(s.grace))
+                .push_bind(s.note.clone())
                 .push("'active'")
                 .push_bind(r.key.clone())
                 .push_bind(r.now.to_string())
@@ -548,9 +583,11 @@ impl Store {
             .collect::<Result<_, _>>()?;
         let mut results = Vec::with_capacity(batch.len());
         let mut entries = Vec::new();
+        let mut warnings = Vec::new();
         for r in batch {
             if inserted.contains(&r.session.id.to_string()) {
                 entries.push((registered_entry(&r.session, r.detail), r.now));
+                warnings.extend(warnings_of(&r.session, r.now));
                 results.push(Inserted::Created);
             } else {
                 let row =
@@ -561,9 +598,20 @@ impl Store {
                 results.push(Inserted::Existing(Box::new(SessionRecord::from_row(&row)?)));
             }
         }
+        if let Some(r) = batch.first() {
+            insert_warnings(&mut tx, &warnings, r.now).await?;
+        }
         insert_audit_rows(&mut tx, &entries).await?;
         tx.commit().await?;
         Ok(results)
+    }
+
+    /// Appends one audit row on its own (a configuration reload, say).
+    pub async fn record_audit(&self, entry: &AuditEntry, now: Instant) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        insert_audit(&mut tx, entry, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Cancels enforcement of an active session: the call ended by itself.
@@ -592,6 +640,7 @@ impl Store {
         id: SessionId,
         by: Duration,
         max_total: Option<Duration>,
+        warn_before: &[Duration],
         now: Instant,
     ) -> Result<Instant, StoreError> {
         let by_ms = crate::domain::duration_millis_ceil(by);
@@ -601,7 +650,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE sessions SET deadline = strftime('%Y-%m-%dT%H:%M:%fZ', julianday(deadline) + ? / 86400000.0), \
              extended_ms = extended_ms + ?, updated_at = ? WHERE id = ? AND state = 'active' AND deadline IS NOT NULL \
-             AND (? IS NULL OR extended_ms + ? <= ?) RETURNING deadline",
+             AND (? IS NULL OR extended_ms + ? <= ?) RETURNING deadline, grace_ms",
         )
         .bind(by_ms)
         .bind(by_ms)
@@ -629,6 +678,17 @@ impl Store {
         let deadline_text: String = row.try_get("deadline")?;
         let deadline = Instant::parse(&deadline_text)
             .map_err(|e| StoreError::Malformed { id: id.to_string(), reason: e.to_string() })?;
+        let grace_ms: i64 = row.try_get("grace_ms")?;
+        // The warnings move with the deadline: those not yet sent are
+        // replaced, and the points ahead of the new deadline are armed again.
+        sqlx::query(
+            "DELETE FROM notifications WHERE session_id = ? AND state = 'pending' AND event = 'warning'",
+        )
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let booked_end = Instant::from_millis(deadline.millis() - grace_ms);
+        insert_warnings(&mut tx, &outbox::warning_points(id, booked_end, warn_before, now), now).await?;
         insert_audit(
             &mut tx,
             &AuditEntry::new("extended", id)
@@ -929,20 +989,29 @@ impl Store {
         id: &str,
         provider: &str,
         deadline: Instant,
+        grace: Duration,
+        warn_before: &[Duration],
         now: Instant,
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
-            "UPDATE sessions SET provider = ?, deadline = ?, updated_at = ? \
+            "UPDATE sessions SET provider = ?, deadline = ?, grace_ms = ?, updated_at = ? \
              WHERE id = ? AND state = 'active' AND (provider IS NULL OR deadline IS NULL)",
         )
         .bind(provider)
         .bind(deadline.to_string())
+        .bind(crate::domain::duration_millis_ceil(grace))
         .bind(now.to_string())
         .bind(id)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 1 {
+            if let Ok(sid) = id.parse::<SessionId>() {
+                let booked_end =
+                    Instant::from_millis(deadline.millis() - crate::domain::duration_millis_ceil(grace));
+                insert_warnings(&mut tx, &outbox::warning_points(sid, booked_end, warn_before, now), now)
+                    .await?;
+            }
             let entry = AuditEntry {
                 session_id: id.parse().ok(),
                 provider: Some(provider.to_string()),
@@ -1154,8 +1223,8 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-             state, created_at, updated_at) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ? WHERE NOT EXISTS ( \
+             grace_ms, detail, state, created_at, updated_at) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ? WHERE NOT EXISTS ( \
                SELECT 1 FROM sessions INDEXED BY sessions_active_room WHERE state = 'active' \
                AND room_id = ? AND room_kind = ? AND policy = ? AND user_id IS ?)",
         )
@@ -1167,6 +1236,8 @@ impl Store {
         .bind(s.user.as_ref().map(|u| u.as_str().to_string()))
         .bind(s.started_at.to_string())
         .bind(s.deadline.to_string())
+        .bind(crate::domain::duration_millis_ceil(s.grace))
+        .bind(s.note.as_deref())
         .bind(now.to_string())
         .bind(now.to_string())
         .bind(s.room.id_text())
@@ -1178,6 +1249,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        insert_warnings(&mut tx, &warnings_of(s, now), now).await?;
         insert_audit(&mut tx, &registered_entry(s, detail), now).await?;
         tx.commit().await?;
         Ok(true)
@@ -1417,11 +1489,17 @@ fn registered_entry(s: &NewSession, detail: &str) -> AuditEntry {
     AuditEntry {
         provider: Some(s.provider.clone()),
         ..AuditEntry::new("registered", s.id).detail(format!(
-            "policy {} room {} {}deadline {}; {detail}",
+            "policy {} room {} {}deadline {}{}; {detail}{}",
             s.policy,
             s.room,
             s.user.as_ref().map(|u| format!("user {u} ")).unwrap_or_default(),
-            s.deadline
+            s.deadline,
+            if s.grace.is_zero() {
+                String::new()
+            } else {
+                format!(" (with {} grace)", humantime::format_duration(s.grace))
+            },
+            s.note.as_ref().map(|n| format!("; {n}")).unwrap_or_default(),
         ))
     }
 }

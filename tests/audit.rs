@@ -184,6 +184,9 @@ async fn retention_prunes_behind_a_signed_checkpoint_and_verification_still_hold
         user: None,
         started_at: at,
         deadline: at.saturating_add(std::time::Duration::from_secs(60)),
+        grace: std::time::Duration::ZERO,
+        warn_before: Vec::new(),
+        note: None,
     };
     let now = Instant::parse("2026-06-01T12:00:00Z").unwrap();
     let old = Instant::parse("2026-04-01T12:00:00Z").unwrap();

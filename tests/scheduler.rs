@@ -64,6 +64,9 @@ fn session(room: u32, deadline: Instant) -> NewSession {
         user: None,
         started_at: deadline,
         deadline,
+        grace: std::time::Duration::ZERO,
+        warn_before: Vec::new(),
+        note: None,
     }
 }
 
@@ -145,7 +148,7 @@ async fn an_extension_made_while_the_scheduler_sleeps_moves_the_hand_over() {
     h.clock.advance(60_000);
     h.nothing_yet().await;
     let new_deadline =
-        h.store.extend_session(s.id, Duration::from_secs(1200), None, h.clock.now()).await.unwrap();
+        h.store.extend_session(s.id, Duration::from_secs(1200), None, &[], h.clock.now()).await.unwrap();
     assert_eq!(new_deadline, s.deadline.saturating_add(Duration::from_secs(1200)));
     h.set(s.deadline);
     h.nothing_yet().await;

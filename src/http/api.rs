@@ -171,7 +171,15 @@ pub(super) async fn create(State(app): State<Arc<AppState>>, headers: HeaderMap,
     let request: CreateSession = parse_body(&body)?;
     let registration = request.registration()?;
     let now = app.clock.now();
-    let mut sessions = crate::policy::register(&app.config, &registration, now).map_err(|r| {
+    let config = app.config.current();
+    // Under a budget, the user's remaining time is read and spent under one
+    // lock, so two registrations at once cannot both spend it.
+    let _budget_guard = match crate::policy::budget_users(&config, &registration) {
+        Some(_) => Some(app.budget_lock.lock().await),
+        None => None,
+    };
+    let standings = crate::budget::standings(&app.store, &config, &registration, now).await?;
+    let mut sessions = crate::policy::register(&config, &registration, now, &standings).map_err(|r| {
         let field = match r.field {
             "users" if registration.room.kind() == crate::domain::RoomKind::Call => "participant",
             "users" => "user",
@@ -286,7 +294,10 @@ pub(super) async fn extend(
     let request: ExtendSession = parse_body(&body)?;
     let by = parse_duration(&request.by).map_err(|e| ApiError::invalid("by", e))?;
     let policy = app.store.session(id).await?.policy;
-    app.store.extend_session(id, by, app.config.max_extension(&policy), app.clock.now()).await?;
+    let config = app.config.current();
+    app.store
+        .extend_session(id, by, config.max_extension(&policy), config.warn_before(&policy), app.clock.now())
+        .await?;
     app.wake_scheduler();
     Ok(axum::Json(app.store.session(id).await?).into_response())
 }

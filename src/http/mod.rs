@@ -26,7 +26,7 @@ use tower_http::timeout::TimeoutLayer;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
-use crate::config::{Config, Secret};
+use crate::config::Secret;
 use crate::store::Store;
 
 /// Larger than any provider callback batch; anything bigger is refused (413).
@@ -41,7 +41,12 @@ pub struct AppState {
     /// Registrations go through here, committed in groups.
     pub registrar: crate::store::Registrar,
     pub clock: Clock,
-    pub config: Arc<Config>,
+    /// The configuration in force (policies change on reload).
+    pub config: crate::reload::Live,
+    /// Serializes registrations under a budgeted policy, so that two
+    /// entries of one user at the same moment cannot both spend the same
+    /// remaining time.
+    pub budget_lock: Arc<tokio::sync::Mutex<()>>,
     /// The session API's bearer token; `None` turns the API off.
     pub api_token: Option<Secret>,
     /// Wakes the scheduler at once after a change made here (it would

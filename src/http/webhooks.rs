@@ -212,6 +212,7 @@ pub(super) async fn acs(
 fn acs_providers(state: &AppState) -> Vec<String> {
     state
         .config
+        .current()
         .providers
         .values()
         .filter(|p| matches!(p.settings, crate::config::ProviderSettings::Acs(_)))
@@ -358,8 +359,23 @@ async fn apply(
     at: Instant,
 ) -> Result<u32, StoreError> {
     let now = state.clock.now();
+    let config = state.config.current();
+    // A participant's entry under a budgeted policy: what the user has left
+    // decides the limit. Held until the session is stored, so that two
+    // entries at once cannot both spend the same remaining time.
+    let mut _budget_guard = None;
+    let mut standing = None;
+    if let Presence::Entered(user) = event
+        && let Some(policy) = crate::policy::webhook_policy(&config, provider, room, sdk_app_id)
+        && let Some(budget) = policy.budget
+    {
+        _budget_guard = Some(state.budget_lock.lock().await);
+        standing = Some(
+            state.store.budget_standing(&policy.name, budget, config.time_zone, user, at.min(now)).await?,
+        );
+    }
     let mut changed = 0;
-    for effect in crate::policy::on_presence(&state.config, provider, sdk_app_id, room, event, at) {
+    for effect in crate::policy::on_presence(&config, provider, sdk_app_id, room, event, at, standing) {
         changed += match effect {
             Effect::Open(session) => u32::from(
                 state.store.open_unless_active(&session, now, "opened by a provider webhook").await?,
@@ -455,6 +471,7 @@ pub(super) async fn trtc(State(state): State<Arc<AppState>>, headers: HeaderMap,
     };
     let providers: Vec<String> = state
         .config
+        .current()
         .providers
         .values()
         .filter(|p| matches!(&p.settings, crate::config::ProviderSettings::Trtc(t) if Some(t.sdk_app_id) == sdk_app_id))

@@ -743,7 +743,8 @@ impl Ctx<'_> {
                 format!("unknown provider {:?} (configured: {})", raw.provider, known.join(", ")),
             ));
         }
-        let max_duration = session_duration(&raw.max_duration).map_err(|r| err("max_duration", r))?;
+        let max_duration = session_duration(&raw.max_duration)
+            .map_err(|r| err("max_duration", format!("max_duration: {r}")))?;
         let action: Action = raw.action.parse().map_err(|e| err("action", format!("{e}")))?;
         let settings = &providers[&raw.provider].settings;
         if !settings.actions().contains(&action) {
@@ -796,7 +797,9 @@ impl Ctx<'_> {
             }
         };
         let max_extension = match &raw.max_extension {
-            Some(text) => Some(session_duration(text).map_err(|r| err("max_extension", r))?),
+            Some(text) => Some(
+                session_duration(text).map_err(|r| err("max_extension", format!("max_extension: {r}")))?,
+            ),
             None => None,
         };
         let shadow = match raw.mode.as_deref() {
@@ -1302,5 +1305,51 @@ policies:
         assert_eq!(locate(GOOD, &["policies", "consultation", "action"]), Some(13));
         assert_eq!(locate(GOOD, &["providers", "trtc", "nothing"]), Some(3));
         assert_eq!(locate(GOOD, &["elsewhere"]), None);
+    }
+
+    #[test]
+    fn policy_files_load_in_sorted_order_and_a_name_defined_twice_names_both_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("policies.d");
+        std::fs::create_dir(&d).unwrap();
+        let policy = |name: &str, room: &str| {
+            format!(
+                "policies:\n  {name}:\n    provider: trtc\n    match: {{ room: '{room}' }}\n    max_duration: 5m\n    action: dismiss_room\n"
+            )
+        };
+        std::fs::write(d.join("20-b.yaml"), policy("second", "*")).unwrap();
+        std::fs::write(d.join("10-a.yaml"), policy("first", "*")).unwrap();
+        std::fs::write(d.join("notes.txt"), "not a policy file").unwrap();
+        let main = dir.path().join("callwarden.yaml");
+        let text = GOOD.to_string() + "policy_files: [policies.d/*.yaml]\n";
+        std::fs::write(&main, &text).unwrap();
+        let c = Config::load(&main).unwrap();
+        let names: Vec<&str> = c.policies.keys().map(String::as_str).collect();
+        assert_eq!(names, ["consultation", "first", "second"], "main file first, then files in sorted order");
+        assert_eq!(c.sources, [main.clone(), d.join("10-a.yaml"), d.join("20-b.yaml")]);
+        assert_eq!(c.policies["second"].source, d.join("20-b.yaml"));
+
+        std::fs::write(d.join("30-c.yaml"), "# a comment\n".to_string() + &policy("first", "x")).unwrap();
+        let e = Config::load(&main).unwrap_err();
+        assert_eq!((e.file.clone(), e.line), (d.join("30-c.yaml"), Some(3)));
+        let first = format!("{}:2", d.join("10-a.yaml").display());
+        assert!(e.reason.contains("defined twice") && e.reason.contains(&first), "{e}");
+
+        // An error inside a policy file points into that file.
+        std::fs::write(d.join("30-c.yaml"), "policies:\n  third:\n    provider: nope\n").unwrap();
+        let e = Config::load(&main).unwrap_err();
+        assert_eq!(e.file, d.join("30-c.yaml"));
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn notifications_keep_their_secret_out_of_debug_output() {
+        let text = GOOD.to_string()
+            + "notifications: { url: 'https://app.example.com/hook', secret: hush-hush-value }\n";
+        let c = parse(&text).unwrap();
+        let n = c.notifications.as_ref().unwrap();
+        assert_eq!(n.secret.expose(), "hush-hush-value");
+        assert!(!format!("{c:?}").contains("hush-hush"));
+        assert_eq!(c.time_zone, chrono_tz::Tz::UTC);
     }
 }

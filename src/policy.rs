@@ -359,6 +359,7 @@ notifications: { url: 'http://127.0.0.1:9/hook', secret: s3cret }
 policies:
   paid-chat:
     provider: trtc
+    match: { room: 'chat-*' }
     max_duration: 20m
     warn_before: [1m, 5m]
     grace: 30s

@@ -368,6 +368,15 @@ impl Daemon {
         assert!(status.success(), "kill -TERM failed");
     }
 
+    /// Asks the daemon to reload its configuration, as `systemctl reload` would.
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.process.child.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// Kills the daemon without warning (SIGKILL), as a crash or OOM would.
     pub fn crash(&mut self) {
         self.process.child.kill().expect("SIGKILL is delivered");

@@ -13,5 +13,6 @@ mod crash;
 mod enforcement;
 mod helpers;
 mod http;
+mod policies;
 mod sql;
 mod webhooks;

@@ -6,9 +6,31 @@
 //! task waits for SQLite's worker thread, which fires the pool's timeouts.
 //! A manual clock moves only when the test says so, and wakes sleepers when
 //! it does.
+//!
+//! ## Steps of the host's clock
+//!
+//! The daemon's clock is not the host's UTC clock read raw: it is a
+//! [`Discipline`]d clock that advances with the monotonic clock and follows
+//! the UTC clock by slewing toward it at most [`SLEW`] (10 %) faster or
+//! slower than real time. In steady state the two agree to the millisecond
+//! (the correction NTP makes is far below 10 %). When the host's clock is
+//! stepped (settimeofday, a VM restored from a snapshot, NTP stepping a
+//! clock that was far off), callwarden logs the step and takes it gradually:
+//!
+//! - a step forward of an hour does not make an hour of deadlines due at
+//!   once: they come due over the next ten hours, with the clock running at
+//!   1.1x;
+//! - a step back of an hour does not postpone everything by an hour: the
+//!   clock keeps running at 0.9x, so what was due in the next minute is
+//!   enforced within about 67 s, and the gap closes over ten hours;
+//! - the clock never runs backwards.
+//!
+//! [`Clock::simulated`] drives the same discipline from a test-controlled
+//! UTC and monotonic pair, so the behaviour is tested without touching the
+//! host's clock.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -17,10 +39,95 @@ use crate::domain::Instant;
 
 #[derive(Debug, Clone)]
 pub enum Clock {
-    /// The host's UTC clock.
-    System,
+    /// The host's UTC clock, disciplined by its monotonic clock.
+    System(Arc<Disciplined>),
     /// A clock that stands still until [`Clock::advance`] moves it.
     Manual(Arc<ManualTime>),
+}
+
+/// The most a disciplined clock runs faster or slower than real time while
+/// it catches up with a step of the UTC clock.
+pub const SLEW: f64 = 0.10;
+/// A difference from the UTC clock this large is logged as a step.
+pub const STEP_LOGGED_MS: f64 = 1_000.0;
+
+/// A clock that advances with a monotonic source and slews toward a UTC
+/// source at most [`SLEW`]. Pure: readings go in, the time comes out.
+#[derive(Debug, Default)]
+pub struct Discipline {
+    /// Callwarden's time, in milliseconds since the epoch; `None` before the
+    /// first reading.
+    now_ms: Option<f64>,
+    last_mono_ms: i64,
+    /// A logged step not yet caught up with.
+    stepping: bool,
+}
+
+impl Discipline {
+    /// Takes a reading of both sources and returns callwarden's time.
+    pub fn observe(&mut self, utc_ms: i64, mono_ms: i64) -> f64 {
+        let Some(now) = self.now_ms else {
+            self.now_ms = Some(utc_ms as f64);
+            self.last_mono_ms = mono_ms;
+            return utc_ms as f64;
+        };
+        let elapsed = (mono_ms - self.last_mono_ms).max(0) as f64;
+        self.last_mono_ms = self.last_mono_ms.max(mono_ms);
+        let free = now + elapsed;
+        let behind = utc_ms as f64 - free;
+        let limit = SLEW * elapsed;
+        let next = free + behind.clamp(-limit, limit);
+        if behind.abs() >= STEP_LOGGED_MS && !self.stepping {
+            self.stepping = true;
+            tracing::warn!(
+                step_ms = behind as i64,
+                "the host's UTC clock stepped; callwarden's clock slews toward it at 10% instead of jumping"
+            );
+        } else if self.stepping && behind.abs() < 1.0 {
+            self.stepping = false;
+            tracing::info!("callwarden's clock agrees with the host's UTC clock again");
+        }
+        self.now_ms = Some(next);
+        next
+    }
+
+    /// Whether a step is still being caught up with.
+    pub fn stepping(&self) -> bool {
+        self.stepping
+    }
+}
+
+/// The host's clocks behind a [`Discipline`], or a test's.
+#[derive(Debug)]
+pub struct Disciplined {
+    discipline: Mutex<Discipline>,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Host { mono_origin: std::time::Instant },
+    Simulated { utc_ms: AtomicI64, mono_ms: AtomicI64, moved: watch::Sender<i64> },
+}
+
+impl Disciplined {
+    fn now_ms(&self) -> f64 {
+        let (utc, mono) = match &self.source {
+            Source::Host { mono_origin } => (
+                Utc::now().timestamp_millis(),
+                i64::try_from(mono_origin.elapsed().as_millis()).unwrap_or(i64::MAX),
+            ),
+            Source::Simulated { utc_ms, mono_ms, .. } => {
+                (utc_ms.load(Ordering::SeqCst), mono_ms.load(Ordering::SeqCst))
+            }
+        };
+        let mut d = self.discipline.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.observe(utc, mono)
+    }
+
+    fn stepping(&self) -> bool {
+        self.discipline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).stepping()
+    }
 }
 
 #[derive(Debug)]
@@ -31,7 +138,35 @@ pub struct ManualTime {
 
 impl Clock {
     pub fn system() -> Clock {
-        Clock::System
+        Clock::System(Arc::new(Disciplined {
+            discipline: Mutex::default(),
+            source: Source::Host { mono_origin: std::time::Instant::now() },
+        }))
+    }
+
+    /// A disciplined clock over a UTC and a monotonic time the test moves:
+    /// [`Clock::advance`] moves both (time passes), [`Clock::step_utc`] only
+    /// the UTC one (the host's clock is stepped).
+    pub fn simulated(start: Instant) -> Clock {
+        let (moved, _) = watch::channel(0);
+        Clock::System(Arc::new(Disciplined {
+            discipline: Mutex::default(),
+            source: Source::Simulated {
+                utc_ms: AtomicI64::new(start.millis()),
+                mono_ms: AtomicI64::new(0),
+                moved,
+            },
+        }))
+    }
+
+    /// Steps a simulated clock's UTC source, as settimeofday would.
+    pub fn step_utc(&self, by_ms: i64) {
+        if let Clock::System(d) = self
+            && let Source::Simulated { utc_ms, moved, .. } = &d.source
+        {
+            utc_ms.fetch_add(by_ms, Ordering::SeqCst);
+            moved.send_modify(|n| *n += 1);
+        }
     }
 
     pub fn manual(start: Instant) -> Clock {
@@ -42,23 +177,29 @@ impl Clock {
     /// Moves a manual clock forward (or back, with a negative step) and
     /// wakes everything sleeping on it. No effect on the system clock.
     pub fn advance(&self, by_ms: i64) {
-        if let Clock::Manual(t) = self {
-            let now = t.now_ms.fetch_add(by_ms, Ordering::SeqCst) + by_ms;
-            t.moved.send_replace(now);
+        match self {
+            Clock::Manual(t) => {
+                let now = t.now_ms.fetch_add(by_ms, Ordering::SeqCst) + by_ms;
+                t.moved.send_replace(now);
+            }
+            Clock::System(d) => {
+                if let Source::Simulated { utc_ms, mono_ms, moved } = &d.source {
+                    utc_ms.fetch_add(by_ms, Ordering::SeqCst);
+                    mono_ms.fetch_add(by_ms.max(0), Ordering::SeqCst);
+                    moved.send_modify(|n| *n += 1);
+                }
+            }
         }
     }
 
     pub fn now_datetime(&self) -> DateTime<Utc> {
-        match self {
-            Clock::System => Utc::now(),
-            Clock::Manual(_) => self.now().to_datetime(),
-        }
+        self.now().to_datetime()
     }
 
     /// Now, rounded down to the millisecond: a due check never runs ahead.
     pub fn now(&self) -> Instant {
         match self {
-            Clock::System => Instant::floor(Utc::now()),
+            Clock::System(d) => Instant::from_millis(d.now_ms().floor() as i64),
             Clock::Manual(t) => Instant::from_millis(t.now_ms.load(Ordering::SeqCst)),
         }
     }
@@ -68,11 +209,23 @@ impl Clock {
     /// wall clock was stepped meanwhile, the check decides, not the timer.
     pub async fn sleep_until(&self, deadline: Instant) {
         match self {
-            Clock::System => {
-                let wait = deadline.duration_from(self.now());
+            Clock::System(d) => {
+                if let Source::Simulated { moved, .. } = &d.source {
+                    let mut moved = moved.subscribe();
+                    while self.now() < deadline {
+                        if moved.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                let mut wait = deadline.duration_from(self.now());
+                // While catching up with a step the clock may run 10 % fast:
+                // wake early enough, and let the caller's re-check decide.
+                if d.stepping() {
+                    wait = wait.mul_f64(1.0 / (1.0 + SLEW));
+                }
                 if !wait.is_zero() {
-                    // `now()` is floored, so `wait` is at least the true
-                    // remaining time, and tokio's timer never fires early.
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -106,5 +259,67 @@ mod tests {
         clock.advance(1);
         tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap();
         assert_eq!(clock.now(), Instant::from_millis(2_000));
+    }
+
+    #[test]
+    fn the_discipline_follows_small_corrections_exactly_and_slews_steps() {
+        let mut d = Discipline::default();
+        let base = 1_700_000_000_000_i64;
+        assert_eq!(d.observe(base, 0), base as f64);
+        // NTP-sized drift (1 ms in 100 ms) is followed to the millisecond.
+        assert_eq!(d.observe(base + 101, 100), (base + 101) as f64);
+        // A step forward of an hour: 1.1x real time, not an hour at once.
+        let step = 3_600_000;
+        let t = d.observe(base + 1_101 + step, 1_100);
+        assert_eq!(t, (base + 101 + 1_000 + 100) as f64);
+        assert!(d.stepping());
+        // Ten hours later (in one-minute readings) it has caught up.
+        let mut mono = 1_100;
+        let mut last = t;
+        while mono < 1_100 + 10 * 3_600_000 + 60_000 {
+            mono += 60_000;
+            let now = d.observe(base + step + mono + 1, mono);
+            assert!(now - last <= 66_000.0 + 1e-6 && now >= last, "ran faster than 1.1x");
+            last = now;
+        }
+        assert_eq!(last, (base + step + mono + 1) as f64);
+        assert!(!d.stepping());
+    }
+
+    #[test]
+    fn a_step_back_slows_the_clock_but_never_turns_it_back() {
+        let mut d = Discipline::default();
+        let base = 1_700_000_000_000_i64;
+        d.observe(base, 0);
+        let mut last = base as f64;
+        for i in 1..=100 {
+            let mono = i * 1_000;
+            let now = d.observe(base + mono - 3_600_000, mono);
+            assert!((now - last - 900.0).abs() < 1e-6, "0.9x while behind");
+            last = now;
+        }
+        // The monotonic source never goes back, but a reading that does is ignored.
+        assert!(d.observe(base, 50_000) >= last);
+    }
+
+    #[tokio::test]
+    async fn a_simulated_clock_moves_its_sources_separately() {
+        let start = Instant::from_millis(1_700_000_000_000);
+        let clock = Clock::simulated(start);
+        assert_eq!(clock.now(), start);
+        clock.step_utc(-60_000);
+        clock.advance(10_000);
+        assert_eq!(clock.now().millis_since(start), 9_000, "slowed to 0.9x, not turned back");
+        let sleeper = {
+            let clock = clock.clone();
+            tokio::spawn(
+                async move { clock.sleep_until(Instant::from_millis(start.millis() + 10_000)).await },
+            )
+        };
+        clock.advance(1_000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!sleeper.is_finished(), "woke at {} (needs 10 000)", clock.now().millis_since(start));
+        clock.advance(200);
+        tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap();
     }
 }

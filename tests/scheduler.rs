@@ -34,10 +34,13 @@ struct Harness {
 }
 
 async fn start_scheduler(capacity: usize) -> Harness {
+    start_scheduler_with(capacity, Clock::manual(Instant::parse("2026-01-01T08:00:00Z").unwrap())).await
+}
+
+async fn start_scheduler_with(capacity: usize, clock: Clock) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let config = Arc::new(Config::parse(&dir.path().join("cw.yaml"), CONFIG).unwrap());
     let store = Store::open(&config.database).await.unwrap();
-    let clock = Clock::manual(Instant::parse("2026-01-01T08:00:00Z").unwrap());
     let changed = Arc::new(Notify::new());
     let (tx, rx) = mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
@@ -209,4 +212,56 @@ async fn a_row_without_deadline_inserted_by_sql_is_adopted_from_its_policy() {
     assert_eq!(s.room, Room::Numeric(42));
     assert_eq!(s.deadline, started.saturating_add(Duration::from_secs(6 * 3600)));
     h.shutdown.cancel();
+}
+
+/// Lets `seconds` of real time pass on a simulated clock, a second at a
+/// time, and returns how many sessions were handed over meanwhile.
+async fn pass(h: &mut Harness, seconds: u32) -> usize {
+    let mut handed = 0;
+    for _ in 0..seconds {
+        h.clock.advance(1_000);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        while let Ok(claimed) = h.rx.try_recv() {
+            for s in &claimed.sessions {
+                assert!(s.deadline.millis_since(h.clock.now()) <= 300, "handed over early");
+            }
+            handed += claimed.sessions.len();
+            h.settle(&claimed).await;
+        }
+    }
+    // Let the last turn finish.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(claimed) = h.rx.try_recv() {
+        handed += claimed.sessions.len();
+        h.settle(&claimed).await;
+    }
+    handed
+}
+
+#[tokio::test]
+async fn a_forward_step_of_the_hosts_clock_releases_deadlines_gradually() {
+    let t0 = Instant::parse("2026-01-01T08:00:00Z").unwrap();
+    let mut h = start_scheduler_with(1024, Clock::simulated(t0)).await;
+    let minutes = |n: u64| t0.saturating_add(Duration::from_secs(60 * n));
+    let sessions: Vec<_> = (1..=120).map(|k| session(k as u32, minutes(k))).collect();
+    h.register(&sessions).await;
+    // The host's clock jumps an hour ahead; read raw, 60 deadlines would be due.
+    h.clock.step_utc(3_600_000);
+    assert_eq!(pass(&mut h, 30).await, 0, "nothing is due 33 s in at 1.1x");
+    // Ten real minutes: the clock ran at 1.1x, so 11 minutes of deadlines.
+    let handed = pass(&mut h, 570).await;
+    assert_eq!(h.clock.now().millis_since(t0), 660_000);
+    assert_eq!(handed, 11, "a step releases deadlines at 1.1x, not all at once");
+}
+
+#[tokio::test]
+async fn a_backward_step_of_the_hosts_clock_does_not_postpone_everything() {
+    let t0 = Instant::parse("2026-01-01T08:00:00Z").unwrap();
+    let mut h = start_scheduler_with(1024, Clock::simulated(t0)).await;
+    let first = session(1, t0.saturating_add(Duration::from_secs(60)));
+    h.register(std::slice::from_ref(&first)).await;
+    // The host's clock goes back an hour; read raw, this would wait 61 minutes.
+    h.clock.step_utc(-3_600_000);
+    assert_eq!(pass(&mut h, 66).await, 0, "at 0.9x, 66 s are 59.4 s");
+    assert_eq!(pass(&mut h, 2).await, 1, "due after about 67 s of real time");
 }

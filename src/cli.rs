@@ -434,13 +434,44 @@ fn check(path: &std::path::Path) -> Result<(), Failure> {
             ),
         }
     }
+    if let Some(n) = &config.notifications {
+        // The query may carry a token: show only that there is one.
+        let shown = match n.url.split_once('?') {
+            Some((base, _)) => format!("{base}?****"),
+            None => n.url.clone(),
+        };
+        println!("notifications: {shown} (secret {})", n.secret);
+    }
+    println!("time_zone: {}", config.time_zone.name());
+    for file in config.sources.iter().skip(1) {
+        println!("policy file: {}", file.display());
+    }
     for p in config.policies.values() {
+        let mut extras = Vec::new();
+        if !p.warn_before.is_empty() {
+            let points: Vec<String> =
+                p.warn_before.iter().map(|w| humantime::format_duration(*w).to_string()).collect();
+            extras.push(format!("warn_before {}", points.join(", ")));
+        }
+        if !p.grace.is_zero() {
+            extras.push(format!("grace {}", humantime::format_duration(p.grace)));
+        }
+        if let Some(m) = p.max_extension {
+            extras.push(format!("max_extension {}", humantime::format_duration(m)));
+        }
+        if let Some(b) = p.budget {
+            extras.push(format!("budget {} per user per {}", humantime::format_duration(b.limit), b.window));
+        }
+        if p.shadow {
+            extras.push("mode shadow".into());
+        }
         println!(
-            "policy {}: provider {}, max_duration {}, action {}",
+            "policy {}: provider {}, max_duration {}, action {}{}",
             p.name,
             p.provider,
             humantime::format_duration(p.max_duration),
-            p.action.as_str()
+            p.action.as_str(),
+            extras.iter().map(|e| format!(", {e}")).collect::<String>()
         );
     }
     for w in &config.warnings {

@@ -197,7 +197,8 @@ impl Scheduler {
             let config = self.config.current();
             for row in rows {
                 match adoption(&config, &row.record) {
-                    Ok(a) => {
+                    Ok(mut a) => {
+                        self.clip_to_budget(&config, &row.record, &mut a, now).await?;
                         let deadline = a.deadline;
                         self.store
                             .adopt(&row.record.id, &a.provider, deadline, a.grace, &a.warn_before, now)
@@ -211,6 +212,37 @@ impl Scheduler {
                 }
             }
         }
+    }
+}
+
+impl Scheduler {
+    /// A plain-SQL row of a budgeted policy that left its deadline to the
+    /// policy gets no more than the user's budget has left, as a session
+    /// registered through the API would.
+    async fn clip_to_budget(
+        &self,
+        config: &Config,
+        r: &SessionRecord,
+        a: &mut Adoption,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let (Some(policy), Some(user), None) = (config.policy(&r.policy), &r.user_id, &r.deadline) else {
+            return Ok(());
+        };
+        let (Some(budget), Ok(user)) = (policy.budget, UserId::parse(user)) else {
+            return Ok(());
+        };
+        let standing = self.store.budget_standing(&policy.name, budget, config.time_zone, &user, now).await?;
+        let booked_end =
+            Instant::from_millis(a.deadline.millis() - crate::domain::duration_millis_ceil(a.grace));
+        let started = Instant::from_millis(
+            booked_end.millis() - crate::domain::duration_millis_ceil(policy.max_duration),
+        );
+        let allowed = started.saturating_add(standing.remaining());
+        if allowed < booked_end {
+            a.deadline = allowed.saturating_add(a.grace);
+        }
+        Ok(())
     }
 }
 

@@ -884,8 +884,8 @@ impl Store {
         })
     }
 
-    /// Deletes settled sessions last updated before `sessions_before`, in
-    /// batches. Returns how many.
+    /// Deletes settled sessions last updated before `before`, in batches, and
+    /// settled notifications of the same age. Returns how many sessions.
     pub async fn prune_sessions(&self, before: Instant) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
@@ -898,9 +898,16 @@ impl Store {
             .await?;
             total += done.rows_affected();
             if done.rows_affected() < 5000 {
-                return Ok(total);
+                break;
             }
         }
+        // Settled notifications go with the sessions of their time; pending
+        // ones stay whatever their age.
+        sqlx::query("DELETE FROM notifications WHERE state <> 'pending' AND updated_at < ?")
+            .bind(before.to_string())
+            .execute(&self.writer)
+            .await?;
+        Ok(total)
     }
 
     /// Prunes audit rows written before `before`: records a checkpoint with

@@ -19,6 +19,7 @@ fn check(path: &Path) -> Output {
         .env("CALLWARDEN_API_TOKEN", "example-api-token-for-tests")
         .env("CALLWARDEN_CHECKPOINT_KEY", "example-checkpoint-key")
         .env("ACS_CALLBACK_SECRET", "example-acs-callback-secret")
+        .env("CALLWARDEN_NOTIFY_SECRET", "example-notify-secret")
         .output()
         .expect("the binary runs")
 }
@@ -52,6 +53,8 @@ fn assert_loads(path: &Path) {
         "example-api-token-for-tests",
         "example-acs-callback-secret",
         "example-checkpoint-key",
+        "example-notify-secret",
+        "notify-fixture-secret",
     ] {
         assert!(!stdout.contains(secret), "{} printed its secret: {stdout}", path.display());
         assert!(!stderr.contains(secret), "{} logged its secret: {stderr}", path.display());

@@ -229,9 +229,9 @@ async fn pass(h: &mut Harness, seconds: u32) -> usize {
             h.settle(&claimed).await;
         }
     }
-    // Let the last turn finish.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    while let Ok(claimed) = h.rx.try_recv() {
+    // Let the last turns finish (a loaded machine may take a while); the
+    // clock stands still meanwhile, so nothing more can fall due.
+    while let Ok(Some(claimed)) = tokio::time::timeout(Duration::from_millis(1_500), h.rx.recv()).await {
         handed += claimed.sessions.len();
         h.settle(&claimed).await;
     }

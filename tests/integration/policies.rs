@@ -333,6 +333,26 @@ async fn a_new_session_gets_what_the_budget_has_left_and_an_exhausted_user_is_re
     let granted = s.deadline_ms() - ms_of(&s.started_at);
     assert!((granted - expected).abs() < 2_000, "granted {granted} ms, expected about {expected} ms");
 
+    // A row the app inserts with plain SQL, leaving the deadline to the
+    // policy, is clipped alike when the daemon adopts it.
+    history(&h, "daily", "erin", now - 25 * min, now - min).await;
+    h.insert_sql(&[SqlSession {
+        policy: "daily".into(),
+        room_id: "7403".into(),
+        room_kind: "numeric".into(),
+        user_id: Some("erin".into()),
+        started_at: Some(text_of(now)),
+        deadline: None,
+    }])
+    .await
+    .unwrap();
+    let adopted = wait_for("the SQL row adopted", SHORT, || async {
+        h.sessions().await.into_iter().find(|s| s.room_id == "7403" && s.deadline.is_some())
+    })
+    .await;
+    let granted = adopted.deadline_ms() - now;
+    assert!((granted - expected).abs() < 2_000, "adopted with {granted} ms, expected about {expected} ms");
+
     // Dave has nothing left: his session is due at once, and he is removed.
     history(&h, "daily", "dave", now - 40 * min, now - 5 * min).await;
     let used_dave = (now - 5 * min) - (now - 40 * min).max(midnight);

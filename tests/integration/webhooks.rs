@@ -379,3 +379,51 @@ async fn a_roster_delivered_after_the_disconnect_opens_nothing() {
     let rows = h.sessions().await;
     assert!(active_in(&rows, call).is_empty(), "sessions opened on an ended call: {rows:#?}");
 }
+
+#[tokio::test]
+async fn an_entry_under_a_budget_gets_what_is_left_and_an_exhausted_user_is_removed_on_entry() {
+    let policies = concat!(
+        "  daily-chat: { provider: trtc, match: { room: 'paid-*' }, scope: participant, max_duration: 20m,\n",
+        "                budget: { per: user, window: month, limit: 30m }, action: remove_user }\n",
+    );
+    let h = Harness::http(Listener { trtc: true, ..Listener::default() }, policies).await;
+    let daemon = h.start_daemon().await;
+    let hooks = Client::new(&daemon.http_url().await).with_token(None);
+    let min = 60_000;
+    let t0 = now_ms();
+    let month_start = ms_of(&format!("{}-01T00:00:00Z", &text_of(t0)[..7]));
+    // Earlier this month: one user used all 30 minutes, another 22 (both
+    // sessions ending a minute ago; only their part inside the month counts).
+    for (user, used) in [("spent", 30), ("thrifty", 22)] {
+        sqlx::query(
+            "INSERT INTO sessions (policy, provider, room_id, room_kind, user_id, started_at, deadline, state, ended_at) \
+             VALUES ('daily-chat', 'trtc', 'paid-0', 'string', ?, ?, ?, 'enforced', ?)",
+        )
+        .bind(user)
+        .bind(text_of(t0 - (used + 1) * min))
+        .bind(text_of(t0 - min))
+        .bind(text_of(t0 - min))
+        .execute(h.db().await)
+        .await
+        .unwrap();
+    }
+    let counted = |used: i64| (t0 - min) - (t0 - (used + 1) * min).max(month_start);
+
+    trtc(&hooks, &trtc_event(103, json!("paid-1"), t0, Some("thrifty"))).await;
+    trtc(&hooks, &trtc_event(103, json!("paid-2"), t0, Some("spent"))).await;
+    let rows = h.sessions().await;
+    let thrifty = active_in(&rows, "paid-1");
+    assert_eq!(thrifty.len(), 1, "{rows:#?}");
+    let granted = thrifty[0].deadline_ms() - t0;
+    assert_eq!(granted, (30 * min - counted(22)).min(20 * min), "the budget's remainder, from the entry");
+
+    // The exhausted user: a session due at once, enforced, recorded as such.
+    let spent = in_room(&rows, "paid-2")[0].id.clone();
+    if counted(30) >= 30 * min {
+        let row = h.wait_until_settled(std::slice::from_ref(&spent), SHORT).await.remove(0);
+        assert_eq!(row.state, "enforced");
+        assert_eq!(h.sandbox.requests_for("paid-2").await.len(), 1, "removed on entry");
+        let registered = h.audit_of(&spent).await.into_iter().find(|a| a.event == "registered").unwrap();
+        assert!(registered.detail.unwrap().contains("budget exhausted"));
+    }
+}

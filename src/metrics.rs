@@ -18,6 +18,7 @@ pub const RATE_LIMIT_WAIT_SECONDS: &str = "callwarden_rate_limiter_wait_seconds"
 pub const WEBHOOK_REQUESTS: &str = "callwarden_webhook_requests_total";
 pub const API_REQUESTS: &str = "callwarden_api_requests_total";
 pub const SESSIONS: &str = "callwarden_sessions";
+pub const STORE_ERRORS: &str = "callwarden_store_errors_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -50,6 +51,10 @@ fn describe() {
     );
     metrics::describe_counter!(WEBHOOK_REQUESTS, "Webhook requests by source and result");
     metrics::describe_counter!(API_REQUESTS, "Session API requests by status class");
+    metrics::describe_counter!(
+        STORE_ERRORS,
+        "Failed database steps (locked, full, read-only) by task; each is retried"
+    );
     metrics::describe_gauge!(SESSIONS, "Sessions in the database by state, read at scrape time");
 }
 
@@ -91,6 +96,10 @@ pub fn api_request(status: u16) {
         _ => "5xx",
     };
     metrics::counter!(API_REQUESTS, "status" => class).increment(1);
+}
+
+pub fn store_error(task: &'static str) {
+    metrics::counter!(STORE_ERRORS, "task" => task).increment(1);
 }
 
 pub fn sessions(state: &str, count: i64) {

@@ -373,6 +373,8 @@ pub struct Store {
     /// and one connection makes that explicit and keeps writes in order.
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Whether the daemon's database steps are failing right now.
+    health: std::sync::Arc<crate::health::StoreHealth>,
 }
 
 const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
@@ -433,11 +435,15 @@ impl Store {
             .connect_with(Self::options(path))
             .await
             .map_err(open_err)?;
-        Ok(Store { path: path.to_path_buf(), writer, readers })
+        Ok(Store { path: path.to_path_buf(), writer, readers, health: Default::default() })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn health(&self) -> &std::sync::Arc<crate::health::StoreHealth> {
+        &self.health
     }
 
     pub async fn close(&self) {

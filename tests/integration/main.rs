@@ -13,5 +13,7 @@ mod crash;
 mod enforcement;
 mod helpers;
 mod http;
+mod kill_loop;
+mod provider_faults;
 mod sql;
 mod webhooks;

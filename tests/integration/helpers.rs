@@ -1251,3 +1251,22 @@ impl Daemon {
         matches!(self.process.child.try_wait(), Ok(None))
     }
 }
+
+impl Harness {
+    /// A sandbox and the config `make(database, sandbox_url)` writes, with
+    /// the database at `database` (a path outside the tempdir, such as a
+    /// small filesystem mounted for a test).
+    pub async fn with_database(database: &Path, make: impl FnOnce(&Path, &str) -> String) -> Harness {
+        let dir = tempfile::tempdir().expect("a tempdir");
+        let sandbox = Sandbox::start();
+        let config = dir.path().join("callwarden.yaml");
+        std::fs::write(&config, make(database, &sandbox.url)).unwrap();
+        Harness {
+            _dir: dir,
+            config,
+            db_path: database.to_path_buf(),
+            sandbox,
+            pool: tokio::sync::OnceCell::new(),
+        }
+    }
+}

@@ -10,6 +10,7 @@ mod acs;
 mod cli;
 mod config;
 mod crash;
+mod db_faults;
 mod enforcement;
 mod helpers;
 mod http;

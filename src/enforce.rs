@@ -459,10 +459,12 @@ impl Inner {
         Fut: std::future::Future<Output = Result<(), StoreError>>,
     {
         let mut wait = Duration::from_millis(100);
+        let mut outage = None;
         loop {
             match write().await {
                 Ok(()) => return true,
                 Err(e) => {
+                    self.store.health().failed(&mut outage, "enforcement", &e);
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write enforcement record");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}

@@ -15,6 +15,7 @@
 //! - [`clock`]: the injectable clock deadlines are compared with.
 //! - [`scheduler`]: what is due next; claims due sessions; adopts SQL inserts.
 //! - [`enforce`]: pacing, provider calls, retries, outcome records.
+//! - [`health`]: whether database writes are failing (for `/readyz`).
 //! - [`providers`]: signed provider requests and answer classification
 //!   ([`providers::trtc`], [`providers::acs`]).
 //! - [`http`]: the listener: provider webhooks (ACS outcome callbacks), health.
@@ -35,6 +36,7 @@ pub mod daemon;
 pub mod demo;
 pub mod domain;
 pub mod enforce;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod notify;

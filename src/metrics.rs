@@ -20,6 +20,7 @@ pub const API_REQUESTS: &str = "callwarden_api_requests_total";
 pub const SESSIONS: &str = "callwarden_sessions";
 pub const CONFIG_RELOADS: &str = "callwarden_config_reloads_total";
 pub const NOTIFICATIONS: &str = "callwarden_notifications_total";
+pub const STORE_ERRORS: &str = "callwarden_store_errors_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -54,6 +55,10 @@ fn describe() {
     metrics::describe_counter!(API_REQUESTS, "Session API requests by status class");
     metrics::describe_counter!(CONFIG_RELOADS, "Configuration reloads by result (applied, rejected)");
     metrics::describe_counter!(NOTIFICATIONS, "Notification deliveries by event and result");
+    metrics::describe_counter!(
+        STORE_ERRORS,
+        "Failed database steps (locked, full, read-only) by task; each is retried"
+    );
     metrics::describe_gauge!(SESSIONS, "Sessions in the database by state, read at scrape time");
 }
 
@@ -95,6 +100,10 @@ pub fn api_request(status: u16) {
         _ => "5xx",
     };
     metrics::counter!(API_REQUESTS, "status" => class).increment(1);
+}
+
+pub fn store_error(task: &'static str) {
+    metrics::counter!(STORE_ERRORS, "task" => task).increment(1);
 }
 
 pub fn sessions(state: &str, count: i64) {

@@ -77,13 +77,15 @@ impl Scheduler {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let watchdog = crate::service::watchdog_interval();
+        let mut outage = None;
         while !shutdown.is_cancelled() {
             if watchdog.is_some() {
                 crate::service::watchdog();
             }
             match self.turn(&shutdown, watchdog).await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => (backoff, outage) = (Duration::from_millis(100), None),
                 Err(e) => {
+                    self.store.health().failed(&mut outage, "scheduler", &e);
                     tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "scheduler cannot read the queue");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}

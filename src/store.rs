@@ -398,6 +398,8 @@ pub struct Store {
     /// and one connection makes that explicit and keeps writes in order.
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Whether the daemon's database steps are failing right now.
+    health: std::sync::Arc<crate::health::StoreHealth>,
 }
 
 const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
@@ -450,6 +452,22 @@ impl Store {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            // After a failed COMMIT (a full disk), sqlx can lose track of the
+            // transaction SQLite still holds open: every later "transaction"
+            // becomes a savepoint inside it, reports success and is never
+            // committed. A plain BEGIN fails exactly when SQLite is inside a
+            // transaction between uses; such a connection is discarded (its
+            // open transaction rolled back) and a fresh one opened.
+            .before_acquire(|conn, _| {
+                Box::pin(async move {
+                    if sqlx::query("BEGIN").execute(&mut *conn).await.is_err() {
+                        tracing::warn!("the database writer was left inside a transaction; reconnecting");
+                        return Ok(false);
+                    }
+                    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+                    Ok(true)
+                })
+            })
             .connect_with(Self::options(path))
             .await
             .map_err(open_err)?;
@@ -462,11 +480,15 @@ impl Store {
             .connect_with(Self::options(path))
             .await
             .map_err(open_err)?;
-        Ok(Store { path: path.to_path_buf(), writer, readers })
+        Ok(Store { path: path.to_path_buf(), writer, readers, health: Default::default() })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn health(&self) -> &std::sync::Arc<crate::health::StoreHealth> {
+        &self.health
     }
 
     pub async fn close(&self) {

@@ -99,13 +99,17 @@ async fn count_api_response(response: Response) -> Response {
     response
 }
 
-/// Ready when the database answers.
-async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+/// Ready when the database answers and no database step of the daemon is
+/// failing (a lock held elsewhere or a full disk leaves reads working).
+async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
+    if let Some(error) = state.store.health().failing() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("database writes failing: {error}\n"));
+    }
     match state.store.next_deadline().await {
-        Ok(_) => (StatusCode::OK, "ready\n"),
+        Ok(_) => (StatusCode::OK, "ready\n".into()),
         Err(e) => {
             tracing::warn!(error = %e, "not ready: the database does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n".into())
         }
     }
 }

@@ -10,7 +10,9 @@
 //!
 //! - `GET /_sandbox/stats`: counts per action and answer, the most requests
 //!   seen in any one-second window, effective dismissals and removals;
-//! - `GET /_sandbox/requests`: every request, in arrival order;
+//! - `GET /_sandbox/requests`: every request, in the order answered (one
+//!   whose client hung up first is logged then, as `NoAnswer`, under the
+//!   time it arrived);
 //! - `POST /_sandbox/faults` ([`Fault`]) and `DELETE /_sandbox/faults`;
 //! - `POST /_sandbox/rooms/dismiss` `{"room": 1234}` or `{"room": "abc"}`
 //!   (TRTC), `{"call": "id"}` (ACS): ends a room or call as if everyone had left.
@@ -88,7 +90,10 @@ pub struct Fault {
     /// Answer with this HTTP status and a plain body instead of a TRTC envelope.
     #[serde(default)]
     pub http_status: Option<u16>,
-    /// Wait this long before answering (normally, or with the fault).
+    /// Wait this long before answering (normally, or with the fault). A delay
+    /// longer than the client's timeout is a hung request: TRTC drops the
+    /// work when the client hangs up; ACS carries it out once the delay ends
+    /// (answering 409 to a repeat meanwhile), as a slow real service would.
     #[serde(default)]
     pub delay_ms: u64,
     /// How many requests the rule applies to; absent = every matching one.
@@ -101,6 +106,21 @@ pub struct Fault {
     /// (`"failed"`), or report nothing at all (`"none"`).
     #[serde(default)]
     pub outcome_event: Option<String>,
+    /// Applies to each matching request with this chance, in percent (drawn
+    /// per request); a request it passes over is answered normally (or by a
+    /// later rule) and does not count against `times`. Always, when absent.
+    #[serde(default)]
+    pub percent: Option<u8>,
+    /// The rule lapses this long after it was added: an outage window.
+    #[serde(default)]
+    pub for_ms: Option<u64>,
+}
+
+/// A fault rule and when it lapses.
+#[derive(Debug)]
+struct ActiveFault {
+    fault: Fault,
+    until: Option<StdInstant>,
 }
 
 /// An ACS answer, kept under its repeatability id to be replayed.
@@ -163,7 +183,7 @@ struct Inner {
     repeats: HashMap<String, StoredAnswer>,
     /// ACS repeatability ids whose first request is still being carried out.
     repeats_in_progress: HashSet<String>,
-    faults: Vec<Fault>,
+    faults: Vec<ActiveFault>,
     log: VecDeque<RequestRecord>,
 }
 
@@ -192,7 +212,8 @@ impl SandboxState {
     }
 
     pub fn add_fault(&self, fault: Fault) {
-        self.lock().faults.push(fault);
+        let until = fault.for_ms.map(|ms| StdInstant::now() + Duration::from_millis(ms));
+        self.lock().faults.push(ActiveFault { fault, until });
     }
 
     /// Ends a room as if everyone had left: later calls get `RoomNotExist`.
@@ -231,16 +252,20 @@ impl SandboxState {
         over
     }
 
-    /// The first fault rule matching the request, used up by one.
+    /// The first fault rule that matches the request (and, for a rule with a
+    /// probability, is drawn), used up by one. Lapsed rules are dropped.
     fn take_fault(&self, action: &str, room: Option<&str>) -> Option<Fault> {
+        let now = StdInstant::now();
         let mut inner = self.lock();
-        let i = inner.faults.iter().position(|f| {
+        inner.faults.retain(|f| f.until.is_none_or(|until| now < until));
+        let i = inner.faults.iter().position(|ActiveFault { fault: f, .. }| {
             f.action.as_deref().is_none_or(|a| a == action)
                 && f.room.as_deref().is_none_or(|r| Some(r) == room)
+                && f.percent.is_none_or(|p| rand::Rng::gen_range(&mut rand::thread_rng(), 0..100u8) < p)
         })?;
-        let fault = inner.faults[i].clone();
-        if let Some(times) = &mut inner.faults[i].times {
-            *times -= 1;
+        let fault = inner.faults[i].fault.clone();
+        if let Some(times) = &mut inner.faults[i].fault.times {
+            *times = times.saturating_sub(1);
             if *times == 0 {
                 inner.faults.remove(i);
             }
@@ -260,7 +285,24 @@ impl SandboxState {
         answer: &str,
         request_id: Option<String>,
     ) {
-        let at_ms = self.started.elapsed().as_millis() as u64;
+        self.record_at(self.elapsed_ms(), action, room, users, answer, request_id);
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Logs a request under the time `at_ms` it arrived (for one answered
+    /// late, or never).
+    fn record_at(
+        &self,
+        at_ms: u64,
+        action: &str,
+        room: Option<String>,
+        users: Vec<String>,
+        answer: &str,
+        request_id: Option<String>,
+    ) {
         let mut inner = self.lock();
         inner.stats.requests += 1;
         *inner.stats.requests_by_action.entry(action.to_string()).or_default() += 1;

@@ -233,7 +233,17 @@ pub(super) async fn handle(
     let room_text = params.room.text();
     if let Some(fault) = state.take_fault(action, Some(&room_text)) {
         if fault.delay_ms > 0 {
+            // hyper drops this handler if the client gives up first (a hung
+            // request): log the request then, or the log would miss it.
+            let unanswered = Unanswered {
+                state: &state,
+                at_ms: state.elapsed_ms(),
+                action,
+                room: &room_text,
+                users: &params.users,
+            };
             tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+            std::mem::forget(unanswered);
         }
         if let Some(status) = fault.http_status {
             state.record(action, Some(room_text), params.users, &format!("HTTP{status}"));
@@ -249,6 +259,23 @@ pub(super) async fn handle(
     let answer = apply(&state, action, &params);
     state.record(action, Some(room_text), params.users, answer.as_ref().map_or("success", |e| e.0.as_str()));
     envelope(answer.as_ref())
+}
+
+/// Logs a request whose client hung up before the answer, as `NoAnswer`,
+/// at the time it arrived.
+struct Unanswered<'a> {
+    state: &'a SandboxState,
+    at_ms: u64,
+    action: &'a str,
+    room: &'a str,
+    users: &'a [String],
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let (room, users) = (Some(self.room.to_string()), self.users.to_vec());
+        self.state.record_at(self.at_ms, self.action, room, users, "NoAnswer", None);
+    }
 }
 
 /// Applies a valid request to the room state.

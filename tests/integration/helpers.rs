@@ -1107,3 +1107,175 @@ pub fn metric_sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f6
         .map(|s| s.value)
         .sum()
 }
+
+// ---- reliability: faults, kills and the invariants they must keep -------------------
+// (used by kill_loop.rs, provider_faults.rs and db_faults.rs)
+
+/// A provider's `retry:` and `request_timeout:` in a fault test's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub max_attempts: u32,
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub timeout_ms: u64,
+}
+
+impl Retry {
+    /// The shortest time a session can spend in backoff before its last
+    /// attempt: each wait is jittered down to half its ceiling at worst. A
+    /// fault that lasts longer than this can exhaust the attempts.
+    pub fn min_retry_span_ms(&self) -> u64 {
+        (1..self.max_attempts)
+            .map(|n| (self.initial_ms.saturating_mul(1 << (n - 1).min(20))).min(self.max_ms) / 2)
+            .sum()
+    }
+}
+
+/// [`http_config_text`]'s providers and policies (listener on, no API or
+/// webhooks), with both providers' retry policy and request timeout
+/// replaced by `retry`.
+pub fn fault_config_text(database: &Path, endpoint: &str, retry: Retry) -> String {
+    let text = http_config_text(database, endpoint, Listener::default(), "");
+    let Retry { max_attempts, initial_ms, max_ms, timeout_ms } = retry;
+    let replacement = format!(
+        "retry: {{ max_attempts: {max_attempts}, initial_backoff: {initial_ms}ms, max_backoff: {max_ms}ms }}\n    \
+         request_timeout: {timeout_ms}ms"
+    );
+    let mut out = String::new();
+    for line in text.lines() {
+        match line.trim_start().strip_prefix("retry: ") {
+            Some(_) => out.push_str(&format!("    {replacement}\n")),
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    assert_eq!(out.matches("request_timeout").count(), 2, "both providers got the retry policy:\n{out}");
+    out
+}
+
+/// Answers per target (room or call, plus the participant for a removal),
+/// in arrival order.
+pub fn answers_by_target(requests: &[RequestRecord]) -> HashMap<String, Vec<String>> {
+    let mut by_target: HashMap<String, Vec<String>> = HashMap::new();
+    for r in requests {
+        let Some(room) = &r.room else { continue };
+        let key = if r.users.is_empty() { room.clone() } else { format!("{room}/{}", r.users.join(",")) };
+        by_target.entry(key).or_default().push(r.answer.clone());
+    }
+    by_target
+}
+
+/// Requests that named a room, sorted by when the sandbox saw them.
+pub fn by_arrival(mut requests: Vec<RequestRecord>) -> Vec<RequestRecord> {
+    requests.retain(|r| r.room.is_some());
+    requests.sort_by_key(|r| r.at_ms);
+    requests
+}
+
+impl Harness {
+    /// Every one of `ids` settled `enforced` or `already_ended`, with exactly
+    /// one settling audit event; `already_ended` only where a crash left an
+    /// earlier call unrecorded (a `recovered` event) or `allow_already_ended`.
+    pub async fn assert_settled_once(&self, ids: &[String], allow_already_ended: bool) {
+        let audit = self.audit().await;
+        let mut by_session: HashMap<&str, Vec<&AuditRow>> = HashMap::new();
+        for a in &audit {
+            if let Some(id) = &a.session_id {
+                by_session.entry(id.as_str()).or_default().push(a);
+            }
+        }
+        for row in self.sessions().await.iter().filter(|s| ids.contains(&s.id)) {
+            let events = by_session.get(row.id.as_str()).cloned().unwrap_or_default();
+            let finals: Vec<&str> =
+                events.iter().map(|a| a.event.as_str()).filter(|e| FINAL_EVENTS.contains(e)).collect();
+            assert_eq!(finals.len(), 1, "session {} settled {finals:?}: {row:#?}", row.id);
+            assert_eq!(finals[0], row.state, "{row:#?}");
+            match row.state.as_str() {
+                "enforced" => {}
+                "already_ended" => assert!(
+                    allow_already_ended || events.iter().any(|a| a.event == "recovered"),
+                    "{} ended already without an interrupted earlier call: {:?}",
+                    row.id,
+                    events.iter().map(|a| &a.event).collect::<Vec<_>>()
+                ),
+                _ => panic!("session {} is {}: {row:#?}", row.id, row.state),
+            }
+            // Record, then call: every call (attempt) has its row.
+            let attempt_rows = events.iter().filter(|a| a.event == "attempt").count() as i64;
+            assert!(attempt_rows >= row.attempts, "{}: {attempt_rows} attempt rows, {row:#?}", row.id);
+        }
+    }
+
+    /// `PRAGMA integrity_check` is `ok`, nothing is left `enforcing`, and
+    /// `callwarden audit verify` accepts the hash chain.
+    pub async fn assert_database_whole(&self) {
+        let check: String =
+            sqlx::query_scalar("PRAGMA integrity_check").fetch_one(self.db().await).await.unwrap();
+        assert_eq!(check, "ok");
+        let counts = self.state_counts().await;
+        assert_eq!(counts.get("enforcing"), None, "{counts:?}");
+        self.cli(&["audit", "verify"]).await.expect_ok("audit verify");
+    }
+
+    /// Per-session attempts never exceed `max_attempts`; returns the largest.
+    pub async fn assert_attempts_at_most(&self, max_attempts: u32) -> i64 {
+        let most = self.sessions().await.iter().map(|s| s.attempts).max().unwrap_or(0);
+        for s in self.sessions().await {
+            assert!(s.attempts <= i64::from(max_attempts), "{s:#?}");
+        }
+        most
+    }
+
+    /// The sandbox never saw more than `quota` calls of one action in a
+    /// sliding second, and never had to refuse one for the quota. (The pacer
+    /// spaces calls when they are sent; arrival jitter, such as a new
+    /// connection while others hang, can put one more than the configured
+    /// rate of 19 into a sliding second, which is why the rate stays below
+    /// the provider's 20.)
+    pub async fn assert_quota_kept(&self, quota: u32) {
+        let stats = self.sandbox.stats().await;
+        assert_eq!(stats.rate_limited, 0, "{stats:#?}");
+        for (action, max) in &stats.max_per_second_by_action {
+            assert!(*max <= quota, "{action}: {max} in one second: {stats:#?}");
+        }
+    }
+}
+
+/// A seed from `CALLWARDEN_TEST_SEED`, or a fresh one; printed either way
+/// so a failing run can be repeated.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("CALLWARDEN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: seed {seed} (repeat with CALLWARDEN_TEST_SEED={seed})");
+    seed
+}
+
+impl Daemon {
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.process.child.try_wait(), Ok(None))
+    }
+}
+
+impl Harness {
+    /// A sandbox and the config `make(database, sandbox_url)` writes, with
+    /// the database at `database` (a path outside the tempdir, such as a
+    /// small filesystem mounted for a test).
+    pub async fn with_database(database: &Path, make: impl FnOnce(&Path, &str) -> String) -> Harness {
+        let dir = tempfile::tempdir().expect("a tempdir");
+        let sandbox = Sandbox::start();
+        let config = dir.path().join("callwarden.yaml");
+        std::fs::write(&config, make(database, &sandbox.url)).unwrap();
+        Harness {
+            _dir: dir,
+            config,
+            db_path: database.to_path_buf(),
+            sandbox,
+            pool: tokio::sync::OnceCell::new(),
+        }
+    }
+}

@@ -11,14 +11,18 @@
 //! - [`domain`]: ids, rooms, states, instants, durations, retry policy. No I/O.
 //! - [`config`]: the YAML file → typed, validated [`config::Config`]; secrets.
 //! - [`policy`]: pure decisions: a registration → sessions and deadlines.
+//! - [`budget`]: per-user budgets: calendar windows, what is left.
 //! - [`store`]: the SQLite database, the only module with SQL; migrations.
-//! - [`clock`]: the injectable clock deadlines are compared with.
+//! - [`clock`]: the injectable clock deadlines are compared with; it takes
+//!   steps of the host's clock gradually.
+//! - [`reload`]: the configuration in force, and hot reload.
 //! - [`scheduler`]: what is due next; claims due sessions; adopts SQL inserts.
 //! - [`enforce`]: pacing, provider calls, retries, outcome records.
+//! - [`notify`]: warnings and outcome events to the app's endpoint.
 //! - [`health`]: whether database writes are failing (for `/readyz`).
 //! - [`providers`]: signed provider requests and answer classification
 //!   ([`providers::trtc`], [`providers::acs`]).
-//! - [`http`]: the listener: provider webhooks (ACS outcome callbacks), health.
+//! - [`http`]: the listener: the session API, provider webhooks, health, metrics.
 //! - [`daemon`]: wires the above into the running service; [`service`]:
 //!   systemd readiness and watchdog.
 //! - [`sandbox`]: a local stand-in for the provider APIs.

@@ -385,7 +385,9 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+    /// With the default backoff, 12 tries span at least 90 s (at most 3 min):
+    /// a provider outage of a minute and a half is ridden out, not failed.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 12;
     pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
     pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -496,5 +498,13 @@ mod tests {
         for s in SessionState::ALL {
             assert_eq!(s.as_str().parse::<SessionState>(), Ok(s));
         }
+    }
+
+    #[test]
+    fn the_default_retries_ride_out_a_90_second_outage() {
+        let p = RetryPolicy::default();
+        let waits = |r: f64| (1..p.max_attempts).map(|a| p.backoff(a, None, r)).sum::<Duration>();
+        assert!(waits(0.0) >= Duration::from_secs(90), "shortest span {:?}", waits(0.0));
+        assert!(waits(1.0) <= Duration::from_secs(190), "longest span {:?}", waits(1.0));
     }
 }

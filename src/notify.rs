@@ -33,7 +33,7 @@ use crate::store::{Notification, Store, StoreError};
 
 /// How long a claimed notification stays hidden; a delivery that has not
 /// been recorded by then (a crash) is due again.
-pub const LEASE: Duration = Duration::from_secs(30);
+pub const LEASE: Duration = Duration::from_secs(60);
 /// How long the receiver has to answer one delivery.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts before a notification is given up (about 8.5 minutes of retries).
@@ -41,8 +41,8 @@ pub const MAX_ATTEMPTS: u32 = 10;
 /// The first retry's delay; each next one doubles, up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Most notifications claimed at once, and deliveries under way at once.
-const BATCH: u32 = 64;
+/// Deliveries under way at once; no more are claimed than can start, so a
+/// claimed notification is sent well within its lease.
 const CONCURRENCY: usize = 8;
 /// The longest the notifier sleeps before looking for new due rows (a
 /// registration does not wake it).
@@ -118,13 +118,17 @@ impl Notifier {
         let Some(target) = config.notifications.clone() else {
             return Ok(Duration::from_secs(1));
         };
+        let free = slots.available_permits();
+        if free == 0 {
+            return Ok(Duration::from_millis(20));
+        }
         let now = self.clock.now();
         match self.store.next_notification_due().await? {
             Some(due) if due <= now => {}
             Some(due) => return Ok(POLL.min(due.duration_from(now))),
             None => return Ok(POLL),
         }
-        let claimed = self.store.claim_notifications(now, LEASE, BATCH).await?;
+        let claimed = self.store.claim_notifications(now, LEASE, free as u32).await?;
         // One session's notifications go out in order, one at a time.
         let mut by_session: BTreeMap<String, Vec<Notification>> = BTreeMap::new();
         for n in claimed {

@@ -1171,7 +1171,7 @@ const MIN_MASKED_LEN: usize = 6;
 /// searched for secret keys, block or flow style, in any position, and what
 /// follows them is masked, raw and as `{:?}` escapes it.
 fn mask_secrets(text: &str, mut message: String) -> String {
-    let lines: Vec<&str> = text.lines().collect();
+    let lines = yaml_lines(text);
     let mut values: Vec<String> = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         for key in SECRET_KEYS {
@@ -1252,8 +1252,8 @@ fn syntax_error(path: &Path, text: &str, e: &serde_yaml::Error) -> ConfigError {
         .and_then(|(_, rest)| rest.split_once('`'))
         .map(|(key, _)| key.to_string());
     if let (Some(key), Some(from)) = (unknown, line) {
-        let found = text
-            .lines()
+        let found = yaml_lines(text)
+            .into_iter()
             .enumerate()
             .skip(from.saturating_sub(1))
             .find(|(_, l)| l.trim_start().starts_with(&format!("{key}:")));
@@ -1264,6 +1264,29 @@ fn syntax_error(path: &Path, text: &str, e: &serde_yaml::Error) -> ConfigError {
     ConfigError { file: path.to_path_buf(), line, reason }
 }
 
+/// The lines of `text` as YAML counts them, which is what serde_yaml's
+/// positions refer to: CR LF, LF and a lone CR each end a line, and so do
+/// NEL, LS and PS. (`str::lines` splits at LF only, so in a file with old
+/// Mac line ends every key looked up by line was lost.)
+fn yaml_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}') {
+            lines.push(&text[start..i]);
+            start = i + c.len_utf8();
+            if c == '\r' && chars.next_if(|&(_, next)| next == '\n').is_some() {
+                start += 1;
+            }
+        }
+    }
+    if start < text.len() {
+        lines.push(&text[start..]);
+    }
+    lines
+}
+
 /// Finds the 1-based line of a key path (`["policies", "x", "provider"]`) in
 /// block-style YAML, falling back to the deepest ancestor found. serde_yaml
 /// reports positions only for syntax and type errors; cross-field checks use
@@ -1271,7 +1294,7 @@ fn syntax_error(path: &Path, text: &str, e: &serde_yaml::Error) -> ConfigError {
 pub fn locate(text: &str, key_path: &[&str]) -> Option<usize> {
     let mut stack: Vec<(usize, String)> = Vec::new();
     let mut best: Option<(usize, usize)> = None; // (depth matched, line)
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in yaml_lines(text).into_iter().enumerate() {
         let trimmed = line.trim_start();
         if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
             continue;
@@ -1407,6 +1430,17 @@ policies:
     fn unknown_regions_warn_but_load() {
         let c = parse(&GOOD.replace("ap-guangzhou", "eu-frankfurt")).unwrap();
         assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn lines_are_counted_as_yaml_counts_them() {
+        assert_eq!(yaml_lines("a\nb\r\nc\rd\u{2028}e\n"), ["a", "b", "c", "d", "e"]);
+        assert_eq!(yaml_lines("a\n\nb"), ["a", "", "b"]);
+        // Old Mac line ends: every check still finds its line.
+        let e = refused(&GOOD.replace("provider: trtc", "provider: nope").replace('\n', "\r"));
+        assert_eq!(e.line, Some(11), "{e}");
+        let e = refused(&GOOD.replace("    region:", "    colour: red\n    region:").replace('\n', "\r"));
+        assert_eq!(e.line, Some(6), "{e}");
     }
 
     #[test]

@@ -31,11 +31,21 @@ fn is_secret_line(line: &str) -> bool {
     key_of(line).is_some_and(|k| SECRET_KEYS.contains(&k))
 }
 
+/// Lines as YAML counts them: CR LF, LF, a lone CR, NEL, LS and PS each end
+/// one (serde_yaml reports positions by that count; `str::lines` would not).
+fn yaml_lines(text: &str) -> usize {
+    1 + text
+        .replace("\r\n", "\n")
+        .chars()
+        .filter(|c| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}'))
+        .count()
+}
+
 /// Every rejection names the file and a line that exists (or the line just
 /// past the end, where a truncated document fails), and says so up front.
 fn assert_locates(path: &Path, text: &str, e: &ConfigError) -> Result<(), TestCaseError> {
     prop_assert_eq!(&e.file, path, "error names another file: {}", e);
-    let lines = text.lines().count().max(1);
+    let lines = yaml_lines(text);
     let Some(line) = e.line else {
         return Err(TestCaseError::fail(format!("no line in {e:?} for:\n{text}")));
     };
@@ -71,10 +81,11 @@ fn assert_no_secret(
 
 // ---- a valid file with a secret in every place one can go ------------------
 
-/// One secret per secret key: 20 letters and digits, which is also valid
-/// base64 (the ACS access key must be) and unlikely to occur by chance.
-fn secrets() -> impl Strategy<Value = [String; 6]> {
-    proptest::array::uniform6("[A-Za-z0-9]{20}")
+/// One secret per place a secret goes: 20 letters and digits, which is
+/// also valid base64 (the ACS access key must be) and unlikely to occur by
+/// chance.
+fn secrets() -> impl Strategy<Value = [String; 7]> {
+    proptest::array::uniform7("[A-Za-z0-9]{20}")
 }
 
 /// How a secret is written: each shape is still the operator's secret.
@@ -111,13 +122,17 @@ fn write(secret: &str, shape: Shape) -> String {
 }
 
 /// Every section and every secret the loader knows, valid as written.
-fn full_config(s: &[String; 6], shapes: &[Shape; 6]) -> String {
+fn full_config(s: &[String; 7], shapes: &[Shape; 7]) -> String {
     let w = |i: usize| write(&s[i], shapes[i]);
     format!(
         "\
 database: cw.db
 listen: 127.0.0.1:8720
+time_zone: Europe/Berlin
 api_token: {}
+notifications:
+  url: https://app.example.com/callwarden/events
+  secret: {}
 webhooks:
   trtc:
     callback_key: {}
@@ -150,19 +165,26 @@ policies:
       room: \"consult-*\"
     max_duration: 30m
     max_extension: 10m
+    warn_before: [5m, 1m]
+    grace: 30s
     action: dismiss_room
   paid-chat:
     provider: acs
     max_duration: 20m
     action: remove_participant
     mode: shadow
+    budget:
+      per: user
+      window: day
+      limit: 1h
 ",
         w(0),
         w(1),
         w(2),
         w(3),
         w(4),
-        w(5)
+        w(5),
+        w(6)
     )
 }
 
@@ -379,6 +401,11 @@ fn written_secrets(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Unix, Windows and old Mac line ends: YAML takes all three.
+fn line_ends() -> impl Strategy<Value = &'static str> {
+    prop_oneof![4 => Just("\n"), 1 => Just("\r\n"), 1 => Just("\r")]
+}
+
 /// YAML-ish token soup: reaches the loader's checks more often than
 /// arbitrary text, which mostly fails in the YAML parser.
 fn token_soup() -> impl Strategy<Value = String> {
@@ -446,7 +473,7 @@ proptest! {
 
     #[test]
     fn arbitrary_text_is_a_config_or_a_located_error(
-        text in prop_oneof![any::<String>(), "[ -~\n\t]{0,300}", token_soup()]
+        text in prop_oneof![any::<String>(), "[ -~\n\r\t\u{85}\u{2028}]{0,300}", token_soup()]
     ) {
         let path = nowhere();
         if let Err(e) = Config::parse(&path, &text) {
@@ -468,16 +495,17 @@ proptest! {
     #[test]
     fn a_mutated_full_config_is_located_and_never_shows_a_secret(
         secrets in secrets(),
-        shapes in proptest::array::uniform6(shape()),
+        shapes in proptest::array::uniform7(shape()),
         mutations in proptest::collection::vec(mutation(), 0..5),
+        ends in line_ends(),
     ) {
         let path = nowhere();
-        let base = full_config(&secrets, &[Shape::Plain; 6]);
+        let base = full_config(&secrets, &[Shape::Plain; 7]);
         let loaded = Config::parse(&path, &base);
         prop_assert!(loaded.is_ok(), "the unmutated base is refused: {:?}", loaded.err());
         assert_no_secret(&loaded, &secrets, &base)?;
 
-        let text = apply(&full_config(&secrets, &shapes), &mutations);
+        let text = apply(&full_config(&secrets, &shapes), &mutations).replace('\n', ends);
         let result = Config::parse(&path, &text);
         if let Err(e) = &result {
             assert_locates(&path, &text, e)?;
@@ -489,6 +517,7 @@ proptest! {
     fn a_mutated_shipped_config_is_located_and_never_shows_a_secret(
         file in any::<Index>(),
         mutations in proptest::collection::vec(mutation(), 1..5),
+        ends in line_ends(),
     ) {
         let files = shipped();
         let (path, base) = &files[file.index(files.len())];
@@ -498,7 +527,7 @@ proptest! {
             "{} holds no secret",
             path.display()
         );
-        let text = apply(base, &mutations);
+        let text = apply(base, &mutations).replace('\n', ends);
         let result = Config::parse(path, &text);
         if let Err(e) = &result {
             assert_locates(path, &text, e)?;

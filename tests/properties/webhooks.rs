@@ -389,7 +389,7 @@ fn wrong_query(secret: &str) -> BoxedStrategy<Option<String>> {
     prop_oneof![
         Just(None),
         Just(Some(String::new())),
-        Just(Some(format!("tok={}", token_query(&s)[6..].to_string()))),
+        Just(Some(format!("tok={}", &token_query(&s)[6..]))),
         Just(Some(format!("Token={}", &token_query(&s)[6..]))),
         Just(Some(token_query(&s[..s.len() - 1]))),
         "[a-zA-Z0-9]{1,4}".prop_map(move |extra| Some(token_query(&format!("{s2}{extra}")))),

@@ -20,6 +20,7 @@
 mod properties {
     pub mod config;
     pub mod duration;
+    pub mod scheduler;
     pub mod webhooks;
 
     use proptest::test_runner::{Config, FileFailurePersistence};

@@ -420,8 +420,22 @@ impl Config {
         Config::parse(path, &text)
     }
 
-    /// Validates config text as if it had been read from `path`.
+    /// Validates config text as if it had been read from `path`. No error or
+    /// warning repeats a value written at a secret key (see [`mask_secrets`]).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        match Config::parse_unmasked(path, text) {
+            Ok(mut config) => {
+                config.warnings = config.warnings.into_iter().map(|w| mask_secrets(text, w)).collect();
+                Ok(config)
+            }
+            Err(mut e) => {
+                e.reason = mask_secrets(text, e.reason);
+                Err(e)
+            }
+        }
+    }
+
+    fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let ctx = Ctx { path, text };
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
         let mut warnings = Vec::new();
@@ -1145,6 +1159,85 @@ fn read_secret_file(base: &Path, file: &str) -> Result<Secret, String> {
     Ok(Secret(content.trim().to_string()))
 }
 
+/// Keys whose values are secrets, inline (the `*_file` keys hold paths).
+const SECRET_KEYS: [&str; 6] =
+    ["secret_key", "access_key", "api_token", "callback_key", "secret", "checkpoint_key"];
+/// Shorter values are left alone: masking `1` or `test` would garble
+/// messages, and no provider issues keys that short.
+const MIN_MASKED_LEN: usize = 6;
+
+/// Replaces every value written at a secret key in `text` with `****` in
+/// `message`. Parsing alone cannot keep secrets out of messages: a secret
+/// line indented one level off makes serde_yaml quote its value in a type
+/// error, and a stray `|` or an unclosed quote folds the line into another
+/// key's value, which a check or warning then repeats. So the text itself is
+/// searched for secret keys, block or flow style, in any position, and what
+/// follows them is masked, raw and as `{:?}` escapes it.
+fn mask_secrets(text: &str, mut message: String) -> String {
+    let lines = yaml_lines(text);
+    let mut values: Vec<String> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        for key in SECRET_KEYS {
+            let pattern = format!("{key}:");
+            for (at, _) in line.match_indices(&pattern) {
+                let starts_key = line[..at].chars().next_back().is_none_or(|c| " \t{,-?\"'".contains(c));
+                if !starts_key {
+                    continue;
+                }
+                let rest = line[at + pattern.len()..].trim();
+                let entry = rest.split([',', '}']).next().unwrap_or(rest).trim();
+                values.push(rest.to_string());
+                // An unbalanced quote is where a folded value starts or ends.
+                values.push(rest.trim_matches(['\'', '"']).to_string());
+                // The value as YAML reads it (quotes, tags and flow
+                // collections undone), as a type error would quote it.
+                for candidate in [rest, entry] {
+                    if let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(candidate) {
+                        scalars(&value, &mut values);
+                    }
+                }
+                // A block scalar (`|`, `>-`, ...): the secret is on the
+                // following, deeper-indented lines.
+                if rest.starts_with(['|', '>']) {
+                    let indent = line.len() - line.trim_start().len();
+                    let body: Vec<&str> = lines[i + 1..]
+                        .iter()
+                        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+                        .map(|l| l.trim())
+                        .collect();
+                    values.extend(body.iter().map(|l| l.to_string()));
+                }
+            }
+        }
+    }
+    // `${NAME}` names a variable; the error that it is unset must say which.
+    let reference = |v: &str| v.starts_with("${") && v.ends_with('}') && v.matches("${").count() == 1;
+    values.retain(|v| v.len() >= MIN_MASKED_LEN && !reference(v));
+    // Longest first, so a value containing another is masked whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for value in values {
+        let escaped = format!("{value:?}");
+        let escaped = &escaped[1..escaped.len() - 1];
+        message = message.replace(&value, "****").replace(escaped, "****");
+    }
+    message
+}
+
+/// Every scalar in a YAML value, as text.
+fn scalars(value: &serde_yaml::Value, out: &mut Vec<String>) {
+    match value {
+        serde_yaml::Value::String(s) => out.push(s.clone()),
+        serde_yaml::Value::Number(n) => out.push(n.to_string()),
+        serde_yaml::Value::Sequence(items) => items.iter().for_each(|v| scalars(v, out)),
+        serde_yaml::Value::Mapping(map) => map.iter().for_each(|(k, v)| {
+            scalars(k, out);
+            scalars(v, out);
+        }),
+        serde_yaml::Value::Tagged(tagged) => scalars(&tagged.value, out),
+        serde_yaml::Value::Null | serde_yaml::Value::Bool(_) => {}
+    }
+}
+
 /// A serde_yaml error as a [`ConfigError`]. serde_yaml reports an unknown key
 /// inside a tagged section (a provider) at the section's first line; the key
 /// itself is found by name from there, so the operator sees the exact line.
@@ -1162,8 +1255,8 @@ fn syntax_error(path: &Path, text: &str, e: &serde_yaml::Error) -> ConfigError {
         .and_then(|(_, rest)| rest.split_once('`'))
         .map(|(key, _)| key.to_string());
     if let (Some(key), Some(from)) = (unknown, line) {
-        let found = text
-            .lines()
+        let found = yaml_lines(text)
+            .into_iter()
             .enumerate()
             .skip(from.saturating_sub(1))
             .find(|(_, l)| l.trim_start().starts_with(&format!("{key}:")));
@@ -1174,6 +1267,29 @@ fn syntax_error(path: &Path, text: &str, e: &serde_yaml::Error) -> ConfigError {
     ConfigError { file: path.to_path_buf(), line, reason }
 }
 
+/// The lines of `text` as YAML counts them, which is what serde_yaml's
+/// positions refer to: CR LF, LF and a lone CR each end a line, and so do
+/// NEL, LS and PS. (`str::lines` splits at LF only, so in a file with old
+/// Mac line ends every key looked up by line was lost.)
+fn yaml_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}') {
+            lines.push(&text[start..i]);
+            start = i + c.len_utf8();
+            if c == '\r' && chars.next_if(|&(_, next)| next == '\n').is_some() {
+                start += 1;
+            }
+        }
+    }
+    if start < text.len() {
+        lines.push(&text[start..]);
+    }
+    lines
+}
+
 /// Finds the 1-based line of a key path (`["policies", "x", "provider"]`) in
 /// block-style YAML, falling back to the deepest ancestor found. serde_yaml
 /// reports positions only for syntax and type errors; cross-field checks use
@@ -1181,7 +1297,7 @@ fn syntax_error(path: &Path, text: &str, e: &serde_yaml::Error) -> ConfigError {
 pub fn locate(text: &str, key_path: &[&str]) -> Option<usize> {
     let mut stack: Vec<(usize, String)> = Vec::new();
     let mut best: Option<(usize, usize)> = None; // (depth matched, line)
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in yaml_lines(text).into_iter().enumerate() {
         let trimmed = line.trim_start();
         if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
             continue;
@@ -1295,9 +1411,39 @@ policies:
     }
 
     #[test]
+    fn a_misplaced_or_swallowed_secret_is_masked() {
+        // One level too shallow: serde_yaml would quote it in a type error.
+        let e = refused(&GOOD.replace("    secret_key: not-a-real-key", "  secret_key: not-a-real-key"));
+        assert!(e.reason.contains("invalid type"), "{e}");
+        assert!(!e.to_string().contains("not-a-real-key"), "{e}");
+        // A stray `|` turns the section into one string, secret included.
+        let e = refused(&GOOD.replace("providers:", "providers: |"));
+        assert!(e.reason.contains("****"), "{e}");
+        assert!(!e.to_string().contains("not-a-real-key"), "{e}");
+        // An unclosed quote folds the next line into another key's value,
+        // which the check then repeats.
+        let e = refused(&format!("{GOOD}listen: '127.0.0.1:8720\n  api_token: a-long-enough-api-token'\n"));
+        assert!(e.reason.contains("listen \"127.0.0.1:8720 api_token: ****\""), "{e}");
+        // Ordinary values are still quoted.
+        let e = refused(&GOOD.replace("1400000001", "\"my-app\""));
+        assert!(e.reason.contains("\"my-app\""), "{e}");
+    }
+
+    #[test]
     fn unknown_regions_warn_but_load() {
         let c = parse(&GOOD.replace("ap-guangzhou", "eu-frankfurt")).unwrap();
         assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn lines_are_counted_as_yaml_counts_them() {
+        assert_eq!(yaml_lines("a\nb\r\nc\rd\u{2028}e\n"), ["a", "b", "c", "d", "e"]);
+        assert_eq!(yaml_lines("a\n\nb"), ["a", "", "b"]);
+        // Old Mac line ends: every check still finds its line.
+        let e = refused(&GOOD.replace("provider: trtc", "provider: nope").replace('\n', "\r"));
+        assert_eq!(e.line, Some(11), "{e}");
+        let e = refused(&GOOD.replace("    region:", "    colour: red\n    region:").replace('\n', "\r"));
+        assert_eq!(e.line, Some(6), "{e}");
     }
 
     #[test]

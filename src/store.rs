@@ -56,6 +56,13 @@ pub enum StoreError {
     NotFound(SessionId),
     #[error("session {id} is {state}; only an active session can be {verb}")]
     NotActive { id: SessionId, state: String, verb: &'static str },
+    /// Active again after a restart, but a call for it was sent: the
+    /// provider may have acted already, so the session's end is no longer
+    /// the caller's to move.
+    #[error(
+        "session {id} is being enforced: a call for it was sent before the daemon restarted; it can no longer be {verb}"
+    )]
+    AlreadyCalled { id: SessionId, verb: &'static str },
     #[error("database: {0}")]
     Batch(String),
     #[error(
@@ -637,10 +644,14 @@ impl Store {
     }
 
     /// Cancels enforcement of an active session: the call ended by itself.
+    /// Refused once a call has been sent for it (`attempts > 0`): a session
+    /// re-queued after a crash is `active` again, but its call may already
+    /// have ended the room.
     pub async fn end_session(&self, id: SessionId, now: Instant, detail: &str) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
-            "UPDATE sessions SET state = 'cancelled', updated_at = ? WHERE id = ? AND state = 'active'",
+            "UPDATE sessions SET state = 'cancelled', updated_at = ? WHERE id = ? AND state = 'active' \
+             AND attempts = 0",
         )
         .bind(now.to_string())
         .bind(id.to_string())
@@ -656,7 +667,8 @@ impl Store {
 
     /// Moves an active session's deadline later by `by`; returns the new deadline.
     /// `max_total`: the most the session may be extended in all (its
-    /// policy's `max_extension`), checked in the same statement.
+    /// policy's `max_extension`), checked in the same statement. Refused,
+    /// like `end_session`, once a call has been sent for the session.
     pub async fn extend_session(
         &self,
         id: SessionId,
@@ -671,8 +683,8 @@ impl Store {
         // strftime keeps the canonical text form; julianday arithmetic in days.
         let row = sqlx::query(
             "UPDATE sessions SET deadline = strftime('%Y-%m-%dT%H:%M:%fZ', julianday(deadline) + ? / 86400000.0), \
-             extended_ms = extended_ms + ?, updated_at = ? WHERE id = ? AND state = 'active' AND deadline IS NOT NULL \
-             AND (? IS NULL OR extended_ms + ? <= ?) RETURNING deadline, grace_ms",
+             extended_ms = extended_ms + ?, updated_at = ? WHERE id = ? AND state = 'active' AND attempts = 0 \
+             AND deadline IS NOT NULL AND (? IS NULL OR extended_ms + ? <= ?) RETURNING deadline, grace_ms",
         )
         .bind(by_ms)
         .bind(by_ms)
@@ -728,13 +740,19 @@ impl Store {
         id: SessionId,
         verb: &'static str,
     ) -> StoreError {
-        match sqlx::query("SELECT state FROM sessions WHERE id = ?")
+        match sqlx::query("SELECT state, attempts FROM sessions WHERE id = ?")
             .bind(id.to_string())
             .fetch_optional(&mut **tx)
             .await
         {
             Ok(Some(row)) => {
-                StoreError::NotActive { id, state: row.try_get("state").unwrap_or_default(), verb }
+                let state: String = row.try_get("state").unwrap_or_default();
+                let attempts: i64 = row.try_get("attempts").unwrap_or_default();
+                if state == "active" && attempts > 0 {
+                    StoreError::AlreadyCalled { id, verb }
+                } else {
+                    StoreError::NotActive { id, state, verb }
+                }
             }
             Ok(None) => StoreError::NotFound(id),
             Err(e) => StoreError::Sql(e),

@@ -64,7 +64,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(id) => {
                 ApiError::new(StatusCode::NOT_FOUND, None, format!("no session {id}"))
             }
-            e @ StoreError::NotActive { .. } => ApiError::new(StatusCode::CONFLICT, None, e.to_string()),
+            e @ (StoreError::NotActive { .. } | StoreError::AlreadyCalled { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, None, e.to_string())
+            }
             e @ StoreError::ExtensionLimit { .. } => {
                 ApiError::new(StatusCode::CONFLICT, Some("by"), e.to_string())
             }

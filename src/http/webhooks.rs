@@ -146,6 +146,27 @@ fn event_time(event: &Value) -> Option<Instant> {
     event.get("time").and_then(Value::as_str).and_then(|t| Instant::parse(t).ok())
 }
 
+/// Why a provider callback was refused before anything was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The credential (TRTC's `Sign`, ACS's `?token=`) is missing or wrong.
+    Unauthorized,
+    /// Authenticated, but not a callback this daemon understands; the reason
+    /// goes back to the sender.
+    Malformed(String),
+}
+
+/// The ACS webhook's gate, without I/O: the query's `token` must equal
+/// `secret` (compared in constant time), then the whole body must parse.
+/// The handler answers 401 or 400 from the [`Refusal`]; kept apart from it so
+/// the gate can be fuzzed.
+pub fn verify_acs_callback(secret: &str, query: Option<&str>, body: &[u8]) -> Result<Vec<AcsEvent>, Refusal> {
+    if !token_matches(query, secret) {
+        return Err(Refusal::Unauthorized);
+    }
+    parse_acs_events(body).map_err(Refusal::Malformed)
+}
+
 fn token_matches(query: Option<&str>, secret: &str) -> bool {
     let Some(query) = query else { return false };
     url_token(query).is_some_and(|given| bool::from(given.as_bytes().ct_eq(secret.as_bytes())))
@@ -168,14 +189,14 @@ pub(super) async fn acs(
     let Some(secret) = &state.acs_secret else {
         return (StatusCode::NOT_FOUND, "the ACS webhook is not configured\n").into_response();
     };
-    if !token_matches(query.as_deref(), secret.expose()) {
-        crate::metrics::webhook("acs", "unauthorized");
-        tracing::warn!("refused an ACS callback without the right token");
-        return (StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response();
-    }
-    let events = match parse_acs_events(&body) {
+    let events = match verify_acs_callback(secret.expose(), query.as_deref(), &body) {
         Ok(events) => events,
-        Err(reason) => {
+        Err(Refusal::Unauthorized) => {
+            crate::metrics::webhook("acs", "unauthorized");
+            tracing::warn!("refused an ACS callback without the right token");
+            return (StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response();
+        }
+        Err(Refusal::Malformed(reason)) => {
             crate::metrics::webhook("acs", "malformed");
             tracing::warn!(%reason, "refused a malformed ACS callback");
             return (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response();
@@ -438,30 +459,46 @@ pub fn parse_trtc_event(body: &[u8]) -> Result<TrtcEvent, String> {
     Ok(TrtcEvent { room, presence, at_ms, kind })
 }
 
+/// The TRTC webhook's gate, without I/O: the `Sign` header must be the
+/// callback signature of the body under `callback_key` (compared in constant
+/// time); then the body must parse, and the `SdkAppId` header name an
+/// application, which is returned with the event. The handler answers 401 or
+/// 400 from the [`Refusal`]; kept apart from it so the gate can be fuzzed.
+pub fn verify_trtc_callback(
+    callback_key: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(TrtcEvent, u64), Refusal> {
+    let sign = headers.get("sign").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let expected = crate::providers::trtc::callback_signature(callback_key, body);
+    if !bool::from(expected.as_bytes().ct_eq(sign.as_bytes())) {
+        return Err(Refusal::Unauthorized);
+    }
+    let event = parse_trtc_event(body).map_err(Refusal::Malformed)?;
+    let sdk_app_id = headers
+        .get("sdkappid")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| Refusal::Malformed("the SdkAppId header is missing".into()))?;
+    Ok((event, sdk_app_id))
+}
+
 /// `POST /webhooks/trtc`: TRTC room callbacks open and end sessions.
 pub(super) async fn trtc(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(key) = &state.trtc_callback_key else {
         return (StatusCode::NOT_FOUND, "the TRTC webhook is not configured\n").into_response();
     };
-    let sign = headers.get("sign").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let expected = crate::providers::trtc::callback_signature(key.expose(), &body);
-    if !bool::from(expected.as_bytes().ct_eq(sign.as_bytes())) {
-        crate::metrics::webhook("trtc", "unauthorized");
-        tracing::warn!("refused a TRTC callback with a missing or wrong Sign");
-        return (StatusCode::UNAUTHORIZED, "missing or wrong Sign\n").into_response();
-    }
-    let sdk_app_id =
-        headers.get("sdkappid").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-    let event = match (parse_trtc_event(&body), sdk_app_id) {
-        (Ok(event), Some(_)) => event,
-        (Err(reason), _) => {
+    let (event, sdk_app_id) = match verify_trtc_callback(key.expose(), &headers, &body) {
+        Ok((event, sdk_app_id)) => (event, Some(sdk_app_id)),
+        Err(Refusal::Unauthorized) => {
+            crate::metrics::webhook("trtc", "unauthorized");
+            tracing::warn!("refused a TRTC callback with a missing or wrong Sign");
+            return (StatusCode::UNAUTHORIZED, "missing or wrong Sign\n").into_response();
+        }
+        Err(Refusal::Malformed(reason)) => {
             crate::metrics::webhook("trtc", "malformed");
             tracing::warn!(%reason, "refused a malformed TRTC callback");
             return (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response();
-        }
-        (_, None) => {
-            crate::metrics::webhook("trtc", "malformed");
-            return (StatusCode::BAD_REQUEST, "the SdkAppId header is missing\n").into_response();
         }
     };
     let ok = || (StatusCode::OK, axum::Json(json!({ "code": 0 }))).into_response();

@@ -1,0 +1,43 @@
+//! Property tests for the edges where outside input comes in, and for the
+//! scheduler's one promise (issue #7, "Proof under fire"):
+//!
+//! - `config`: any text, and any mutation of a valid file, is either a
+//!   config or an error naming the file and a line, and never echoes a secret;
+//! - `webhooks`: the TRTC and ACS gates never panic, refuse every body whose
+//!   credential is wrong, and give back exactly what a valid signed body says;
+//! - `duration`: the duration parser never panics, reads back what humantime
+//!   prints, and refuses zero, negative, unitless and overflowing text;
+//! - `scheduler`: any interleaving of start, extend, end, clock moves and
+//!   crashes settles each session exactly once, never before its deadline,
+//!   with at most one effective provider call.
+//!
+//! The modules live in `tests/properties/`. Case counts are kept small enough for CI; `PROPTEST_CASES=N` overrides
+//! them all for a longer run. `fuzz/` has cargo-fuzz targets on the same
+//! entry points for coverage-guided runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod properties {
+    pub mod config;
+    pub mod duration;
+    pub mod scheduler;
+    pub mod webhooks;
+
+    use proptest::test_runner::{Config, FileFailurePersistence};
+
+    /// `default` cases, unless `PROPTEST_CASES` asks for another number.
+    /// (Setting `cases` in code would override the variable, which
+    /// `Config::default()` reads.) A failing case is saved beside the
+    /// module's source, `tests/properties/NAME.proptest-regressions`, and
+    /// replayed first on every later run: commit it with the fix.
+    pub fn cases(default: u32) -> Config {
+        let mut config = Config {
+            failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+            ..Config::default()
+        };
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            config.cases = default;
+        }
+        config
+    }
+}

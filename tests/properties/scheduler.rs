@@ -71,6 +71,47 @@ enum Answer {
     Gone,
     /// `InternalError`: nothing happened, try again.
     Retryable,
+    /// Refused as TRTC would refuse it: a bad signature, parameter or rate.
+    Refused(&'static str),
+}
+
+/// What TRTC checks before acting: the TC3 signature (with the same
+/// primitives the sandbox verifies with), the parameters' types, and the
+/// 20-per-second quota (by real time, as pacing runs on real time).
+fn refusal(headers: &HeaderMap, body: &[u8], recent: &mut Vec<std::time::Instant>) -> Option<&'static str> {
+    use callwarden::providers::trtc::{Tc3Input, parse_authorization, signature};
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(auth) = header("authorization").and_then(parse_authorization) else {
+        return Some("AuthFailure.InvalidAuthorization");
+    };
+    let Some(timestamp) = header("x-tc-timestamp").and_then(|t| t.parse::<i64>().ok()) else {
+        return Some("MissingParameter");
+    };
+    let action = header("x-tc-action").unwrap_or_default();
+    let input = Tc3Input {
+        host: header("host").unwrap_or_default(),
+        service: "trtc",
+        content_type: header("content-type").unwrap_or_default(),
+        signed_action: (auth.signed_headers == "content-type;host;x-tc-action").then_some(action),
+        timestamp,
+        body,
+    };
+    if auth.secret_id != "AKIDproperties" || auth.signature != signature("properties-secret-key", &input) {
+        return Some("AuthFailure.SignatureFailure");
+    }
+    let params: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if params.get("SdkAppId").and_then(serde_json::Value::as_u64) != Some(1400000001)
+        || params.get("RoomId").and_then(serde_json::Value::as_u64).is_none()
+    {
+        return Some("InvalidParameter");
+    }
+    let now = std::time::Instant::now();
+    recent.retain(|t| now.duration_since(*t) < Duration::from_secs(1));
+    if recent.len() >= 20 {
+        return Some("RequestLimitExceeded");
+    }
+    recent.push(now);
+    None
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +126,8 @@ struct Call {
 #[derive(Debug, Default)]
 struct ProviderState {
     calls: Vec<Call>,
+    /// Arrival times of the calls in the last second.
+    recent: Vec<std::time::Instant>,
     dismissed: HashSet<u32>,
     /// Per room: how many calls to answer `InternalError` before acting.
     fail_first: HashMap<u32, u32>,
@@ -112,7 +155,10 @@ async fn trtc_api(State(fake): State<FakeTrtc>, headers: HeaderMap, body: Bytes)
     let (answer, delay) = {
         let mut s = fake.state.lock().unwrap();
         let failures_left = s.fail_first.get(&room).copied().unwrap_or(0);
-        let answer = if failures_left > 0 {
+        let refused = refusal(&headers, &body, &mut s.recent);
+        let answer = if let Some(code) = refused {
+            Answer::Refused(code)
+        } else if failures_left > 0 {
             s.fail_first.insert(room, failures_left - 1);
             Answer::Retryable
         } else if s.dismissed.insert(room) {
@@ -131,6 +177,9 @@ async fn trtc_api(State(fake): State<FakeTrtc>, headers: HeaderMap, body: Bytes)
         }
         Answer::Retryable => {
             r#"{"Response":{"Error":{"Code":"InternalError","Message":"try again"},"RequestId":"fake"}}"#.into()
+        }
+        Answer::Refused(code) => {
+            format!(r#"{{"Response":{{"Error":{{"Code":"{code}","Message":"refused"}},"RequestId":"fake"}}}}"#)
         }
     }
 }
@@ -464,6 +513,7 @@ fn run_plan(sessions: &[SessionPlan], ops: &[Op]) -> Result<Outcome, TestCaseErr
     let calls = provider.calls();
     let rooms: HashMap<u32, &Model> = started.iter().map(|m| (m.room, *m)).collect();
     for call in &calls {
+        prop_assert!(!matches!(call.answer, Answer::Refused(_)), "the provider refused a call: {:?}", call);
         prop_assert_eq!(call.action.as_str(), "DismissRoom", "{:?}", call);
         prop_assert!(rooms.contains_key(&call.room), "a call for a room no started session has: {:?}", call);
     }

@@ -488,6 +488,7 @@ impl Config {
             }
             policy_globs.push(full);
         }
+        check_match_order(&policies, &defined_at)?;
 
         let listen = match &raw.listen {
             None => None,
@@ -712,6 +713,44 @@ fn load_policy_file(
         let policy = ctx.policy(&name, raw, providers)?;
         defined_at.insert(name.clone(), (file.to_path_buf(), line));
         policies.insert(name, policy);
+    }
+    Ok(())
+}
+
+/// Refuses a policy whose `match` can never take a webhook event, because an
+/// earlier policy of the same provider takes every event it would: the same
+/// match, or one that fits every room (no room glob, or `*`) of the same or
+/// any application.
+fn check_match_order(
+    policies: &IndexMap<String, Policy>,
+    defined_at: &std::collections::HashMap<String, (PathBuf, Option<usize>)>,
+) -> Result<(), ConfigError> {
+    let place = |name: &str| defined_at.get(name).cloned().unwrap_or_default();
+    let matching: Vec<(&Policy, &Match)> =
+        policies.values().filter_map(|p| p.matcher.as_ref().map(|m| (p, m))).collect();
+    for (i, (later, lm)) in matching.iter().enumerate() {
+        for (earlier, em) in &matching[..i] {
+            if earlier.provider != later.provider {
+                continue;
+            }
+            let app_covers = em.sdk_app_id.is_none() || em.sdk_app_id == lm.sdk_app_id;
+            let room_covers = matches!(em.room.as_deref(), None | Some("*")) || em.room == lm.room;
+            if app_covers && room_covers {
+                let (file, line) = place(&later.name);
+                let (efile, eline) = place(&earlier.name);
+                return Err(ConfigError {
+                    file,
+                    line,
+                    reason: format!(
+                        "policy {:?}: its match can never take a webhook event: policy {:?} ({}{}) comes first and matches everything it would",
+                        later.name,
+                        earlier.name,
+                        efile.display(),
+                        eline.map(|l| format!(":{l}")).unwrap_or_default()
+                    ),
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -1463,8 +1502,8 @@ policies:
                 "policies:\n  {name}:\n    provider: trtc\n    match: {{ room: '{room}' }}\n    max_duration: 5m\n    action: dismiss_room\n"
             )
         };
-        std::fs::write(d.join("20-b.yaml"), policy("second", "*")).unwrap();
-        std::fs::write(d.join("10-a.yaml"), policy("first", "*")).unwrap();
+        std::fs::write(d.join("20-b.yaml"), policy("second", "b-*")).unwrap();
+        std::fs::write(d.join("10-a.yaml"), policy("first", "a-*")).unwrap();
         std::fs::write(d.join("notes.txt"), "not a policy file").unwrap();
         let main = dir.path().join("callwarden.yaml");
         let text = GOOD.to_string() + "policy_files: [policies.d/*.yaml]\n";

@@ -281,14 +281,14 @@ impl Inner {
 
         for try_no in 1..=slot.retry.max_attempts {
             let attempt = previous_attempts + try_no;
+            // A new pair is stored with the attempt record, one commit.
+            let mut new_pair = None;
             if slot.provider.uses_repeatability() {
                 let r = match repeatability {
                     Some(r) => r,
                     None => {
                         let r = Repeatability::new(self.clock.now_datetime());
-                        if !self.persist(|| self.store.set_repeatability(&ids, r, self.clock.now())).await {
-                            return;
-                        }
+                        new_pair = Some(r);
                         r
                     }
                 };
@@ -307,7 +307,10 @@ impl Inner {
                 }),
                 ..AuditEntry::default()
             };
-            if !self.persist(|| self.store.record_attempt(&ids, &attempt_entry, self.clock.now())).await {
+            if !self
+                .persist(|| self.store.record_attempt(&ids, &attempt_entry, new_pair, self.clock.now()))
+                .await
+            {
                 return;
             }
             tokio::select! {

@@ -1431,49 +1431,34 @@ impl Store {
 
     // ---- enforcement records ------------------------------------------------
 
-    /// Stores the repeatability pair an enforcement sends, before its first
-    /// try (or after the provider forgot the previous one), so every retry
-    /// and every post-crash repeat sends the same pair.
-    pub async fn set_repeatability(
-        &self,
-        ids: &[SessionId],
-        r: Repeatability,
-        now: Instant,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
-        for id in ids {
-            sqlx::query(
-                "UPDATE sessions SET repeatability_id = ?, first_sent_at = ?, updated_at = ? WHERE id = ?",
-            )
-            .bind(r.request_id.to_string())
-            .bind(Instant::floor(r.first_sent).to_string())
-            .bind(now.to_string())
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Records that a provider call is about to be made for these sessions:
     /// their attempt counters go up and each gets an `attempt` row. Written
     /// (and synced) before the call, so after a crash the log shows a call
-    /// that may have reached the provider.
+    /// that may have reached the provider. `repeatability`, when given, is a
+    /// newly chosen ACS Repeatability-Request-ID and First-Sent pair, stored
+    /// in the same commit, so a call is never sent under a pair a restart
+    /// would not find again.
     pub async fn record_attempt(
         &self,
         ids: &[SessionId],
         entry: &AuditEntry,
+        repeatability: Option<Repeatability>,
         now: Instant,
     ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
         let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
-            sqlx::query("UPDATE sessions SET attempts = attempts + 1, updated_at = ? WHERE id = ?")
-                .bind(now.to_string())
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE sessions SET attempts = attempts + 1, updated_at = ?, \
+                 repeatability_id = coalesce(?, repeatability_id), first_sent_at = coalesce(?, first_sent_at) \
+                 WHERE id = ?",
+            )
+            .bind(now.to_string())
+            .bind(repeatability.map(|r| r.request_id.to_string()))
+            .bind(repeatability.map(|r| Instant::floor(r.first_sent).to_string()))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
             rows.push((AuditEntry { session_id: Some(*id), ..entry.clone() }, now));
         }
         insert_audit_rows(&mut tx, &rows).await?;

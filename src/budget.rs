@@ -34,6 +34,16 @@ impl Window {
         }
     }
 
+    /// The longest a window can last (a DST change adds an hour).
+    pub fn longest(self) -> std::time::Duration {
+        let days = match self {
+            Window::Day => 1,
+            Window::Week => 7,
+            Window::Month => 31,
+        };
+        std::time::Duration::from_secs(days * 86_400 + 3_600)
+    }
+
     /// The window containing `at`: its first instant, and the first instant
     /// of the next one. Windows start at local midnight in `tz`; on a day
     /// whose midnight does not exist (a DST gap), at the first instant after

@@ -637,6 +637,20 @@ impl Config {
                 ),
             });
         }
+        if let Some(keep) = retention.sessions
+            && let Some(p) = policies.values().find(|p| p.budget.is_some_and(|b| b.window.longest() > keep))
+        {
+            let window = p.budget.map(|b| b.window.as_str()).unwrap_or_default();
+            return Err(ctx.error(
+                &["retention", "sessions"],
+                format!(
+                    "retention.sessions ({}) is shorter than policy {:?}'s budget window ({window}): sessions pruned \
+                     before the window ends would stop counting against the budget",
+                    humantime::format_duration(keep),
+                    p.name
+                ),
+            ));
+        }
         let time_zone = match &raw.time_zone {
             None => chrono_tz::Tz::UTC,
             Some(name) => name.trim().parse::<chrono_tz::Tz>().map_err(|_| {

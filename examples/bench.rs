@@ -48,8 +48,8 @@ use callwarden::demo::percentile;
 use callwarden::domain::{Instant, Room, SessionId, SessionState, UserId};
 use callwarden::enforce::Claimed;
 use callwarden::sandbox::{
-    SANDBOX_ACS_ACCESS_KEY, SANDBOX_QUOTA, SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Sandbox,
-    SandboxOptions,
+    SANDBOX_ACS_ACCESS_KEY, SANDBOX_QUOTA, SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY,
+    Sandbox, SandboxOptions,
 };
 use callwarden::scheduler::{CLAIM_LEAD, CLAIM_WINDOW, Scheduler, watch_changes};
 use callwarden::store::{AuditEntry, AuditFilter, NewSession, Store};
@@ -800,7 +800,12 @@ async fn stop_baseline(mut child: std::process::Child) -> anyhow::Result<()> {
 
 /// Waits until the tap has seen a request for every room in `rooms`, and the
 /// clock has passed `not_before`.
-async fn wait_seen(tap: &Tap, rooms: &[&String], not_before: Instant, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_seen(
+    tap: &Tap,
+    rooms: &[&String],
+    not_before: Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let started = StdInstant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -1273,7 +1278,8 @@ async fn drain(args: &DrainArgs) -> anyhow::Result<Figures> {
         .collect::<anyhow::Result<Vec<NewSession>>>()?;
     let rig = Rig::new(args.rate, args.provider).await?;
     let probe_us = commit_probe(rig.dir.path(), 100).await?;
-    let base_rig = if args.system.baseline() { Some(Rig::new(args.rate, args.provider).await?) } else { None };
+    let base_rig =
+        if args.system.baseline() { Some(Rig::new(args.rate, args.provider).await?) } else { None };
     if args.system.callwarden() {
         insert_all(&rig.store, &sessions, 1000).await?;
     }
@@ -1295,7 +1301,8 @@ async fn drain(args: &DrainArgs) -> anyhow::Result<Figures> {
     let quota = f64::from(SANDBOX_QUOTA);
     let floor = n as f64 / quota;
     let slowest = f64::from(args.rate.min(BASELINE_RATE).max(1));
-    let timeout = Duration::from_secs_f64(n as f64 / slowest * 1.5 + 60.0) + Duration::from_millis(lead_ms as u64);
+    let timeout =
+        Duration::from_secs_f64(n as f64 / slowest * 1.5 + 60.0) + Duration::from_millis(lead_ms as u64);
     let (cw, bl) = tokio::join!(
         async {
             if args.system.callwarden() { wait_settled(&rig.store, deadline, timeout).await } else { Ok(()) }
@@ -1374,7 +1381,11 @@ fn drain_figures(f: &mut Figures, prefix: &str, rig: &Rig, deadline: Instant, n:
     f.add(format!("{prefix}drain: deadline -> last call leaves"), drain_s, "s");
     f.add(format!("{prefix}ratio drain / floor (sessions / quota 20)"), drain_s / (n as f64 / 20.0), "");
     f.add(format!("{prefix}ratio drain / (sessions / own rate)"), drain_s / (n as f64 / rate), "");
-    f.add(format!("{prefix}ratio drain / ((sessions - 1) / own rate) (GCRA ideal)"), drain_s / ((n as f64 - 1.0) / rate), "");
+    f.add(
+        format!("{prefix}ratio drain / ((sessions - 1) / own rate) (GCRA ideal)"),
+        drain_s / ((n as f64 - 1.0) / rate),
+        "",
+    );
     f.add(format!("{prefix}closest two calls (tap)"), min_gap_us as f64 / 1000.0, "ms");
     f.add(format!("{prefix}most calls in a sliding second (tap)"), most_in_a_second as f64, "req");
     f.add(format!("{prefix}sandbox requests"), stats.requests as f64, "");
@@ -1503,7 +1514,11 @@ struct ProcessRun {
 /// Spawns `cmd`, times it to the first stderr line containing `ready`, lets
 /// it settle, reads its memory, measures its CPU over an idle window, then
 /// stops it with SIGTERM.
-async fn measure_process(mut cmd: Command, ready: &'static str, args: &StartupArgs) -> anyhow::Result<ProcessRun> {
+async fn measure_process(
+    mut cmd: Command,
+    ready: &'static str,
+    args: &StartupArgs,
+) -> anyhow::Result<ProcessRun> {
     let spawned = StdInstant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -1688,14 +1703,20 @@ fn api_load(seconds: u64, runs: usize) -> anyhow::Result<Runs> {
             all.push(Figures::default());
         }
         let Some(f) = all.last_mut() else { continue };
-        for (label, name) in [("  registrations", "API registrations"), ("  webhook events", "TRTC webhook events")] {
+        for (label, name) in
+            [("  registrations", "API registrations"), ("  webhook events", "TRTC webhook events")]
+        {
             if let Some(rest) = line.strip_prefix(label) {
                 let rate = rest.split_whitespace().next().and_then(|t| t.trim_end_matches("/s").parse().ok());
                 f.add(format!("{name}/s"), rate.context("api_load: no rate")?, "/s");
                 f.add(format!("{name}: errors"), number_after(rest, "(errors ").unwrap_or(-1.0), "");
                 f.add(format!("{name}: latency p50"), number_after(rest, "p50 ").unwrap_or(-1.0), "ms");
                 f.add(format!("{name}: latency p99"), number_after(rest, "p99 ").unwrap_or(-1.0), "ms");
-                f.add(format!("{name}: daemon CPU (cores)"), number_after(rest, "daemon ").unwrap_or(-1.0), "");
+                f.add(
+                    format!("{name}: daemon CPU (cores)"),
+                    number_after(rest, "daemon ").unwrap_or(-1.0),
+                    "",
+                );
                 f.add(
                     format!("{name}: load generator CPU (cores)"),
                     number_after(rest, "load generator ").unwrap_or(-1.0),
@@ -1720,8 +1741,11 @@ fn api_load(seconds: u64, runs: usize) -> anyhow::Result<Runs> {
 /// The number that follows `key` in `text`.
 fn number_after(text: &str, key: &str) -> Option<f64> {
     let at = text.find(key)? + key.len();
-    let digits: String =
-        text[at..].chars().skip_while(|c| *c == ' ').take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-').collect();
+    let digits: String = text[at..]
+        .chars()
+        .skip_while(|c| *c == ' ')
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-')
+        .collect();
     digits.parse().ok()
 }
 
@@ -1810,7 +1834,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 provider: ProviderKind::Trtc,
             };
             let s = SchedulerArgs { sessions: 100_000, spread_secs: 100.0 };
-            let d = DrainArgs { sessions: 2000, rate: 19, provider: ProviderKind::Trtc, system: System::Callwarden };
+            let d = DrainArgs {
+                sessions: 2000,
+                rate: 19,
+                provider: ProviderKind::Trtc,
+                system: System::Callwarden,
+            };
             let st = StartupArgs {
                 sessions: 1_000_000,
                 cache_dir: all.cache_dir,

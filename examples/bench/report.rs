@@ -37,7 +37,8 @@ impl Plan {
     fn new(a: &ReportArgs) -> Plan {
         // Deadlines 100 ms apart (10/s, half the quota) in both lateness
         // scenarios; only the queue behind the measured window differs.
-        let (small, large, window) = if a.quick { (500, 5_000, 10.0) } else { (10_000, 100_000, a.window_secs) };
+        let (small, large, window) =
+            if a.quick { (500, 5_000, 10.0) } else { (10_000, 100_000, a.window_secs) };
         let lateness = |n: usize| LatenessArgs {
             sessions: n,
             spread_secs: n as f64 / 10.0,
@@ -143,7 +144,8 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
         w,
         "\"Ratio\" is baseline ÷ callwarden. Each \"runs\" cell lists callwarden's value in every run.\n"
     );
-    let _ = writeln!(w, "| Figure | Target | callwarden (median) | runs | baseline (median) | ratio | Met? |");
+    let _ =
+        writeln!(w, "| Figure | Target | callwarden (median) | runs | baseline (median) | ratio | Met? |");
     let _ = writeln!(w, "|---|---|---|---|---|---|---|");
     for (l, r) in plan.lateness.iter().zip(&lateness_runs) {
         let scope = format!(
@@ -258,10 +260,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     );
     row(
         w,
-        &format!(
-            "registrations/s through plain SQL, {} rows per transaction",
-            plan.registrations.batch
-        ),
+        &format!("registrations/s through plain SQL, {} rows per transaction", plan.registrations.batch),
         "".into(),
         &sql_runs,
         "plain SQL, batched transactions: registrations/s",
@@ -339,7 +338,8 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     for l in &plan.lateness {
         let _ = writeln!(w, "{}", lateness_cmd(l, runs));
     }
-    let _ = writeln!(w, "bench drain --sessions {} --rate {} --system both --runs {runs}", d.sessions, d.rate);
+    let _ =
+        writeln!(w, "bench drain --sessions {} --rate {} --system both --runs {runs}", d.sessions, d.rate);
     let r = &plan.registrations;
     let _ = writeln!(
         w,
@@ -463,7 +463,11 @@ fn row(
         }
         None => String::new(),
     };
-    let _ = writeln!(w, "| {label} | {target} | **{}** | {each_text} | {b_text} | {ratio} | {met} |", show(v, unit));
+    let _ = writeln!(
+        w,
+        "| {label} | {target} | **{}** | {each_text} | {b_text} | {ratio} | {met} |",
+        show(v, unit)
+    );
 }
 
 fn all_figures(w: &mut String, runs: &Runs) {
@@ -552,7 +556,10 @@ fn machine_table() -> Vec<(&'static str, String)> {
     vec![
         ("CPU", format!("{nproc} × {model} ({mhz} MHz); `nproc` = {nproc}")),
         ("memory", mem_gb),
-        ("disk (target dir)", fs.lines().nth(1).unwrap_or("unknown").split_whitespace().collect::<Vec<_>>().join(" on ")),
+        (
+            "disk (target dir)",
+            fs.lines().nth(1).unwrap_or("unknown").split_whitespace().collect::<Vec<_>>().join(" on "),
+        ),
         ("kernel", command_line("uname", &["-r"])),
         ("rustc", command_line("rustc", &["-V"])),
         ("build", "release profile (`lto = true`, `codegen-units = 1`)".into()),

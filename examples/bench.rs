@@ -1300,7 +1300,7 @@ async fn drain(args: &DrainArgs) -> anyhow::Result<Figures> {
     };
     let quota = f64::from(SANDBOX_QUOTA);
     let floor = n as f64 / quota;
-    let slowest = f64::from(args.rate.min(BASELINE_RATE).max(1));
+    let slowest = f64::from(args.rate.clamp(1, BASELINE_RATE));
     let timeout =
         Duration::from_secs_f64(n as f64 / slowest * 1.5 + 60.0) + Duration::from_millis(lead_ms as u64);
     let (cw, bl) = tokio::join!(

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Produces BENCHMARKS.md end to end: builds the daemon and the bench examples
+# once (release), runs every scenario of issue 7 RUNS times with callwarden
+# and the baseline poller side by side, and writes the medians as markdown.
+#
+#   bench/report.sh [RUNS] [extra `bench report` options, e.g. --quick]
+#
+# RUNS defaults to 3 (about 40 minutes on two cores). The per-run figures go
+# to $CARGO_TARGET_DIR/bench-report.log. BENCHMARKS.md is replaced only when
+# the whole report succeeded.
+set -eu
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+[ $# -gt 0 ] && shift
+target=${CARGO_TARGET_DIR:-target}
+cargo build --release --bin callwarden \
+    --example bench --example baseline_poller --example api_load
+log="$target/bench-report.log"
+"$target/release/examples/bench" report --runs "$runs" "$@" > BENCHMARKS.md.new 2> "$log" || {
+    echo "bench report failed; see $log" >&2
+    tail -n 20 "$log" >&2
+    exit 1
+}
+mv BENCHMARKS.md.new BENCHMARKS.md
+echo "wrote BENCHMARKS.md ($runs runs each; log in $log)"

@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::domain::{Action, Instant, Room, RoomKind, UserId};
 use crate::enforce::Claimed;
 use crate::reload::Live;
-use crate::store::{ChangeWatcher, SessionRecord, Store, StoreError};
+use crate::store::{Adopted, ChangeWatcher, SessionRecord, Store, StoreError};
 
 /// How long before its deadline a session is claimed. Covers the database
 /// work between claiming and sending (two synced commits), with room for a
@@ -111,7 +111,7 @@ impl Scheduler {
                 None => std::future::pending().await,
             }
         };
-        self.adopt_new_rows().await?;
+        self.adopt_new_rows(shutdown).await?;
         let next = self.store.next_deadline().await?;
         let now = self.clock.now();
         match next {
@@ -189,7 +189,9 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn adopt_new_rows(&self) -> Result<(), StoreError> {
+    /// Adopts rows another program inserted, a batch per transaction, until
+    /// none are left or the daemon stops.
+    async fn adopt_new_rows(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
         loop {
             let rows = self.store.unadopted(CLAIM_BATCH).await?;
             if rows.is_empty() {
@@ -197,21 +199,33 @@ impl Scheduler {
             }
             let now = self.clock.now();
             let config = self.config.current();
+            let mut adopted = Vec::with_capacity(rows.len());
+            let mut rejected = Vec::new();
             for row in rows {
                 match adoption(&config, &row.record) {
                     Ok(mut a) => {
                         self.clip_to_budget(&config, &row.record, &mut a, now).await?;
-                        let deadline = a.deadline;
-                        self.store
-                            .adopt(&row.record.id, &a.provider, deadline, a.grace, &a.warn_before, now)
-                            .await?;
-                        tracing::info!(session = %row.record.id, %deadline, "adopted a session inserted with SQL");
+                        tracing::debug!(session = %row.record.id, deadline = %a.deadline, "adopting a session inserted with SQL");
+                        adopted.push(Adopted {
+                            id: row.record.id,
+                            provider: a.provider,
+                            deadline: a.deadline,
+                            grace: a.grace,
+                            warn_before: a.warn_before,
+                        });
                     }
                     Err(reason) => {
                         tracing::warn!(session = %row.record.id, %reason, "refused a session inserted with SQL");
-                        self.store.reject(&row.record.id, &reason, now).await?;
+                        rejected.push((row.record.id, reason));
                     }
                 }
+            }
+            let n = self.store.adopt_batch(&adopted, &rejected, now).await?;
+            if n > 0 {
+                tracing::info!(sessions = n, "adopted sessions inserted with SQL");
+            }
+            if shutdown.is_cancelled() {
+                return Ok(());
             }
         }
     }

@@ -212,6 +212,16 @@ impl SessionRecord {
     }
 }
 
+/// A plain-SQL row as the scheduler decided to schedule it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    pub id: String,
+    pub provider: String,
+    pub deadline: Instant,
+    pub grace: Duration,
+    pub warn_before: Vec<Duration>,
+}
+
 /// A session to register.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSession {
@@ -1030,46 +1040,71 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Fills in a plain-SQL row and records its registration.
-    pub async fn adopt(
+    /// Settles a batch of plain-SQL rows in one transaction: each adopted
+    /// row gets its provider, deadline and grace (and its warnings, and a
+    /// `registered` row); each rejected one becomes `failed` with its reason.
+    /// One commit per batch, so a stream of inserts does not hold the write
+    /// lock once per row. Returns how many were adopted.
+    pub async fn adopt_batch(
         &self,
-        id: &str,
-        provider: &str,
-        deadline: Instant,
-        grace: Duration,
-        warn_before: &[Duration],
+        adopted: &[Adopted],
+        rejected: &[(String, String)],
         now: Instant,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<usize, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let done = sqlx::query(
-            "UPDATE sessions SET provider = ?, deadline = ?, grace_ms = ?, updated_at = ? \
-             WHERE id = ? AND state = 'active' AND (provider IS NULL OR deadline IS NULL)",
-        )
-        .bind(provider)
-        .bind(deadline.to_string())
-        .bind(crate::domain::duration_millis_ceil(grace))
-        .bind(now.to_string())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 1 {
-            if let Ok(sid) = id.parse::<SessionId>() {
+        let mut audit = Vec::with_capacity(adopted.len() + rejected.len());
+        let mut count = 0;
+        for a in adopted {
+            let done = sqlx::query(
+                "UPDATE sessions SET provider = ?, deadline = ?, grace_ms = ?, updated_at = ? \
+                 WHERE id = ? AND state = 'active' AND (provider IS NULL OR deadline IS NULL)",
+            )
+            .bind(&a.provider)
+            .bind(a.deadline.to_string())
+            .bind(crate::domain::duration_millis_ceil(a.grace))
+            .bind(now.to_string())
+            .bind(&a.id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                continue;
+            }
+            count += 1;
+            if let Ok(sid) = a.id.parse::<SessionId>() {
                 let booked_end =
-                    Instant::from_millis(deadline.millis() - crate::domain::duration_millis_ceil(grace));
-                insert_warnings(&mut tx, &outbox::warning_points(sid, booked_end, warn_before, now), now)
+                    Instant::from_millis(a.deadline.millis() - crate::domain::duration_millis_ceil(a.grace));
+                insert_warnings(&mut tx, &outbox::warning_points(sid, booked_end, &a.warn_before, now), now)
                     .await?;
             }
             let entry = AuditEntry {
-                session_id: id.parse().ok(),
-                provider: Some(provider.to_string()),
+                session_id: a.id.parse().ok(),
+                provider: Some(a.provider.clone()),
                 event: "registered",
-                detail: Some(format!("inserted with SQL; adopted with deadline {deadline}")),
+                detail: Some(format!("inserted with SQL; adopted with deadline {}", a.deadline)),
                 ..AuditEntry::default()
             };
-            insert_audit(&mut tx, &entry, now).await?;
+            audit.push((entry, now));
         }
+        for (id, reason) in rejected {
+            sqlx::query(
+                "UPDATE sessions SET state = 'failed', detail = ?, updated_at = ? WHERE id = ? AND state = 'active'",
+            )
+            .bind(reason)
+            .bind(now.to_string())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let entry = AuditEntry {
+                session_id: id.parse().ok(),
+                event: "rejected",
+                detail: Some(format!("session {id}: {reason}")),
+                ..AuditEntry::default()
+            };
+            audit.push((entry, now));
+        }
+        insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(count)
     }
 
     /// Refuses a row that cannot be scheduled (unknown policy, bad room...):

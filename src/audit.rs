@@ -328,41 +328,19 @@ pub fn print_audit(rows: &[AuditRecord], format: OutputFormat) -> io::Result<()>
 }
 
 pub fn print_sessions(rows: &[SessionRecord], format: OutputFormat) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    match format {
-        OutputFormat::Csv => {
-            let mut w = csv::Writer::from_writer(&mut out);
-            for r in rows {
-                w.serialize(r).map_err(io::Error::other)?;
-            }
-            w.flush()?;
-        }
-        OutputFormat::Json => {
-            for r in rows {
-                writeln!(out, "{}", serde_json::to_string(r).map_err(io::Error::other)?)?;
-            }
-        }
-        OutputFormat::Table => {
-            let header = ["id", "state", "policy", "room", "user", "deadline", "attempts", "detail"];
-            let rows: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.id.clone(),
-                        r.state.clone(),
-                        r.policy.clone(),
-                        if r.room_kind == "string" { format!("{:?}", r.room_id) } else { r.room_id.clone() },
-                        cell(&r.user_id),
-                        cell(&r.deadline),
-                        r.attempts.to_string(),
-                        cell(&r.detail),
-                    ]
-                })
-                .collect();
-            table(&mut out, &header, &rows)?;
-        }
-    }
-    out.flush()
+    let header = ["id", "state", "policy", "room", "user", "deadline", "attempts", "detail"];
+    print_rows(rows, format, &header, |r| {
+        vec![
+            r.id.clone(),
+            r.state.clone(),
+            r.policy.clone(),
+            if r.room_kind == "string" { format!("{:?}", r.room_id) } else { r.room_id.clone() },
+            cell(&r.user_id),
+            cell(&r.deadline),
+            r.attempts.to_string(),
+            cell(&r.detail),
+        ]
+    })
 }
 
 /// One line of `callwarden budget USER`.
@@ -380,6 +358,32 @@ pub struct BudgetRow {
 }
 
 pub fn print_budget(rows: &[BudgetRow], format: OutputFormat) -> io::Result<()> {
+    let header = ["policy", "window", "from", "until", "used", "limit", "remaining"];
+    let span = |ms: i64| {
+        humantime::format_duration(std::time::Duration::from_secs(u64::try_from(ms / 1000).unwrap_or(0)))
+            .to_string()
+    };
+    print_rows(rows, format, &header, |r| {
+        vec![
+            r.policy.clone(),
+            format!("{} ({})", r.window, r.time_zone),
+            r.window_start.clone(),
+            r.window_end.clone(),
+            span(r.used_ms),
+            span(r.limit_ms),
+            span(r.remaining_ms),
+        ]
+    })
+}
+
+/// Rows as CSV (every field, by serde), JSON lines, or a table of the
+/// `cells` under `header`.
+fn print_rows<T: serde::Serialize>(
+    rows: &[T],
+    format: OutputFormat,
+    header: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> io::Result<()> {
     let mut out = io::stdout().lock();
     match format {
         OutputFormat::Csv => {
@@ -395,28 +399,8 @@ pub fn print_budget(rows: &[BudgetRow], format: OutputFormat) -> io::Result<()> 
             }
         }
         OutputFormat::Table => {
-            let header = ["policy", "window", "from", "until", "used", "limit", "remaining"];
-            let minutes = |ms: i64| {
-                humantime::format_duration(std::time::Duration::from_secs(
-                    u64::try_from(ms / 1000).unwrap_or(0),
-                ))
-                .to_string()
-            };
-            let rows: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.policy.clone(),
-                        format!("{} ({})", r.window, r.time_zone),
-                        r.window_start.clone(),
-                        r.window_end.clone(),
-                        minutes(r.used_ms),
-                        minutes(r.limit_ms),
-                        minutes(r.remaining_ms),
-                    ]
-                })
-                .collect();
-            table(&mut out, &header, &rows)?;
+            let rows: Vec<Vec<String>> = rows.iter().map(cells).collect();
+            table(&mut out, header, &rows)?;
         }
     }
     out.flush()

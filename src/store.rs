@@ -1086,21 +1086,7 @@ impl Store {
             audit.push((entry, now));
         }
         for (id, reason) in rejected {
-            sqlx::query(
-                "UPDATE sessions SET state = 'failed', detail = ?, updated_at = ? WHERE id = ? AND state = 'active'",
-            )
-            .bind(reason)
-            .bind(now.to_string())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            let entry = AuditEntry {
-                session_id: id.parse().ok(),
-                event: "rejected",
-                detail: Some(format!("session {id}: {reason}")),
-                ..AuditEntry::default()
-            };
-            audit.push((entry, now));
+            audit.push((fail_row(&mut tx, id, reason, now).await?, now));
         }
         insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
@@ -1111,20 +1097,7 @@ impl Store {
     /// it becomes `failed` with the reason, and the audit log says why.
     pub async fn reject(&self, id: &str, reason: &str, now: Instant) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "UPDATE sessions SET state = 'failed', detail = ?, updated_at = ? WHERE id = ? AND state IN ('active', 'enforcing')",
-        )
-        .bind(reason)
-        .bind(now.to_string())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        let entry = AuditEntry {
-            session_id: id.parse().ok(),
-            event: "rejected",
-            detail: Some(format!("session {id}: {reason}")),
-            ..AuditEntry::default()
-        };
+        let entry = fail_row(&mut tx, id, reason, now).await?;
         insert_audit(&mut tx, &entry, now).await?;
         tx.commit().await?;
         Ok(())
@@ -1549,6 +1522,30 @@ fn audit_record(r: &SqliteRow) -> Result<AuditRecord, sqlx::Error> {
         lateness_ms: r.try_get("lateness_ms")?,
         prev_hash: r.try_get("prev_hash")?,
         hash: r.try_get("hash")?,
+    })
+}
+
+/// Marks a row that cannot be scheduled `failed` with the reason; returns
+/// the `rejected` audit row for the caller to write.
+async fn fail_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &str,
+    reason: &str,
+    now: Instant,
+) -> Result<AuditEntry, sqlx::Error> {
+    sqlx::query(
+        "UPDATE sessions SET state = 'failed', detail = ?, updated_at = ? WHERE id = ? AND state IN ('active', 'enforcing')",
+    )
+    .bind(reason)
+    .bind(now.to_string())
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(AuditEntry {
+        session_id: id.parse().ok(),
+        event: "rejected",
+        detail: Some(format!("session {id}: {reason}")),
+        ..AuditEntry::default()
     })
 }
 

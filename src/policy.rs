@@ -132,7 +132,7 @@ fn session(
 }
 
 /// The limit a budget leaves, and a note saying so when it is less than asked.
-fn clip_to_budget(
+pub(crate) fn clip_to_budget(
     policy: &Policy,
     limit: Duration,
     standing: Option<&Standing>,

@@ -248,16 +248,12 @@ impl Scheduler {
         let (Some(budget), Ok(user)) = (policy.budget, UserId::parse(user)) else {
             return Ok(());
         };
+        let Ok(started) = Instant::parse(&r.started_at) else {
+            return Ok(());
+        };
         let standing = self.store.budget_standing(&policy.name, budget, config.time_zone, &user, now).await?;
-        let booked_end =
-            Instant::from_millis(a.deadline.millis() - crate::domain::duration_millis_ceil(a.grace));
-        let started = Instant::from_millis(
-            booked_end.millis() - crate::domain::duration_millis_ceil(policy.max_duration),
-        );
-        let allowed = started.saturating_add(standing.remaining());
-        if allowed < booked_end {
-            a.deadline = allowed.saturating_add(a.grace);
-        }
+        let (limit, _) = crate::policy::clip_to_budget(policy, policy.max_duration, Some(&standing));
+        a.deadline = started.saturating_add(limit).saturating_add(a.grace);
         Ok(())
     }
 }

@@ -76,13 +76,9 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn new(store: Store, clock: Clock, live: Live) -> Notifier {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("callwarden/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(DELIVERY_TIMEOUT)
-            .build()
-            .expect("the TLS back-end is compiled in, so the client builds");
-        Notifier { store, clock, live, http }
+        // A client of its own (its own pool), built like the providers' one;
+        // each delivery carries DELIVERY_TIMEOUT.
+        Notifier { store, clock, live, http: crate::daemon::http_client() }
     }
 
     /// Delivers due notifications until `shutdown`. Database errors are
@@ -167,6 +163,7 @@ impl Notifier {
         let sent = self
             .http
             .post(&target.url)
+            .timeout(DELIVERY_TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(SIGNATURE_HEADER, signature(target.secret.expose(), now.millis() / 1000, body.as_bytes()))
             .header(DELIVERY_HEADER, &n.delivery_id)

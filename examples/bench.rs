@@ -719,6 +719,28 @@ impl RequestParser {
     }
 }
 
+/// What a lateness or drain run starts once its sessions are stored: the
+/// disk and CPU monitors, then callwarden and/or the baseline.
+struct Measured {
+    monitor: FsyncMonitor,
+    wakes: WakeMonitor,
+    daemon: Option<tokio::task::JoinHandle<Result<(), callwarden::daemon::DaemonError>>>,
+    baseline: Option<std::process::Child>,
+}
+
+impl Measured {
+    fn start(rig: &Rig, base_rig: Option<&Rig>, system: System) -> anyhow::Result<Measured> {
+        let monitor = FsyncMonitor::start(rig.dir.path())?;
+        let wakes = WakeMonitor::start();
+        let daemon = system.callwarden().then(|| rig.start_daemon());
+        let baseline = match base_rig {
+            Some(b) => Some(b.start_baseline(BASELINE_RATE)?),
+            None => None,
+        };
+        Ok(Measured { monitor, wakes, daemon, baseline })
+    }
+}
+
 /// Sandbox, tap in front of it, fresh database and config: what the daemon runs against.
 struct Rig {
     dir: tempfile::TempDir,
@@ -922,13 +944,8 @@ async fn lateness(args: &LatenessArgs) -> anyhow::Result<Figures> {
     if margin < 1000 {
         eprintln!("warning: only {margin} ms between the end of the insert and the first deadline");
     }
-    let monitor = FsyncMonitor::start(rig.dir.path())?;
-    let wakes = WakeMonitor::start();
-    let daemon = args.system.callwarden().then(|| rig.start_daemon());
-    let mut baseline = match &base_rig {
-        Some(b) => Some(b.start_baseline(BASELINE_RATE)?),
-        None => None,
-    };
+    let Measured { monitor, wakes, daemon, mut baseline } =
+        Measured::start(&rig, base_rig.as_ref(), args.system)?;
     let timeout = Duration::from_millis((lead_ms + measure_ms) as u64) + Duration::from_secs(120);
     let rooms: Vec<&String> = deadline_of_room.keys().collect();
     if args.system.callwarden() {
@@ -1294,13 +1311,8 @@ async fn drain(args: &DrainArgs) -> anyhow::Result<Figures> {
     if margin < 200 {
         eprintln!("warning: only {margin} ms between the end of the insert and the deadline");
     }
-    let monitor = FsyncMonitor::start(rig.dir.path())?;
-    let wakes = WakeMonitor::start();
-    let daemon = args.system.callwarden().then(|| rig.start_daemon());
-    let mut baseline = match &base_rig {
-        Some(b) => Some(b.start_baseline(BASELINE_RATE)?),
-        None => None,
-    };
+    let Measured { monitor, wakes, daemon, mut baseline } =
+        Measured::start(&rig, base_rig.as_ref(), args.system)?;
     let quota = f64::from(SANDBOX_QUOTA);
     let floor = n as f64 / quota;
     let slowest = f64::from(args.rate.clamp(1, BASELINE_RATE));

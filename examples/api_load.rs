@@ -24,10 +24,10 @@ use std::time::{Duration, Instant as StdInstant};
 use anyhow::Context;
 use callwarden::clock::Clock;
 use callwarden::config::Config;
-use callwarden::demo::percentile;
 use callwarden::sandbox::{
     SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Sandbox, SandboxOptions,
 };
+use callwarden::stats::percentile;
 use callwarden::store::Store;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;

@@ -44,15 +44,16 @@ use tokio_util::sync::CancellationToken;
 use callwarden::clock::Clock;
 use callwarden::config::Config;
 use callwarden::daemon::MAX_IN_FLIGHT;
-use callwarden::demo::percentile;
+use callwarden::domain::audit::AuditEntry;
+use callwarden::domain::session::NewSession;
 use callwarden::domain::{Instant, Room, SessionId, SessionState, UserId};
-use callwarden::enforce::Claimed;
 use callwarden::sandbox::{
     SANDBOX_ACS_ACCESS_KEY, SANDBOX_QUOTA, SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY,
     Sandbox, SandboxOptions,
 };
-use callwarden::scheduler::{CLAIM_LEAD, CLAIM_WINDOW, Scheduler, watch_changes};
-use callwarden::store::{AuditEntry, AuditFilter, NewSession, Store};
+use callwarden::scheduler::{CLAIM_LEAD, CLAIM_WINDOW, Claimed, Scheduler, watch_changes};
+use callwarden::stats::percentile;
+use callwarden::store::{AuditFilter, Store};
 
 #[path = "bench/report.rs"]
 mod report;
@@ -881,7 +882,9 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
 
 /// The first answer recorded for each session (enforced, already_ended, retry
 /// or failed), keyed by session id.
-async fn first_answers(store: &Store) -> anyhow::Result<HashMap<String, callwarden::store::AuditRecord>> {
+async fn first_answers(
+    store: &Store,
+) -> anyhow::Result<HashMap<String, callwarden::domain::audit::AuditRecord>> {
     let rows = store
         .audit(&AuditFilter {
             events: vec!["enforced".into(), "already_ended".into(), "retry".into(), "failed".into()],

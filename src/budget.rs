@@ -3,9 +3,9 @@
 //! configured time zone.
 //!
 //! This module owns the calendar arithmetic and the arithmetic of "how much
-//! is left". The store sums what a user used (`Store::budget_used`);
-//! [`standings`] asks it for the users of a registration, and registration
-//! (`policy::register`) clips each new session's limit to what is left.
+//! is left", and does no I/O. The store sums what a user used
+//! (`Store::budget_used`); intake asks it for the users of a registration,
+//! and `policy::register` clips each new session's limit to what is left.
 
 use std::fmt;
 use std::str::FromStr;
@@ -129,26 +129,6 @@ pub fn overlap(start: Instant, end: Option<Instant>, window: (Instant, Instant),
     let end = end.unwrap_or(now).min(window.1).min(now.max(start));
     let start = start.max(window.0);
     Duration::from_millis(u64::try_from(end.millis() - start.millis()).unwrap_or(0))
-}
-
-/// Where each user of a registration stands against its policy's budget;
-/// empty when the policy has none.
-pub async fn standings(
-    store: &crate::store::Store,
-    config: &crate::config::Config,
-    r: &crate::policy::Registration,
-    now: Instant,
-) -> Result<std::collections::HashMap<crate::domain::UserId, Standing>, crate::store::StoreError> {
-    let mut out = std::collections::HashMap::new();
-    if let Some((policy, users)) = crate::policy::budget_users(config, r)
-        && let Some(budget) = policy.budget
-    {
-        for user in users {
-            let s = store.budget_standing(&policy.name, budget, config.time_zone, user, now).await?;
-            out.insert(user.clone(), s);
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -10,12 +10,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::budget::{Budget, Window};
+use crate::domain::secret::Secret;
 use crate::domain::{Action, RetryPolicy, RoomKind, parse_duration};
-use crate::providers::{acs, trtc};
+
+pub mod live;
 
 /// Where the daemon looks when neither `--config` nor `CALLWARDEN_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/callwarden/callwarden.yaml";
@@ -25,37 +28,13 @@ pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 19;
 /// Longer than any call a time limit is meant for; a typo like `30d` for `30m`.
 pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_TRTC_ENDPOINT: &str = "https://trtc.tencentcloudapi.com";
+/// TRTC regions a `region:` may name.
+pub const TRTC_REGIONS: [&str; 4] = ["ap-beijing", "ap-guangzhou", "ap-mumbai", "ap-singapore"];
+/// The Call Automation API version sent when `api_version` is not set.
+pub const DEFAULT_ACS_API_VERSION: &str = "2024-09-15";
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `grace` a policy may give after its deadline.
 pub const MAX_GRACE: Duration = Duration::from_secs(3600);
-
-/// A secret value. Its `Debug` and `Display` print a mask, so it can sit in
-/// structs that get logged or printed without leaking.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The only way to the value; grep for it to audit where secrets go.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(****)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
 
 /// A refused configuration: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1102,11 +1081,11 @@ impl Ctx<'_> {
         if sdk_app_id == 0 {
             return Err(err("sdk_app_id", "sdk_app_id must be the application's SDKAppID".into()));
         }
-        if !trtc::KNOWN_REGIONS.contains(&region.as_str()) {
+        if !TRTC_REGIONS.contains(&region.as_str()) {
             warnings.push(format!(
                 "provider {name:?}: region {:?} is not one the TRTC room APIs are documented to serve ({})",
                 region,
-                trtc::KNOWN_REGIONS.join(", ")
+                TRTC_REGIONS.join(", ")
             ));
         }
         let endpoint = t.endpoint.unwrap_or_else(|| DEFAULT_TRTC_ENDPOINT.to_string());
@@ -1133,14 +1112,14 @@ impl Ctx<'_> {
             ("access_key_file", a.access_key_file.as_ref()),
             "the resource's access key, base64 as the Azure portal shows it",
         )?;
-        if acs::signature(access_key.expose(), "").is_none() {
+        if base64::engine::general_purpose::STANDARD.decode(access_key.expose().trim()).is_err() {
             let key = if a.access_key.is_some() { "access_key" } else { "access_key_file" };
             return Err(err(
                 key,
                 "the access key is not base64 (copy it as the Azure portal shows it)".into(),
             ));
         }
-        let api_version = a.api_version.clone().unwrap_or_else(|| acs::DEFAULT_API_VERSION.to_string());
+        let api_version = a.api_version.clone().unwrap_or_else(|| DEFAULT_ACS_API_VERSION.to_string());
         let valid_version =
             api_version.len() == 10 && chrono::NaiveDate::parse_from_str(&api_version, "%Y-%m-%d").is_ok();
         if !valid_version {
@@ -1198,7 +1177,7 @@ fn resolve_secret(value: &str) -> Result<Secret, String> {
     if v.trim().is_empty() {
         return Err("secret is empty".into());
     }
-    Ok(Secret(v.trim().to_string()))
+    Ok(Secret::new(v.trim()))
 }
 
 fn read_secret_file(base: &Path, file: &str) -> Result<Secret, String> {
@@ -1209,7 +1188,7 @@ fn read_secret_file(base: &Path, file: &str) -> Result<Secret, String> {
     if content.trim().is_empty() {
         return Err(format!("secret file {} is empty", path.display()));
     }
-    Ok(Secret(content.trim().to_string()))
+    Ok(Secret::new(content.trim()))
 }
 
 /// Keys whose values are secrets, inline (the `*_file` keys hold paths).

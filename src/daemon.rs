@@ -13,11 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
+use crate::config::live::Live;
 use crate::config::{Config, ProviderSettings};
-use crate::domain::Instant;
 use crate::enforce::{Enforcer, ProviderSlot};
 use crate::providers::{Provider, acs::AcsClient, trtc::TrtcClient};
-use crate::reload::Live;
 use crate::scheduler::{Scheduler, watch_changes};
 use crate::store::{Store, StoreError};
 
@@ -42,19 +41,8 @@ pub enum DaemonError {
     },
 }
 
-/// One HTTP client for every provider: shared connection pool, a user agent,
-/// and a connect timeout (each request also gets its provider's timeout).
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .user_agent(concat!("callwarden/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-        .expect("the TLS back-end is compiled in, so the client builds")
-}
-
 pub fn build_providers(config: &Config) -> Result<HashMap<String, ProviderSlot>, DaemonError> {
-    let http = http_client();
+    let http = crate::http_client::http_client();
     let mut slots = HashMap::new();
     for (name, p) in &config.providers {
         let failed = |reason| DaemonError::Provider { name: name.clone(), reason };
@@ -70,54 +58,6 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, ProviderSlot>,
         slots.insert(name.clone(), ProviderSlot::new(provider, p.retry, p.max_requests_per_second));
     }
     Ok(slots)
-}
-
-/// How often retention runs (also once at start).
-pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
-/// Applies `retention:`: settled sessions and audit rows older than their
-/// periods are deleted, the audit log behind a signed checkpoint.
-async fn prune_periodically(
-    store: Store,
-    clock: Clock,
-    retention: crate::config::Retention,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        if let Err(e) = prune_once(&store, &clock, &retention).await {
-            tracing::error!(error = %e, "retention pruning failed; it runs again in an hour");
-        }
-    }
-}
-
-pub async fn prune_once(
-    store: &Store,
-    clock: &Clock,
-    retention: &crate::config::Retention,
-) -> Result<(), StoreError> {
-    let now = clock.now();
-    let before = |d: Duration| Instant::from_millis(now.millis() - crate::domain::duration_millis_ceil(d));
-    if let Some(keep) = retention.sessions {
-        let n = store.prune_sessions(before(keep)).await?;
-        if n > 0 {
-            tracing::info!(sessions = n, "retention: pruned settled sessions");
-        }
-    }
-    if let Some(keep) = retention.audit {
-        let key = retention.checkpoint_key.clone();
-        let sign = move |cp: &crate::store::Checkpoint| {
-            key.as_ref().map(|k| crate::audit::checkpoint_signature(k, cp))
-        };
-        if let Some(cp) = store.prune_audit(before(keep), now, sign).await? {
-            tracing::info!(rows = cp.rows_pruned, checkpoint = cp.last_id, "retention: pruned the audit log");
-        }
-    }
-    Ok(())
 }
 
 /// Runs the daemon with a configuration that does not change; see [`serve`].
@@ -161,7 +101,7 @@ pub async fn serve(
             registrar: store.registrar(),
             clock: clock.clone(),
             config: live.clone(),
-            budget_lock: Arc::default(),
+            budget_lock: crate::intake::BudgetLock::default(),
             api_token: config.api_token.clone(),
             changed: Some(Arc::clone(&changed)),
             acs_secret: config.acs_webhook_secret.clone(),
@@ -193,19 +133,19 @@ pub async fn serve(
         "callwarden running"
     );
     if config.retention.sessions.is_some() || config.retention.audit.is_some() {
-        tasks.spawn(prune_periodically(
+        tasks.spawn(crate::retention::prune_periodically(
             store.clone(),
             clock.clone(),
             config.retention.clone(),
             shutdown.clone(),
         ));
     }
-    crate::service::ready("enforcing deadlines");
+    crate::systemd::ready("enforcing deadlines");
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             shutdown.cancelled().await;
-            crate::service::stopping();
+            crate::systemd::stopping();
         });
     }
     // The scheduler owns the only sender; when it returns, enforcement sees

@@ -20,18 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::session::NewSession;
 use crate::domain::{Instant, Room, SessionId, UserId};
 use crate::sandbox::{Fault, Sandbox, SandboxOptions};
-use crate::store::{AuditFilter, NewSession, Store};
-
-/// Nearest-rank percentile of sorted values.
-pub fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+use crate::stats::percentile;
+use crate::store::{AuditFilter, Store};
 
 /// Which provider the demo plays against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -472,15 +465,5 @@ mod tests {
         assert_eq!(a.endpoint, "http://127.0.0.1:9");
         assert_eq!(config.listen, Some("127.0.0.1:10".parse().unwrap()));
         assert_eq!(config.acs_webhook_secret.as_ref().map(|s| s.expose()), Some(DEMO_CALLBACK_TOKEN));
-    }
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let v: Vec<i64> = (1..=100).collect();
-        assert_eq!(percentile(&v, 50.0), 50);
-        assert_eq!(percentile(&v, 99.0), 99);
-        assert_eq!(percentile(&v, 100.0), 100);
-        assert_eq!(percentile(&[], 50.0), 0);
-        assert_eq!(percentile(&[7], 99.0), 7);
     }
 }

@@ -2,6 +2,10 @@
 //!
 //! Everything here is parsed once at an edge (CLI, config, database row) and is
 //! valid by construction afterwards. This module does no I/O.
+//!
+//! Its children hold the larger domain types: [`session`] (sessions to
+//! register, to schedule, adopted), [`audit`] (audit rows and their hash
+//! chain) and [`secret`] (values that mask themselves).
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,6 +14,10 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub mod audit;
+pub mod secret;
+pub mod session;
 
 /// A session's id: a UUID chosen by whoever registers the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -282,10 +290,6 @@ impl SessionState {
             SessionState::Shadowed => "shadowed",
         }
     }
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, SessionState::Active | SessionState::Enforcing | SessionState::Accepted)
-    }
 }
 
 impl fmt::Display for SessionState {
@@ -354,6 +358,11 @@ impl Instant {
 
     pub fn saturating_add(self, d: Duration) -> Instant {
         Instant(self.0.saturating_add(duration_millis_ceil(d)))
+    }
+
+    /// `self - d`, with `d` rounded up to a millisecond like everywhere else.
+    pub fn saturating_sub(self, d: Duration) -> Instant {
+        Instant(self.0.saturating_sub(duration_millis_ceil(d)))
     }
 
     /// Milliseconds from `earlier` to `self` (negative if `self` is earlier).

@@ -26,18 +26,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
+use crate::config::live::Live;
+use crate::domain::audit::AuditEntry;
+use crate::domain::session::{Repeatability, Session};
 use crate::domain::{Action, Instant, RetryPolicy, Room, SessionState};
-use crate::providers::{CallContext, CallReport, Classified, Provider, Repeatability, Target};
-use crate::reload::Live;
-use crate::scheduler::policy_actions;
-use crate::store::{AuditEntry, Session, Store, StoreError};
-
-/// Sessions the scheduler claimed, with the in-flight permits they hold.
-#[derive(Debug)]
-pub struct Claimed {
-    pub sessions: Vec<Session>,
-    pub permit: OwnedSemaphorePermit,
-}
+use crate::policy::{PolicyAction, policy_actions};
+use crate::providers::{CallContext, CallReport, Classified, Provider, Target};
+use crate::scheduler::Claimed;
+use crate::store::{Store, StoreError};
 
 /// Keeps one provider action at or under its rate: a GCRA limiter with a
 /// burst of one (so no two calls are closer than 1/rate), behind a fair
@@ -111,7 +107,7 @@ struct Inner {
     live: Live,
     /// What each policy did when last seen, for sessions whose policy a
     /// reload removed: they are enforced as their policy last said.
-    known: std::sync::Mutex<HashMap<String, (Action, bool)>>,
+    known: std::sync::Mutex<HashMap<String, PolicyAction>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -139,7 +135,7 @@ impl Enforcer {
     }
 
     /// What each policy does now, and what removed ones did last.
-    fn actions(&self) -> HashMap<String, (Action, bool)> {
+    fn actions(&self) -> HashMap<String, PolicyAction> {
         let current = policy_actions(&self.inner.live.current());
         let mut known = self.inner.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         known.extend(current);
@@ -164,7 +160,7 @@ impl Enforcer {
     async fn dispatch(&self, claimed: Claimed) {
         let Claimed { sessions, mut permit } = claimed;
         for (key, group) in group_sessions(sessions, &self.actions()) {
-            let (provider, action, room, shadow) = key;
+            let JobKey { provider, action, room, shadow } = key;
             let chunk_size = if action.targets_user() {
                 self.inner.providers.get(&provider).map_or(1, |p| p.provider.max_users_per_call())
             } else {
@@ -194,18 +190,25 @@ impl Enforcer {
     }
 }
 
-/// Provider, action, room, and whether the policy is in shadow mode (a
-/// shadow session never shares a call with a real one).
-type GroupKey = (String, Action, Room, bool);
+/// What one provider call settles: a provider, an action, a room, and
+/// whether the policy is in shadow mode (a shadow session never shares a
+/// call with a real one).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct JobKey {
+    provider: String,
+    action: Action,
+    room: Room,
+    shadow: bool,
+}
 
 /// Groups sessions that one provider call can settle, keeping deadline order
 /// (of each group's first session) so the most overdue go out first.
 fn group_sessions(
     sessions: Vec<Session>,
-    actions: &HashMap<String, (Action, bool)>,
-) -> Vec<(GroupKey, Vec<Session>)> {
-    let mut groups: Vec<(GroupKey, Vec<Session>)> = Vec::new();
-    let mut index: HashMap<GroupKey, usize> = HashMap::new();
+    actions: &HashMap<String, PolicyAction>,
+) -> Vec<(JobKey, Vec<Session>)> {
+    let mut groups: Vec<(JobKey, Vec<Session>)> = Vec::new();
+    let mut index: HashMap<JobKey, usize> = HashMap::new();
     for s in sessions {
         // A session whose policy left the configuration is enforced as what
         // its shape says: a participant's removal, or the room's end.
@@ -215,11 +218,12 @@ fn group_sessions(
             (_, true) => Action::RemoveUser,
             (_, false) => Action::DismissRoom,
         };
-        let (action, shadow) = actions.get(&s.policy).copied().unwrap_or((fallback, false));
+        let PolicyAction { action, shadow } =
+            actions.get(&s.policy).copied().unwrap_or(PolicyAction { action: fallback, shadow: false });
         // A removal without a participant cannot be enforced as such; enforce
         // what it can mean: the room.
         let action = if action.targets_user() && s.user.is_none() { action.whole_room() } else { action };
-        let key = (s.provider.clone(), action, s.room.clone(), shadow);
+        let key = JobKey { provider: s.provider.clone(), action, room: s.room.clone(), shadow };
         match index.get(&key) {
             Some(&i) => groups[i].1.push(s),
             None => {
@@ -593,8 +597,8 @@ mod tests {
     #[test]
     fn sessions_of_one_room_share_a_call_in_deadline_order() {
         let actions = HashMap::from([
-            ("kick".to_string(), (Action::RemoveUser, false)),
-            ("end".to_string(), (Action::DismissRoom, false)),
+            ("kick".to_string(), PolicyAction { action: Action::RemoveUser, shadow: false }),
+            ("end".to_string(), PolicyAction { action: Action::DismissRoom, shadow: false }),
         ]);
         let groups = group_sessions(
             vec![
@@ -606,7 +610,7 @@ mod tests {
             ],
             &actions,
         );
-        let shape: Vec<_> = groups.iter().map(|((_, a, r, _), s)| (*a, r.clone(), s.len())).collect();
+        let shape: Vec<_> = groups.iter().map(|(k, s)| (k.action, k.room.clone(), s.len())).collect();
         assert_eq!(
             shape,
             vec![

@@ -31,7 +31,6 @@
 //! - [`audit`]: tables and JSON for the audit log and session lists.
 //! - [`telemetry`]: logging setup. [`metrics`]: Prometheus metrics.
 
-pub mod audit;
 pub mod budget;
 pub mod cli;
 pub mod clock;
@@ -40,15 +39,18 @@ pub mod daemon;
 pub mod demo;
 pub mod domain;
 pub mod enforce;
-pub mod health;
 pub mod http;
+pub mod http_client;
+pub mod intake;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod providers;
 pub mod reload;
+pub mod retention;
 pub mod sandbox;
 pub mod scheduler;
-pub mod service;
+pub mod stats;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;

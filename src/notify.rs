@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Notifications;
+use crate::config::live::Live;
 use crate::domain::Instant;
-use crate::reload::Live;
 use crate::store::{Notification, Store, StoreError};
 
 /// How long a claimed notification stays hidden; a delivery that has not
@@ -78,7 +78,7 @@ impl Notifier {
     pub fn new(store: Store, clock: Clock, live: Live) -> Notifier {
         // A client of its own (its own pool), built like the providers' one;
         // each delivery carries DELIVERY_TIMEOUT.
-        Notifier { store, clock, live, http: crate::daemon::http_client() }
+        Notifier { store, clock, live, http: crate::http_client::http_client() }
     }
 
     /// Delivers due notifications until `shutdown`. Database errors are

@@ -9,8 +9,28 @@ use std::time::Duration;
 
 use crate::budget::Standing;
 use crate::config::{Config, Policy};
+use crate::domain::Action;
+use crate::domain::session::NewSession;
 use crate::domain::{Instant, Room, RoomKind, SessionId, UserId};
-use crate::store::NewSession;
+
+pub mod adoption;
+
+/// What a policy does at a session's deadline: its action, and whether only
+/// in shadow (recorded, never sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PolicyAction {
+    pub action: Action,
+    pub shadow: bool,
+}
+
+/// Policy name → what it does at the deadline.
+pub fn policy_actions(config: &Config) -> HashMap<String, PolicyAction> {
+    config
+        .policies
+        .values()
+        .map(|p| (p.name.clone(), PolicyAction { action: p.action, shadow: p.shadow }))
+        .collect()
+}
 
 /// A request to limit a call, already parsed into domain values.
 #[derive(Debug, Clone)]

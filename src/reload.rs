@@ -1,6 +1,6 @@
 //! Hot reload: the configuration in force, and the task that replaces it.
 //!
-//! Every part of the daemon reads the configuration through [`Live`] when it
+//! Every part of the daemon reads the configuration through [`Live`](crate::config::live::Live) when it
 //! decides something (a registration, a webhook event, an adoption, an
 //! enforcement), so a reload applies from the next decision on. Sessions
 //! already registered keep their deadline, grace and warnings; at their
@@ -26,37 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::store::{AuditEntry, Store};
+use crate::domain::audit::AuditEntry;
+use crate::store::Store;
 
 /// How often the configuration files are checked for changes.
 pub const POLL: Duration = Duration::from_secs(1);
-
-/// The configuration in force; cheap to clone, always current.
-#[derive(Debug, Clone)]
-pub struct Live(watch::Receiver<Arc<Config>>);
-
-impl Live {
-    /// A configuration with the sender that replaces it.
-    pub fn new(config: Arc<Config>) -> (Live, watch::Sender<Arc<Config>>) {
-        let (tx, rx) = watch::channel(config);
-        (Live(rx), tx)
-    }
-
-    /// A configuration that never changes (the CLI, tests).
-    pub fn fixed(config: Arc<Config>) -> Live {
-        Live::new(config).0
-    }
-
-    pub fn current(&self) -> Arc<Config> {
-        Arc::clone(&self.0.borrow())
-    }
-}
-
-impl From<Arc<Config>> for Live {
-    fn from(config: Arc<Config>) -> Live {
-        Live::fixed(config)
-    }
-}
 
 /// Settings a reload cannot apply, named as in the file, that differ.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
@@ -84,7 +58,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ReloadOutcome {
     Applied,
     /// The files are as they were when last applied: nothing to do.
     Unchanged,
@@ -99,20 +73,20 @@ pub async fn reload_once(
     store: &Store,
     clock: &Clock,
     why: &str,
-) -> Outcome {
+) -> ReloadOutcome {
     let old = Arc::clone(&tx.borrow());
     let outcome = match Config::load(path) {
-        Err(e) => Outcome::Rejected(e.to_string()),
+        Err(e) => ReloadOutcome::Rejected(e.to_string()),
         Ok(new) => {
             let blocked = restart_only_changes(&old, &new);
             if !blocked.is_empty() {
-                Outcome::Rejected(format!(
+                ReloadOutcome::Rejected(format!(
                     "{}: {} changed; these take effect only at start: restart the daemon to apply them",
                     path.display(),
                     blocked.join(", ")
                 ))
             } else if same_policies(&old, &new) {
-                Outcome::Unchanged
+                ReloadOutcome::Unchanged
             } else {
                 let policies: Vec<&str> = new.policies.keys().map(String::as_str).collect();
                 let detail = format!(
@@ -130,14 +104,14 @@ pub async fn reload_once(
                 tx.send_replace(Arc::new(new));
                 tracing::info!(trigger = why, "{detail}");
                 record(store, clock, "config_reloaded", detail).await;
-                Outcome::Applied
+                ReloadOutcome::Applied
             }
         }
     };
     match &outcome {
-        Outcome::Applied => crate::metrics::config_reload("applied"),
-        Outcome::Unchanged => {}
-        Outcome::Rejected(reason) => {
+        ReloadOutcome::Applied => crate::metrics::config_reload("applied"),
+        ReloadOutcome::Unchanged => {}
+        ReloadOutcome::Rejected(reason) => {
             crate::metrics::config_reload("rejected");
             tracing::error!(
                 trigger = why,

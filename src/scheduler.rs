@@ -15,19 +15,19 @@
 //! enforcement then holds each call until its deadline has passed by the
 //! injected clock. Invariant: no provider call leaves before its deadline.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::domain::{Action, Instant, Room, RoomKind, UserId};
-use crate::enforce::Claimed;
-use crate::reload::Live;
-use crate::store::{Adopted, ChangeWatcher, SessionRecord, Store, StoreError};
+use crate::config::live::Live;
+use crate::domain::session::{Adopted, Session, SessionRecord};
+use crate::domain::{Instant, UserId};
+use crate::policy::adoption::adoption;
+use crate::store::{ChangeWatcher, Store, StoreError};
 
 /// How long before its deadline a session is claimed. Covers the database
 /// work between claiming and sending (two synced commits), with room for a
@@ -46,6 +46,13 @@ pub const CLAIM_WINDOW: Duration = Duration::from_millis(100);
 pub const CLAIM_BATCH: u32 = 1024;
 /// How often another connection's commits are looked for.
 pub const CHANGE_POLL: Duration = Duration::from_millis(50);
+
+/// Sessions the scheduler claimed, with the in-flight permits they hold.
+#[derive(Debug)]
+pub struct Claimed {
+    pub sessions: Vec<Session>,
+    pub permit: OwnedSemaphorePermit,
+}
 
 pub struct Scheduler {
     store: Store,
@@ -76,11 +83,11 @@ impl Scheduler {
     /// past the next ping, so the pings stop exactly when the loop does.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        let watchdog = crate::service::watchdog_interval();
+        let watchdog = crate::systemd::watchdog_interval();
         let mut outage = None;
         while !shutdown.is_cancelled() {
             if watchdog.is_some() {
-                crate::service::watchdog();
+                crate::systemd::watchdog();
             }
             match self.turn(&shutdown, watchdog).await {
                 Ok(()) => (backoff, outage) = (Duration::from_millis(100), None),
@@ -119,8 +126,7 @@ impl Scheduler {
                 self.claim(now.saturating_add(CLAIM_LEAD + CLAIM_WINDOW), shutdown, nap).await
             }
             Some(deadline) => {
-                let wake =
-                    Instant::from_millis(deadline.millis() - crate::domain::duration_millis_ceil(CLAIM_LEAD));
+                let wake = deadline.saturating_sub(CLAIM_LEAD);
                 tokio::select! {
                     () = self.clock.sleep_until(wake) => {}
                     () = self.changed.notified() => {}
@@ -202,21 +208,15 @@ impl Scheduler {
             let mut adopted = Vec::with_capacity(rows.len());
             let mut rejected = Vec::new();
             for row in rows {
-                match adoption(&config, &row.record) {
+                match adoption(&config, &row) {
                     Ok(mut a) => {
-                        self.clip_to_budget(&config, &row.record, &mut a, now).await?;
-                        tracing::debug!(session = %row.record.id, deadline = %a.deadline, "adopting a session inserted with SQL");
-                        adopted.push(Adopted {
-                            id: row.record.id,
-                            provider: a.provider,
-                            deadline: a.deadline,
-                            grace: a.grace,
-                            warn_before: a.warn_before,
-                        });
+                        self.clip_to_budget(&config, &row, &mut a, now).await?;
+                        tracing::debug!(session = %row.id, deadline = %a.deadline, "adopting a session inserted with SQL");
+                        adopted.push(a);
                     }
                     Err(reason) => {
-                        tracing::warn!(session = %row.record.id, %reason, "refused a session inserted with SQL");
-                        rejected.push((row.record.id, reason));
+                        tracing::warn!(session = %row.id, %reason, "refused a session inserted with SQL");
+                        rejected.push((row.id, reason));
                     }
                 }
             }
@@ -239,7 +239,7 @@ impl Scheduler {
         &self,
         config: &Config,
         r: &SessionRecord,
-        a: &mut Adoption,
+        a: &mut Adopted,
         now: Instant,
     ) -> Result<(), StoreError> {
         let (Some(policy), Some(user), None) = (config.policy(&r.policy), &r.user_id, &r.deadline) else {
@@ -256,66 +256,6 @@ impl Scheduler {
         a.deadline = started.saturating_add(limit).saturating_add(a.grace);
         Ok(())
     }
-}
-
-/// How a plain-SQL row is scheduled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Adoption {
-    pub provider: String,
-    /// The row's own deadline, or its start plus the policy's
-    /// `max_duration` and `grace`.
-    pub deadline: Instant,
-    /// The grace included in `deadline` (none when the row gave one).
-    pub grace: Duration,
-    pub warn_before: Vec<Duration>,
-}
-
-/// Decides how a plain-SQL row is scheduled, or why it cannot be.
-pub fn adoption(config: &Config, r: &SessionRecord) -> Result<Adoption, String> {
-    let policy = config.policy(&r.policy).ok_or_else(|| format!("unknown policy {:?}", r.policy))?;
-    if let Some(provider) = &r.provider
-        && provider != &policy.provider
-    {
-        return Err(format!(
-            "provider {provider:?} does not match policy {:?}'s provider {:?}",
-            policy.name, policy.provider
-        ));
-    }
-    if r.id.parse::<crate::domain::SessionId>().is_err() {
-        return Err(format!("id {:?} is not a UUID", r.id));
-    }
-    let kind: RoomKind = r.room_kind.parse().map_err(|e| format!("{e}"))?;
-    Room::parse(kind, &r.room_id).map_err(|e| e.to_string())?;
-    let settings = &config
-        .providers
-        .get(&policy.provider)
-        .ok_or_else(|| format!("policy {:?} names an unknown provider", policy.name))?
-        .settings;
-    if !settings.room_kinds().contains(&kind) {
-        return Err(format!(
-            "room_kind {:?} does not fit policy {:?}, whose provider is {}",
-            r.room_kind,
-            policy.name,
-            settings.kind()
-        ));
-    }
-    let user = r.user_id.as_deref().map(UserId::parse).transpose().map_err(|e| e.to_string())?;
-    if policy.action.targets_user() && user.is_none() {
-        return Err(format!("policy {:?} removes a user, and the row has no user_id", policy.name));
-    }
-    let started = Instant::parse(&r.started_at).map_err(|e| e.to_string())?;
-    // A deadline written by the app is when to enforce; one left to the
-    // policy is the booked time plus the grace.
-    let (deadline, grace) = match &r.deadline {
-        Some(d) => (Instant::parse(d).map_err(|e| e.to_string())?, Duration::ZERO),
-        None => (started.saturating_add(policy.max_duration).saturating_add(policy.grace), policy.grace),
-    };
-    Ok(Adoption {
-        provider: policy.provider.clone(),
-        deadline,
-        grace,
-        warn_before: policy.warn_before.clone(),
-    })
 }
 
 /// Polls `PRAGMA data_version` and wakes the scheduler when anything
@@ -338,9 +278,4 @@ pub async fn watch_changes(mut watcher: ChangeWatcher, changed: Arc<Notify>, shu
             Err(e) => tracing::warn!(error = %e, "cannot read the database's change counter"),
         }
     }
-}
-
-/// Policy name → what it does at the deadline, and whether only in shadow.
-pub fn policy_actions(config: &Config) -> HashMap<String, (Action, bool)> {
-    config.policies.values().map(|p| (p.name.clone(), (p.action, p.shadow))).collect()
 }

@@ -27,8 +27,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
+use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint};
+use crate::domain::session::{Adopted, NewSession, Repeatability, Session, SessionRecord};
 use crate::domain::{DomainError, Instant, Room, RoomKind, SessionId, SessionState, UserId};
-use crate::providers::Repeatability;
 use outbox::{insert_warnings, warnings_of};
 
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,49 +90,6 @@ impl StoreError {
     }
 }
 
-/// A session ready for scheduling: adopted, typed, valid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub id: SessionId,
-    pub policy: String,
-    pub provider: String,
-    pub room: Room,
-    pub user: Option<UserId>,
-    pub started_at: Instant,
-    pub deadline: Instant,
-    pub state: SessionState,
-    pub attempts: u32,
-    /// The ACS repeatability pair of this enforcement, once chosen.
-    pub repeatability: Option<Repeatability>,
-}
-
-/// A session row as stored, for listing: shown even when malformed.
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionRecord {
-    pub id: String,
-    pub policy: String,
-    pub provider: Option<String>,
-    pub room_id: String,
-    pub room_kind: String,
-    pub user_id: Option<String>,
-    pub started_at: String,
-    pub deadline: Option<String>,
-    pub state: String,
-    pub attempts: i64,
-    pub extended_ms: i64,
-    pub detail: Option<String>,
-    pub repeatability_id: Option<String>,
-    pub first_sent_at: Option<String>,
-    /// The client's key when registered through the API with one.
-    pub idempotency_key: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    /// The part of `deadline` that is grace after the booked time.
-    pub grace_ms: i64,
-    /// When it settled; none while it runs.
-    pub ended_at: Option<String>,
-}
-
 impl SessionRecord {
     fn from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
         Ok(SessionRecord {
@@ -155,31 +113,6 @@ impl SessionRecord {
             grace_ms: row.try_get("grace_ms")?,
             ended_at: row.try_get("ended_at")?,
         })
-    }
-
-    /// The row a just-registered session was stored as.
-    pub fn registered(s: &NewSession, key: Option<String>, now: Instant) -> SessionRecord {
-        SessionRecord {
-            id: s.id.to_string(),
-            policy: s.policy.clone(),
-            provider: Some(s.provider.clone()),
-            room_id: s.room.id_text(),
-            room_kind: s.room.kind().as_str().to_string(),
-            user_id: s.user.as_ref().map(|u| u.as_str().to_string()),
-            started_at: s.started_at.to_string(),
-            deadline: Some(s.deadline.to_string()),
-            state: "active".into(),
-            attempts: 0,
-            extended_ms: 0,
-            detail: s.note.clone(),
-            repeatability_id: None,
-            first_sent_at: None,
-            idempotency_key: key,
-            created_at: now.to_string(),
-            updated_at: now.to_string(),
-            grace_ms: crate::domain::duration_millis_ceil(s.grace),
-            ended_at: None,
-        }
     }
 
     /// Parses the stored text into a schedulable session.
@@ -209,44 +142,6 @@ impl SessionRecord {
                 _ => None,
             },
         })
-    }
-}
-
-/// A plain-SQL row as the scheduler decided to schedule it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Adopted {
-    pub id: String,
-    pub provider: String,
-    pub deadline: Instant,
-    pub grace: Duration,
-    pub warn_before: Vec<Duration>,
-}
-
-/// A session to register.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewSession {
-    pub id: SessionId,
-    pub policy: String,
-    pub provider: String,
-    pub room: Room,
-    pub user: Option<UserId>,
-    pub started_at: Instant,
-    /// When enforcement happens: the end of the booked time plus `grace`.
-    pub deadline: Instant,
-    /// The part of the deadline that is the policy's grace.
-    pub grace: Duration,
-    /// The policy's `warn_before` points, each armed as a notification due
-    /// that long before the end of the booked time (those already past are
-    /// skipped).
-    pub warn_before: Vec<Duration>,
-    /// Why the limit is what it is, when a budget shortened it.
-    pub note: Option<String>,
-}
-
-impl NewSession {
-    /// The end of the booked time: the deadline less the grace.
-    pub fn booked_end(&self) -> Instant {
-        Instant::from_millis(self.deadline.millis() - crate::domain::duration_millis_ceil(self.grace))
     }
 }
 
@@ -300,56 +195,6 @@ pub enum Inserted {
     Existing(Box<SessionRecord>),
 }
 
-/// One row to append to the audit log. Fields left `None` stay NULL.
-#[derive(Debug, Clone, Default)]
-pub struct AuditEntry {
-    pub session_id: Option<SessionId>,
-    pub event: &'static str,
-    pub provider: Option<String>,
-    pub action: Option<String>,
-    pub attempt: Option<u32>,
-    pub outcome: Option<&'static str>,
-    pub http_status: Option<u16>,
-    pub provider_request_id: Option<String>,
-    pub error_code: Option<String>,
-    pub detail: Option<String>,
-    pub latency_ms: Option<i64>,
-    pub lateness_ms: Option<i64>,
-}
-
-impl AuditEntry {
-    pub fn new(event: &'static str, session_id: SessionId) -> AuditEntry {
-        AuditEntry { event, session_id: Some(session_id), ..AuditEntry::default() }
-    }
-
-    pub fn detail(mut self, detail: impl Into<String>) -> AuditEntry {
-        self.detail = Some(detail.into());
-        self
-    }
-}
-
-/// An audit row as stored.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditRecord {
-    pub id: i64,
-    pub at: String,
-    pub session_id: Option<String>,
-    pub event: String,
-    pub provider: Option<String>,
-    pub action: Option<String>,
-    pub attempt: Option<i64>,
-    pub outcome: Option<String>,
-    pub http_status: Option<i64>,
-    pub provider_request_id: Option<String>,
-    pub error_code: Option<String>,
-    pub detail: Option<String>,
-    pub latency_ms: Option<i64>,
-    pub lateness_ms: Option<i64>,
-    /// The chain: the previous row's hash, and this row's (NULL before schema v5).
-    pub prev_hash: Option<String>,
-    pub hash: Option<String>,
-}
-
 /// Which audit rows to read.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -371,23 +216,6 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
-/// Where pruning left the audit chain: its last pruned row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Checkpoint {
-    pub at: String,
-    pub last_id: i64,
-    pub last_hash: String,
-    pub rows_pruned: i64,
-    /// HMAC-SHA256 over [`Checkpoint::signed_text`] with the checkpoint key.
-    pub signature: Option<String>,
-}
-
-impl Checkpoint {
-    pub fn signed_text(&self) -> String {
-        format!("{}:{}:{}:{}", self.last_id, self.last_hash, self.rows_pruned, self.at)
-    }
-}
-
 /// Counts over a time range, for `callwarden audit summary`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditSummary {
@@ -396,12 +224,6 @@ pub struct AuditSummary {
     pub error_codes: Vec<(String, i64)>,
     /// Each session's first provider call's lateness, sorted.
     pub first_call_lateness_ms: Vec<i64>,
-}
-
-/// A session row inserted with plain SQL, before the daemon fills it in.
-#[derive(Debug, Clone)]
-pub struct Unadopted {
-    pub record: SessionRecord,
 }
 
 /// Counts of sessions per state, for progress displays and summaries.
@@ -416,13 +238,14 @@ pub struct Store {
     writer: SqlitePool,
     readers: SqlitePool,
     /// Whether the daemon's database steps are failing right now.
-    health: std::sync::Arc<crate::health::StoreHealth>,
+    health: std::sync::Arc<health::StoreHealth>,
 }
 
 const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
      state, attempts, extended_ms, detail, repeatability_id, first_sent_at, idempotency_key, created_at, updated_at, \
      grace_ms, ended_at";
 
+pub mod health;
 mod outbox;
 pub use outbox::{Notification, NotificationSession};
 
@@ -504,7 +327,7 @@ impl Store {
         &self.path
     }
 
-    pub fn health(&self) -> &std::sync::Arc<crate::health::StoreHealth> {
+    pub fn health(&self) -> &std::sync::Arc<health::StoreHealth> {
         &self.health
     }
 
@@ -1026,7 +849,7 @@ impl Store {
     // ---- the scheduler's queue ----------------------------------------------
 
     /// Rows inserted with plain SQL that still need a provider or a deadline.
-    pub async fn unadopted(&self, limit: u32) -> Result<Vec<Unadopted>, StoreError> {
+    pub async fn unadopted(&self, limit: u32) -> Result<Vec<SessionRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions INDEXED BY sessions_unadopted WHERE state = 'active' \
              AND (provider IS NULL OR deadline IS NULL) ORDER BY created_at LIMIT ?"
@@ -1034,10 +857,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|r| Ok(Unadopted { record: SessionRecord::from_row(r)? }))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        rows.iter().map(SessionRecord::from_row).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
     }
 
     /// Settles a batch of plain-SQL rows in one transaction: each adopted
@@ -1071,8 +891,7 @@ impl Store {
             }
             count += 1;
             if let Ok(sid) = a.id.parse::<SessionId>() {
-                let booked_end =
-                    Instant::from_millis(a.deadline.millis() - crate::domain::duration_millis_ceil(a.grace));
+                let booked_end = a.deadline.saturating_sub(a.grace);
                 insert_warnings(&mut tx, &outbox::warning_points(sid, booked_end, &a.warn_before, now), now)
                     .await?;
             }
@@ -1218,7 +1037,7 @@ impl Store {
     /// participant, if it is newer than the last one recorded for the same
     /// key. Returns false for a duplicate or an event that arrived out of
     /// order, which should then change nothing.
-    pub async fn observe(
+    pub async fn record_presence_if_newer(
         &self,
         provider: &str,
         room: &Room,
@@ -1618,7 +1437,7 @@ async fn insert_audit_rows(
             prev_hash: Some(prev_hash.clone()),
             hash: None,
         };
-        let hash = crate::audit::chain_hash(&prev_hash, &record);
+        let hash = crate::domain::audit::chain_hash(&prev_hash, &record);
         record.hash = Some(hash.clone());
         prev_hash = hash;
         records.push(record);

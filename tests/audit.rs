@@ -168,8 +168,9 @@ retention:
 #[tokio::test]
 async fn retention_prunes_behind_a_signed_checkpoint_and_verification_still_holds() {
     use callwarden::clock::Clock;
+    use callwarden::domain::session::NewSession;
     use callwarden::domain::{Instant, Room, SessionId};
-    use callwarden::store::{NewSession, Store};
+    use callwarden::store::Store;
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cw.yaml"), format!("{CONFIG}{RETENTION}")).unwrap();
@@ -196,7 +197,7 @@ async fn retention_prunes_behind_a_signed_checkpoint_and_verification_still_hold
         store.insert_sessions(std::slice::from_ref(&s), at, "test").await.unwrap();
         store.end_session(s.id, at, "test").await.unwrap();
     }
-    callwarden::daemon::prune_once(&store, &Clock::manual(now), &config.retention).await.unwrap();
+    callwarden::retention::prune_once(&store, &Clock::manual(now), &config.retention).await.unwrap();
     let counts = store.state_counts().await.unwrap();
     assert_eq!(counts, vec![("cancelled".to_string(), 1)], "the two old sessions are gone");
     let cp = store.audit_checkpoint().await.unwrap().expect("a checkpoint");

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use callwarden::clock::Clock;
 use callwarden::config::Config;
+use callwarden::domain::audit::AuditEntry;
+use callwarden::domain::session::NewSession;
 use callwarden::domain::{Instant, Room, SessionId, SessionState};
-use callwarden::enforce::Claimed;
-use callwarden::scheduler::{CLAIM_LEAD, CLAIM_WINDOW, Scheduler, watch_changes};
-use callwarden::store::{AuditEntry, NewSession, Store};
+use callwarden::scheduler::{CLAIM_LEAD, CLAIM_WINDOW, Claimed, Scheduler, watch_changes};
+use callwarden::store::Store;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 

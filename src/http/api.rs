@@ -19,9 +19,11 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use crate::domain::session::SessionRecord;
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId, parse_duration};
+use crate::intake::register::{self, RegisterError};
 use crate::policy::Registration;
-use crate::store::{Inserted, SessionRecord, StoreError};
+use crate::store::{Inserted, StoreError};
 
 /// A deadline this close is worth waking the scheduler for (milliseconds).
 const IMMINENT_MS: i64 = 2 * crate::scheduler::CHANGE_POLL.as_millis() as i64;
@@ -176,20 +178,20 @@ pub(super) async fn create(State(app): State<Arc<AppState>>, headers: HeaderMap,
     let config = app.config.current();
     // Under a budget, the user's remaining time is read and spent under one
     // lock, so two registrations at once cannot both spend it.
-    let _budget_guard = match crate::policy::budget_users(&config, &registration) {
-        Some(_) => Some(app.budget_lock.lock().await),
-        None => None,
-    };
-    let standings = crate::budget::standings(&app.store, &config, &registration, now).await?;
-    let mut sessions = crate::policy::register(&config, &registration, now, &standings).map_err(|r| {
-        let field = match r.field {
-            "users" if registration.room.kind() == crate::domain::RoomKind::Call => "participant",
-            "users" => "user",
-            "room" if request.call.is_some() => "call",
-            other => other,
-        };
-        ApiError::invalid(field, r.reason)
-    })?;
+    let _budget_guard = register::lock_budget(&app.budget_lock, &config, &registration).await;
+    let mut sessions =
+        register::decide(&app.store, &config, &registration, now).await.map_err(|e| match e {
+            RegisterError::Store(e) => ApiError::from(e),
+            RegisterError::Refused(r) => {
+                let field = match r.field {
+                    "users" if registration.room.kind() == crate::domain::RoomKind::Call => "participant",
+                    "users" => "user",
+                    "room" if request.call.is_some() => "call",
+                    other => other,
+                };
+                ApiError::invalid(field, r.reason)
+            }
+        })?;
     // One participant at most in a request, so one session.
     let Some(session) = sessions.pop() else {
         return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, "no session was decided"));

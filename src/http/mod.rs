@@ -26,7 +26,7 @@ use tower_http::timeout::TimeoutLayer;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
-use crate::config::Secret;
+use crate::domain::secret::Secret;
 use crate::store::Store;
 
 /// Larger than any provider callback batch; anything bigger is refused (413).
@@ -42,11 +42,9 @@ pub struct AppState {
     pub registrar: crate::store::Registrar,
     pub clock: Clock,
     /// The configuration in force (policies change on reload).
-    pub config: crate::reload::Live,
-    /// Serializes registrations under a budgeted policy, so that two
-    /// entries of one user at the same moment cannot both spend the same
-    /// remaining time.
-    pub budget_lock: Arc<tokio::sync::Mutex<()>>,
+    pub config: crate::config::live::Live,
+    /// Serializes registrations under a budgeted policy.
+    pub budget_lock: crate::intake::BudgetLock,
     /// The session API's bearer token; `None` turns the API off.
     pub api_token: Option<Secret>,
     /// Wakes the scheduler at once after a change made here (it would
@@ -60,6 +58,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The intake use cases' view of this state.
+    pub fn intake(&self) -> crate::intake::Intake<'_> {
+        crate::intake::Intake {
+            store: &self.store,
+            clock: &self.clock,
+            config: &self.config,
+            budget_lock: &self.budget_lock,
+        }
+    }
+
     /// Wakes the scheduler now rather than at its next poll of the database.
     pub fn wake_scheduler(&self) {
         if let Some(changed) = &self.changed {

@@ -21,9 +21,11 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use crate::domain::audit::AuditEntry;
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
-use crate::policy::{Effect, Presence};
-use crate::store::{AuditEntry, StoreError};
+use crate::intake::presence::{self, PresenceEvent};
+use crate::policy::Presence;
+use crate::store::StoreError;
 
 /// `resultInformation` of an ACS event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -277,9 +279,14 @@ async fn apply_acs_event(state: &AppState, event: &AcsEvent) -> Result<u32, Stor
             let room = Room::Call(call.clone());
             let mut changed = confirmed as u32;
             for provider in acs_providers(state) {
-                changed +=
-                    presence(state, &provider, None, &room, &Presence::RoomClosed, at, at.millis(), "")
-                        .await?;
+                let event = PresenceEvent {
+                    provider: &provider,
+                    sdk_app_id: None,
+                    room: &room,
+                    presence: &Presence::RoomClosed,
+                    at,
+                };
+                changed += presence::record_and_apply(state.intake(), &event).await?;
             }
             Ok(changed)
         }
@@ -288,9 +295,14 @@ async fn apply_acs_event(state: &AppState, event: &AcsEvent) -> Result<u32, Stor
             let at = at.unwrap_or(now);
             let mut changed = 0;
             for provider in acs_providers(state) {
-                changed +=
-                    presence(state, &provider, None, &room, &Presence::RoomOpened, at, at.millis(), "")
-                        .await?;
+                let event = PresenceEvent {
+                    provider: &provider,
+                    sdk_app_id: None,
+                    room: &room,
+                    presence: &Presence::RoomOpened,
+                    at,
+                };
+                changed += presence::record_and_apply(state.intake(), &event).await?;
             }
             Ok(changed)
         }
@@ -299,119 +311,13 @@ async fn apply_acs_event(state: &AppState, event: &AcsEvent) -> Result<u32, Stor
             let at = at.unwrap_or(now);
             let mut changed = 0;
             for provider in acs_providers(state) {
-                // The roster is whole, not a delta; an older one is stale.
-                if !state.store.observe(&provider, &room, "#roster", *sequence, "roster").await? {
-                    continue;
-                }
-                // A roster from before the call ended, delivered after it,
-                // opens nothing on the dead call.
-                if call_closed_since(state, &provider, &room, at.millis()).await? {
-                    continue;
-                }
-                let present: std::collections::HashSet<&str> =
-                    participants.iter().map(UserId::as_str).collect();
-                let active = state.store.active_participants(&provider, &room).await?;
-                for gone in active.iter().filter(|a| !present.contains(a.as_str())) {
-                    if let Ok(user) = UserId::parse(gone) {
-                        changed += apply(state, &provider, None, &room, &Presence::Left(user), at).await?;
-                    }
-                }
-                for user in participants.iter().filter(|p| !active.iter().any(|a| a == p.as_str())) {
-                    changed +=
-                        apply(state, &provider, None, &room, &Presence::Entered(user.clone()), at).await?;
-                }
+                changed +=
+                    presence::apply_roster(state.intake(), &provider, &room, *sequence, participants, at)
+                        .await?;
             }
             Ok(changed)
         }
     }
-}
-
-/// Records a presence event unless it is a duplicate or older than what is
-/// known about the same room or participant, then applies it.
-#[allow(clippy::too_many_arguments)]
-async fn presence(
-    state: &AppState,
-    provider: &str,
-    sdk_app_id: Option<u64>,
-    room: &Room,
-    event: &Presence,
-    at: Instant,
-    event_ms: i64,
-    participant: &str,
-) -> Result<u32, StoreError> {
-    let name = match event {
-        Presence::RoomOpened => "opened",
-        Presence::RoomClosed => "closed",
-        Presence::Entered(_) => "entered",
-        Presence::Left(_) => "left",
-    };
-    if !state.store.observe(provider, room, participant, event_ms, name).await? {
-        return Ok(0);
-    }
-    // An entry older than the room's closing is stale: the participant left
-    // with the room.
-    if let Presence::Entered(_) = event
-        && call_closed_since(state, provider, room, event_ms).await?
-    {
-        return Ok(0);
-    }
-    apply(state, provider, sdk_app_id, room, event, at).await
-}
-
-/// Whether the room's last recorded event is its closing, at or after `ms`.
-async fn call_closed_since(
-    state: &AppState,
-    provider: &str,
-    room: &Room,
-    ms: i64,
-) -> Result<bool, StoreError> {
-    Ok(
-        matches!(state.store.last_event(provider, room, "").await?, Some((closed_ms, last)) if last == "closed" && closed_ms >= ms),
-    )
-}
-
-/// Carries out what the policy decides for a presence event.
-async fn apply(
-    state: &AppState,
-    provider: &str,
-    sdk_app_id: Option<u64>,
-    room: &Room,
-    event: &Presence,
-    at: Instant,
-) -> Result<u32, StoreError> {
-    let now = state.clock.now();
-    let config = state.config.current();
-    // A participant's entry under a budgeted policy: what the user has left
-    // decides the limit. Held until the session is stored, so that two
-    // entries at once cannot both spend the same remaining time.
-    let mut _budget_guard = None;
-    let mut standing = None;
-    if let Presence::Entered(user) = event
-        && let Some(policy) = crate::policy::webhook_policy(&config, provider, room, sdk_app_id)
-        && let Some(budget) = policy.budget
-    {
-        _budget_guard = Some(state.budget_lock.lock().await);
-        standing = Some(
-            state.store.budget_standing(&policy.name, budget, config.time_zone, user, at.min(now)).await?,
-        );
-    }
-    let mut changed = 0;
-    for effect in crate::policy::on_presence(&config, provider, sdk_app_id, room, event, at, standing) {
-        changed += match effect {
-            Effect::Open(session) => u32::from(
-                state.store.open_unless_active(&session, now, "opened by a provider webhook").await?,
-            ),
-            Effect::EndRoom => {
-                let detail = "the provider reported the room or call closed";
-                state.store.end_active(provider, room, None, now, detail).await?.len() as u32
-            }
-            Effect::EndParticipant(user) => {
-                let detail = format!("the provider reported {user} gone");
-                state.store.end_active(provider, room, Some(&user), now, &detail).await?.len() as u32
-            }
-        };
-    }
-    Ok(changed)
 }
 
 /// A TRTC room callback, parsed.
@@ -514,25 +420,11 @@ pub(super) async fn trtc(State(state): State<Arc<AppState>>, headers: HeaderMap,
         .filter(|p| matches!(&p.settings, crate::config::ProviderSettings::Trtc(t) if Some(t.sdk_app_id) == sdk_app_id))
         .map(|p| p.name.clone())
         .collect();
-    let participant = match presence {
-        Presence::Entered(u) | Presence::Left(u) => u.as_str().to_string(),
-        _ => String::new(),
-    };
     let mut changed = 0;
     for provider in &providers {
         let at = Instant::from_millis(event.at_ms);
-        match self::presence(
-            &state,
-            provider,
-            sdk_app_id,
-            &event.room,
-            presence,
-            at,
-            event.at_ms,
-            &participant,
-        )
-        .await
-        {
+        let observed = PresenceEvent { provider, sdk_app_id, room: &event.room, presence, at };
+        match presence::record_and_apply(state.intake(), &observed).await {
             Ok(n) => changed += n,
             Err(e) => {
                 crate::metrics::webhook("trtc", "unavailable");

@@ -17,10 +17,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{CallContext, CallReport, Classified, Target};
-use crate::config::{AcsSettings, Secret};
+use crate::config::AcsSettings;
+use crate::domain::secret::Secret;
 use crate::domain::{Action, Room};
 
-pub const DEFAULT_API_VERSION: &str = "2024-09-15";
 pub const ACTIONS: [&str; 2] = ["RemoveParticipant", "TerminateCall"];
 
 pub fn api_action(action: Action, room: &Room) -> Option<&'static str> {
@@ -170,10 +170,10 @@ impl AcsClient {
                 let wait = retry_after(response.headers(), Utc::now());
                 match response.bytes().await {
                     Ok(bytes) => (classify(status, &bytes, wait), Some(status)),
-                    Err(e) => (super::trtc::transport_error(&e), Some(status)),
+                    Err(e) => (super::transport::transport_error(&e), Some(status)),
                 }
             }
-            Err(e) => (super::trtc::transport_error(&e), None),
+            Err(e) => (super::transport::transport_error(&e), None),
         };
         CallReport {
             renew_repeatability: repeatability_expired(http_status),

@@ -7,10 +7,12 @@
 //! and no database work: that is `enforce`'s job.
 
 pub mod acs;
+pub mod transport;
 pub mod trtc;
 
 use std::time::Duration;
 
+use crate::domain::session::Repeatability;
 use crate::domain::{Action, Room, UserId};
 
 /// What one provider call came to, already sorted into what to do next.
@@ -69,22 +71,6 @@ pub struct CallReport {
     /// The provider no longer remembers the repeatability id (ACS 412): the
     /// next try must go out under a new one.
     pub renew_repeatability: bool,
-}
-
-/// ACS's idempotency key: chosen once per enforcement, stored before the
-/// first try, and sent unchanged on every retry and after a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Repeatability {
-    pub request_id: uuid::Uuid,
-    pub first_sent: chrono::DateTime<chrono::Utc>,
-}
-
-impl Repeatability {
-    pub fn new(now: chrono::DateTime<chrono::Utc>) -> Repeatability {
-        // First-Sent travels at one-second precision; keep exactly what is sent.
-        let first_sent = chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
-        Repeatability { request_id: uuid::Uuid::new_v4(), first_sent }
-    }
 }
 
 /// What a call carries besides its target.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{CallReport, Classified, Target};
-use crate::config::Secret;
+use crate::domain::secret::Secret;
 use crate::domain::{Action, Room};
 
 pub const VERSION: &str = "2019-07-22";
@@ -24,8 +24,6 @@ pub const MAX_USERS_PER_CALL: usize = 10;
 pub const ACTIONS: [&str; 4] =
     ["DismissRoom", "DismissRoomByStrRoomId", "RemoveUser", "RemoveUserByStrRoomId"];
 /// Regions the TRTC room-management APIs are documented to serve.
-pub const KNOWN_REGIONS: [&str; 4] = ["ap-beijing", "ap-guangzhou", "ap-mumbai", "ap-singapore"];
-
 type HmacSha256 = Hmac<Sha256>;
 
 pub fn api_action(action: Action, room: &Room) -> Option<&'static str> {
@@ -355,10 +353,10 @@ impl TrtcClient {
                         let (classified, request_id) = classify_response(status, &bytes);
                         (classified, Some(status), request_id)
                     }
-                    Err(e) => (transport_error(&e), Some(status), None),
+                    Err(e) => (super::transport::transport_error(&e), Some(status), None),
                 }
             }
-            Err(e) => (transport_error(&e), None, None),
+            Err(e) => (super::transport::transport_error(&e), None, None),
         };
         CallReport {
             classified,
@@ -368,32 +366,6 @@ impl TrtcClient {
             renew_repeatability: false,
         }
     }
-}
-
-/// Timeouts and connection failures: the request may not have arrived, or
-/// arrived and its answer was lost. Both actions are idempotent in effect.
-pub(crate) fn transport_error(e: &reqwest::Error) -> Classified {
-    let code = if e.is_timeout() {
-        "Timeout"
-    } else if e.is_connect() {
-        "ConnectionError"
-    } else {
-        "TransportError"
-    };
-    Classified::Retryable { code: code.into(), message: error_chain(e), wait: None }
-}
-
-/// The error and its causes on one line. reqwest errors name the URL, which
-/// carries no secret for either provider.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 /// How far a request's timestamp may be from the server's clock.

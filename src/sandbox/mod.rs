@@ -340,7 +340,7 @@ impl Sandbox {
             options,
             started: StdInstant::now(),
             inner: Mutex::new(Inner::default()),
-            http: crate::daemon::http_client(),
+            http: crate::http_client::http_client(),
         });
         let app = router(Arc::clone(&state));
         tokio::spawn(async move {

@@ -14,9 +14,9 @@ use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
 use super::SandboxState;
+use crate::config::TRTC_REGIONS;
 use crate::providers::trtc::{
-    ACTIONS, KNOWN_REGIONS, MAX_CLOCK_SKEW, MAX_USERS_PER_CALL, Tc3Input, VERSION, parse_authorization,
-    signature,
+    ACTIONS, MAX_CLOCK_SKEW, MAX_USERS_PER_CALL, Tc3Input, VERSION, parse_authorization, signature,
 };
 
 /// An error answer: TRTC's code and message.
@@ -57,7 +57,7 @@ fn check_request(state: &SandboxState, headers: &HeaderMap, body: &[u8]) -> Resu
         None => return Err(ApiError::new("MissingParameter", "the X-TC-Version header is missing")),
     }
     match header(headers, "x-tc-region") {
-        Some(r) if KNOWN_REGIONS.contains(&r) => {}
+        Some(r) if TRTC_REGIONS.contains(&r) => {}
         Some(r) => return Err(ApiError::new("UnsupportedRegion", format!("region {r} is not supported"))),
         None => return Err(ApiError::new("MissingParameter", "the X-TC-Region header is missing")),
     }

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use super::{AuditEntry, SESSION_COLUMNS, SessionRecord, Store, StoreError, insert_audit};
+use super::{SESSION_COLUMNS, Store, StoreError, insert_audit};
+use crate::domain::audit::AuditEntry;
+use crate::domain::session::NewSession;
+use crate::domain::session::SessionRecord;
 use crate::domain::{Instant, SessionId, UserId, duration_millis_ceil};
-use crate::store::NewSession;
 
 /// A warning to arm: due `offset` before the end of the booked time.
 #[derive(Debug, Clone)]

@@ -1,142 +1,11 @@
-//! The audit log for operators: its tamper-evident hash chain (computing and
-//! verifying it), and aligned tables for people or JSON lines for programs.
-//! Reading and writing rows is the store's job; this module does no I/O
-//! beyond printing.
-//!
-//! The chain: `hash = hex(SHA-256(prev_hash ‖ "\n" ‖ canonical(row)))`, where
-//! `prev_hash` is the previous row's hash (empty for the first row) and
-//! `canonical(row)` is the JSON array of the row's columns from `id` to
-//! `lateness_ms`, in table order. Editing a row changes its hash; deleting
-//! or inserting one breaks the next row's link.
+//! Output for people and programs: aligned tables, CSV and JSON lines for
+//! the audit log, session lists, budgets and the audit summary. Reading rows
+//! is the store's job; this module does no I/O beyond printing.
 
 use std::io::{self, Write};
 
-use crate::store::{AuditRecord, SessionRecord};
-
-/// The row's content as hashed: its columns from `id` to `lateness_ms`.
-pub fn canonical(r: &AuditRecord) -> String {
-    serde_json::json!([
-        r.id,
-        r.at,
-        r.session_id,
-        r.event,
-        r.provider,
-        r.action,
-        r.attempt,
-        r.outcome,
-        r.http_status,
-        r.provider_request_id,
-        r.error_code,
-        r.detail,
-        r.latency_ms,
-        r.lateness_ms
-    ])
-    .to_string()
-}
-
-pub fn chain_hash(prev_hash: &str, r: &AuditRecord) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
-    h.update(b"\n");
-    h.update(canonical(r).as_bytes());
-    hex::encode(h.finalize())
-}
-
-/// The signature of a retention checkpoint: hex HMAC-SHA256 with the
-/// configured checkpoint key.
-pub fn checkpoint_signature(key: &crate::config::Secret, cp: &crate::store::Checkpoint) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac =
-        Hmac::<sha2::Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes any key length");
-    mac.update(cp.signed_text().as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// What verification found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// The chain holds: rows checked, rows before the chain began (written
-    /// before schema v5), and the last row's id and hash. Removing rows from
-    /// the end cannot be seen from inside the log; recording the head
-    /// elsewhere (a ticket, a log shipper) makes that visible too.
-    Intact { checked: u64, unchained: u64, head: Option<(i64, String)> },
-    /// The first row where the chain breaks, and how.
-    Broken { id: i64, reason: String },
-}
-
-/// Checks the chain one row at a time, in id order, so a log of any size is
-/// verified in constant memory.
-#[derive(Debug, Default)]
-pub struct ChainCheck {
-    expected_id: Option<i64>,
-    prev: Option<String>,
-    checked: u64,
-    unchained: u64,
-}
-
-impl ChainCheck {
-    /// Starts after a retention checkpoint (the last pruned row's id and
-    /// hash), or at the first row.
-    pub fn new(start: Option<(i64, String)>) -> ChainCheck {
-        match start {
-            Some((id, hash)) => {
-                ChainCheck { expected_id: Some(id + 1), prev: Some(hash), ..ChainCheck::default() }
-            }
-            None => ChainCheck::default(),
-        }
-    }
-
-    /// Checks the next row; `Err` is the verdict at the first break.
-    pub fn push(&mut self, r: &AuditRecord) -> Result<(), Verdict> {
-        let broken = |reason: &str| Err(Verdict::Broken { id: r.id, reason: reason.to_string() });
-        let Some(hash) = &r.hash else {
-            if self.prev.is_some() {
-                return broken("row has no hash inside the chain (inserted by hand?)");
-            }
-            self.unchained += 1;
-            self.expected_id = Some(r.id + 1);
-            return Ok(());
-        };
-        if let Some(want) = self.expected_id
-            && r.id != want
-        {
-            return Err(Verdict::Broken {
-                id: r.id,
-                reason: format!("rows {want} to {} are missing (deleted?)", r.id - 1),
-            });
-        }
-        let link = r.prev_hash.clone().unwrap_or_default();
-        if self.prev.as_ref().is_some_and(|prev| *prev != link) {
-            return broken(
-                "its link does not match the previous row's hash (a row before it was changed, deleted or inserted)",
-            );
-        }
-        if chain_hash(&link, r) != *hash {
-            return broken("its content does not match its hash (edited?)");
-        }
-        self.prev = Some(hash.clone());
-        self.expected_id = Some(r.id + 1);
-        self.checked += 1;
-        Ok(())
-    }
-
-    pub fn finish(self) -> Verdict {
-        let head = self.expected_id.zip(self.prev).map(|(next, hash)| (next - 1, hash));
-        Verdict::Intact { checked: self.checked, unchained: self.unchained, head }
-    }
-}
-
-/// Verifies rows given in id order.
-pub fn verify(rows: impl IntoIterator<Item = AuditRecord>, start: Option<(i64, String)>) -> Verdict {
-    let mut check = ChainCheck::new(start);
-    for r in rows {
-        if let Err(verdict) = check.push(&r) {
-            return verdict;
-        }
-    }
-    check.finish()
-}
+use crate::domain::audit::AuditRecord;
+use crate::domain::session::SessionRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -196,7 +65,7 @@ pub fn print_summary(
 ) -> io::Result<()> {
     let mut out = io::stdout().lock();
     let late = &s.first_call_lateness_ms;
-    let pct = |p: f64| crate::demo::percentile(late, p);
+    let pct = |p: f64| crate::stats::percentile(late, p);
     match format {
         OutputFormat::Json => {
             let value = serde_json::json!({

@@ -1,0 +1,94 @@
+//! `callwarden check`: validates the configuration and prints what it
+//! configures, with secrets masked.
+
+use super::{Failure, load};
+use crate::config::ProviderSettings;
+
+pub(super) fn check(path: &std::path::Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    println!("configuration {} is valid", config.path.display());
+    println!("database: {}", config.database.display());
+    for p in config.providers.values() {
+        match &p.settings {
+            ProviderSettings::Trtc(t) => println!(
+                "provider {}: tencent-trtc sdk_app_id={} region={} endpoint={} secret_id={} secret_key={} \
+                 max_requests_per_second={} retry={} attempts, {}..{} backoff request_timeout={}",
+                p.name,
+                t.sdk_app_id,
+                t.region,
+                t.endpoint,
+                mask_id(&t.secret_id),
+                t.secret_key,
+                p.max_requests_per_second,
+                p.retry.max_attempts,
+                humantime::format_duration(p.retry.initial_backoff),
+                humantime::format_duration(p.retry.max_backoff),
+                humantime::format_duration(p.request_timeout),
+            ),
+            ProviderSettings::Acs(a) => println!(
+                "provider {}: azure-acs endpoint={} access_key={} api_version={} callback_url={} \
+                 max_requests_per_second={} retry={} attempts, {}..{} backoff request_timeout={}",
+                p.name,
+                a.endpoint,
+                a.access_key,
+                a.api_version,
+                a.callback_url.as_deref().unwrap_or("(none: outcomes are not confirmed)"),
+                p.max_requests_per_second,
+                p.retry.max_attempts,
+                humantime::format_duration(p.retry.initial_backoff),
+                humantime::format_duration(p.retry.max_backoff),
+                humantime::format_duration(p.request_timeout),
+            ),
+        }
+    }
+    if let Some(n) = &config.notifications {
+        // The query may carry a token: show only that there is one.
+        let shown = match n.url.split_once('?') {
+            Some((base, _)) => format!("{base}?****"),
+            None => n.url.clone(),
+        };
+        println!("notifications: {shown} (secret {})", n.secret);
+    }
+    println!("time_zone: {}", config.time_zone.name());
+    for file in config.sources.iter().skip(1) {
+        println!("policy file: {}", file.display());
+    }
+    for p in config.policies.values() {
+        let mut extras = Vec::new();
+        if !p.warn_before.is_empty() {
+            let points: Vec<String> =
+                p.warn_before.iter().map(|w| humantime::format_duration(*w).to_string()).collect();
+            extras.push(format!("warn_before {}", points.join(", ")));
+        }
+        if !p.grace.is_zero() {
+            extras.push(format!("grace {}", humantime::format_duration(p.grace)));
+        }
+        if let Some(m) = p.max_extension {
+            extras.push(format!("max_extension {}", humantime::format_duration(m)));
+        }
+        if let Some(b) = p.budget {
+            extras.push(format!("budget {} per user per {}", humantime::format_duration(b.limit), b.window));
+        }
+        if p.shadow {
+            extras.push("mode shadow".into());
+        }
+        println!(
+            "policy {}: provider {}, max_duration {}, action {}{}",
+            p.name,
+            p.provider,
+            humantime::format_duration(p.max_duration),
+            p.action.as_str(),
+            extras.iter().map(|e| format!(", {e}")).collect::<String>()
+        );
+    }
+    for w in &config.warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// Shows enough of a key id to recognise it, not enough to use it.
+fn mask_id(id: &str) -> String {
+    let shown: String = id.chars().take(4).collect();
+    format!("{shown}****")
+}

@@ -1,0 +1,69 @@
+//! The long-running commands: `run` (the daemon, with hot reload) and
+//! `sandbox`, and the signal handling both stop on.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::{Failure, SandboxArgs, load, open};
+use crate::clock::Clock;
+use crate::sandbox::{Sandbox, SandboxOptions};
+
+pub(super) async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
+    let config = Arc::new(load(path)?);
+    let store = open(&config).await?;
+    let shutdown = CancellationToken::new();
+    let clock = Clock::system();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let (live, reloads) = crate::config::live::Live::new(config);
+    tokio::spawn(crate::reload::watch_config(
+        path.to_path_buf(),
+        reloads,
+        store.clone(),
+        clock.clone(),
+        shutdown.clone(),
+    ));
+    crate::daemon::serve(live, store.clone(), clock, shutdown).await.context("daemon failed")?;
+    store.close().await;
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "stopping");
+    shutdown.cancel();
+}
+
+pub(super) async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    let options = SandboxOptions {
+        secret_id: args.secret_id,
+        secret_key: args.secret_key,
+        sdk_app_id: args.sdk_app_id,
+        acs_access_key: args.acs_access_key,
+        acs_events_url: args.acs_events_url,
+        quota_per_second: args.quota,
+    };
+    let sandbox =
+        Sandbox::start(listener, options, shutdown.clone()).await.context("cannot start the sandbox")?;
+    // The first stdout line is the address, for scripts and tests to read.
+    println!("sandbox listening on {}", sandbox.url());
+    tracing::info!(url = %sandbox.url(), "sandbox ready (TRTC API at POST /, control API under /_sandbox/)");
+    stop_on_signal(shutdown.clone()).await;
+    shutdown.cancel();
+    Ok(())
+}

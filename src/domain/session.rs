@@ -1,0 +1,134 @@
+//! Sessions as the core handles them: one to register ([`NewSession`]), one
+//! ready for scheduling ([`Session`]), a plain-SQL row once adopted
+//! ([`Adopted`]), and the ACS idempotency key an enforcement carries
+//! ([`Repeatability`]).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Instant, Room, SessionId, SessionState, UserId};
+
+/// A session ready for scheduling: adopted, typed, valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    pub policy: String,
+    pub provider: String,
+    pub room: Room,
+    pub user: Option<UserId>,
+    pub started_at: Instant,
+    pub deadline: Instant,
+    pub state: SessionState,
+    pub attempts: u32,
+    /// The ACS repeatability pair of this enforcement, once chosen.
+    pub repeatability: Option<Repeatability>,
+}
+
+/// A plain-SQL row as the scheduler decided to schedule it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    pub id: String,
+    pub provider: String,
+    pub deadline: Instant,
+    pub grace: Duration,
+    pub warn_before: Vec<Duration>,
+}
+
+/// A session to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    pub id: SessionId,
+    pub policy: String,
+    pub provider: String,
+    pub room: Room,
+    pub user: Option<UserId>,
+    pub started_at: Instant,
+    /// When enforcement happens: the end of the booked time plus `grace`.
+    pub deadline: Instant,
+    /// The part of the deadline that is the policy's grace.
+    pub grace: Duration,
+    /// The policy's `warn_before` points, each armed as a notification due
+    /// that long before the end of the booked time (those already past are
+    /// skipped).
+    pub warn_before: Vec<Duration>,
+    /// Why the limit is what it is, when a budget shortened it.
+    pub note: Option<String>,
+}
+
+impl NewSession {
+    /// The end of the booked time: the deadline less the grace.
+    pub fn booked_end(&self) -> Instant {
+        self.deadline.saturating_sub(self.grace)
+    }
+}
+
+/// ACS's idempotency key: chosen once per enforcement, stored before the
+/// first try, and sent unchanged on every retry and after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeatability {
+    pub request_id: uuid::Uuid,
+    pub first_sent: chrono::DateTime<chrono::Utc>,
+}
+
+impl Repeatability {
+    pub fn new(now: chrono::DateTime<chrono::Utc>) -> Repeatability {
+        // First-Sent travels at one-second precision; keep exactly what is sent.
+        let first_sent = chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+        Repeatability { request_id: uuid::Uuid::new_v4(), first_sent }
+    }
+}
+
+/// A session row as stored, for listing: shown even when malformed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub policy: String,
+    pub provider: Option<String>,
+    pub room_id: String,
+    pub room_kind: String,
+    pub user_id: Option<String>,
+    pub started_at: String,
+    pub deadline: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub extended_ms: i64,
+    pub detail: Option<String>,
+    pub repeatability_id: Option<String>,
+    pub first_sent_at: Option<String>,
+    /// The client's key when registered through the API with one.
+    pub idempotency_key: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The part of `deadline` that is grace after the booked time.
+    pub grace_ms: i64,
+    /// When it settled; none while it runs.
+    pub ended_at: Option<String>,
+}
+
+impl SessionRecord {
+    /// The row a just-registered session was stored as.
+    pub fn registered(s: &NewSession, key: Option<String>, now: Instant) -> SessionRecord {
+        SessionRecord {
+            id: s.id.to_string(),
+            policy: s.policy.clone(),
+            provider: Some(s.provider.clone()),
+            room_id: s.room.id_text(),
+            room_kind: s.room.kind().as_str().to_string(),
+            user_id: s.user.as_ref().map(|u| u.as_str().to_string()),
+            started_at: s.started_at.to_string(),
+            deadline: Some(s.deadline.to_string()),
+            state: "active".into(),
+            attempts: 0,
+            extended_ms: 0,
+            detail: s.note.clone(),
+            repeatability_id: None,
+            first_sent_at: None,
+            idempotency_key: key,
+            created_at: now.to_string(),
+            updated_at: now.to_string(),
+            grace_ms: super::duration_millis_ceil(s.grace),
+            ended_at: None,
+        }
+    }
+}

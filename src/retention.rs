@@ -1,0 +1,54 @@
+//! Retention: the hourly task that applies `retention:`, deleting settled
+//! sessions and audit rows older than their periods (the audit log behind a
+//! signed checkpoint, so the chain still verifies).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::Retention;
+use crate::domain::audit::{Checkpoint, checkpoint_signature};
+use crate::store::{Store, StoreError};
+
+/// How often retention runs (also once at start).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Applies `retention:`: settled sessions and audit rows older than their
+/// periods are deleted, the audit log behind a signed checkpoint.
+pub async fn prune_periodically(
+    store: Store,
+    clock: Clock,
+    retention: Retention,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = prune_once(&store, &clock, &retention).await {
+            tracing::error!(error = %e, "retention pruning failed; it runs again in an hour");
+        }
+    }
+}
+
+pub async fn prune_once(store: &Store, clock: &Clock, retention: &Retention) -> Result<(), StoreError> {
+    let now = clock.now();
+    let before = |d: Duration| now.saturating_sub(d);
+    if let Some(keep) = retention.sessions {
+        let n = store.prune_sessions(before(keep)).await?;
+        if n > 0 {
+            tracing::info!(sessions = n, "retention: pruned settled sessions");
+        }
+    }
+    if let Some(keep) = retention.audit {
+        let key = retention.checkpoint_key.clone();
+        let sign = move |cp: &Checkpoint| key.as_ref().map(|k| checkpoint_signature(k, cp));
+        if let Some(cp) = store.prune_audit(before(keep), now, sign).await? {
+            tracing::info!(rows = cp.rows_pruned, checkpoint = cp.last_id, "retention: pruned the audit log");
+        }
+    }
+    Ok(())
+}

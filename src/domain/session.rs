@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::audit::AuditEntry;
 use super::{Instant, Room, SessionId, SessionState, UserId};
 
 /// A session ready for scheduling: adopted, typed, valid.
@@ -60,6 +61,26 @@ impl NewSession {
     /// The end of the booked time: the deadline less the grace.
     pub fn booked_end(&self) -> Instant {
         self.deadline.saturating_sub(self.grace)
+    }
+
+    /// Its `registered` audit row, saying what was decided.
+    pub fn registered_entry(&self, detail: &str) -> AuditEntry {
+        AuditEntry {
+            provider: Some(self.provider.clone()),
+            ..AuditEntry::new("registered", self.id).detail(format!(
+                "policy {} room {} {}deadline {}{}; {detail}{}",
+                self.policy,
+                self.room,
+                self.user.as_ref().map(|u| format!("user {u} ")).unwrap_or_default(),
+                self.deadline,
+                if self.grace.is_zero() {
+                    String::new()
+                } else {
+                    format!(" (with {} grace)", humantime::format_duration(self.grace))
+                },
+                self.note.as_ref().map(|n| format!("; {n}")).unwrap_or_default(),
+            ))
+        }
     }
 }
 

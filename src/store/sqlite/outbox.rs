@@ -1,4 +1,4 @@
-//! The store's notification outbox and budget sums.
+//! The notification outbox.
 //!
 //! Warnings are armed in the transaction that registers (or extends) their
 //! session; outcome events are queued by a trigger in the transaction that
@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use super::{SESSION_COLUMNS, Store, StoreError, insert_audit};
+use super::audit_log::insert_audit;
+use super::{SESSION_COLUMNS, SqliteStore};
 use crate::domain::audit::AuditEntry;
 use crate::domain::session::NewSession;
 use crate::domain::session::SessionRecord;
-use crate::domain::{Instant, SessionId, UserId, duration_millis_ceil};
+use crate::domain::{Instant, SessionId, duration_millis_ceil};
+use crate::store::{Notification, StoreError};
 
 /// A warning to arm: due `offset` before the end of the booked time.
 #[derive(Debug, Clone)]
@@ -70,30 +72,11 @@ pub(super) async fn insert_warnings(
     Ok(())
 }
 
-/// A notification claimed for delivery.
-#[derive(Debug, Clone)]
-pub struct Notification {
-    pub id: i64,
-    pub delivery_id: String,
-    pub session_id: String,
-    /// `warning`, or the outcome: `enforced`, `already_ended`, `failed`, `shadowed`.
-    pub event: String,
-    pub warn_before_ms: Option<i64>,
-    pub detail: Option<String>,
-    /// Including the one now under way.
-    pub attempts: u32,
-    /// The session as it is now (gone if retention pruned it).
-    pub session: Option<NotificationSession>,
-}
-
-/// The session a notification is about.
-pub type NotificationSession = SessionRecord;
-
-impl Store {
+impl SqliteStore {
     /// Whether enforcement outcomes are queued for delivery (the
     /// `notifications:` section is configured). Stored in the database so
     /// that outcomes recorded by the CLI are queued alike.
-    pub async fn set_outcome_notifications(&self, on: bool) -> Result<(), StoreError> {
+    pub(in crate::store) async fn set_outcome_notifications(&self, on: bool) -> Result<(), StoreError> {
         sqlx::query("UPDATE notification_settings SET outcomes = ? WHERE id = 1")
             .bind(i64::from(on))
             .execute(&self.writer)
@@ -102,7 +85,7 @@ impl Store {
     }
 
     /// When the next pending notification is due.
-    pub async fn next_notification_due(&self) -> Result<Option<Instant>, StoreError> {
+    pub(in crate::store) async fn next_notification_due(&self) -> Result<Option<Instant>, StoreError> {
         let due: Option<String> = sqlx::query_scalar(
             "SELECT due_at FROM notifications INDEXED BY notifications_due WHERE state = 'pending' \
              ORDER BY due_at LIMIT 1",
@@ -119,7 +102,7 @@ impl Store {
     /// Claims up to `limit` due notifications, oldest due first: each counts
     /// an attempt and is hidden for `lease`, after which it is due again
     /// unless its delivery was recorded (a crash mid-delivery repeats it).
-    pub async fn claim_notifications(
+    pub(in crate::store) async fn claim_notifications(
         &self,
         now: Instant,
         lease: Duration,
@@ -165,7 +148,7 @@ impl Store {
     }
 
     /// Records a delivery the receiver acknowledged.
-    pub async fn notification_delivered(
+    pub(in crate::store) async fn notification_delivered(
         &self,
         n: &Notification,
         status: u16,
@@ -175,7 +158,7 @@ impl Store {
     }
 
     /// Gives up on a notification after its last attempt.
-    pub async fn notification_failed(
+    pub(in crate::store) async fn notification_failed(
         &self,
         n: &Notification,
         error: &str,
@@ -186,7 +169,11 @@ impl Store {
 
     /// Drops a warning whose session is no longer running: it would say
     /// something untrue.
-    pub async fn notification_obsolete(&self, n: &Notification, now: Instant) -> Result<(), StoreError> {
+    pub(in crate::store) async fn notification_obsolete(
+        &self,
+        n: &Notification,
+        now: Instant,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE notifications SET state = 'obsolete', updated_at = ? WHERE id = ? AND state = 'pending'",
         )
@@ -198,7 +185,7 @@ impl Store {
     }
 
     /// Schedules the next attempt of a failed delivery.
-    pub async fn notification_retry(
+    pub(in crate::store) async fn notification_retry(
         &self,
         n: &Notification,
         at: Instant,
@@ -263,58 +250,5 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Time `user` spent in sessions of `policy` inside `window`: settled
-    /// sessions up to when they ended, running ones up to `now`.
-    pub async fn budget_used(
-        &self,
-        policy: &str,
-        user: &UserId,
-        window: (Instant, Instant),
-        now: Instant,
-    ) -> Result<Duration, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, started_at, ended_at FROM sessions INDEXED BY sessions_user \
-             WHERE policy = ? AND user_id = ? AND user_id IS NOT NULL AND deadline IS NOT NULL \
-             AND started_at < ? AND (ended_at IS NULL OR ended_at > ?)",
-        )
-        .bind(policy)
-        .bind(user.as_str())
-        .bind(window.1.to_string())
-        .bind(window.0.to_string())
-        .fetch_all(&self.readers)
-        .await?;
-        let mut used = Duration::ZERO;
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            let malformed = |e: crate::domain::DomainError| StoreError::Malformed {
-                id: id.clone(),
-                reason: e.to_string(),
-            };
-            let started = Instant::parse(&row.try_get::<String, _>("started_at")?).map_err(malformed)?;
-            let ended = row
-                .try_get::<Option<String>, _>("ended_at")?
-                .map(|t| Instant::parse(&t))
-                .transpose()
-                .map_err(malformed)?;
-            used += crate::budget::overlap(started, ended, window, now);
-        }
-        Ok(used)
-    }
-
-    /// Where `user` stands against a policy's budget at `now`, in the
-    /// window (in `tz`) that contains `now`.
-    pub async fn budget_standing(
-        &self,
-        policy: &str,
-        budget: crate::budget::Budget,
-        tz: chrono_tz::Tz,
-        user: &UserId,
-        now: Instant,
-    ) -> Result<crate::budget::Standing, StoreError> {
-        let (start, end) = budget.window.bounds(tz, now);
-        let used = self.budget_used(policy, user, (start, end), now).await?;
-        Ok(crate::budget::Standing { window_start: start, window_end: end, used, limit: budget.limit })
     }
 }

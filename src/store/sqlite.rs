@@ -1,0 +1,241 @@
+//! The SQLite backend: the embedded default.
+//!
+//! It owns the database file, its pragmas (WAL, `synchronous=FULL`,
+//! `busy_timeout`), the embedded migrations (`migrations/sqlite/`), the
+//! `PRAGMA data_version` watcher, and the SQL of every store operation, one
+//! concern per file below. All writes go through one connection, and every
+//! write transaction starts with a write statement, so SQLite takes the
+//! write lock up front and waits (`busy_timeout`) rather than failing when
+//! the CLI or another program writes at the same moment.
+//!
+//! The queue's queries name their partial index (`INDEXED BY`): without
+//! statistics SQLite prefers the plain `(state, created_at)` index and would
+//! sort every active session to find the next deadline. Naming the index
+//! pins the plan, and a query whose index cannot serve it fails loudly.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
+
+use super::StoreError;
+use super::health::StoreHealth;
+use crate::domain::session::{Repeatability, Session, SessionRecord};
+use crate::domain::{DomainError, Instant, Room, RoomKind, UserId};
+
+mod audit_log;
+mod budget;
+mod outbox;
+mod presence;
+mod queue;
+mod sessions;
+
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often opening is retried while another process creates the database
+/// (see `open`): 100 ms, 200 ms, ... about 5.5 s in all.
+const OPEN_RETRIES: u32 = 10;
+
+/// The columns of `sessions`, in the order [`SessionRecord::from_row`] reads.
+const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
+     state, attempts, extended_ms, detail, repeatability_id, first_sent_at, idempotency_key, created_at, updated_at, \
+     grace_ms, ended_at";
+
+/// Handle on one SQLite database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    /// The single writer connection: SQLite takes one writer at a time anyway,
+    /// and one connection makes that explicit and keeps writes in order.
+    writer: SqlitePool,
+    readers: SqlitePool,
+    /// Whether the daemon's database steps are failing right now.
+    pub(super) health: Arc<StoreHealth>,
+}
+
+impl StoreError {
+    /// A failure another process may be causing for a moment: a lock, or a
+    /// migration racing one that is under way.
+    fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Migrate { .. } => true,
+            StoreError::Open { source, .. } => {
+                let text = source.to_string();
+                text.contains("locked") || text.contains("busy")
+            }
+            _ => false,
+        }
+    }
+}
+
+impl SqliteStore {
+    pub(super) fn options(path: &Path) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed enforcement survives power loss, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+    }
+
+    /// Opens (creating if missing) and migrates the database.
+    pub(in crate::store) async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Open { path: path.to_path_buf(), source: sqlx::Error::Io(e) })?;
+        }
+        // Two processes opening a new database at once (the daemon starting
+        // while the app runs `session start`) race: one migrates while the
+        // other finds the file locked (switching to WAL needs a moment of
+        // exclusive access), or finds it unmigrated and fails on what the
+        // first created. Migrations are transactional, so trying again a
+        // little later sees them applied.
+        let mut tries = 0;
+        loop {
+            match Self::open_once(path).await {
+                Ok(store) => return Ok(store),
+                Err(e) if tries < OPEN_RETRIES && e.is_transient() => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(super) async fn open_once(path: &Path) -> Result<SqliteStore, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            // After a failed COMMIT (a full disk), sqlx can lose track of the
+            // transaction SQLite still holds open: every later "transaction"
+            // becomes a savepoint inside it, reports success and is never
+            // committed. A plain BEGIN fails exactly when SQLite is inside a
+            // transaction between uses; such a connection is discarded (its
+            // open transaction rolled back) and a fresh one opened.
+            .before_acquire(|conn, _| {
+                Box::pin(async move {
+                    if sqlx::query("BEGIN").execute(&mut *conn).await.is_err() {
+                        tracing::warn!("the database writer was left inside a transaction; reconnecting");
+                        return Ok(false);
+                    }
+                    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+                    Ok(true)
+                })
+            })
+            .connect_with(Self::options(path))
+            .await
+            .map_err(open_err)?;
+        if let Err(source) = sqlx::migrate!("./migrations/sqlite").run(&writer).await {
+            writer.close().await;
+            return Err(StoreError::Migrate { path: path.to_path_buf(), source });
+        }
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(Self::options(path))
+            .await
+            .map_err(open_err)?;
+        Ok(SqliteStore { path: path.to_path_buf(), writer, readers, health: Default::default() })
+    }
+
+    pub(in crate::store) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(in crate::store) async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    /// A connection of its own for watching `PRAGMA data_version`.
+    pub(in crate::store) async fn change_watcher(&self) -> Result<DataVersionWatcher, StoreError> {
+        let mut conn = SqliteConnection::connect_with(&Self::options(&self.path)).await?;
+        let version = data_version(&mut conn).await?;
+        Ok(DataVersionWatcher { conn, version })
+    }
+}
+
+impl SessionRecord {
+    fn from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
+        Ok(SessionRecord {
+            id: row.try_get("id")?,
+            policy: row.try_get("policy")?,
+            provider: row.try_get("provider")?,
+            room_id: row.try_get("room_id")?,
+            room_kind: row.try_get("room_kind")?,
+            user_id: row.try_get("user_id")?,
+            started_at: row.try_get("started_at")?,
+            deadline: row.try_get("deadline")?,
+            state: row.try_get("state")?,
+            attempts: row.try_get("attempts")?,
+            extended_ms: row.try_get("extended_ms")?,
+            detail: row.try_get("detail")?,
+            repeatability_id: row.try_get("repeatability_id")?,
+            first_sent_at: row.try_get("first_sent_at")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            grace_ms: row.try_get("grace_ms")?,
+            ended_at: row.try_get("ended_at")?,
+        })
+    }
+
+    /// Parses the stored text into a schedulable session.
+    pub fn to_session(&self) -> Result<Session, StoreError> {
+        let malformed = |reason: String| StoreError::Malformed { id: self.id.clone(), reason };
+        let e = |e: DomainError| malformed(e.to_string());
+        let kind = RoomKind::from_str(&self.room_kind).map_err(e)?;
+        Ok(Session {
+            id: self.id.parse().map_err(e)?,
+            policy: self.policy.clone(),
+            provider: self.provider.clone().ok_or_else(|| malformed("no provider".into()))?,
+            room: Room::parse(kind, &self.room_id).map_err(e)?,
+            user: self.user_id.as_deref().map(UserId::parse).transpose().map_err(e)?,
+            started_at: Instant::parse(&self.started_at).map_err(e)?,
+            deadline: Instant::parse(
+                self.deadline.as_deref().ok_or_else(|| malformed("no deadline".into()))?,
+            )
+            .map_err(e)?,
+            state: self.state.parse().map_err(e)?,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            repeatability: match (&self.repeatability_id, &self.first_sent_at) {
+                (Some(id), Some(sent)) => Some(Repeatability {
+                    request_id: uuid::Uuid::parse_str(id)
+                        .map_err(|_| malformed(format!("repeatability_id {id:?} is not a UUID")))?,
+                    first_sent: Instant::parse(sent).map_err(e)?.to_datetime(),
+                }),
+                _ => None,
+            },
+        })
+    }
+}
+
+pub(super) async fn data_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("PRAGMA data_version").fetch_one(conn).await
+}
+
+/// Notices commits made by any other connection, this process's writer
+/// included, through `PRAGMA data_version`: one cheap read per poll.
+#[derive(Debug)]
+pub struct DataVersionWatcher {
+    conn: SqliteConnection,
+    version: i64,
+}
+
+impl DataVersionWatcher {
+    /// True when something was committed since the last call.
+    pub async fn changed(&mut self) -> Result<bool, StoreError> {
+        let v = data_version(&mut self.conn).await?;
+        let changed = v != self.version;
+        self.version = v;
+        Ok(changed)
+    }
+}

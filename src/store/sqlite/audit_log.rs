@@ -1,0 +1,311 @@
+//! The audit log: appending rows chained by hash (the chain's format is
+//! `domain::audit`'s), querying, summarising, paging for verification, and
+//! pruning behind a signed checkpoint.
+
+use sqlx::Row;
+
+use sqlx::sqlite::SqliteRow;
+
+use super::SqliteStore;
+use crate::domain::Instant;
+use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint};
+use crate::store::{AuditFilter, AuditSummary, StoreError};
+
+impl SqliteStore {
+    /// Appends one audit row on its own (a configuration reload, say).
+    pub(in crate::store) async fn record_audit(
+        &self,
+        entry: &AuditEntry,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        insert_audit(&mut tx, entry, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(in crate::store) async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT * FROM (SELECT id, at, session_id, event, provider, action, attempt, outcome, http_status, \
+             provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash \
+             FROM audit_log WHERE 1 = 1",
+        );
+        if let Some(id) = filter.session {
+            q.push(" AND session_id = ").push_bind(id.to_string());
+        }
+        if filter.room.is_some() || filter.user.is_some() {
+            q.push(" AND session_id IN (SELECT id FROM sessions WHERE 1 = 1");
+            if let Some(room) = &filter.room {
+                q.push(" AND room_id = ").push_bind(room.clone());
+            }
+            if let Some(user) = &filter.user {
+                q.push(" AND user_id = ").push_bind(user.clone());
+            }
+            q.push(")");
+        }
+        if let Some(provider) = &filter.provider {
+            q.push(" AND provider = ").push_bind(provider.clone());
+        }
+        for (column, values) in [("outcome", &filter.outcomes), ("event", &filter.events)] {
+            if !values.is_empty() {
+                q.push(format!(" AND {column} IN ("));
+                let mut list = q.separated(", ");
+                for v in values {
+                    list.push_bind(v.clone());
+                }
+                q.push(")");
+            }
+        }
+        if let Some(since) = filter.since {
+            q.push(" AND at >= ").push_bind(since.to_string());
+        }
+        if let Some(until) = filter.until {
+            q.push(" AND at < ").push_bind(until.to_string());
+        }
+        // Newest `limit` rows, then back to oldest first.
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(filter.limit.map_or(-1, i64::from))
+            .push(") ORDER BY id");
+        let rows = q.build().fetch_all(&self.readers).await?;
+        rows.iter().map(audit_record).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
+    }
+
+    /// Counts per event, outcome and error code, and first-call lateness,
+    /// for rows in `[since, until)`.
+    pub(in crate::store) async fn audit_summary(
+        &self,
+        since: Instant,
+        until: Instant,
+    ) -> Result<AuditSummary, StoreError> {
+        let counts = |column: &'static str| {
+            format!(
+                "SELECT {column} AS k, count(*) AS n FROM audit_log WHERE at >= ? AND at < ? AND {column} IS NOT NULL \
+                 GROUP BY {column} ORDER BY n DESC, k"
+            )
+        };
+        let mut summary = AuditSummary::default();
+        for (column, out) in [
+            ("event", &mut summary.events),
+            ("outcome", &mut summary.outcomes),
+            ("error_code", &mut summary.error_codes),
+        ] {
+            let rows = sqlx::query(&counts(column))
+                .bind(since.to_string())
+                .bind(until.to_string())
+                .fetch_all(&self.readers)
+                .await?;
+            for r in rows {
+                out.push((r.try_get("k")?, r.try_get("n")?));
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT lateness_ms FROM audit_log WHERE id IN ( \
+               SELECT min(id) FROM audit_log WHERE lateness_ms IS NOT NULL AND at >= ? AND at < ? GROUP BY session_id) \
+             ORDER BY lateness_ms",
+        )
+        .bind(since.to_string())
+        .bind(until.to_string())
+        .fetch_all(&self.readers)
+        .await?;
+        summary.first_call_lateness_ms =
+            rows.iter().map(|r| r.try_get("lateness_ms")).collect::<Result<_, sqlx::Error>>()?;
+        Ok(summary)
+    }
+
+    /// Audit rows with an id above `after`, oldest first, at most `limit`:
+    /// for walking the whole log in pages.
+    pub(in crate::store) async fn audit_page(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, session_id, event, provider, action, attempt, outcome, http_status, \
+             provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash \
+             FROM audit_log WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(audit_record).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
+    }
+
+    /// The last retention checkpoint: where verification of the remaining
+    /// audit rows starts.
+    pub(in crate::store) async fn audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let row = sqlx::query(
+            "SELECT at, last_id, last_hash, rows_pruned, signature FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(Checkpoint {
+                at: r.try_get("at")?,
+                last_id: r.try_get("last_id")?,
+                last_hash: r.try_get("last_hash")?,
+                rows_pruned: r.try_get("rows_pruned")?,
+                signature: r.try_get("signature")?,
+            }),
+            None => None,
+        })
+    }
+
+    /// Prunes audit rows written before `before`: records a checkpoint with
+    /// the last pruned row's id and hash (signed by `sign`), deletes up to
+    /// it, and appends a `pruned` row to the chain. Returns the checkpoint,
+    /// or `None` when nothing was old enough.
+    pub(in crate::store) async fn prune_audit(
+        &self,
+        before: Instant,
+        now: Instant,
+        sign: impl Fn(&Checkpoint) -> Option<String>,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let last = sqlx::query(
+            "SELECT id, hash, (SELECT count(*) FROM audit_log b WHERE b.id <= a.id) AS n \
+             FROM audit_log a WHERE at < ? AND hash IS NOT NULL ORDER BY id DESC LIMIT 1",
+        )
+        .bind(before.to_string())
+        .fetch_optional(&self.readers)
+        .await?;
+        let Some(last) = last else { return Ok(None) };
+        let mut checkpoint = Checkpoint {
+            at: now.to_string(),
+            last_id: last.try_get("id")?,
+            last_hash: last.try_get::<Option<String>, _>("hash")?.unwrap_or_default(),
+            rows_pruned: last.try_get("n")?,
+            signature: None,
+        };
+        checkpoint.signature = sign(&checkpoint);
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (at, last_id, last_hash, rows_pruned, signature) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&checkpoint.at)
+        .bind(checkpoint.last_id)
+        .bind(&checkpoint.last_hash)
+        .bind(checkpoint.rows_pruned)
+        .bind(&checkpoint.signature)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM audit_log WHERE id <= ?").bind(checkpoint.last_id).execute(&mut *tx).await?;
+        let entry = AuditEntry {
+            event: "pruned",
+            detail: Some(format!(
+                "{} audit rows written before {before} pruned; checkpoint at row {} ({})",
+                checkpoint.rows_pruned,
+                checkpoint.last_id,
+                if checkpoint.signature.is_some() { "signed" } else { "unsigned" }
+            )),
+            ..AuditEntry::default()
+        };
+        insert_audit(&mut tx, &entry, now).await?;
+        tx.commit().await?;
+        Ok(Some(checkpoint))
+    }
+}
+
+/// Appends an audit row, chained to the previous one. Every caller holds the
+/// write lock already (its transaction wrote first), so "the previous row"
+/// cannot change under it, even with the CLI writing from another process.
+pub(super) async fn insert_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    e: &AuditEntry,
+    now: Instant,
+) -> Result<(), sqlx::Error> {
+    insert_audit_rows(tx, &[(e.clone(), now)]).await
+}
+
+/// Appends audit rows in order, each chained to the one before: the chain's
+/// head is read once, and the rows go in as one multi-row INSERT.
+pub(super) async fn insert_audit_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    entries: &[(AuditEntry, Instant)],
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (mut id, mut prev_hash) = match last {
+        Some(row) => {
+            (row.try_get::<i64, _>("id")?, row.try_get::<Option<String>, _>("hash")?.unwrap_or_default())
+        }
+        None => (0, String::new()),
+    };
+    let mut records = Vec::with_capacity(entries.len());
+    for (e, now) in entries {
+        id += 1;
+        let mut record = AuditRecord {
+            id,
+            at: now.to_string(),
+            session_id: e.session_id.map(|id| id.to_string()),
+            event: e.event.to_string(),
+            provider: e.provider.clone(),
+            action: e.action.clone(),
+            attempt: e.attempt.map(i64::from),
+            outcome: e.outcome.map(str::to_string),
+            http_status: e.http_status.map(i64::from),
+            provider_request_id: e.provider_request_id.clone(),
+            error_code: e.error_code.clone(),
+            detail: e.detail.clone(),
+            latency_ms: e.latency_ms,
+            lateness_ms: e.lateness_ms,
+            prev_hash: Some(prev_hash.clone()),
+            hash: None,
+        };
+        let hash = crate::domain::audit::chain_hash(&prev_hash, &record);
+        record.hash = Some(hash.clone());
+        prev_hash = hash;
+        records.push(record);
+    }
+    // SQLite takes at most 32,766 bound values per statement: 16 a row.
+    for chunk in records.chunks(1000) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit_log (id, at, session_id, event, provider, action, attempt, outcome, http_status, \
+             provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.id)
+                .push_bind(r.at.clone())
+                .push_bind(r.session_id.clone())
+                .push_bind(r.event.clone())
+                .push_bind(r.provider.clone())
+                .push_bind(r.action.clone())
+                .push_bind(r.attempt)
+                .push_bind(r.outcome.clone())
+                .push_bind(r.http_status)
+                .push_bind(r.provider_request_id.clone())
+                .push_bind(r.error_code.clone())
+                .push_bind(r.detail.clone())
+                .push_bind(r.latency_ms)
+                .push_bind(r.lateness_ms)
+                .push_bind(r.prev_hash.clone())
+                .push_bind(r.hash.clone());
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+pub(super) fn audit_record(r: &SqliteRow) -> Result<AuditRecord, sqlx::Error> {
+    Ok(AuditRecord {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        session_id: r.try_get("session_id")?,
+        event: r.try_get("event")?,
+        provider: r.try_get("provider")?,
+        action: r.try_get("action")?,
+        attempt: r.try_get("attempt")?,
+        outcome: r.try_get("outcome")?,
+        http_status: r.try_get("http_status")?,
+        provider_request_id: r.try_get("provider_request_id")?,
+        error_code: r.try_get("error_code")?,
+        detail: r.try_get("detail")?,
+        latency_ms: r.try_get("latency_ms")?,
+        lateness_ms: r.try_get("lateness_ms")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}

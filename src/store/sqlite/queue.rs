@@ -1,0 +1,296 @@
+//! The scheduler's queue: the `sessions` table read through its partial
+//! index `sessions_due`. Adopting plain-SQL rows, finding the next
+//! deadline, claiming what is due, recording attempts and outcomes, and
+//! re-queuing what a crash interrupted.
+
+use sqlx::Row;
+
+use super::audit_log::{insert_audit, insert_audit_rows};
+use super::outbox::{self, insert_warnings};
+use super::{SESSION_COLUMNS, SqliteStore};
+use crate::domain::audit::AuditEntry;
+use crate::domain::session::{Adopted, Repeatability, Session, SessionRecord};
+use crate::domain::{Instant, SessionId, SessionState};
+use crate::store::StoreError;
+
+impl SqliteStore {
+    /// Rows inserted with plain SQL that still need a provider or a deadline.
+    pub(in crate::store) async fn unadopted(&self, limit: u32) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions INDEXED BY sessions_unadopted WHERE state = 'active' \
+             AND (provider IS NULL OR deadline IS NULL) ORDER BY created_at LIMIT ?"
+        ))
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(SessionRecord::from_row).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
+    }
+
+    /// Settles a batch of plain-SQL rows in one transaction: each adopted
+    /// row gets its provider, deadline and grace (and its warnings, and a
+    /// `registered` row); each rejected one becomes `failed` with its reason.
+    /// One commit per batch, so a stream of inserts does not hold the write
+    /// lock once per row. Returns how many were adopted.
+    pub(in crate::store) async fn adopt_batch(
+        &self,
+        adopted: &[Adopted],
+        rejected: &[(String, String)],
+        now: Instant,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut audit = Vec::with_capacity(adopted.len() + rejected.len());
+        let mut count = 0;
+        for a in adopted {
+            let done = sqlx::query(
+                "UPDATE sessions SET provider = ?, deadline = ?, grace_ms = ?, updated_at = ? \
+                 WHERE id = ? AND state = 'active' AND (provider IS NULL OR deadline IS NULL)",
+            )
+            .bind(&a.provider)
+            .bind(a.deadline.to_string())
+            .bind(crate::domain::duration_millis_ceil(a.grace))
+            .bind(now.to_string())
+            .bind(&a.id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                continue;
+            }
+            count += 1;
+            if let Ok(sid) = a.id.parse::<SessionId>() {
+                let booked_end = a.deadline.saturating_sub(a.grace);
+                insert_warnings(&mut tx, &outbox::warning_points(sid, booked_end, &a.warn_before, now), now)
+                    .await?;
+            }
+            let entry = AuditEntry {
+                session_id: a.id.parse().ok(),
+                provider: Some(a.provider.clone()),
+                event: "registered",
+                detail: Some(format!("inserted with SQL; adopted with deadline {}", a.deadline)),
+                ..AuditEntry::default()
+            };
+            audit.push((entry, now));
+        }
+        for (id, reason) in rejected {
+            audit.push((fail_row(&mut tx, id, reason, now).await?, now));
+        }
+        insert_audit_rows(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    /// Refuses a row that cannot be scheduled (unknown policy, bad room...):
+    /// it becomes `failed` with the reason, and the audit log says why.
+    pub(in crate::store) async fn reject(
+        &self,
+        id: &str,
+        reason: &str,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let entry = fail_row(&mut tx, id, reason, now).await?;
+        insert_audit(&mut tx, &entry, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The earliest deadline among adopted active sessions.
+    pub(in crate::store) async fn next_deadline(&self) -> Result<Option<Instant>, StoreError> {
+        let row = sqlx::query(
+            "SELECT deadline FROM sessions INDEXED BY sessions_due WHERE state = 'active' \
+             AND deadline IS NOT NULL AND provider IS NOT NULL ORDER BY deadline LIMIT 1",
+        )
+        .fetch_optional(&self.readers)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let text: String = row.try_get("deadline")?;
+                Instant::parse(&text)
+                    .map(Some)
+                    .map_err(|e| StoreError::Malformed { id: "?".into(), reason: e.to_string() })
+            }
+        }
+    }
+
+    /// Claims up to `limit` sessions due by `horizon`, most overdue first,
+    /// moving them from `active` to `enforcing` in one statement. Rows that
+    /// fail to parse are returned as errors for the caller to reject.
+    pub(in crate::store) async fn claim_due(
+        &self,
+        horizon: Instant,
+        now: Instant,
+        limit: u32,
+    ) -> Result<Vec<Result<Session, (String, String)>>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE sessions SET state = 'enforcing', updated_at = ? WHERE id IN ( \
+               SELECT id FROM sessions INDEXED BY sessions_due \
+               WHERE state = 'active' AND deadline <= ? AND provider IS NOT NULL \
+               ORDER BY deadline LIMIT ?) RETURNING {SESSION_COLUMNS}"
+        ))
+        .bind(now.to_string())
+        .bind(horizon.to_string())
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let record = SessionRecord::from_row(row)?;
+            out.push(record.to_session().map_err(|e| (record.id.clone(), e.to_string())));
+        }
+        // RETURNING has no order; restore deadline order.
+        out.sort_by_key(|r| r.as_ref().map(|s| s.deadline).unwrap_or(Instant::from_millis(i64::MIN)));
+        Ok(out)
+    }
+
+    /// After a crash or stop, puts sessions whose enforcement was under way
+    /// back in the queue; returns how many. Their deadlines have passed, so
+    /// they are the first to be claimed again.
+    pub(in crate::store) async fn requeue_interrupted(
+        &self,
+        now: Instant,
+        why: &str,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE sessions INDEXED BY sessions_enforcing SET state = 'active', updated_at = ? \
+             WHERE state = 'enforcing' RETURNING id, provider",
+        )
+        .bind(now.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut audit = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let entry = AuditEntry {
+                session_id: id.parse().ok(),
+                provider: row.try_get("provider")?,
+                event: "recovered",
+                detail: Some(why.to_string()),
+                ..AuditEntry::default()
+            };
+            audit.push((entry, now));
+        }
+        insert_audit_rows(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// Hands claimed sessions back to the queue (shutdown while they waited).
+    /// `unsent`: the last recorded attempt never left (it was waiting for its
+    /// deadline or the rate limit), so it is taken off the attempt count.
+    pub(in crate::store) async fn release(
+        &self,
+        ids: &[SessionId],
+        unsent: bool,
+        now: Instant,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut audit = Vec::new();
+        for id in ids {
+            let done = sqlx::query(
+                "UPDATE sessions SET state = 'active', attempts = max(attempts - ?, 0), updated_at = ? \
+                 WHERE id = ? AND state = 'enforcing'",
+            )
+            .bind(i64::from(unsent))
+            .bind(now.to_string())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                audit.push((AuditEntry::new("interrupted", *id).detail(why), now));
+            }
+        }
+        insert_audit_rows(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that a provider call is about to be made for these sessions:
+    /// their attempt counters go up and each gets an `attempt` row. Written
+    /// (and synced) before the call, so after a crash the log shows a call
+    /// that may have reached the provider. `repeatability`, when given, is a
+    /// newly chosen ACS Repeatability-Request-ID and First-Sent pair, stored
+    /// in the same commit, so a call is never sent under a pair a restart
+    /// would not find again.
+    pub(in crate::store) async fn record_attempt(
+        &self,
+        ids: &[SessionId],
+        entry: &AuditEntry,
+        repeatability: Option<Repeatability>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            sqlx::query(
+                "UPDATE sessions SET attempts = attempts + 1, updated_at = ?, \
+                 repeatability_id = coalesce(?, repeatability_id), first_sent_at = coalesce(?, first_sent_at) \
+                 WHERE id = ?",
+            )
+            .bind(now.to_string())
+            .bind(repeatability.map(|r| r.request_id.to_string()))
+            .bind(repeatability.map(|r| Instant::floor(r.first_sent).to_string()))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+            rows.push((AuditEntry { session_id: Some(*id), ..entry.clone() }, now));
+        }
+        insert_audit_rows(&mut tx, &rows).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a provider answer, and when `final_state` is given, settles the
+    /// sessions in it. `entries` pairs each session with its own row (their
+    /// lateness differs).
+    pub(in crate::store) async fn record_outcome(
+        &self,
+        entries: &[AuditEntry],
+        final_state: Option<(SessionState, Option<&str>)>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        for entry in entries {
+            if let (Some((state, detail)), Some(id)) = (final_state, entry.session_id) {
+                sqlx::query(
+                    "UPDATE sessions SET state = ?, detail = ?, updated_at = ? WHERE id = ? AND state = 'enforcing'",
+                )
+                .bind(state.as_str())
+                .bind(detail)
+                .bind(now.to_string())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let rows: Vec<_> = entries.iter().map(|e| (e.clone(), now)).collect();
+        insert_audit_rows(&mut tx, &rows).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Marks a row that cannot be scheduled `failed` with the reason; returns
+/// the `rejected` audit row for the caller to write.
+pub(super) async fn fail_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &str,
+    reason: &str,
+    now: Instant,
+) -> Result<AuditEntry, sqlx::Error> {
+    sqlx::query(
+        "UPDATE sessions SET state = 'failed', detail = ?, updated_at = ? WHERE id = ? AND state IN ('active', 'enforcing')",
+    )
+    .bind(reason)
+    .bind(now.to_string())
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(AuditEntry {
+        session_id: id.parse().ok(),
+        event: "rejected",
+        detail: Some(format!("session {id}: {reason}")),
+        ..AuditEntry::default()
+    })
+}

@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use callwarden::http::webhooks::{Refusal, parse_acs_events, verify_acs_callback};
+use callwarden::http::webhooks::{GateRefusal, parse_acs_events, verify_acs_callback};
 use libfuzzer_sys::fuzz_target;
 
 const SECRET: &str = "fuzz-acs-token";
@@ -19,8 +19,8 @@ fuzz_target!(|input: (&[u8], &str, &str)| {
     let _ = verify_acs_callback(SECRET, Some(raw_query), body);
     if token != SECRET {
         let refused = verify_acs_callback(SECRET, Some(&token_query(token)), body);
-        assert_eq!(refused, Err(Refusal::Unauthorized), "token {token:?} accepted");
+        assert_eq!(refused, Err(GateRefusal::Unauthorized), "token {token:?} accepted");
     }
     let accepted = verify_acs_callback(SECRET, Some(&token_query(SECRET)), body);
-    assert_eq!(accepted, parse_acs_events(body).map_err(Refusal::Malformed));
+    assert_eq!(accepted, parse_acs_events(body).map_err(GateRefusal::Malformed));
 });

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use callwarden::http::webhooks::{Refusal, parse_trtc_event, verify_trtc_callback};
+use callwarden::http::webhooks::{GateRefusal, parse_trtc_event, verify_trtc_callback};
 use callwarden::providers::trtc::callback_signature;
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -24,7 +24,7 @@ fuzz_target!(|input: (&[u8], &str, &str, bool)| {
     let result = verify_trtc_callback(KEY, &headers, body);
     let sent_right = headers.get("sign").is_some_and(|v| v.as_bytes() == right.as_bytes());
     if !sent_right {
-        assert_eq!(result, Err(Refusal::Unauthorized));
+        assert_eq!(result, Err(GateRefusal::Unauthorized));
         return;
     }
     match (result, parse_trtc_event(body)) {
@@ -32,9 +32,9 @@ fuzz_target!(|input: (&[u8], &str, &str, bool)| {
             assert_eq!(event, parsed);
             assert_eq!(Ok(id), sdk_app_id.trim().parse::<u64>());
         }
-        (Err(Refusal::Malformed(reason)), Err(parse_error)) => assert_eq!(reason, parse_error),
+        (Err(GateRefusal::Malformed(reason)), Err(parse_error)) => assert_eq!(reason, parse_error),
         // The body parsed; only the SdkAppId header can be missing.
-        (Err(Refusal::Malformed(_)), Ok(_)) => assert!(sdk_app_id.trim().parse::<u64>().is_err()),
+        (Err(GateRefusal::Malformed(_)), Ok(_)) => assert!(sdk_app_id.trim().parse::<u64>().is_err()),
         (other, parsed) => panic!("signed body answered {other:?}; it parses to {parsed:?}"),
     }
 });

@@ -7,7 +7,7 @@
 use axum::http::{HeaderMap, HeaderValue};
 use callwarden::domain::{Instant, Room, SessionId, UserId};
 use callwarden::http::webhooks::{
-    AcsEvent, Refusal, ResultInfo, TrtcEvent, verify_acs_callback, verify_trtc_callback,
+    AcsEvent, GateRefusal, ResultInfo, TrtcEvent, verify_acs_callback, verify_trtc_callback,
 };
 use callwarden::policy::Presence;
 use callwarden::providers::trtc::callback_signature;
@@ -252,7 +252,7 @@ proptest! {
         let Some(sign) = make_wrong(&wrong, &key, &body) else { return Ok(()) };
         let id = sdk_app_id.map(|n| n.to_string());
         let result = verify_trtc_callback(&key, &headers(sign.as_deref(), id.as_deref()), &body);
-        prop_assert_eq!(result, Err(Refusal::Unauthorized), "sign {:?}", sign);
+        prop_assert_eq!(result, Err(GateRefusal::Unauthorized), "sign {:?}", sign);
     }
 
     #[test]
@@ -270,7 +270,7 @@ proptest! {
         prop_assert_eq!(result, Ok((event, sdk_app_id)));
         // Without the SdkAppId header the same body is malformed, not unauthorized.
         let result = verify_trtc_callback(&key, &headers(Some(&sign), None), &body);
-        prop_assert!(matches!(result, Err(Refusal::Malformed(_))), "{:?}", result);
+        prop_assert!(matches!(result, Err(GateRefusal::Malformed(_))), "{:?}", result);
     }
 }
 
@@ -425,7 +425,7 @@ proptest! {
         (secret, query) in "[A-Za-z0-9!-/]{2,32}".prop_flat_map(|s| (Just(s.clone()), wrong_query(&s))),
         body in prop_oneof![body(), acs_event().prop_map(|(v, _)| Value::Array(vec![v]).to_string().into_bytes())],
     ) {
-        prop_assert_eq!(verify_acs_callback(&secret, query.as_deref(), &body), Err(Refusal::Unauthorized), "query {:?}", query);
+        prop_assert_eq!(verify_acs_callback(&secret, query.as_deref(), &body), Err(GateRefusal::Unauthorized), "query {:?}", query);
     }
 
     #[test]
@@ -460,6 +460,6 @@ proptest! {
         sent.insert(at.index(sent.len() + 1), broken);
         let body = Value::Array(sent).to_string();
         let result = verify_acs_callback(&secret, Some(&token_query(&secret)), body.as_bytes());
-        prop_assert!(matches!(result, Err(Refusal::Malformed(_))), "{:?}", result);
+        prop_assert!(matches!(result, Err(GateRefusal::Malformed(_))), "{:?}", result);
     }
 }

@@ -1,0 +1,135 @@
+//! TRTC room callbacks (events 101–104: room created and dismissed, a
+//! participant entered or left), authenticated by the `Sign` header (the
+//! callback key's HMAC of the body, compared in constant time), applied as
+//! presence through `intake::presence`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::{GateRefusal, refusal_response};
+use crate::domain::{Instant, Room, UserId};
+use crate::http::AppState;
+use crate::intake::presence::{self, PresenceEvent};
+use crate::policy::Presence;
+
+/// A TRTC room callback, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrtcEvent {
+    pub room: Room,
+    /// `None` for events that open or close nothing (media, role changes).
+    pub presence: Option<Presence>,
+    /// When it happened, in Unix milliseconds (`EventMsTs`).
+    pub at_ms: i64,
+    /// The event type number, for logs.
+    pub kind: i64,
+}
+
+/// Parses a TRTC room/media callback body. Unknown fields are tolerated (TRTC
+/// adds fields over time); missing or mistyped ones refuse the body.
+pub fn parse_trtc_event(body: &[u8]) -> Result<TrtcEvent, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let int = |key: &str| v.get(key).and_then(Value::as_i64).ok_or(format!("no integer {key}"));
+    let group = int("EventGroupId")?;
+    let kind = int("EventType")?;
+    let callback_ts = int("CallbackTs")?;
+    let info = v.get("EventInfo").filter(|i| i.is_object()).ok_or("no EventInfo object")?;
+    let room = match info.get("RoomId") {
+        Some(Value::Number(n)) => Room::numeric(&n.to_string()).map_err(|e| e.to_string())?,
+        Some(Value::String(s)) => Room::string(s).map_err(|e| e.to_string())?,
+        _ => return Err("EventInfo.RoomId must be a number or a string".into()),
+    };
+    let at_ms = info
+        .get("EventMsTs")
+        .and_then(Value::as_i64)
+        .or_else(|| info.get("EventTs").and_then(Value::as_i64).map(|s| s * 1000))
+        .unwrap_or(callback_ts);
+    let user = || -> Result<UserId, String> {
+        let id = info.get("UserId").and_then(Value::as_str).ok_or("no EventInfo.UserId")?;
+        UserId::parse(id).map_err(|e| e.to_string())
+    };
+    let presence = match (group, kind) {
+        (1, 101) => Some(Presence::RoomOpened),
+        (1, 102) => Some(Presence::RoomClosed),
+        (1, 103) => Some(Presence::Entered(user()?)),
+        (1, 104) => Some(Presence::Left(user()?)),
+        _ => None,
+    };
+    Ok(TrtcEvent { room, presence, at_ms, kind })
+}
+
+/// The TRTC webhook's gate, without I/O: the `Sign` header must be the
+/// callback signature of the body under `callback_key` (compared in constant
+/// time); then the body must parse, and the `SdkAppId` header name an
+/// application, which is returned with the event. The handler answers 401 or
+/// 400 from the [`GateRefusal`]; kept apart from it so the gate can be fuzzed.
+pub fn verify_trtc_callback(
+    callback_key: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(TrtcEvent, u64), GateRefusal> {
+    let sign = headers.get("sign").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let expected = crate::providers::trtc::callback_signature(callback_key, body);
+    if !bool::from(expected.as_bytes().ct_eq(sign.as_bytes())) {
+        return Err(GateRefusal::Unauthorized);
+    }
+    let event = parse_trtc_event(body).map_err(GateRefusal::Malformed)?;
+    let sdk_app_id = headers
+        .get("sdkappid")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| GateRefusal::Malformed("the SdkAppId header is missing".into()))?;
+    Ok((event, sdk_app_id))
+}
+
+/// `POST /webhooks/trtc`: TRTC room callbacks open and end sessions.
+pub(in crate::http) async fn handle(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(key) = &state.trtc_callback_key else {
+        return (StatusCode::NOT_FOUND, "the TRTC webhook is not configured\n").into_response();
+    };
+    let (event, sdk_app_id) = match verify_trtc_callback(key.expose(), &headers, &body) {
+        Ok((event, sdk_app_id)) => (event, Some(sdk_app_id)),
+        Err(refusal) => return refusal_response("trtc", "Sign", refusal),
+    };
+    let ok = || (StatusCode::OK, axum::Json(json!({ "code": 0 }))).into_response();
+    let Some(presence) = &event.presence else {
+        crate::metrics::webhook("trtc", "ignored");
+        return ok();
+    };
+    let providers: Vec<String> = state
+        .config
+        .current()
+        .providers
+        .values()
+        .filter(|p| matches!(&p.settings, crate::config::ProviderSettings::Trtc(t) if Some(t.sdk_app_id) == sdk_app_id))
+        .map(|p| p.name.clone())
+        .collect();
+    let mut changed = 0;
+    for provider in &providers {
+        let at = Instant::from_millis(event.at_ms);
+        let observed = PresenceEvent { provider, sdk_app_id, room: &event.room, presence, at };
+        match presence::record_and_apply(state.intake(), &observed).await {
+            Ok(n) => changed += n,
+            Err(e) => {
+                crate::metrics::webhook("trtc", "unavailable");
+                tracing::error!(error = %e, "cannot record a TRTC event; TRTC retries for a minute");
+                return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+            }
+        }
+    }
+    if changed > 0 {
+        state.wake_scheduler();
+    }
+    tracing::debug!(kind = event.kind, room = %event.room, changed, "TRTC event");
+    crate::metrics::webhook("trtc", if changed > 0 { "applied" } else { "ignored" });
+    ok()
+}

@@ -242,7 +242,7 @@ async fn start_server() -> anyhow::Result<Server> {
     let config = Arc::new(Config::load(&path)?);
     let store = Store::open(&config.database).await?;
     let daemon =
-        tokio::spawn(callwarden::daemon::run(config, store.clone(), Clock::system(), shutdown.clone()));
+        tokio::spawn(callwarden::daemon::serve(config, store.clone(), Clock::system(), shutdown.clone()));
     Ok(Server { _dir: dir, shutdown, sandbox, store, daemon, base: format!("http://{listen}") })
 }
 

@@ -766,7 +766,7 @@ impl Rig {
     }
 
     fn start_daemon(&self) -> tokio::task::JoinHandle<Result<(), callwarden::daemon::DaemonError>> {
-        tokio::spawn(callwarden::daemon::run(
+        tokio::spawn(callwarden::daemon::serve(
             Arc::clone(&self.config),
             self.store.clone(),
             Clock::system(),

@@ -1,8 +1,10 @@
 //! The daemon: wires store, change watcher, scheduler and enforcement
 //! together and runs them until told to stop.
 //!
-//! [`run`] takes its shutdown signal as an argument, so the binary, the demo,
-//! the tests and the benchmarks all run the same daemon in-process.
+//! [`serve`] takes its configuration (live or fixed) and its shutdown signal
+//! as arguments, so the binary, the demo, the tests and the benchmarks all
+//! run the same daemon in-process. The one-off pieces it starts live in
+//! their own modules: `retention`, `notify`, `scheduler`, `enforce`, `http`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,26 +62,19 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, ProviderSlot>,
     Ok(slots)
 }
 
-/// Runs the daemon with a configuration that does not change; see [`serve`].
-pub async fn run(
-    config: Arc<Config>,
-    store: Store,
-    clock: Clock,
-    shutdown: CancellationToken,
-) -> Result<(), DaemonError> {
-    serve(Live::fixed(config), store, clock, shutdown).await
-}
-
 /// Runs the daemon until `shutdown` is cancelled, then drains: calls already
 /// sent are answered and recorded (within [`SHUTDOWN_GRACE`]); sessions still
 /// waiting go back to the queue. Policies and notifications are read from
-/// `live` as they change (see `reload`); the rest is fixed at start.
+/// `config` as it changes (see `reload`); the rest is fixed at start. A
+/// plain `Arc<Config>` is a configuration that never changes (the demo, the
+/// tests, the benchmarks).
 pub async fn serve(
-    live: Live,
+    config: impl Into<Live>,
     store: Store,
     clock: Clock,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    let live: Live = config.into();
     let config = live.current();
     let providers = build_providers(&config)?;
     store.set_outcome_notifications(config.notifications.is_some()).await?;

@@ -257,8 +257,12 @@ pub async fn run(provider: DemoProvider, spread: u32, burst: u32) -> anyhow::Res
     println!("  database           {}", db.display());
     println!("  daemon rate        19 requests/s per action\n");
 
-    let daemon =
-        tokio::spawn(crate::daemon::run(Arc::clone(&config), store.clone(), clock.clone(), shutdown.clone()));
+    let daemon = tokio::spawn(crate::daemon::serve(
+        Arc::clone(&config),
+        store.clone(),
+        clock.clone(),
+        shutdown.clone(),
+    ));
 
     let now = clock.now();
     let Plan { sessions, burst: burst_ids, to_end } = match provider {

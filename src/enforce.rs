@@ -95,11 +95,11 @@ struct Job {
 
 #[derive(Debug, Clone)]
 pub struct Enforcer {
-    inner: Arc<Inner>,
+    state: Arc<EnforcerState>,
 }
 
 #[derive(Debug)]
-struct Inner {
+struct EnforcerState {
     store: Store,
     clock: Clock,
     providers: HashMap<String, ProviderSlot>,
@@ -122,7 +122,7 @@ impl Enforcer {
     ) -> Enforcer {
         let known = std::sync::Mutex::new(policy_actions(&live.current()));
         Enforcer {
-            inner: Arc::new(Inner {
+            state: Arc::new(EnforcerState {
                 store,
                 clock,
                 providers,
@@ -136,8 +136,8 @@ impl Enforcer {
 
     /// What each policy does now, and what removed ones did last.
     fn actions(&self) -> HashMap<String, PolicyAction> {
-        let current = policy_actions(&self.inner.live.current());
-        let mut known = self.inner.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = policy_actions(&self.state.live.current());
+        let mut known = self.state.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         known.extend(current);
         known.clone()
     }
@@ -148,8 +148,8 @@ impl Enforcer {
         while let Some(claimed) = claims.recv().await {
             self.dispatch(claimed).await;
         }
-        self.inner.tasks.close();
-        if tokio::time::timeout(grace, self.inner.tasks.wait()).await.is_err() {
+        self.state.tasks.close();
+        if tokio::time::timeout(grace, self.state.tasks.wait()).await.is_err() {
             tracing::warn!(
                 grace_secs = grace.as_secs(),
                 "enforcement calls still under way at shutdown; they will be retried after restart"
@@ -162,7 +162,7 @@ impl Enforcer {
         for (key, group) in group_sessions(sessions, &self.actions()) {
             let JobKey { provider, action, room, shadow } = key;
             let chunk_size = if action.targets_user() {
-                self.inner.providers.get(&provider).map_or(1, |p| p.provider.max_users_per_call())
+                self.state.providers.get(&provider).map_or(1, |p| p.provider.max_users_per_call())
             } else {
                 // Every session of a room or call ends with one dismissal.
                 usize::MAX
@@ -183,8 +183,8 @@ impl Enforcer {
                     shadow,
                     _permit: job_permit,
                 };
-                let inner = Arc::clone(&self.inner);
-                self.inner.tasks.spawn(async move { inner.enforce(job).await });
+                let state = Arc::clone(&self.state);
+                self.state.tasks.spawn(async move { state.enforce(job).await });
             }
         }
     }
@@ -235,7 +235,7 @@ fn group_sessions(
     groups
 }
 
-impl Inner {
+impl EnforcerState {
     async fn enforce(&self, job: Job) {
         let ids: Vec<_> = job.sessions.iter().map(|s| s.id).collect();
         let slot = self.providers.get(&job.provider);
@@ -335,7 +335,7 @@ impl Inner {
             let sent_at = self.clock.now();
             let report = slot.provider.call(&job.target, &ctx).await;
             let last_try = try_no == slot.retry.max_attempts;
-            let (event, final_state) = settle(
+            let (event, final_state) = answer_outcome(
                 &report.classified,
                 last_try,
                 attempt,
@@ -486,7 +486,7 @@ impl Inner {
 
 /// The audit event for an answer, and the final state it settles the
 /// sessions in (`None`: try again).
-fn settle(
+fn answer_outcome(
     classified: &Classified,
     last_try: bool,
     attempt: u32,
@@ -623,15 +623,15 @@ mod tests {
 
     #[test]
     fn answers_settle_or_retry() {
-        assert_eq!(settle(&Classified::Success, false, 1, false).0, "enforced");
-        assert_eq!(settle(&Classified::Success, false, 1, true).1.unwrap().0, SessionState::Accepted);
+        assert_eq!(answer_outcome(&Classified::Success, false, 1, false).0, "enforced");
+        assert_eq!(answer_outcome(&Classified::Success, false, 1, true).1.unwrap().0, SessionState::Accepted);
         let retry = Classified::Retryable { code: "InternalError".into(), message: "x".into(), wait: None };
-        assert_eq!(settle(&retry, false, 1, false), ("retry", None));
-        let (event, state) = settle(&retry, true, 8, false);
+        assert_eq!(answer_outcome(&retry, false, 1, false), ("retry", None));
+        let (event, state) = answer_outcome(&retry, true, 8, false);
         assert_eq!(event, "failed");
         assert!(state.unwrap().1.unwrap().contains("gave up after attempt 8"));
         let gone =
             Classified::AlreadyEnded { code: "FailedOperation.RoomNotExist".into(), message: String::new() };
-        assert_eq!(settle(&gone, false, 2, false).1.unwrap().0, SessionState::AlreadyEnded);
+        assert_eq!(answer_outcome(&gone, false, 2, false).1.unwrap().0, SessionState::AlreadyEnded);
     }
 }

@@ -44,6 +44,9 @@ pub const CLAIM_WINDOW: Duration = Duration::from_millis(100);
 /// so a scheduler that fell behind (a long disk stall) catches up in a few
 /// claims rather than many small ones.
 pub const CLAIM_BATCH: u32 = 1024;
+/// Most plain-SQL rows adopted in one transaction, so adoption yields to
+/// claiming between batches.
+pub const ADOPT_BATCH: u32 = 1024;
 /// How often another connection's commits are looked for.
 pub const CHANGE_POLL: Duration = Duration::from_millis(50);
 
@@ -199,7 +202,7 @@ impl Scheduler {
     /// none are left or the daemon stops.
     async fn adopt_new_rows(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
         loop {
-            let rows = self.store.unadopted(CLAIM_BATCH).await?;
+            let rows = self.store.unadopted(ADOPT_BATCH).await?;
             if rows.is_empty() {
                 return Ok(());
             }

@@ -78,7 +78,7 @@ async fn a_shadow_policy_records_what_it_would_do_and_calls_nothing() {
     std::fs::write(dir.path().join("cw.yaml"), config).unwrap();
     let config = std::sync::Arc::new(callwarden::config::Config::load(&dir.path().join("cw.yaml")).unwrap());
     let store = callwarden::store::Store::open(&config.database).await.unwrap();
-    let daemon = tokio::spawn(callwarden::daemon::run(
+    let daemon = tokio::spawn(callwarden::daemon::serve(
         config.clone(),
         store.clone(),
         Clock::system(),

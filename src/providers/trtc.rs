@@ -188,11 +188,11 @@ struct ResponseBody {
     #[serde(rename = "RequestId")]
     request_id: Option<String>,
     #[serde(rename = "Error")]
-    error: Option<ApiError>,
+    error: Option<TrtcErrorBody>,
 }
 
 #[derive(Deserialize)]
-struct ApiError {
+struct TrtcErrorBody {
     #[serde(rename = "Code")]
     code: String,
     #[serde(rename = "Message", default)]

@@ -20,19 +20,19 @@ use crate::providers::trtc::{
 };
 
 /// An error answer: TRTC's code and message.
-struct ApiError(String, String);
+struct SandboxError(String, String);
 
-impl ApiError {
-    fn new(code: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError(code.into(), message.into())
+impl SandboxError {
+    fn new(code: impl Into<String>, message: impl Into<String>) -> SandboxError {
+        SandboxError(code.into(), message.into())
     }
 }
 
-fn envelope(error: Option<&ApiError>) -> Response {
+fn envelope(error: Option<&SandboxError>) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let body = match error {
         None => json!({ "Response": { "RequestId": request_id } }),
-        Some(ApiError(code, message)) => json!({
+        Some(SandboxError(code, message)) => json!({
             "Response": { "Error": { "Code": code, "Message": message }, "RequestId": request_id }
         }),
     };
@@ -44,52 +44,58 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Authentication and common parameters, as the API gateway checks them.
-fn check_request(state: &SandboxState, headers: &HeaderMap, body: &[u8]) -> Result<&'static str, ApiError> {
+fn check_request(
+    state: &SandboxState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<&'static str, SandboxError> {
     let action = header(headers, "x-tc-action")
-        .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Action header is missing"))?;
+        .ok_or_else(|| SandboxError::new("MissingParameter", "the X-TC-Action header is missing"))?;
     let action = ACTIONS
         .into_iter()
         .find(|a| *a == action)
-        .ok_or_else(|| ApiError::new("InvalidAction", format!("action {action} does not exist")))?;
+        .ok_or_else(|| SandboxError::new("InvalidAction", format!("action {action} does not exist")))?;
     match header(headers, "x-tc-version") {
         Some(VERSION) => {}
-        Some(v) => return Err(ApiError::new("NoSuchVersion", format!("version {v} does not exist"))),
-        None => return Err(ApiError::new("MissingParameter", "the X-TC-Version header is missing")),
+        Some(v) => return Err(SandboxError::new("NoSuchVersion", format!("version {v} does not exist"))),
+        None => return Err(SandboxError::new("MissingParameter", "the X-TC-Version header is missing")),
     }
     match header(headers, "x-tc-region") {
         Some(r) if TRTC_REGIONS.contains(&r) => {}
-        Some(r) => return Err(ApiError::new("UnsupportedRegion", format!("region {r} is not supported"))),
-        None => return Err(ApiError::new("MissingParameter", "the X-TC-Region header is missing")),
+        Some(r) => {
+            return Err(SandboxError::new("UnsupportedRegion", format!("region {r} is not supported")));
+        }
+        None => return Err(SandboxError::new("MissingParameter", "the X-TC-Region header is missing")),
     }
     let timestamp: i64 = header(headers, "x-tc-timestamp")
         .and_then(|t| t.parse().ok())
-        .ok_or_else(|| ApiError::new("MissingParameter", "X-TC-Timestamp is missing or not a number"))?;
+        .ok_or_else(|| SandboxError::new("MissingParameter", "X-TC-Timestamp is missing or not a number"))?;
     let skew = (Utc::now().timestamp() - timestamp).unsigned_abs();
     if skew > MAX_CLOCK_SKEW.as_secs() {
-        return Err(ApiError::new(
+        return Err(SandboxError::new(
             "AuthFailure.SignatureExpire",
             "the signature has expired; the timestamp is more than 5 minutes off",
         ));
     }
     let content_type = header(headers, "content-type").unwrap_or_default();
     if !content_type.starts_with("application/json") {
-        return Err(ApiError::new(
+        return Err(SandboxError::new(
             "InvalidRequest",
             format!("content type {content_type:?} is not supported for POST; use application/json"),
         ));
     }
     let host = header(headers, "host").unwrap_or_default();
     let auth = header(headers, "authorization").and_then(parse_authorization).ok_or_else(|| {
-        ApiError::new("AuthFailure.InvalidAuthorization", "the Authorization header is malformed")
+        SandboxError::new("AuthFailure.InvalidAuthorization", "the Authorization header is malformed")
     })?;
     if auth.secret_id != state.options.secret_id {
-        return Err(ApiError::new("AuthFailure.SecretIdNotFound", "the SecretId does not exist"));
+        return Err(SandboxError::new("AuthFailure.SecretIdNotFound", "the SecretId does not exist"));
     }
     let signed_action = match auth.signed_headers.as_str() {
         "content-type;host" => None,
         "content-type;host;x-tc-action" => Some(action),
         _ => {
-            return Err(ApiError::new(
+            return Err(SandboxError::new(
                 "AuthFailure.InvalidAuthorization",
                 "SignedHeaders must be content-type;host[;x-tc-action]",
             ));
@@ -97,14 +103,14 @@ fn check_request(state: &SandboxState, headers: &HeaderMap, body: &[u8]) -> Resu
     };
     let input = Tc3Input { host, service: "trtc", content_type, signed_action, timestamp, body };
     if auth.service != "trtc" || auth.date != input.date() {
-        return Err(ApiError::new(
+        return Err(SandboxError::new(
             "AuthFailure.SignatureFailure",
             "the credential scope does not match the timestamp and service",
         ));
     }
     let expected = signature(&state.options.secret_key, &input);
     if !bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
-        return Err(ApiError::new("AuthFailure.SignatureFailure", "the signature does not match"));
+        return Err(SandboxError::new("AuthFailure.SignatureFailure", "the signature does not match"));
     }
     Ok(action)
 }
@@ -129,35 +135,38 @@ impl RoomParam {
     }
 }
 
-fn check_params(state: &SandboxState, action: &str, body: &[u8]) -> Result<Params, ApiError> {
+fn check_params(state: &SandboxState, action: &str, body: &[u8]) -> Result<Params, SandboxError> {
     let params: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new("InvalidParameter", format!("the body is not a JSON object: {e}")))?;
+        .map_err(|e| SandboxError::new("InvalidParameter", format!("the body is not a JSON object: {e}")))?;
     let removes = action.starts_with("RemoveUser");
     let string_room = action.ends_with("ByStrRoomId");
     for key in params.keys() {
         let known = key == "SdkAppId" || key == "RoomId" || (removes && key == "UserIds");
         if !known {
-            return Err(ApiError::new("UnknownParameter", format!("the parameter {key} is not recognized")));
+            return Err(SandboxError::new(
+                "UnknownParameter",
+                format!("the parameter {key} is not recognized"),
+            ));
         }
     }
     match params.get("SdkAppId") {
-        None => return Err(ApiError::new("MissingParameter.SdkAppId", "SdkAppId is missing")),
+        None => return Err(SandboxError::new("MissingParameter.SdkAppId", "SdkAppId is missing")),
         Some(Value::Number(n)) if n.as_u64().is_some() => {
             if n.as_u64() != Some(state.options.sdk_app_id) {
-                return Err(ApiError::new(
+                return Err(SandboxError::new(
                     "UnauthorizedOperation.SdkAppId",
                     "the SdkAppId does not belong to this account",
                 ));
             }
         }
-        Some(_) => return Err(ApiError::new("InvalidParameter.SdkAppId", "SdkAppId must be an Integer")),
+        Some(_) => return Err(SandboxError::new("InvalidParameter.SdkAppId", "SdkAppId must be an Integer")),
     }
     let room = match (params.get("RoomId"), string_room) {
-        (None, _) => return Err(ApiError::new("MissingParameter.RoomId", "RoomId is missing")),
+        (None, _) => return Err(SandboxError::new("MissingParameter.RoomId", "RoomId is missing")),
         (Some(Value::Number(n)), false) => match n.as_u64() {
             Some(r) if (1..=4_294_967_294).contains(&r) => RoomParam::Numeric(r),
             _ => {
-                return Err(ApiError::new(
+                return Err(SandboxError::new(
                     "InvalidParameterValue.RoomId",
                     format!("RoomId {n} is out of range"),
                 ));
@@ -165,25 +174,30 @@ fn check_params(state: &SandboxState, action: &str, body: &[u8]) -> Result<Param
         },
         (Some(Value::String(s)), true) => {
             if s.is_empty() || s.len() > 64 {
-                return Err(ApiError::new("InvalidParameterValue.RoomId", "RoomId must be 1 to 64 bytes"));
+                return Err(SandboxError::new(
+                    "InvalidParameterValue.RoomId",
+                    "RoomId must be 1 to 64 bytes",
+                ));
             }
             RoomParam::Str(s.clone())
         }
         (Some(_), false) => {
-            return Err(ApiError::new("InvalidParameter.RoomId", "RoomId must be an Integer"));
+            return Err(SandboxError::new("InvalidParameter.RoomId", "RoomId must be an Integer"));
         }
-        (Some(_), true) => return Err(ApiError::new("InvalidParameter.RoomId", "RoomId must be a String")),
+        (Some(_), true) => {
+            return Err(SandboxError::new("InvalidParameter.RoomId", "RoomId must be a String"));
+        }
     };
     let mut users = Vec::new();
     if removes {
         match params.get("UserIds") {
-            None => return Err(ApiError::new("MissingParameter.UserIds", "UserIds is missing")),
+            None => return Err(SandboxError::new("MissingParameter.UserIds", "UserIds is missing")),
             Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_USERS_PER_CALL => {
                 for item in items {
                     match item {
                         Value::String(u) if !u.is_empty() => users.push(u.clone()),
                         _ => {
-                            return Err(ApiError::new(
+                            return Err(SandboxError::new(
                                 "InvalidParameter.UserIds",
                                 "UserIds must be non-empty Strings",
                             ));
@@ -192,7 +206,7 @@ fn check_params(state: &SandboxState, action: &str, body: &[u8]) -> Result<Param
                 }
             }
             Some(_) => {
-                return Err(ApiError::new(
+                return Err(SandboxError::new(
                     "InvalidParameter.UserIds",
                     format!("UserIds must be an Array of 1 to {MAX_USERS_PER_CALL} Strings"),
                 ));
@@ -216,7 +230,7 @@ pub(super) async fn handle(
         }
     };
     if state.over_quota(action) {
-        let e = ApiError::new(
+        let e = SandboxError::new(
             "RequestLimitExceeded",
             format!("the request rate of {action} exceeds {} per second", state.options.quota_per_second),
         );
@@ -253,7 +267,7 @@ pub(super) async fn handle(
         if let Some(code) = fault.code {
             let message = fault.message.unwrap_or_else(|| "sandbox: injected fault".into());
             state.record(action, Some(room_text), params.users, &code);
-            return envelope(Some(&ApiError(code, message)));
+            return envelope(Some(&SandboxError(code, message)));
         }
     }
     let answer = apply(&state, action, &params);
@@ -279,14 +293,14 @@ impl Drop for Unanswered<'_> {
 }
 
 /// Applies a valid request to the room state.
-fn apply(state: &SandboxState, action: &str, params: &Params) -> Option<ApiError> {
+fn apply(state: &SandboxState, action: &str, params: &Params) -> Option<SandboxError> {
     let mut inner = state.lock();
     let gone = match &params.room {
         RoomParam::Numeric(r) => inner.dismissed_numeric.contains(r),
         RoomParam::Str(s) => inner.dismissed_str.contains(s),
     };
     if gone {
-        return Some(ApiError::new(
+        return Some(SandboxError::new(
             "FailedOperation.RoomNotExist",
             format!("room {} does not exist", params.room.text()),
         ));

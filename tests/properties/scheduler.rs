@@ -5,7 +5,7 @@
 //! audit row that matches its state; no provider call leaves before the
 //! session's final deadline; and the provider acts on each room at most once.
 //!
-//! This runs the real daemon (`daemon::run`: scheduler, enforcement, pacing,
+//! This runs the real daemon (`daemon::serve`: scheduler, enforcement, pacing,
 //! the TRTC client) on a SQLite file, with a manual clock, against a small
 //! TRTC stand-in that notes the manual clock's reading at every call. Unlike
 //! `tests/scheduler.rs`, enforcement is real, so "never before the deadline"
@@ -243,7 +243,7 @@ impl Life {
     /// Starts the daemon if it is held.
     fn resume(&mut self, config: &Arc<Config>, clock: &Clock) {
         if self.daemon.is_none() {
-            self.daemon = Some(self.runtime.spawn(callwarden::daemon::run(
+            self.daemon = Some(self.runtime.spawn(callwarden::daemon::serve(
                 Arc::clone(config),
                 self.store.clone(),
                 clock.clone(),

@@ -33,6 +33,7 @@ use crate::domain::{Action, Instant, RetryPolicy, Room, SessionState};
 use crate::policy::{PolicyAction, policy_actions};
 use crate::providers::{CallContext, CallReport, Classified, Provider, Target};
 use crate::scheduler::Claimed;
+use crate::store::health::StoreRetry;
 use crate::store::{Store, StoreError};
 
 /// Keeps one provider action at or under its rate: a GCRA limiter with a
@@ -465,19 +466,17 @@ impl EnforcerState {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), StoreError>>,
     {
-        let mut wait = Duration::from_millis(100);
-        let mut outage = None;
+        let mut retry = StoreRetry::new(self.store.health(), "enforcement");
         loop {
             match write().await {
                 Ok(()) => return true,
                 Err(e) => {
-                    self.store.health().failed(&mut outage, "enforcement", &e);
+                    let wait = retry.failed(&e);
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write enforcement record");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = self.shutdown.cancelled() => return false,
                     }
-                    wait = (wait * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -29,6 +29,8 @@ use crate::clock::Clock;
 use crate::config::Notifications;
 use crate::config::live::Live;
 use crate::domain::Instant;
+use crate::domain::session::SessionRecord;
+use crate::store::health::StoreRetry;
 use crate::store::{Notification, Store, StoreError};
 
 /// How long a claimed notification stays hidden; a delivery that has not
@@ -86,17 +88,17 @@ impl Notifier {
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
-        let mut failing = Duration::ZERO;
+        let mut retry = StoreRetry::new(this.store.health(), "notifier");
         while !shutdown.is_cancelled() {
             let nap = match this.turn(&slots).await {
                 Ok(nap) => {
-                    failing = Duration::ZERO;
+                    retry.succeeded();
                     nap
                 }
                 Err(e) => {
-                    failing = (failing * 2).clamp(Duration::from_millis(200), Duration::from_secs(10));
-                    tracing::error!(error = %e, retry_in_ms = failing.as_millis() as u64, "notifier cannot read the outbox");
-                    failing
+                    let wait = retry.failed(&e);
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "notifier cannot read the outbox");
+                    wait
                 }
             };
             tokio::select! {
@@ -148,10 +150,7 @@ impl Notifier {
 
     async fn deliver(&self, target: &Notifications, n: &Notification) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let booked_end = n.session.as_ref().and_then(|s| {
-            let deadline = Instant::parse(s.deadline.as_deref()?).ok()?;
-            Some(Instant::from_millis(deadline.millis() - s.grace_ms))
-        });
+        let booked_end = n.session.as_ref().and_then(SessionRecord::booked_end);
         if n.event == "warning" {
             let running = n.session.as_ref().is_some_and(|s| s.state == "active");
             if !running || booked_end.is_none_or(|end| end <= now) {

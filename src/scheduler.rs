@@ -27,6 +27,7 @@ use crate::config::live::Live;
 use crate::domain::session::{Adopted, Session, SessionRecord};
 use crate::domain::{Instant, UserId};
 use crate::policy::adoption::adoption;
+use crate::store::health::StoreRetry;
 use crate::store::{ChangeWatcher, Store, StoreError};
 
 /// How long before its deadline a session is claimed. Covers the database
@@ -85,23 +86,21 @@ impl Scheduler {
     /// With systemd's watchdog on, each turn pings it and no turn sleeps
     /// past the next ping, so the pings stop exactly when the loop does.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut retry = StoreRetry::new(self.store.health(), "scheduler");
         let watchdog = crate::systemd::watchdog_interval();
-        let mut outage = None;
         while !shutdown.is_cancelled() {
             if watchdog.is_some() {
                 crate::systemd::watchdog();
             }
             match self.turn(&shutdown, watchdog).await {
-                Ok(()) => (backoff, outage) = (Duration::from_millis(100), None),
+                Ok(()) => retry.succeeded(),
                 Err(e) => {
-                    self.store.health().failed(&mut outage, "scheduler", &e);
-                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "scheduler cannot read the queue");
+                    let wait = retry.failed(&e);
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "scheduler cannot read the queue");
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(wait) => {}
                         () = shutdown.cancelled() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }

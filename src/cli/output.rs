@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 
-use crate::domain::audit::AuditRecord;
+use crate::domain::audit::{AUDIT_COLUMNS, AuditRecord};
 use crate::domain::session::SessionRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -13,25 +13,6 @@ pub enum OutputFormat {
     Json,
     Csv,
 }
-
-const AUDIT_HEADER: [&str; 16] = [
-    "id",
-    "at",
-    "session_id",
-    "event",
-    "provider",
-    "action",
-    "attempt",
-    "outcome",
-    "http_status",
-    "provider_request_id",
-    "error_code",
-    "detail",
-    "latency_ms",
-    "lateness_ms",
-    "prev_hash",
-    "hash",
-];
 
 fn audit_csv_row(r: &AuditRecord) -> [String; 16] {
     let o = |v: &Option<String>| v.clone().unwrap_or_default();
@@ -156,7 +137,7 @@ pub fn print_audit(rows: &[AuditRecord], format: OutputFormat) -> io::Result<()>
     match format {
         OutputFormat::Csv => {
             let mut w = csv::Writer::from_writer(&mut out);
-            w.write_record(AUDIT_HEADER).map_err(io::Error::other)?;
+            w.write_record(AUDIT_COLUMNS).map_err(io::Error::other)?;
             for r in rows {
                 w.write_record(audit_csv_row(r)).map_err(io::Error::other)?;
             }

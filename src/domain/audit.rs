@@ -14,6 +14,27 @@ use serde::Serialize;
 use super::SessionId;
 use super::secret::Secret;
 
+/// The `audit_log` table's columns, in table order: the order of
+/// [`AuditRecord`]'s fields, of `audit` output, and of the store's SQL.
+pub const AUDIT_COLUMNS: [&str; 16] = [
+    "id",
+    "at",
+    "session_id",
+    "event",
+    "provider",
+    "action",
+    "attempt",
+    "outcome",
+    "http_status",
+    "provider_request_id",
+    "error_code",
+    "detail",
+    "latency_ms",
+    "lateness_ms",
+    "prev_hash",
+    "hash",
+];
+
 /// One row to append to the audit log. Fields left `None` stay NULL.
 #[derive(Debug, Clone, Default)]
 pub struct AuditEntry {

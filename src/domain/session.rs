@@ -128,6 +128,13 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// The end of the booked time (the deadline less the grace), when the
+    /// row has a readable deadline.
+    pub fn booked_end(&self) -> Option<Instant> {
+        let deadline = Instant::parse(self.deadline.as_deref()?).ok()?;
+        Some(Instant::from_millis(deadline.millis().saturating_sub(self.grace_ms)))
+    }
+
     /// The row a just-registered session was stored as.
     pub fn registered(s: &NewSession, key: Option<String>, now: Instant) -> SessionRecord {
         SessionRecord {

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use super::header;
 use super::{SandboxState, StoredAnswer};
 use crate::providers::acs::{content_hash, signature, string_to_sign};
 
@@ -44,10 +45,6 @@ fn respond(a: &StoredAnswer, replayed: bool, retry_after: Option<u64>) -> Respon
         response.headers_mut().insert("retry-after", HeaderValue::from(secs));
     }
     response
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn parse_http_date(s: &str) -> Option<DateTime<Utc>> {

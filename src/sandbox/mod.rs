@@ -36,6 +36,11 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// A request header as text, if present and printable.
+fn header<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 pub const SANDBOX_SECRET_ID: &str = "AKIDcallwardenSANDBOX";
 pub const SANDBOX_SECRET_KEY: &str = "callwarden-sandbox-secret-key";
 pub const SANDBOX_SDK_APP_ID: u64 = 1400000001;

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
 use super::SandboxState;
+use super::header;
 use crate::config::TRTC_REGIONS;
 use crate::providers::trtc::{
     ACTIONS, MAX_CLOCK_SKEW, MAX_USERS_PER_CALL, Tc3Input, VERSION, parse_authorization, signature,
@@ -37,10 +38,6 @@ fn envelope(error: Option<&SandboxError>) -> Response {
         }),
     };
     (StatusCode::OK, axum::Json(body)).into_response()
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Authentication and common parameters, as the API gateway checks them.

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Shared by every clone of one `Store`.
 #[derive(Debug, Default)]
@@ -55,6 +56,42 @@ impl StoreHealth {
     }
 }
 
+/// How a task retries a store step that failed: it waits 100 ms, then twice
+/// as long after each further failure up to 10 s, and every failure is
+/// reported to the store's health (so `/readyz` answers 503 until the step
+/// succeeds) and counted. One per task; the task logs the error itself.
+#[derive(Debug)]
+pub struct StoreRetry {
+    health: Arc<StoreHealth>,
+    task: &'static str,
+    wait: Duration,
+    outage: Option<Outage>,
+}
+
+impl StoreRetry {
+    pub const FIRST_WAIT: Duration = Duration::from_millis(100);
+    pub const LONGEST_WAIT: Duration = Duration::from_secs(10);
+
+    pub fn new(health: &Arc<StoreHealth>, task: &'static str) -> StoreRetry {
+        StoreRetry { health: Arc::clone(health), task, wait: Self::FIRST_WAIT, outage: None }
+    }
+
+    /// Records a failure; returns how long to wait before trying again.
+    pub fn failed(&mut self, error: &dyn std::fmt::Display) -> Duration {
+        self.health.failed(&mut self.outage, self.task, error);
+        let wait = self.wait;
+        self.wait = (wait * 2).min(Self::LONGEST_WAIT);
+        wait
+    }
+
+    /// The step succeeded: the outage (if any) is over, and the next
+    /// failure waits the shortest time again.
+    pub fn succeeded(&mut self) {
+        self.wait = Self::FIRST_WAIT;
+        self.outage = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +109,17 @@ mod tests {
         assert!(health.failing().is_some());
         b = None;
         assert_eq!((health.failing(), b.is_none()), (None, true));
+    }
+
+    #[test]
+    fn a_retry_backs_off_and_reports_until_it_succeeds() {
+        let health = Arc::new(StoreHealth::default());
+        let mut retry = StoreRetry::new(&health, "scheduler");
+        let waits: Vec<u128> = (0..9).map(|_| retry.failed(&"database is locked").as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000]);
+        assert_eq!(health.failing().as_deref(), Some("database is locked"));
+        retry.succeeded();
+        assert_eq!(health.failing(), None);
+        assert_eq!(retry.failed(&"database is locked"), StoreRetry::FIRST_WAIT);
     }
 }

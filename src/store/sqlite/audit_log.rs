@@ -8,7 +8,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
 use crate::domain::Instant;
-use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint};
+use crate::domain::audit::{AUDIT_COLUMNS, AuditEntry, AuditRecord, Checkpoint};
 use crate::store::{AuditFilter, AuditSummary, StoreError};
 
 impl SqliteStore {
@@ -25,11 +25,10 @@ impl SqliteStore {
     }
 
     pub(in crate::store) async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT * FROM (SELECT id, at, session_id, event, provider, action, attempt, outcome, http_status, \
-             provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash \
-             FROM audit_log WHERE 1 = 1",
-        );
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+            "SELECT * FROM (SELECT {} FROM audit_log WHERE 1 = 1",
+            AUDIT_COLUMNS.join(", ")
+        ));
         if let Some(id) = filter.session {
             q.push(" AND session_id = ").push_bind(id.to_string());
         }
@@ -119,15 +118,9 @@ impl SqliteStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, at, session_id, event, provider, action, attempt, outcome, http_status, \
-             provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash \
-             FROM audit_log WHERE id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.readers)
-        .await?;
+        let sql =
+            format!("SELECT {} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?", AUDIT_COLUMNS.join(", "));
+        let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.readers).await?;
         rows.iter().map(audit_record).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
     }
 
@@ -262,10 +255,10 @@ pub(super) async fn insert_audit_rows(
     }
     // SQLite takes at most 32,766 bound values per statement: 16 a row.
     for chunk in records.chunks(1000) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO audit_log (id, at, session_id, event, provider, action, attempt, outcome, http_status, \
-             provider_request_id, error_code, detail, latency_ms, lateness_ms, prev_hash, hash) ",
-        );
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+            "INSERT INTO audit_log ({}) ",
+            AUDIT_COLUMNS.join(", ")
+        ));
         q.push_values(chunk, |mut b, r| {
             b.push_bind(r.id)
                 .push_bind(r.at.clone())

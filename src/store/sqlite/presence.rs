@@ -3,11 +3,12 @@
 //! opened and ended by presence, and outcome reports that settle accepted
 //! removals.
 
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::SqliteStore;
 use super::audit_log::{insert_audit, insert_audit_rows};
 use super::outbox::{insert_warnings, warnings_of};
+use super::sessions::{NEW_SESSION_COLUMNS, push_new_session};
 use crate::domain::audit::AuditEntry;
 use crate::domain::session::NewSession;
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
@@ -76,31 +77,22 @@ impl SqliteStore {
         detail: &str,
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let done = sqlx::query(
-            "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-             grace_ms, detail, state, created_at, updated_at) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ? WHERE NOT EXISTS ( \
-               SELECT 1 FROM sessions INDEXED BY sessions_active_room WHERE state = 'active' \
-               AND room_id = ? AND room_kind = ? AND policy = ? AND user_id IS ?)",
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO sessions ({NEW_SESSION_COLUMNS}) SELECT "));
+        push_new_session(&mut q.separated(", "), s, now);
+        q.push(
+            " WHERE NOT EXISTS (SELECT 1 FROM sessions INDEXED BY sessions_active_room WHERE state = 'active' \
+             AND room_id = ",
         )
-        .bind(s.id.to_string())
-        .bind(&s.policy)
-        .bind(&s.provider)
-        .bind(s.room.id_text())
-        .bind(s.room.kind().as_str())
-        .bind(s.user.as_ref().map(|u| u.as_str().to_string()))
-        .bind(s.started_at.to_string())
-        .bind(s.deadline.to_string())
-        .bind(crate::domain::duration_millis_ceil(s.grace))
-        .bind(s.note.as_deref())
-        .bind(now.to_string())
-        .bind(now.to_string())
-        .bind(s.room.id_text())
-        .bind(s.room.kind().as_str())
-        .bind(&s.policy)
-        .bind(s.user.as_ref().map(|u| u.as_str().to_string()))
-        .execute(&mut *tx)
-        .await?;
+        .push_bind(s.room.id_text())
+        .push(" AND room_kind = ")
+        .push_bind(s.room.kind().as_str())
+        .push(" AND policy = ")
+        .push_bind(s.policy.clone())
+        .push(" AND user_id IS ")
+        .push_bind(s.user.as_ref().map(|u| u.as_str().to_string()))
+        .push(")");
+        let done = q.build().execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }

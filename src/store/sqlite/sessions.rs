@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::query_builder::Separated;
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::audit_log::{insert_audit, insert_audit_rows};
 use super::outbox::{self, insert_warnings, warnings_of};
@@ -26,24 +27,9 @@ impl SqliteStore {
         let mut tx = self.writer.begin().await?;
         let mut audit = Vec::with_capacity(sessions.len());
         for s in sessions {
-            sqlx::query(
-                "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-                 grace_ms, detail, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
-            )
-            .bind(s.id.to_string())
-            .bind(&s.policy)
-            .bind(&s.provider)
-            .bind(s.room.id_text())
-            .bind(s.room.kind().as_str())
-            .bind(s.user.as_ref().map(|u| u.as_str().to_string()))
-            .bind(s.started_at.to_string())
-            .bind(s.deadline.to_string())
-            .bind(crate::domain::duration_millis_ceil(s.grace))
-            .bind(s.note.as_deref())
-            .bind(now.to_string())
-            .bind(now.to_string())
-            .execute(&mut *tx)
-            .await?;
+            let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO sessions ({NEW_SESSION_COLUMNS}) "));
+            q.push_values([s], |mut b, s| push_new_session(&mut b, s, now));
+            q.build().execute(&mut *tx).await?;
             audit.push((s.registered_entry(detail), now));
         }
         let warnings: Vec<_> = sessions.iter().flat_map(|s| warnings_of(s, now)).collect();
@@ -61,26 +47,12 @@ impl SqliteStore {
         batch: &[Pending],
     ) -> Result<Vec<Inserted>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
-             grace_ms, detail, state, idempotency_key, created_at, updated_at) ",
-        );
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "INSERT INTO sessions ({NEW_SESSION_COLUMNS}, idempotency_key) "
+        ));
         q.push_values(batch, |mut b, r| {
-            let s = &r.session;
-            b.push_bind(s.id.to_string())
-                .push_bind(s.policy.clone())
-                .push_bind(s.provider.clone())
-                .push_bind(s.room.id_text())
-                .push_bind(s.room.kind().as_str())
-                .push_bind(s.user.as_ref().map(|u| u.as_str().to_string()))
-                .push_bind(s.started_at.to_string())
-                .push_bind(s.deadline.to_string())
-                .push_bind(crate::domain::duration_millis_ceil(s.grace))
-                .push_bind(s.note.clone())
-                .push("'active'")
-                .push_bind(r.key.clone())
-                .push_bind(r.now.to_string())
-                .push_bind(r.now.to_string());
+            push_new_session(&mut b, &r.session, r.now);
+            b.push_bind(r.key.clone());
         });
         q.push(" ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id");
         let inserted: std::collections::HashSet<String> = q
@@ -315,4 +287,31 @@ impl SqliteStore {
         sqlx::query("VACUUM INTO ?").bind(path.display().to_string()).execute(&self.readers).await?;
         Ok(())
     }
+}
+
+/// The columns a new session is inserted with, in the order
+/// [`push_new_session`] gives their values.
+pub(super) const NEW_SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
+     grace_ms, detail, state, created_at, updated_at";
+
+/// A new session's values for [`NEW_SESSION_COLUMNS`]: the one place a
+/// `NewSession` becomes a row, for every way a session is inserted.
+pub(super) fn push_new_session(
+    b: &mut Separated<'_, '_, Sqlite, &'static str>,
+    s: &NewSession,
+    now: Instant,
+) {
+    b.push_bind(s.id.to_string())
+        .push_bind(s.policy.clone())
+        .push_bind(s.provider.clone())
+        .push_bind(s.room.id_text())
+        .push_bind(s.room.kind().as_str())
+        .push_bind(s.user.as_ref().map(|u| u.as_str().to_string()))
+        .push_bind(s.started_at.to_string())
+        .push_bind(s.deadline.to_string())
+        .push_bind(crate::domain::duration_millis_ceil(s.grace))
+        .push_bind(s.note.clone())
+        .push("'active'")
+        .push_bind(now.to_string())
+        .push_bind(now.to_string());
 }

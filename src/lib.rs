@@ -7,29 +7,22 @@
 //! recording every outcome in an audit log.
 //!
 //! # Layout
-//! In reading order:
-//! - [`domain`]: ids, rooms, states, instants, durations, retry policy. No I/O.
-//! - [`config`]: the YAML file → typed, validated [`config::Config`]; secrets.
-//! - [`policy`]: pure decisions: a registration → sessions and deadlines.
-//! - [`budget`]: per-user budgets: calendar windows, what is left.
-//! - [`store`]: the SQLite database, the only module with SQL; migrations.
-//! - [`clock`]: the injectable clock deadlines are compared with; it takes
-//!   steps of the host's clock gradually.
-//! - [`reload`]: the configuration in force, and hot reload.
-//! - [`scheduler`]: what is due next; claims due sessions; adopts SQL inserts.
-//! - [`enforce`]: pacing, provider calls, retries, outcome records.
-//! - [`notify`]: warnings and outcome events to the app's endpoint.
-//! - [`health`]: whether database writes are failing (for `/readyz`).
-//! - [`providers`]: signed provider requests and answer classification
-//!   ([`providers::trtc`], [`providers::acs`]).
-//! - [`http`]: the listener: the session API, provider webhooks, health, metrics.
-//! - [`daemon`]: wires the above into the running service; [`service`]:
-//!   systemd readiness and watchdog.
-//! - [`sandbox`]: a local stand-in for the provider APIs.
-//! - [`demo`]: the one-command tour: daemon + sandbox + a realistic load.
-//! - [`cli`]: the command line, including the session and audit commands.
-//! - [`audit`]: tables and JSON for the audit log and session lists.
-//! - [`telemetry`]: logging setup. [`metrics`]: Prometheus metrics.
+//! In layers, bottom up (ARCHITECTURE.md explains them; `tests/layers.rs`
+//! checks that every import points down):
+//! - foundation: [`domain`] (ids, rooms, states, instants; sessions, audit
+//!   rows and their hash chain, secrets), [`stats`], [`budget`] (calendar
+//!   windows), [`clock`], [`metrics`], [`telemetry`], [`systemd`],
+//!   [`http_client`].
+//! - configuration: [`config`], the YAML files → a typed, validated
+//!   [`config::Config`], and [`config::live`], the configuration in force.
+//! - decisions: [`policy`], pure: registrations, presence, adoption.
+//! - adapters: [`store`] (the interface; [`store::sqlite`] holds the SQL)
+//!   and [`providers`] (signed provider requests and answer classification).
+//! - services: [`intake`] (registration and presence use cases),
+//!   [`scheduler`], [`enforce`], [`notify`], [`retention`], [`reload`].
+//! - edges: [`http`] (session API, webhooks, health, metrics), [`sandbox`]
+//!   (a local stand-in for the provider APIs), [`daemon`] (the wiring).
+//! - applications: [`demo`], [`cli`].
 
 pub mod budget;
 pub mod cli;

@@ -3,7 +3,7 @@
 //! database engine.
 //!
 //! [`Store`] is an enum over the backends; each operation is declared once
-//! in [`operations!`] below (that list *is* the interface) and forwarded to
+//! in the `operations!` list below (that list *is* the interface) and forwarded to
 //! the backend, which holds the SQL, the pragmas or settings, the migrations
 //! and the change watcher. SQLite ([`sqlite`]) is the one backend today;
 //! `tests/store_conformance.rs` runs the same tests against the interface,

@@ -1,27 +1,29 @@
 //! Enforcement: rate limit → provider call → classify → record, with retries.
 //!
 //! The scheduler hands over claimed sessions ([`Claimed`]); this module groups
-//! them into provider calls (one `DismissRoom` per room, `RemoveUser` with up
-//! to ten users), and runs each call as a task: record the attempt, wait for
-//! the provider action's pacer, send, record the outcome, and retry retryable
-//! answers with backoff until the policy's attempts run out.
+//! them into provider calls (TRTC: one `DismissRoom` per room, `RemoveUser`
+//! with up to ten users; ACS: one `TerminateCall` per call, one
+//! `RemoveParticipant` per participant), and runs each call as a task:
+//! record the attempt, wait for the provider action's pacer, send, record
+//! the outcome, and retry retryable answers with backoff until the
+//! provider's `retry.max_attempts` run out.
 //!
 //! Invariants:
 //! - an `attempt` row is committed before every provider call, and the answer
 //!   is committed after it; a crash in between leaves a session `enforcing`,
 //!   which the next start re-queues (TRTC answers a repeat with `RoomNotExist`);
 //! - every call, first tries and retries alike, passes its provider action's
-//!   [`Pacer`] right before it is sent, so no sliding second ever carries more
+//!   [`Pacer`](pacer::Pacer) right before it is sent, so no sliding second ever carries more
 //!   than `max_requests_per_second` calls for one action;
 //! - calls run concurrently: a slow provider costs latency, not throughput.
+//!
+//! The pacing itself is [`pacer`]'s.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,57 +31,16 @@ use crate::clock::Clock;
 use crate::config::live::Live;
 use crate::domain::audit::AuditEntry;
 use crate::domain::session::{Repeatability, Session};
-use crate::domain::{Action, Instant, RetryPolicy, Room, SessionState};
+use crate::domain::{Action, Instant, Room, SessionState};
 use crate::policy::{PolicyAction, policy_actions};
-use crate::providers::{CallContext, CallReport, Classified, Provider, Target};
+use crate::providers::{CallContext, CallReport, Classified, Target};
 use crate::scheduler::Claimed;
 use crate::store::health::StoreRetry;
 use crate::store::{Store, StoreError};
 
-/// Keeps one provider action at or under its rate: a GCRA limiter with a
-/// burst of one (so no two calls are closer than 1/rate), behind a fair
-/// mutex so waiting calls go out in the order they arrived, which is deadline
-/// order.
-#[derive(Debug)]
-pub struct Pacer {
-    turn: Mutex<()>,
-    limiter: DefaultDirectRateLimiter,
-}
+pub mod pacer;
 
-impl Pacer {
-    pub fn per_second(rate: u32) -> Pacer {
-        let rate = rate.max(1);
-        let period = Duration::from_secs(1) / rate;
-        let quota = Quota::with_period(period)
-            .expect("a positive rate gives a non-zero period")
-            .allow_burst(NonZeroU32::MIN);
-        Pacer { turn: Mutex::new(()), limiter: RateLimiter::direct(quota) }
-    }
-
-    pub async fn admit(&self) {
-        let _turn = self.turn.lock().await;
-        self.limiter.until_ready().await;
-    }
-}
-
-/// A provider as enforcement uses it.
-#[derive(Debug)]
-pub struct ProviderSlot {
-    pub provider: Provider,
-    pub retry: RetryPolicy,
-    pacers: HashMap<&'static str, Arc<Pacer>>,
-}
-
-impl ProviderSlot {
-    pub fn new(provider: Provider, retry: RetryPolicy, max_requests_per_second: u32) -> ProviderSlot {
-        let pacers = provider
-            .api_actions()
-            .iter()
-            .map(|a| (*a, Arc::new(Pacer::per_second(max_requests_per_second))))
-            .collect();
-        ProviderSlot { provider, retry, pacers }
-    }
-}
+use pacer::ProviderSlot;
 
 /// One provider call's worth of sessions.
 #[derive(Debug)]

@@ -54,7 +54,6 @@ use callwarden::sandbox::{
 use callwarden::scheduler::{CLAIM_LEAD, CLAIM_WINDOW, Scheduler, watch_changes};
 use callwarden::store::{AuditEntry, AuditFilter, NewSession, Store};
 
-#[path = "bench/report.rs"]
 mod report;
 
 #[derive(Parser)]

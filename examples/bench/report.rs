@@ -5,8 +5,17 @@
 //! verbatim at the end.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::Ordering;
 
-use super::*;
+use chrono::Utc;
+use clap::Args;
+
+use crate::args::{DrainArgs, LatenessArgs, ProviderKind, RegistrationsArgs, StartupArgs, System};
+use crate::figures::{PRINT_TO_STDERR, Runs};
+use crate::rig::BASELINE_RATE;
+use crate::{SQL_INSERT, api_load, drain, lateness, registrations, repeat, run_startup, target_dir};
 
 #[derive(Args, Clone)]
 pub(crate) struct ReportArgs {

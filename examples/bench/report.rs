@@ -15,7 +15,12 @@ use clap::Args;
 use crate::args::{DrainArgs, LatenessArgs, ProviderKind, RegistrationsArgs, StartupArgs, System};
 use crate::figures::{PRINT_TO_STDERR, Runs};
 use crate::rig::BASELINE_RATE;
-use crate::{SQL_INSERT, api_load, drain, lateness, registrations, repeat, run_startup, target_dir};
+use crate::scenarios::api_load::api_load;
+use crate::scenarios::drain::drain;
+use crate::scenarios::lateness::lateness;
+use crate::scenarios::registrations::{SQL_INSERT, registrations};
+use crate::scenarios::startup::target_dir;
+use crate::{repeat, run_startup};
 
 #[derive(Args, Clone)]
 pub(crate) struct ReportArgs {

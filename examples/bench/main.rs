@@ -30,6 +30,7 @@
 //! `tap` and `monitors`; `report` writes BENCHMARKS.md.
 
 mod args;
+mod clk_tck;
 mod figures;
 mod monitors;
 mod report;

@@ -13,6 +13,7 @@ use callwarden::domain::Instant;
 use callwarden::store::{NewSession, Store};
 
 use crate::args::{ProviderKind, StartupArgs};
+use crate::clk_tck::clock_ticks_per_second;
 use crate::figures::Figures;
 use crate::monitors::{cpu_ticks, mb, proc_memory_kb};
 use crate::rig::{dismiss, sibling_binary, write_config};
@@ -81,16 +82,6 @@ pub(crate) async fn startup_database(n: usize, cache_dir: &Path) -> anyhow::Resu
     store.close().await;
     std::fs::write(&marker, format!("{n} sessions, filled in {:.1} s\n", started.elapsed().as_secs_f64()))?;
     Ok(db)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// What one start of a long-running process showed.

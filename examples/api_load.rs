@@ -32,6 +32,10 @@ use callwarden::store::Store;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
+#[path = "bench/clk_tck.rs"]
+mod clk_tck;
+use clk_tck::clock_ticks_per_second;
+
 const TOKEN: &str = "load-test-token-0123456789";
 const CALLBACK_KEY: &str = "loadtestkey";
 
@@ -91,16 +95,6 @@ fn cpu_by_side() -> HashMap<&'static str, u64> {
         *out.entry(side).or_default() += ticks;
     }
     out
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// Cores used by each side between two readings. Threads that exited in

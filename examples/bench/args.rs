@@ -1,0 +1,167 @@
+//! The command line: the scenarios clap offers and each one's arguments,
+//! with the provider and the system (callwarden, baseline, both) to run.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::report;
+
+#[derive(Parser)]
+#[command(about = "callwarden benchmarks (see BENCHMARKS.md)")]
+pub(crate) struct Cli {
+    /// Run the scenario this many times and report the median of each figure.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub(crate) runs: usize,
+    #[command(subcommand)]
+    pub(crate) scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Scenario {
+    /// End-to-end lateness under the quota: daemon + sandbox, sessions spread evenly.
+    Lateness(LatenessArgs),
+    /// Scheduler alone: handover time relative to the deadline, and memory.
+    Scheduler(SchedulerArgs),
+    /// Many sessions with the same deadline, drained at the provider's rate.
+    Drain(DrainArgs),
+    /// Startup time, RSS and idle CPU of the release binary over a large database.
+    Startup(StartupArgs),
+    /// Registrations per second through plain SQL inserts, and the daemon's adoption of them.
+    Registrations(RegistrationsArgs),
+    /// Every scenario of issue 7, callwarden and the baseline side by side,
+    /// `--runs` times each: writes BENCHMARKS.md (markdown) to stdout.
+    Report(report::ReportArgs),
+    /// Every scenario at full size.
+    All(AllArgs),
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct RegistrationsArgs {
+    /// Seconds of each phase (one row per transaction, then batched).
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) seconds: f64,
+    /// Rows per transaction in the batched phase.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) batch: usize,
+    /// Seconds to wait after the inserts for the daemon to adopt the rows.
+    #[arg(long, default_value_t = 20.0)]
+    pub(crate) adopt_secs: f64,
+}
+
+/// Which provider API the daemon enforces against (the sandbox serves both).
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) enum ProviderKind {
+    /// Tencent TRTC: DismissRoom / RemoveUser on numeric rooms.
+    #[default]
+    Trtc,
+    /// Azure Communication Services: `:terminate` / `participants:remove` on calls.
+    Acs,
+}
+
+impl ProviderKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Trtc => "trtc",
+            ProviderKind::Acs => "acs",
+        }
+    }
+
+    /// The API actions of the room-wide and the per-user policy.
+    pub(crate) fn end_action(self) -> &'static str {
+        match self {
+            ProviderKind::Trtc => "DismissRoom",
+            ProviderKind::Acs => "TerminateCall",
+        }
+    }
+}
+
+/// What enforces the sessions: callwarden's daemon, the naive poller of
+/// `examples/baseline_poller.rs`, or both at once, each against its own
+/// sandbox, tap and database (so both see the same machine noise).
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) enum System {
+    #[default]
+    Callwarden,
+    Baseline,
+    Both,
+}
+
+impl System {
+    pub(crate) fn callwarden(self) -> bool {
+        self != System::Baseline
+    }
+
+    pub(crate) fn baseline(self) -> bool {
+        self != System::Callwarden
+    }
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct LatenessArgs {
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) sessions: usize,
+    /// Deadlines are spread evenly over this many seconds.
+    #[arg(long, default_value_t = 100.0)]
+    pub(crate) spread_secs: f64,
+    /// Measure only the sessions due in the first this-many seconds; the rest
+    /// stay queued (default: all of them).
+    #[arg(long)]
+    pub(crate) measure_secs: Option<f64>,
+    #[arg(long, value_enum, default_value_t = System::Callwarden)]
+    pub(crate) system: System,
+    /// One session in this many removes a user instead of dismissing a room (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) remove_user_every: usize,
+    #[arg(long, value_enum, default_value_t = ProviderKind::Trtc)]
+    pub(crate) provider: ProviderKind,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct SchedulerArgs {
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) sessions: usize,
+    #[arg(long, default_value_t = 100.0)]
+    pub(crate) spread_secs: f64,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct DrainArgs {
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) sessions: usize,
+    /// The daemon's configured max_requests_per_second.
+    #[arg(long, default_value_t = 19)]
+    pub(crate) rate: u32,
+    /// TRTC: DismissRoom of distinct rooms; ACS: participants:remove in distinct calls.
+    #[arg(long, value_enum, default_value_t = ProviderKind::Trtc)]
+    pub(crate) provider: ProviderKind,
+    #[arg(long, value_enum, default_value_t = System::Callwarden)]
+    pub(crate) system: System,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct StartupArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) sessions: usize,
+    /// Where the filled database is kept between runs (default: $CARGO_TARGET_DIR/bench-cache).
+    #[arg(long)]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// The callwarden binary (default: the release binary next to this example, rebuilt first).
+    #[arg(long)]
+    pub(crate) binary: Option<PathBuf>,
+    /// Seconds to let the daemon settle after "callwarden running" before reading RSS.
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) settle_secs: f64,
+    /// Seconds over which idle CPU is measured.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) idle_secs: f64,
+    /// Also start the baseline poller over the same database and measure it the same way.
+    #[arg(long)]
+    pub(crate) baseline: bool,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct AllArgs {
+    #[arg(long)]
+    pub(crate) cache_dir: Option<PathBuf>,
+}

@@ -1,0 +1,344 @@
+//! The rig a scenario runs against: config text, session factories and
+//! inserts, sandbox + tap + store, the daemon and the baseline process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use callwarden::clock::Clock;
+use callwarden::config::Config;
+use callwarden::domain::session::NewSession;
+use callwarden::domain::{Instant, Room, SessionId, UserId};
+use callwarden::sandbox::{
+    SANDBOX_ACS_ACCESS_KEY, SANDBOX_SDK_APP_ID, SANDBOX_SECRET_ID, SANDBOX_SECRET_KEY, Sandbox,
+    SandboxOptions,
+};
+use callwarden::store::{AuditFilter, Store};
+
+use crate::args::{ProviderKind, System};
+use crate::monitors::{FsyncMonitor, WakeMonitor};
+use crate::tap::Tap;
+
+/// The baseline's fixed throttle: the published quota, 20 calls a second.
+pub(crate) const BASELINE_RATE: u32 = 20;
+
+fn config_text(db: &Path, endpoint: &str, rate: u32, provider: ProviderKind) -> String {
+    if provider == ProviderKind::Acs {
+        // No callback_url: a 202/204 settles the session as enforced directly.
+        return [
+            format!("database: {}", db.display()),
+            "providers:".into(),
+            "  acs:".into(),
+            "    kind: azure-acs".into(),
+            format!("    endpoint: {endpoint}"),
+            format!("    access_key: {SANDBOX_ACS_ACCESS_KEY}"),
+            format!("    max_requests_per_second: {rate}"),
+            "policies:".into(),
+            "  end:".into(),
+            "    provider: acs".into(),
+            "    max_duration: 24h".into(),
+            "    action: terminate_call".into(),
+            "  kick:".into(),
+            "    provider: acs".into(),
+            "    max_duration: 24h".into(),
+            "    action: remove_participant".into(),
+        ]
+        .join("\n")
+            + "\n";
+    }
+    [
+        format!("database: {}", db.display()),
+        "providers:".into(),
+        "  trtc:".into(),
+        "    kind: tencent-trtc".into(),
+        format!("    sdk_app_id: {SANDBOX_SDK_APP_ID}"),
+        "    region: ap-guangzhou".into(),
+        format!("    secret_id: {SANDBOX_SECRET_ID}"),
+        format!("    secret_key: {SANDBOX_SECRET_KEY}"),
+        format!("    endpoint: {endpoint}"),
+        format!("    max_requests_per_second: {rate}"),
+        "policies:".into(),
+        "  end:".into(),
+        "    provider: trtc".into(),
+        "    max_duration: 24h".into(),
+        "    action: dismiss_room".into(),
+        "  kick:".into(),
+        "    provider: trtc".into(),
+        "    max_duration: 24h".into(),
+        "    action: remove_user".into(),
+    ]
+    .join("\n")
+        + "\n"
+}
+
+/// Writes the config next to the database and loads it as the daemon would.
+pub(crate) fn write_config(
+    dir: &Path,
+    db: &Path,
+    endpoint: &str,
+    rate: u32,
+    provider: ProviderKind,
+) -> anyhow::Result<(PathBuf, Arc<Config>)> {
+    let path = dir.join("bench.yaml");
+    std::fs::write(&path, config_text(db, endpoint, rate, provider))?;
+    let config = Config::load(&path).context("the bench config does not load")?;
+    Ok((path, Arc::new(config)))
+}
+
+pub(crate) fn dismiss(room: u32, deadline: Instant, now: Instant) -> NewSession {
+    NewSession {
+        id: SessionId::new(),
+        policy: "end".into(),
+        provider: "trtc".into(),
+        room: Room::Numeric(room),
+        user: None,
+        started_at: now,
+        deadline,
+        grace: std::time::Duration::ZERO,
+        warn_before: Vec::new(),
+        note: None,
+    }
+}
+
+/// Session `i` of a run against `provider`: the room-wide policy (`end`), or
+/// with `kick` the per-user one. TRTC: numeric room `room`, user `user-i`;
+/// ACS: call `bench_call-room`, participant `8:acs:bench_user-i`.
+pub(crate) fn bench_session(
+    provider: ProviderKind,
+    room: u32,
+    i: usize,
+    kick: bool,
+    deadline: Instant,
+    now: Instant,
+) -> anyhow::Result<NewSession> {
+    let mut s = dismiss(room, deadline, now);
+    if provider == ProviderKind::Acs {
+        s.provider = "acs".into();
+        s.room = Room::call(&format!("bench_call-{room}"))?;
+    }
+    if kick {
+        s.policy = "kick".into();
+        s.user = Some(UserId::parse(&match provider {
+            ProviderKind::Trtc => format!("user-{i}"),
+            ProviderKind::Acs => format!("8:acs:bench_user-{i}"),
+        })?);
+    }
+    Ok(s)
+}
+
+/// Inserts in transactions of `batch` sessions; returns the seconds taken.
+pub(crate) async fn insert_all(store: &Store, sessions: &[NewSession], batch: usize) -> anyhow::Result<f64> {
+    let started = StdInstant::now();
+    for chunk in sessions.chunks(batch.max(1)) {
+        store.insert_sessions(chunk, Clock::system().now(), "bench").await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Times `n` one-session commits (two rows, `synchronous=FULL`) into a
+/// scratch database in `dir`: what one fsync'd write transaction costs on
+/// this disk right now. Microseconds, sorted.
+pub(crate) async fn commit_probe(dir: &Path, n: usize) -> anyhow::Result<Vec<i64>> {
+    let store = Store::open(&dir.join("probe.db")).await?;
+    let now = Clock::system().now();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = dismiss(1 + i as u32, now.saturating_add(Duration::from_secs(86_400)), now);
+        let started = StdInstant::now();
+        store.insert_sessions(&[s], now, "probe").await?;
+        out.push(started.elapsed().as_micros() as i64);
+    }
+    store.close().await;
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Polls until no session is active or enforcing (after `not_before`), or `timeout`.
+pub(crate) async fn wait_settled(
+    store: &Store,
+    not_before: Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = StdInstant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let counts = store.state_counts().await?;
+        let pending: i64 =
+            counts.iter().filter(|(s, _)| s == "active" || s == "enforcing").map(|(_, n)| *n).sum();
+        if pending == 0 && Clock::system().now() >= not_before {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("{pending} sessions still pending after {timeout:?}: {counts:?}");
+        }
+    }
+}
+
+/// What a lateness or drain run starts once its sessions are stored: the
+/// disk and CPU monitors, then callwarden and/or the baseline.
+pub(crate) struct Measured {
+    pub(crate) monitor: FsyncMonitor,
+    pub(crate) wakes: WakeMonitor,
+    pub(crate) daemon: Option<tokio::task::JoinHandle<Result<(), callwarden::daemon::DaemonError>>>,
+    pub(crate) baseline: Option<std::process::Child>,
+}
+
+impl Measured {
+    pub(crate) fn start(rig: &Rig, base_rig: Option<&Rig>, system: System) -> anyhow::Result<Measured> {
+        let monitor = FsyncMonitor::start(rig.dir.path())?;
+        let wakes = WakeMonitor::start();
+        let daemon = system.callwarden().then(|| rig.start_daemon());
+        let baseline = match base_rig {
+            Some(b) => Some(b.start_baseline(BASELINE_RATE)?),
+            None => None,
+        };
+        Ok(Measured { monitor, wakes, daemon, baseline })
+    }
+}
+
+/// Sandbox, tap in front of it, fresh database and config: what the daemon runs against.
+pub(crate) struct Rig {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) tap: Tap,
+    pub(crate) store: Store,
+    pub(crate) config: Arc<Config>,
+    shutdown: CancellationToken,
+}
+
+impl Rig {
+    pub(crate) async fn new(rate: u32, provider: ProviderKind) -> anyhow::Result<Rig> {
+        let dir = tempfile::tempdir()?;
+        let shutdown = CancellationToken::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let sandbox = Sandbox::start(listener, SandboxOptions::default(), shutdown.clone()).await?;
+        let tap = Tap::start(sandbox.addr, shutdown.clone()).await?;
+        let db = dir.path().join("callwarden.db");
+        let (_, config) = write_config(dir.path(), &db, &tap.url(), rate, provider)?;
+        let store = Store::open(&config.database).await?;
+        Ok(Rig { dir, sandbox, tap, store, config, shutdown })
+    }
+
+    pub(crate) fn start_daemon(
+        &self,
+    ) -> tokio::task::JoinHandle<Result<(), callwarden::daemon::DaemonError>> {
+        tokio::spawn(callwarden::daemon::serve(
+            Arc::clone(&self.config),
+            self.store.clone(),
+            Clock::system(),
+            self.shutdown.clone(),
+        ))
+    }
+
+    /// Starts `examples/baseline_poller` against this rig's database and tap.
+    fn start_baseline(&self, rate: u32) -> anyhow::Result<std::process::Child> {
+        let bin = sibling_binary("baseline_poller")?;
+        Command::new(&bin)
+            .arg("--database")
+            .arg(&self.config.database)
+            .arg("--endpoint")
+            .arg(self.tap.url())
+            .arg("--rate")
+            .arg(rate.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))
+    }
+
+    /// Stops the rig when no daemon ran on it.
+    pub(crate) async fn stop_store(self) {
+        self.shutdown.cancel();
+        self.store.close().await;
+    }
+
+    pub(crate) async fn stop(
+        self,
+        daemon: tokio::task::JoinHandle<Result<(), callwarden::daemon::DaemonError>>,
+    ) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        daemon.await??;
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+/// SIGTERM, then wait for the baseline to exit (killed after 10 s).
+pub(crate) async fn stop_baseline(mut child: std::process::Child) -> anyhow::Result<()> {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let started = StdInstant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            child.kill()?;
+            child.wait()?;
+            bail!("the baseline did not exit within 10 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the tap has seen a request for every room in `rooms`, and the
+/// clock has passed `not_before`.
+pub(crate) async fn wait_seen(
+    tap: &Tap,
+    rooms: &[&String],
+    not_before: Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = StdInstant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let seen: std::collections::HashSet<String> = tap.seen().into_iter().map(|s| s.room).collect();
+        let missing = rooms.iter().filter(|r| !seen.contains(r.as_str())).count();
+        if missing == 0 && Clock::system().now() >= not_before {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("{missing} of {} rooms still not called after {timeout:?}", rooms.len());
+        }
+    }
+}
+
+/// A binary built next to this one (`target/release/examples/`), or, for the
+/// daemon, one directory up.
+pub(crate) fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the bench binary has no directory")?;
+    let bin = dir.join(name);
+    if !bin.exists() {
+        bail!(
+            "{} not found; build it with cargo build --release --example {name} (bench/report.sh does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The first answer recorded for each session (enforced, already_ended, retry
+/// or failed), keyed by session id.
+pub(crate) async fn first_answers(
+    store: &Store,
+) -> anyhow::Result<HashMap<String, callwarden::domain::audit::AuditRecord>> {
+    let rows = store
+        .audit(&AuditFilter {
+            events: vec!["enforced".into(), "already_ended".into(), "retry".into(), "failed".into()],
+            ..AuditFilter::default()
+        })
+        .await?;
+    let mut first = HashMap::new();
+    for row in rows {
+        if let Some(id) = row.session_id.clone() {
+            first.entry(id).or_insert(row);
+        }
+    }
+    Ok(first)
+}

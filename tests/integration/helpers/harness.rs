@@ -2,7 +2,7 @@
 //! what a test does with it: start the daemon, run the CLI, read and write
 //! rows, wait for outcomes and check the invariants.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,10 +13,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
 use super::configs::{Listener, acs_config_text, config_text, http_config_text};
 use super::daemon::Daemon;
+use super::invariants::{
+    assert_each_settled_once, assert_no_early_acs_request, assert_no_early_audit_row,
+    assert_no_early_trtc_request,
+};
 use super::process::{CliOutput, run_cli};
-use super::rows::{AuditRow, FINAL_EVENTS, FINAL_STATES, SessionRow, SqlSession};
+use super::rows::{self, AuditRow, FINAL_STATES, SessionRow, SqlSession};
 use super::sandbox::{Sandbox, SandboxClock};
-use super::time::{ms_of, text_of};
 use super::wait::wait_for;
 
 /// Where a `session start` aims.
@@ -173,50 +176,29 @@ impl Harness {
     }
 
     pub async fn session(&self, id: &str) -> SessionRow {
-        sqlx::query_as("SELECT * FROM sessions WHERE id = ?")
-            .bind(id)
-            .fetch_optional(self.db().await)
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("no session {id}"))
+        rows::session(self.db().await, id).await
     }
 
     pub async fn sessions(&self) -> Vec<SessionRow> {
-        sqlx::query_as("SELECT * FROM sessions ORDER BY deadline, id")
-            .fetch_all(self.db().await)
-            .await
-            .unwrap()
+        rows::sessions(self.db().await).await
     }
 
     pub async fn audit(&self) -> Vec<AuditRow> {
-        sqlx::query_as("SELECT * FROM audit_log ORDER BY id").fetch_all(self.db().await).await.unwrap()
+        rows::audit(self.db().await).await
     }
 
     pub async fn audit_of(&self, id: &str) -> Vec<AuditRow> {
-        sqlx::query_as("SELECT * FROM audit_log WHERE session_id = ? ORDER BY id")
-            .bind(id)
-            .fetch_all(self.db().await)
-            .await
-            .unwrap()
+        rows::audit_of(self.db().await, id).await
     }
 
     /// A session's stored ACS repeatability pair: `(repeatability_id, first_sent_at)`.
     pub async fn repeatability_of(&self, id: &str) -> (Option<String>, Option<String>) {
-        sqlx::query_as("SELECT repeatability_id, first_sent_at FROM sessions WHERE id = ?")
-            .bind(id)
-            .fetch_optional(self.db().await)
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("no session {id}"))
+        rows::repeatability_of(self.db().await, id).await
     }
 
     /// Session count per state.
     pub async fn state_counts(&self) -> BTreeMap<String, i64> {
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT state, COUNT(*) FROM sessions GROUP BY state")
-            .fetch_all(self.db().await)
-            .await
-            .unwrap();
-        rows.into_iter().collect()
+        rows::state_counts(self.db().await).await
     }
 
     /// Waits until every one of `ids` is in a final state; returns their rows.
@@ -248,26 +230,8 @@ impl Harness {
     }
 
     /// Inserts rows with plain SQL in one transaction; returns their ids.
-    pub async fn insert_sql(&self, rows: &[SqlSession]) -> Result<Vec<String>, sqlx::Error> {
-        let mut tx = self.db().await.begin().await?;
-        let mut ids = Vec::with_capacity(rows.len());
-        for r in rows {
-            let id: String = sqlx::query_scalar(
-                "INSERT INTO sessions (policy, room_id, room_kind, user_id, started_at, deadline) \
-                 VALUES (?, ?, ?, ?, COALESCE(?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), ?) RETURNING id",
-            )
-            .bind(&r.policy)
-            .bind(&r.room_id)
-            .bind(&r.room_kind)
-            .bind(&r.user_id)
-            .bind(&r.started_at)
-            .bind(&r.deadline)
-            .fetch_one(&mut *tx)
-            .await?;
-            ids.push(id);
-        }
-        tx.commit().await?;
-        Ok(ids)
+    pub async fn insert_sql(&self, sessions: &[SqlSession]) -> Result<Vec<String>, sqlx::Error> {
+        rows::insert(self.db().await, sessions).await
     }
 
     /// Registers one dismiss_room session per room, all due at `deadline_ms`.
@@ -281,31 +245,10 @@ impl Harness {
     /// is given) the sandbox saw no request for a room before the deadline of
     /// the sessions enforced in it.
     pub async fn assert_never_early(&self, clock: Option<SandboxClock>) {
-        let audit = self.audit().await;
-        let early: Vec<_> = audit.iter().filter(|a| a.lateness_ms.is_some_and(|l| l < 0)).collect();
-        assert!(early.is_empty(), "calls recorded as early: {early:#?}");
+        assert_no_early_audit_row(&self.audit().await);
         let Some(clock) = clock else { return };
         let requests = self.sandbox.api_requests().await;
-        let mut deadlines: HashMap<(String, bool), i64> = HashMap::new();
-        for s in self.sessions().await {
-            let Some(deadline) = s.deadline.as_deref().map(ms_of) else { continue };
-            let key = (s.room_id.clone(), s.room_kind == "string");
-            let earliest = deadlines.entry(key).or_insert(deadline);
-            *earliest = (*earliest).min(deadline);
-        }
-        for r in &requests {
-            let Some(room) = &r.room else { continue };
-            let key = (room.clone(), r.action.ends_with("ByStrRoomId"));
-            let Some(deadline) = deadlines.get(&key) else { continue };
-            let latest = clock.latest_wall_ms(r);
-            assert!(
-                latest >= *deadline,
-                "the sandbox saw {} for room {room} at the latest {} but its deadline is {}",
-                r.action,
-                text_of(latest),
-                text_of(*deadline)
-            );
-        }
+        assert_no_early_trtc_request(&self.sessions().await, &requests, clock);
     }
 
     /// [`Harness::assert_never_early`] for ACS: no audit row recorded an early
@@ -313,34 +256,13 @@ impl Harness {
     /// earliest deadline of the sessions in it.
     pub async fn assert_acs_never_early(&self, clock: SandboxClock) {
         self.assert_never_early(None).await;
-        let mut deadlines: HashMap<String, i64> = HashMap::new();
-        for s in self.sessions().await {
-            let Some(deadline) = s.deadline.as_deref().map(ms_of) else { continue };
-            if s.room_kind == "call" {
-                let earliest = deadlines.entry(s.room_id.clone()).or_insert(deadline);
-                *earliest = (*earliest).min(deadline);
-            }
-        }
-        for r in self.sandbox.acs_requests().await {
-            let Some(call) = &r.room else { continue };
-            let Some(deadline) = deadlines.get(call) else { continue };
-            let latest = clock.latest_wall_ms(&r);
-            assert!(
-                latest >= *deadline,
-                "the sandbox saw {} for call {call} at the latest {} but its deadline is {}",
-                r.action,
-                text_of(latest),
-                text_of(*deadline)
-            );
-        }
+        let sessions = self.sessions().await;
+        assert_no_early_acs_request(&sessions, &self.sandbox.acs_requests().await, clock);
     }
 
     /// Row counts of `sessions` and `audit_log`.
     pub async fn row_counts(&self) -> (i64, i64) {
-        let db = self.db().await;
-        let sessions = sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(db).await.unwrap();
-        let audit = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log").fetch_one(db).await.unwrap();
-        (sessions, audit)
+        rows::row_counts(self.db().await).await
     }
 
     /// Every one of `ids` settled `enforced` or `already_ended`, with exactly
@@ -348,32 +270,7 @@ impl Harness {
     /// earlier call unrecorded (a `recovered` event) or `allow_already_ended`.
     pub async fn assert_settled_once(&self, ids: &[String], allow_already_ended: bool) {
         let audit = self.audit().await;
-        let mut by_session: HashMap<&str, Vec<&AuditRow>> = HashMap::new();
-        for a in &audit {
-            if let Some(id) = &a.session_id {
-                by_session.entry(id.as_str()).or_default().push(a);
-            }
-        }
-        for row in self.sessions().await.iter().filter(|s| ids.contains(&s.id)) {
-            let events = by_session.get(row.id.as_str()).cloned().unwrap_or_default();
-            let finals: Vec<&str> =
-                events.iter().map(|a| a.event.as_str()).filter(|e| FINAL_EVENTS.contains(e)).collect();
-            assert_eq!(finals.len(), 1, "session {} settled {finals:?}: {row:#?}", row.id);
-            assert_eq!(finals[0], row.state, "{row:#?}");
-            match row.state.as_str() {
-                "enforced" => {}
-                "already_ended" => assert!(
-                    allow_already_ended || events.iter().any(|a| a.event == "recovered"),
-                    "{} ended already without an interrupted earlier call: {:?}",
-                    row.id,
-                    events.iter().map(|a| &a.event).collect::<Vec<_>>()
-                ),
-                _ => panic!("session {} is {}: {row:#?}", row.id, row.state),
-            }
-            // Record, then call: every call (attempt) has its row.
-            let attempt_rows = events.iter().filter(|a| a.event == "attempt").count() as i64;
-            assert!(attempt_rows >= row.attempts, "{}: {attempt_rows} attempt rows, {row:#?}", row.id);
-        }
+        assert_each_settled_once(&audit, &self.sessions().await, ids, allow_already_ended);
     }
 
     /// `PRAGMA integrity_check` is `ok`, nothing is left `enforcing`, and

@@ -13,6 +13,7 @@ mod daemon;
 mod faults;
 mod harness;
 mod http;
+mod invariants;
 mod process;
 mod rows;
 mod sandbox;

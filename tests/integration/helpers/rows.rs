@@ -1,5 +1,10 @@
 //! Database rows as the tests read and write them with plain SQL: sessions,
-//! audit entries, and the states and events that settle them.
+//! audit entries, and the states and events that settle them. The queries
+//! take the pool; tests call them through [`Harness`](super::Harness).
+
+use std::collections::BTreeMap;
+
+use sqlx::SqlitePool;
 
 use super::time::{ms_of, text_of};
 
@@ -74,4 +79,76 @@ impl SqlSession {
             ..SqlSession::default()
         }
     }
+}
+
+pub(super) async fn session(db: &SqlitePool, id: &str) -> SessionRow {
+    sqlx::query_as("SELECT * FROM sessions WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no session {id}"))
+}
+
+pub(super) async fn sessions(db: &SqlitePool) -> Vec<SessionRow> {
+    sqlx::query_as("SELECT * FROM sessions ORDER BY deadline, id").fetch_all(db).await.unwrap()
+}
+
+pub(super) async fn audit(db: &SqlitePool) -> Vec<AuditRow> {
+    sqlx::query_as("SELECT * FROM audit_log ORDER BY id").fetch_all(db).await.unwrap()
+}
+
+pub(super) async fn audit_of(db: &SqlitePool, id: &str) -> Vec<AuditRow> {
+    sqlx::query_as("SELECT * FROM audit_log WHERE session_id = ? ORDER BY id")
+        .bind(id)
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+/// A session's stored ACS repeatability pair: `(repeatability_id, first_sent_at)`.
+pub(super) async fn repeatability_of(db: &SqlitePool, id: &str) -> (Option<String>, Option<String>) {
+    sqlx::query_as("SELECT repeatability_id, first_sent_at FROM sessions WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no session {id}"))
+}
+
+/// Session count per state.
+pub(super) async fn state_counts(db: &SqlitePool) -> BTreeMap<String, i64> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM sessions GROUP BY state").fetch_all(db).await.unwrap();
+    rows.into_iter().collect()
+}
+
+/// Row counts of `sessions` and `audit_log`.
+pub(super) async fn row_counts(db: &SqlitePool) -> (i64, i64) {
+    let sessions = sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(db).await.unwrap();
+    let audit = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log").fetch_one(db).await.unwrap();
+    (sessions, audit)
+}
+
+/// Inserts `rows` with plain SQL in one transaction; returns their ids.
+pub(super) async fn insert(db: &SqlitePool, rows: &[SqlSession]) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: String = sqlx::query_scalar(
+            "INSERT INTO sessions (policy, room_id, room_kind, user_id, started_at, deadline) \
+             VALUES (?, ?, ?, ?, COALESCE(?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), ?) RETURNING id",
+        )
+        .bind(&r.policy)
+        .bind(&r.room_id)
+        .bind(&r.room_kind)
+        .bind(&r.user_id)
+        .bind(&r.started_at)
+        .bind(&r.deadline)
+        .fetch_one(&mut *tx)
+        .await?;
+        ids.push(id);
+    }
+    tx.commit().await?;
+    Ok(ids)
 }

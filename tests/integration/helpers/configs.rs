@@ -15,6 +15,10 @@ pub const TRTC_CALLBACK_KEY: &str = "TestCallbackKey0123";
 /// The ACS callback secret (`?token=`) in [`http_config_text`] configs.
 pub const ACS_WEBHOOK_SECRET: &str = "acs-webhook-secret-0123";
 
+/// A provider endpoint nothing listens on, for configs whose provider is
+/// never called.
+pub const NOWHERE: &str = "http://127.0.0.1:9";
+
 /// What the HTTP listener of a test daemon serves.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Listener {
@@ -52,8 +56,8 @@ impl Retry {
 
 /// A test config, written out by [`ConfigYaml::text`]. It starts as a TRTC
 /// provider named `trtc` on `endpoint` that signs with the sandbox's key,
-/// and the policies `consultation` (dismiss_room, 30m) and `paid-chat`
-/// (remove_user, 20m); the methods add to it.
+/// and the standard policies `consultation` (dismiss_room, 30m) and
+/// `paid-chat` (remove_user, 20m); the methods change it.
 #[derive(Debug, Clone)]
 pub struct ConfigYaml {
     database: String,
@@ -63,6 +67,7 @@ pub struct ConfigYaml {
     acs_access_key: Option<String>,
     /// Both providers' retry policy and request timeout, when not the default.
     retry: Option<Retry>,
+    standard_policies: bool,
     /// Policy entries after the standard ones.
     more_policies: String,
     listener: Option<Listener>,
@@ -76,6 +81,7 @@ impl ConfigYaml {
             trtc_secret_key: SANDBOX_SECRET_KEY.to_string(),
             acs_access_key: None,
             retry: None,
+            standard_policies: true,
             more_policies: String::new(),
             listener: None,
         }
@@ -105,6 +111,12 @@ impl ConfigYaml {
     /// after the standard ones in file order.
     pub fn policies(mut self, entries: &str) -> ConfigYaml {
         self.more_policies.push_str(entries);
+        self
+    }
+
+    /// Leaves the standard policies out: only [`ConfigYaml::policies`] remain.
+    pub fn without_standard_policies(mut self) -> ConfigYaml {
+        self.standard_policies = false;
         self
     }
 
@@ -147,11 +159,13 @@ providers:
             ));
         }
         text.push_str("policies:\n");
-        text.push_str(&policy("consultation", "trtc", "30m", "dismiss_room"));
-        text.push_str(&policy("paid-chat", "trtc", "20m", "remove_user"));
-        if self.acs_access_key.is_some() {
-            text.push_str(&policy("acs-consultation", "acs", "30m", "terminate_call"));
-            text.push_str(&policy("acs-paid-chat", "acs", "20m", "remove_participant"));
+        if self.standard_policies {
+            text.push_str(&policy("consultation", "trtc", "30m", "dismiss_room"));
+            text.push_str(&policy("paid-chat", "trtc", "20m", "remove_user"));
+            if self.acs_access_key.is_some() {
+                text.push_str(&policy("acs-consultation", "acs", "30m", "terminate_call"));
+                text.push_str(&policy("acs-paid-chat", "acs", "20m", "remove_participant"));
+            }
         }
         text.push_str(&self.more_policies);
         if !text.ends_with('\n') {

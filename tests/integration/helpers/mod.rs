@@ -19,6 +19,7 @@ mod rows;
 mod sandbox;
 mod time;
 mod wait;
+mod workdir;
 
 pub use configs::*;
 pub use daemon::*;
@@ -33,3 +34,4 @@ pub use rows::*;
 pub use sandbox::*;
 pub use time::*;
 pub use wait::*;
+pub use workdir::*;

@@ -63,7 +63,7 @@ impl Drop for ChildGuard {
 
 /// The binary with a clean environment: no inherited config path or sandbox
 /// credentials, info logs without colours.
-fn callwarden_command() -> Command {
+pub fn callwarden_command() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_remove("CALLWARDEN_CONFIG")
         .env_remove("CALLWARDEN_SANDBOX_SECRET_ID")

@@ -1,12 +1,13 @@
 //! Integration tests: the real `callwarden` binary (daemon, CLI, sandbox) as
 //! child processes, outcomes read from the SQLite file and the sandbox.
 //!
-//! Each test has its own tempdir, sandbox and daemon, so tests run in
-//! parallel. Set `TEST_LOG=1` to see the children's logs.
+//! Each test has its own tempdir, and its own sandbox and daemon where it
+//! needs them, so tests run in parallel. Set `TEST_LOG=1` to see the children's logs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acs;
+mod audit_cli;
 mod cli;
 mod config;
 mod crash;
@@ -16,6 +17,8 @@ mod helpers;
 mod http;
 mod kill_loop;
 mod policies;
+mod policy_cli;
 mod provider_faults;
 mod sql;
+mod systemd;
 mod webhooks;

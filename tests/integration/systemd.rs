@@ -3,22 +3,14 @@
 //! WATCHDOG=1 pings at half of WATCHDOG_USEC from the scheduler loop, and
 //! STOPPING=1 on SIGTERM.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CONFIG: &str = "\
-database: cw.db
-providers:
-  trtc: { kind: tencent-trtc, sdk_app_id: 1400000001, region: ap-guangzhou, secret_id: AKIDtest, secret_key: test, endpoint: 'http://127.0.0.1:9' }
-policies:
-  consultation: { provider: trtc, max_duration: 30m, action: dismiss_room }
-";
+use crate::helpers::{Workdir, callwarden_command};
 
 /// Reads notify messages until one contains `want`, or panics after `within`.
-fn wait_for(socket: &UnixDatagram, want: &str, within: Duration, seen: &mut Vec<String>) {
+fn wait_for_message(socket: &UnixDatagram, want: &str, within: Duration, seen: &mut Vec<String>) {
     let end = Instant::now() + within;
     let mut buf = [0u8; 4096];
     while Instant::now() < end {
@@ -47,15 +39,13 @@ fn wait_for(socket: &UnixDatagram, want: &str, within: Duration, seen: &mut Vec<
 
 #[test]
 fn the_daemon_speaks_the_notify_protocol_ready_watchdog_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cw.yaml");
-    std::fs::write(&config, CONFIG).unwrap();
+    let dir = Workdir::standard();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
 
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_callwarden"))
+    let mut daemon = callwarden_command()
         .arg("--config")
-        .arg(&config)
+        .arg(&dir.config)
         .arg("run")
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "400000")
@@ -65,20 +55,20 @@ fn the_daemon_speaks_the_notify_protocol_ready_watchdog_stopping() {
         .spawn()
         .unwrap();
     let mut seen = Vec::new();
-    wait_for(&socket, "READY=1", Duration::from_secs(20), &mut seen);
+    wait_for_message(&socket, "READY=1", Duration::from_secs(20), &mut seen);
 
     // Pings every 200 ms: count those in a second, while nothing is due.
     let start = Instant::now();
     let mut pings = 0;
     while start.elapsed() < Duration::from_secs(1) {
-        wait_for(&socket, "WATCHDOG=1", Duration::from_secs(2), &mut seen);
+        wait_for_message(&socket, "WATCHDOG=1", Duration::from_secs(2), &mut seen);
         pings += 1;
     }
     assert!(pings >= 3, "only {pings} watchdog pings in a second with WatchdogSec=0.4s: {seen:?}");
 
     let status = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
     assert!(status.success());
-    wait_for(&socket, "STOPPING=1", Duration::from_secs(10), &mut seen);
+    wait_for_message(&socket, "STOPPING=1", Duration::from_secs(10), &mut seen);
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(code) = daemon.try_wait().unwrap() {

@@ -3,66 +3,51 @@
 //! that was edited, deleted or inserted with plain SQL; `backup` copies the
 //! live database.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
-use std::process::{Command, Output};
 
+use callwarden::sandbox::SANDBOX_SECRET_KEY;
 use sqlx::Connection;
 
-const CONFIG: &str = "\
-database: cw.db
-providers:
-  trtc: { kind: tencent-trtc, sdk_app_id: 1400000001, region: ap-guangzhou, secret_id: AKIDtest, secret_key: test, endpoint: 'http://127.0.0.1:9' }
-policies:
-  consultation: { provider: trtc, max_duration: 30m, action: dismiss_room }
-";
-
-fn callwarden(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_callwarden"))
-        .arg("--config")
-        .arg(dir.join("cw.yaml"))
-        .args(args)
-        .env_remove("CALLWARDEN_CONFIG")
-        .output()
-        .unwrap()
-}
+use crate::helpers::{NOWHERE, Workdir, config_text};
 
 /// A database with a few sessions, registered, extended and ended: a dozen
 /// chained audit rows.
-fn honest_log() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cw.yaml"), CONFIG).unwrap();
+async fn honest_log() -> Workdir {
+    let dir = Workdir::standard();
     for room in ["1", "2", "3", "4"] {
-        let out = callwarden(dir.path(), &["session", "start", "--policy", "consultation", "--room", room]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        assert!(callwarden(dir.path(), &["session", "extend", &id, "--by", "1m"]).status.success());
-        assert!(callwarden(dir.path(), &["session", "end", &id]).status.success());
+        let out = dir.cli(&["session", "start", "--policy", "consultation", "--room", room]).await;
+        assert!(out.ok(), "{}", out.stderr);
+        let id = out.stdout.trim().to_string();
+        assert!(dir.cli(&["session", "extend", &id, "--by", "1m"]).await.ok());
+        assert!(dir.cli(&["session", "end", &id]).await.ok());
     }
     dir
 }
 
-fn verify(dir: &Path) -> (bool, String) {
-    let out = callwarden(dir, &["audit", "verify"]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+async fn verify(dir: &Workdir) -> (bool, String) {
+    let out = dir.cli(&["audit", "verify"]).await;
+    let text = format!("{}{}", out.stdout, out.stderr);
+    (out.ok(), text)
+}
+
+async fn connect(db: &Path) -> sqlx::SqliteConnection {
+    let url = format!("sqlite://{}", db.display());
+    sqlx::SqliteConnection::connect(&url).await.unwrap()
 }
 
 /// Runs SQL as a tamperer would: the append-only triggers dropped first.
-async fn tamper(dir: &Path, sql: &str) {
-    let url = format!("sqlite://{}", dir.join("cw.db").display());
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+async fn tamper(dir: &Workdir, sql: &str) {
+    let mut conn = connect(&dir.db_path).await;
     sqlx::query("DROP TRIGGER IF EXISTS audit_log_is_append_only_update").execute(&mut conn).await.unwrap();
     sqlx::query("DROP TRIGGER IF EXISTS audit_log_is_append_only_delete").execute(&mut conn).await.unwrap();
     sqlx::query(sql).execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
 }
 
-#[test]
-fn an_honest_log_verifies() {
-    let dir = honest_log();
-    let (ok, text) = verify(dir.path());
+#[tokio::test]
+async fn an_honest_log_verifies() {
+    let dir = honest_log().await;
+    let (ok, text) = verify(&dir).await;
     assert!(ok, "{text}");
     assert!(text.contains("audit log intact: 12 rows chained"), "{text}");
     assert!(text.contains("head: row 12 hash "), "{text}");
@@ -70,91 +55,96 @@ fn an_honest_log_verifies() {
 
 #[tokio::test]
 async fn an_edited_row_is_found() {
-    let dir = honest_log();
-    tamper(dir.path(), "UPDATE audit_log SET detail = 'nothing to see' WHERE id = 5").await;
-    let (ok, text) = verify(dir.path());
+    let dir = honest_log().await;
+    tamper(&dir, "UPDATE audit_log SET detail = 'nothing to see' WHERE id = 5").await;
+    let (ok, text) = verify(&dir).await;
     assert!(!ok, "{text}");
     assert!(text.contains("broken at row 5") && text.contains("edited"), "{text}");
 }
 
 #[tokio::test]
 async fn a_deleted_row_is_found() {
-    let dir = honest_log();
-    tamper(dir.path(), "DELETE FROM audit_log WHERE id = 7").await;
-    let (ok, text) = verify(dir.path());
+    let dir = honest_log().await;
+    tamper(&dir, "DELETE FROM audit_log WHERE id = 7").await;
+    let (ok, text) = verify(&dir).await;
     assert!(!ok, "{text}");
     assert!(text.contains("broken at row 8") && text.contains("rows 7 to 7 are missing"), "{text}");
 }
 
 #[tokio::test]
 async fn an_inserted_row_is_found() {
-    let dir = honest_log();
+    let dir = honest_log().await;
     // An inserted row, even one that copies a neighbour's hash, breaks the chain.
     tamper(
-        dir.path(),
+        &dir,
         "INSERT INTO audit_log (id, at, event, prev_hash, hash) \
          SELECT 100, at, 'enforced', prev_hash, hash FROM audit_log WHERE id = 12",
     )
     .await;
-    let (ok, text) = verify(dir.path());
+    let (ok, text) = verify(&dir).await;
     assert!(!ok, "{text}");
     assert!(text.contains("broken at row 100"), "{text}");
 }
 
 #[tokio::test]
 async fn a_rewritten_chain_from_a_row_on_is_still_caught_at_that_row() {
-    let dir = honest_log();
+    let dir = honest_log().await;
     // Editing a row and recomputing its hash (without the next row's link)
     // moves the break to the next row.
-    tamper(dir.path(), "UPDATE audit_log SET detail = 'x', hash = 'forged' WHERE id = 3").await;
-    let (ok, text) = verify(dir.path());
+    tamper(&dir, "UPDATE audit_log SET detail = 'x', hash = 'forged' WHERE id = 3").await;
+    let (ok, text) = verify(&dir).await;
     assert!(!ok, "{text}");
     assert!(text.contains("broken at row 3"), "{text}");
 }
 
 #[tokio::test]
 async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
-    let dir = honest_log();
+    let dir = honest_log().await;
     let copy = dir.path().join("copy.db");
-    let out = callwarden(dir.path(), &["backup", copy.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let url = format!("sqlite://{}", copy.display());
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let out = dir.cli(&["backup", copy.to_str().unwrap()]).await;
+    assert!(out.ok(), "{}", out.stderr);
+    let mut conn = connect(&copy).await;
     let sessions: i64 =
         sqlx::query_scalar("SELECT count(*) FROM sessions").fetch_one(&mut conn).await.unwrap();
     let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&mut conn).await.unwrap();
     assert_eq!((sessions, audit), (4, 12));
-    let again = callwarden(dir.path(), &["backup", copy.to_str().unwrap()]);
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    let again = dir.cli(&["backup", copy.to_str().unwrap()]).await;
+    assert!(!again.ok());
+    assert!(again.stderr.contains("exists"));
 }
 
-#[test]
-fn audit_filters_csv_and_summary_answer_operators_questions() {
-    let dir = honest_log();
-    let text = |args: &[&str]| {
-        let out = callwarden(dir.path(), args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
+#[tokio::test]
+async fn audit_filters_csv_and_summary_answer_operators_questions() {
+    let dir = honest_log().await;
+    let text = async |args: &[&str]| {
+        let out = dir.cli(args).await;
+        assert!(out.ok(), "{args:?}: {}", out.stderr);
+        out.stdout
     };
-    let csv = text(&["audit", "--event", "cancelled", "--format", "csv"]);
+    let csv = text(&["audit", "--event", "cancelled", "--format", "csv"]).await;
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 5, "a header and four rows: {csv}");
     assert!(lines[0].starts_with("id,at,session_id,event,"), "{csv}");
     assert!(lines[1..].iter().all(|l| l.contains(",cancelled,")), "{csv}");
 
-    let room = text(&["audit", "--room", "2", "--format", "json"]);
+    let room = text(&["audit", "--room", "2", "--format", "json"]).await;
     assert_eq!(room.lines().count(), 3, "registered, extended, cancelled: {room}");
-    assert_eq!(text(&["audit", "--room", "2", "--event", "extended", "--format", "json"]).lines().count(), 1);
-    assert_eq!(text(&["audit", "--outcome", "success", "--format", "json"]).lines().count(), 0);
-    assert_eq!(text(&["audit", "--until", "2000-01-01T00:00:00Z", "--format", "json"]).lines().count(), 0);
+    assert_eq!(
+        text(&["audit", "--room", "2", "--event", "extended", "--format", "json"]).await.lines().count(),
+        1
+    );
+    assert_eq!(text(&["audit", "--outcome", "success", "--format", "json"]).await.lines().count(), 0);
+    assert_eq!(
+        text(&["audit", "--until", "2000-01-01T00:00:00Z", "--format", "json"]).await.lines().count(),
+        0
+    );
 
     let summary: serde_json::Value =
-        serde_json::from_str(&text(&["audit", "summary", "--format", "json"])).unwrap();
+        serde_json::from_str(&text(&["audit", "summary", "--format", "json"]).await).unwrap();
     assert_eq!(summary["events"]["registered"], 4, "{summary}");
     assert_eq!(summary["events"]["extended"], 4, "{summary}");
     assert_eq!(summary["events"]["cancelled"], 4, "{summary}");
-    let table = text(&["audit", "summary", "--since", "1h"]);
+    let table = text(&["audit", "summary", "--since", "1h"]).await;
     assert!(table.contains("registered") && table.contains("first-call lateness"), "{table}");
 }
 
@@ -172,9 +162,9 @@ async fn retention_prunes_behind_a_signed_checkpoint_and_verification_still_hold
     use callwarden::domain::{Instant, Room, SessionId};
     use callwarden::store::Store;
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cw.yaml"), format!("{CONFIG}{RETENTION}")).unwrap();
-    let config = callwarden::config::Config::load(&dir.path().join("cw.yaml")).unwrap();
+    let dir =
+        Workdir::with_config(|db| format!("{}{RETENTION}", config_text(db, NOWHERE, SANDBOX_SECRET_KEY)));
+    let config = callwarden::config::Config::load(&dir.config).unwrap();
     let store = Store::open(&config.database).await.unwrap();
     // Two months ago: sessions registered and ended. Yesterday: more.
     let session = |room: u32, at: Instant| NewSession {
@@ -204,24 +194,22 @@ async fn retention_prunes_behind_a_signed_checkpoint_and_verification_still_hold
     assert_eq!((cp.last_id, cp.rows_pruned), (4, 4), "two registered and two cancelled rows pruned");
     store.close().await;
 
-    let (ok, text) = verify(dir.path());
+    let (ok, text) = verify(&dir).await;
     assert!(ok, "{text}");
     assert!(text.contains("signed and valid") && text.contains("audit log intact: 3 rows chained"), "{text}");
 
     // A forged checkpoint (pruning more history than was really pruned) is caught.
-    let url = format!("sqlite://{}", dir.path().join("cw.db").display());
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let mut conn = connect(&dir.db_path).await;
     sqlx::query("UPDATE audit_checkpoints SET rows_pruned = 3").execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
-    let (ok, text) = verify(dir.path());
+    let (ok, text) = verify(&dir).await;
     assert!(!ok && text.contains("signature"), "{text}");
 }
 
 #[tokio::test]
 async fn audit_rows_cannot_be_deleted_outside_a_checkpoint() {
-    let dir = honest_log();
-    let url = format!("sqlite://{}", dir.path().join("cw.db").display());
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let dir = honest_log().await;
+    let mut conn = connect(&dir.db_path).await;
     let refused = sqlx::query("DELETE FROM audit_log WHERE id = 1").execute(&mut conn).await;
     assert!(refused.is_err_and(|e| e.to_string().contains("append-only")));
     let refused = sqlx::query("UPDATE audit_log SET detail = 'x' WHERE id = 1").execute(&mut conn).await;

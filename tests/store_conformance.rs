@@ -56,5 +56,6 @@ mod store_conformance {
     pub mod backend;
     pub mod support;
 
+    mod queue;
     mod sessions;
 }

@@ -56,6 +56,7 @@ mod store_conformance {
     pub mod backend;
     pub mod support;
 
+    mod audit;
     mod presence;
     mod queue;
     mod sessions;

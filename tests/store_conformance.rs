@@ -57,6 +57,8 @@ mod store_conformance {
     pub mod support;
 
     mod audit;
+    mod budgets;
+    mod outbox;
     mod presence;
     mod queue;
     mod sessions;

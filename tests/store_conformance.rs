@@ -58,8 +58,10 @@ mod store_conformance {
 
     mod audit;
     mod budgets;
+    mod handle;
     mod outbox;
     mod presence;
     mod queue;
+    mod registrar;
     mod sessions;
 }

@@ -1,7 +1,9 @@
 //! The group-commit registrar: concurrent registrations share commits and
 //! all land, each with its audit row; an idempotency key answers a retry
 //! with the session it made; a failed batch fails its callers, not the
-//! registrar.
+//! registrar. `Store::insert_batch` is exercised here, through the
+//! registrar: its `Pending` rows carry a reply channel only the registrar
+//! can make.
 
 use callwarden::domain::Room;
 use callwarden::domain::session::{NewSession, SessionRecord};

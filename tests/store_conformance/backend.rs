@@ -1,0 +1,105 @@
+//! The backends the suite runs against, and the little each must supply
+//! besides the `Store` interface: a fresh empty database, a second handle on
+//! it, a backup's copy reopened, and a row inserted with plain SQL.
+
+use std::path::{Path, PathBuf};
+
+use callwarden::domain::{Instant, SessionId};
+use callwarden::store::Store;
+
+/// Which backend a test instance runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+}
+
+/// A fresh, empty, migrated database for one test, and its handle.
+#[derive(Debug)]
+pub struct Db {
+    pub store: Store,
+    pub backend: Backend,
+    /// Where the data lives (the SQLite file).
+    pub location: PathBuf,
+    /// Scratch space for the test (backup targets); removed at the end.
+    dir: tempfile::TempDir,
+}
+
+/// A session row as an app writes it with plain SQL: the provider and the
+/// deadline may be left out, for the daemon to fill in when it adopts it.
+#[derive(Debug, Clone)]
+pub struct PlainRow {
+    pub id: SessionId,
+    pub policy: &'static str,
+    pub provider: Option<&'static str>,
+    pub room_id: &'static str,
+    pub room_kind: &'static str,
+    pub user_id: Option<&'static str>,
+    pub started_at: Instant,
+    pub deadline: Option<Instant>,
+    pub created_at: Instant,
+}
+
+impl Db {
+    pub async fn open(backend: Backend) -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => {
+                let location = dir.path().join("cw.db");
+                let store = Store::open(&location).await.unwrap();
+                Db { store, backend, location, dir }
+            }
+        }
+    }
+
+    /// A path in the test's scratch directory (nothing is created there).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A second, independent handle on the same database, as another
+    /// process (the CLI) would open it.
+    pub async fn another_handle(&self) -> Store {
+        match self.backend {
+            Backend::Sqlite => Store::open(&self.location).await.unwrap(),
+        }
+    }
+
+    /// Opens the copy `Store::backup` wrote at `path`.
+    pub async fn open_backup(&self, path: &Path) -> Store {
+        match self.backend {
+            Backend::Sqlite => Store::open(path).await.unwrap(),
+        }
+    }
+
+    /// Inserts a session row the way an app does, with plain SQL and
+    /// without the store; returns its id as text.
+    pub async fn insert_plain_row(&self, row: &PlainRow) -> String {
+        match self.backend {
+            Backend::Sqlite => sqlite_insert_plain_row(&self.location, row).await,
+        }
+    }
+}
+
+async fn sqlite_insert_plain_row(path: &Path, row: &PlainRow) -> String {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    sqlx::query(
+        "INSERT INTO sessions (id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
+         created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(row.id.to_string())
+    .bind(row.policy)
+    .bind(row.provider)
+    .bind(row.room_id)
+    .bind(row.room_kind)
+    .bind(row.user_id)
+    .bind(row.started_at.to_string())
+    .bind(row.deadline.map(|d| d.to_string()))
+    .bind(row.created_at.to_string())
+    .bind(row.created_at.to_string())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    row.id.to_string()
+}

@@ -230,7 +230,7 @@ operations! {
         now: Instant,
     ) -> Result<Instant, StoreError>;
     fn session(&self, id: SessionId) -> Result<SessionRecord, StoreError>;
-    /// Sessions newest first, optionally of one state.
+    /// Sessions in deadline order (then creation), optionally of one state.
     fn list_sessions(&self, state: Option<SessionState>, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
     fn state_counts(&self) -> Result<StateCounts, StoreError>;
     /// Deletes settled sessions that ended before `before`.

@@ -118,9 +118,6 @@ conformance! {
         assert!(db.store.unadopted(10).await.unwrap().is_empty());
     }
 
-    #[ignore = "bug: reject (and adopt_batch's rejected list) write a `rejected` audit row even when the \
-                row was already settled and its conditional UPDATE changed nothing (queue.rs fail_row's \
-                result is not checked), so the log says a cancelled session was rejected"]
     async fn rejecting_a_settled_session_changes_nothing(db) {
         let s = register(&db.store, vec![session(1, at(30))], at(0)).await.remove(0);
         db.store.end_session(s.id, at(1), "the app ended it").await.unwrap();

@@ -71,7 +71,9 @@ impl SqliteStore {
             audit.push((entry, now));
         }
         for (id, reason) in rejected {
-            audit.push((fail_row(&mut tx, id, reason, now).await?, now));
+            if let Some(entry) = fail_row(&mut tx, id, reason, now).await? {
+                audit.push((entry, now));
+            }
         }
         insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
@@ -87,8 +89,9 @@ impl SqliteStore {
         now: Instant,
     ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
-        let entry = fail_row(&mut tx, id, reason, now).await?;
-        insert_audit(&mut tx, &entry, now).await?;
+        if let Some(entry) = fail_row(&mut tx, id, reason, now).await? {
+            insert_audit(&mut tx, &entry, now).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -272,14 +275,16 @@ impl SqliteStore {
 }
 
 /// Marks a row that cannot be scheduled `failed` with the reason; returns
-/// the `rejected` audit row for the caller to write.
+/// the `rejected` audit row for the caller to write, or none when the row
+/// had settled meanwhile (an app cancelled it between reading and
+/// rejecting) and so was left alone.
 pub(super) async fn fail_row(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     id: &str,
     reason: &str,
     now: Instant,
-) -> Result<AuditEntry, sqlx::Error> {
-    sqlx::query(
+) -> Result<Option<AuditEntry>, sqlx::Error> {
+    let done = sqlx::query(
         "UPDATE sessions SET state = 'failed', detail = ?, updated_at = ? WHERE id = ? AND state IN ('active', 'enforcing')",
     )
     .bind(reason)
@@ -287,10 +292,10 @@ pub(super) async fn fail_row(
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    Ok(AuditEntry {
+    Ok((done.rows_affected() > 0).then(|| AuditEntry {
         session_id: id.parse().ok(),
         event: "rejected",
         detail: Some(format!("session {id}: {reason}")),
         ..AuditEntry::default()
-    })
+    }))
 }

@@ -1,4 +1,5 @@
-//! The six scenarios, one file each; every one returns a run's `Figures`.
+//! The six scenarios, one file each; each entry point returns its figures
+//! (one run's, or for api_load every run's).
 
 pub(crate) mod api_load;
 pub(crate) mod drain;

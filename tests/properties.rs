@@ -2,7 +2,8 @@
 //! scheduler's one promise (issue #7, "Proof under fire"):
 //!
 //! - `config`: any text, and any mutation of a valid file, is either a
-//!   config or an error naming the file and a line, and never echoes a secret;
+//!   config or an error naming a file of the configuration and a line in
+//!   it, and never echoes a secret;
 //! - `webhooks`: the TRTC and ACS gates never panic, refuse every body whose
 //!   credential is wrong, and give back exactly what a valid signed body says;
 //! - `duration`: the duration parser never panics, reads back what humantime

@@ -1,7 +1,8 @@
 //! The config loader (`Config::parse`, which `Config::load` calls with the
 //! file's text): whatever the text, the answer is a config or an error that
-//! names the file and a line, and no secret written in the file shows up in
-//! an error or a warning.
+//! names a file of the configuration (the main file or one of its policy
+//! files) and a line in it, and no secret written in the file shows up in an
+//! error or a warning.
 
 use std::path::{Path, PathBuf};
 
@@ -41,16 +42,53 @@ fn yaml_lines(text: &str) -> usize {
         .count()
 }
 
-/// Every rejection names the file and a line that exists (or the line just
-/// past the end, where a truncated document fails), and says so up front.
+/// The files of the configuration that `text`, read as if from `path`,
+/// describes: the main file, then every file its `policy_files` patterns
+/// match, resolved against the main file's folder as the loader resolves
+/// them. An error may name any of these, and no other.
+fn configuration_files(path: &Path, text: &str) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return files;
+    };
+    let Some(patterns) = doc.get("policy_files").and_then(serde_yaml::Value::as_sequence) else {
+        return files;
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    for pattern in patterns.iter().filter_map(serde_yaml::Value::as_str) {
+        let full = base.join(pattern.trim());
+        if let Ok(matches) = glob::glob(&full.to_string_lossy()) {
+            files.extend(matches.filter_map(Result::ok).filter(|p| p.is_file()));
+        }
+    }
+    files
+}
+
+/// Every rejection names a file of the configuration (the main file, whose
+/// text is `text`, or one of the policy files it names) and a line that
+/// exists in that file (or the line just past the end, where a truncated
+/// document fails), and says so up front.
 fn assert_locates(path: &Path, text: &str, e: &ConfigError) -> Result<(), TestCaseError> {
-    prop_assert_eq!(&e.file, path, "error names another file: {}", e);
-    let lines = yaml_lines(text);
+    let files = configuration_files(path, text);
+    prop_assert!(files.contains(&e.file), "error names a file outside the configuration {:?}: {}", files, e);
+    let named = if e.file == path {
+        text.to_string()
+    } else {
+        std::fs::read_to_string(&e.file).map_err(|r| TestCaseError::fail(format!("{e}: {r}")))?
+    };
+    let lines = yaml_lines(&named);
     let Some(line) = e.line else {
         return Err(TestCaseError::fail(format!("no line in {e:?} for:\n{text}")));
     };
-    prop_assert!((1..=lines + 1).contains(&line), "line {} is outside the {}-line file: {}", line, lines, e);
-    let prefix = format!("{}:{line}: ", path.display());
+    prop_assert!(
+        (1..=lines + 1).contains(&line),
+        "line {} is outside the {}-line file {}: {}",
+        line,
+        lines,
+        e.file.display(),
+        e
+    );
+    let prefix = format!("{}:{line}: ", e.file.display());
     prop_assert!(e.to_string().starts_with(&prefix), "{:?} does not start with {:?}", e.to_string(), prefix);
     prop_assert!(!e.reason.trim().is_empty(), "an error without a reason: {:?}", e);
     Ok(())
@@ -543,4 +581,48 @@ fn the_shipped_bases_load_unmutated() {
             panic!("{} is refused: {e}", path.display());
         }
     }
+}
+
+fn fixture(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config").join(relative)
+}
+
+/// The case that once failed a fresh clone: renaming the provider `trtc` of
+/// `policy_files.yaml` makes the loader refuse the policy file that still
+/// names it, and the error rightly names that file, not the main one.
+#[test]
+fn a_provider_renamed_under_a_policy_file_is_located_in_the_policy_file() {
+    let path = fixture("valid/policy_files.yaml");
+    let base = std::fs::read_to_string(&path).unwrap();
+    let text = base.replacen("  trtc:\n", "  colour:\n", 1);
+    assert_ne!(text, base);
+    let e = Config::parse(&path, &text).unwrap_err();
+    assert!(e.file.ends_with("policies.d/good/10-consult.yaml"), "{e}");
+    assert_locates(&path, &text, &e).unwrap();
+}
+
+/// The oracle stays strict: it takes the main file and the policy files the
+/// configuration names, each with a line in it, and nothing else.
+#[test]
+fn the_locating_oracle_refuses_other_files_and_missing_lines() {
+    let path = fixture("valid/policy_files.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let policy = fixture("valid/../policies.d/good/10-consult.yaml");
+    let at = |file: &Path, line: Option<usize>| ConfigError {
+        file: file.to_path_buf(),
+        line,
+        reason: "refused".into(),
+    };
+    assert_locates(&path, &text, &at(&path, Some(1))).unwrap();
+    assert_locates(&path, &text, &at(&policy, Some(3))).unwrap();
+    let outside = fixture("valid/minimal.yaml");
+    assert!(
+        assert_locates(&path, &text, &at(&outside, Some(1))).is_err(),
+        "a file outside the configuration"
+    );
+    let unnamed = text.lines().filter(|l| !l.starts_with("policy_files:")).collect::<Vec<_>>().join("\n");
+    assert!(assert_locates(&path, &unnamed, &at(&policy, Some(3))).is_err(), "a policy file no longer named");
+    assert!(assert_locates(&path, &text, &at(&policy, None)).is_err(), "no line");
+    assert!(assert_locates(&path, &text, &at(&policy, Some(1000))).is_err(), "a line past the end");
+    assert!(assert_locates(&path, &text, &at(&path, None)).is_err(), "no line in the main file");
 }

@@ -14,7 +14,8 @@
 //!   which the next start re-queues (TRTC answers a repeat with `RoomNotExist`);
 //! - every call, first tries and retries alike, passes its provider action's
 //!   [`Pacer`](pacer::Pacer) right before it is sent, so no sliding second ever carries more
-//!   than `max_requests_per_second` calls for one action;
+//!   than `max_requests_per_second` calls for one action; waiting calls go
+//!   out earliest deadline first;
 //! - calls run concurrently: a slow provider costs latency, not throughput.
 //!
 //! The pacing itself is [`pacer`]'s.
@@ -288,7 +289,7 @@ impl EnforcerState {
             }
             let queued = std::time::Instant::now();
             tokio::select! {
-                () = pacer.admit() => crate::metrics::rate_limit_wait(&job.provider, api_action, queued.elapsed()),
+                () = pacer.admit(latest_deadline) => crate::metrics::rate_limit_wait(&job.provider, api_action, queued.elapsed()),
                 () = self.shutdown.cancelled() => {
                     self.release(&ids, true, "stopped while waiting for the rate limit; the attempt was not sent").await;
                     return;

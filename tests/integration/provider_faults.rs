@@ -8,10 +8,12 @@
 //!
 //! Order: enforcement guarantees deadline order for *first* tries: sessions
 //! are claimed in deadline order, and each waits for its deadline and then
-//! queues at its action's pacer, a fair (FIFO) mutex. A retry queues again
-//! after its backoff, behind whatever arrived meanwhile, so after a fault
-//! the successes are not in deadline order. The tests assert exactly that:
-//! first tries reach the provider in deadline order.
+//! queues at its action's pacer, which lets the earliest deadline waiting go
+//! next (calls due milliseconds apart may reach it in either order on a busy
+//! machine). A retry queues again only after its backoff, when later calls
+//! may already have gone, so after a fault the successes are not in deadline
+//! order. The tests assert exactly that: first tries reach the provider in
+//! deadline order.
 //!
 //! The CI outage lasts 10 s; the ignored heavy variant lasts 60 s, as the
 //! issue asks (`cargo test --test integration -- --ignored`).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 
 use super::context::Ctx;
-use super::raw::{ProviderKind, RawConfig, RawPolicyFile};
+use super::raw::{RawConfig, RawPolicyFile};
 use super::secrets::expand_env;
 use super::yaml::{locate, syntax_error};
 use super::{Config, ConfigError, Match, Notifications, Policy, ProviderConfig, ProviderSettings, Retention};
@@ -30,9 +30,7 @@ pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigEr
 
     let mut providers = IndexMap::new();
     for (name, raw) in raw.providers {
-        let provider = match raw.kind {
-            ProviderKind::Trtc | ProviderKind::Acs => ctx.provider(&name, raw, &mut warnings)?,
-        };
+        let provider = ctx.provider(&name, raw, &mut warnings)?;
         providers.insert(name, provider);
     }
     if providers.is_empty() {

@@ -1,8 +1,6 @@
 //! Provider sections: the settings every kind shares, each kind's own,
 //! and the secrets they are given.
 
-use std::path::Path;
-
 use base64::Engine as _;
 
 use super::context::Ctx;
@@ -132,10 +130,7 @@ impl Ctx<'_> {
             (Some(_), Some(_)) => Err(err(key, format!("give {key} or {file_key}, not both"))),
             (None, None) => Err(err(anchor, format!("{key} or {file_key} is required ({what})"))),
             (Some(value), None) => resolve_secret(&value.0).map_err(|r| err(key, r)),
-            (None, Some(path)) => {
-                let base = self.path.parent().unwrap_or(Path::new("."));
-                read_secret_file(base, path).map_err(|r| err(file_key, r))
-            }
+            (None, Some(path)) => read_secret_file(self.folder(), path).map_err(|r| err(file_key, r)),
         }
     }
 

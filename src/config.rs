@@ -15,7 +15,7 @@ use crate::budget::Budget;
 use crate::domain::secret::Secret;
 use crate::domain::{Action, RetryPolicy, RoomKind};
 
-mod context;
+mod file_ctx;
 pub mod live;
 mod load;
 mod policy;

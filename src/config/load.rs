@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
-use super::context::Ctx;
+use super::file_ctx::FileCtx;
 use super::raw::{RawConfig, RawNotifications, RawProvider, RawRetention, RawSecret, RawWebhooks};
 use super::secrets::expand_env;
 use super::yaml::syntax_error;
@@ -23,7 +23,7 @@ use policies::{DefinedAt, Policies};
 /// The steps run in file order, so the first problem is the one reported;
 /// each step may refuse the file or add a warning.
 pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let ctx = Ctx { path, text };
+    let ctx = FileCtx { path, text };
     let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
     let mut warnings = Vec::new();
 
@@ -64,7 +64,7 @@ pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigEr
     })
 }
 
-impl Ctx<'_> {
+impl FileCtx<'_> {
     /// `database`: a file, relative to the config file's folder.
     fn database(&self, raw: &str) -> Result<PathBuf, ConfigError> {
         let database = expand_env(raw).map_err(|var| {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
-use super::context::Ctx;
+use super::file_ctx::FileCtx;
 use super::raw::RawPolicy;
 use super::{
     ConfigError, MAX_GRACE, MAX_SESSION_DURATION, Match, Policy, ProviderConfig, ProviderSettings, Scope,
@@ -25,9 +25,9 @@ pub fn session_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-impl Ctx<'_> {
+impl FileCtx<'_> {
     /// One policy, checked against the providers; errors point into this
-    /// context's file.
+    /// file.
     pub(super) fn policy(
         &self,
         name: &str,

@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 
-use super::context::Ctx;
+use super::file_ctx::FileCtx;
 use super::raw::{ProviderKind, RawProvider, RawSecret};
 use super::secrets::{expand_env, read_secret_file, resolve_secret};
 use super::{
@@ -14,7 +14,7 @@ use super::{
 use crate::domain::secret::Secret;
 use crate::domain::{RetryPolicy, parse_duration};
 
-impl Ctx<'_> {
+impl FileCtx<'_> {
     /// A provider section: the settings every kind shares, then its kind's own.
     pub(super) fn provider(
         &self,

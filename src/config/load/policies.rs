@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
-use crate::config::context::Ctx;
+use crate::config::file_ctx::FileCtx;
 use crate::config::raw::{RawPolicy, RawPolicyFile};
 use crate::config::yaml::{locate, syntax_error};
 use crate::config::{ConfigError, Match, Policy, ProviderConfig};
@@ -25,7 +25,7 @@ pub(super) struct Policies {
     pub(super) policy_globs: Vec<String>,
 }
 
-impl Ctx<'_> {
+impl FileCtx<'_> {
     /// `policies`, then the files `policy_files` names, then the check that
     /// every `match` can take an event.
     pub(super) fn policies(
@@ -97,7 +97,7 @@ fn load_policy_file(
         line: None,
         reason: format!("cannot read the policy file: {e}"),
     })?;
-    let ctx = Ctx { path: file, text: &text };
+    let ctx = FileCtx { path: file, text: &text };
     let raw: RawPolicyFile = serde_yaml::from_str(&text).map_err(|e| syntax_error(file, &text, &e))?;
     for (name, raw) in raw.policies {
         let line = locate(&text, &["policies", &name]);

@@ -1,0 +1,331 @@
+//! Loading a config file: the main file's sections in order, then the
+//! policy files it names, and the checks that span sections.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use super::file_ctx::FileCtx;
+use super::raw::{RawConfig, RawNotifications, RawProvider, RawRetention, RawSecret, RawWebhooks};
+use super::secrets::expand_env;
+use super::yaml::syntax_error;
+use super::{Config, ConfigError, Notifications, Policy, ProviderConfig, ProviderSettings, Retention};
+use crate::domain::parse_duration;
+use crate::domain::secret::Secret;
+
+mod policies;
+
+use policies::{DefinedAt, Policies};
+
+/// Parses and validates `text`; errors and warnings may still quote secrets.
+/// The steps run in file order, so the first problem is the one reported;
+/// each step may refuse the file or add a warning.
+pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let ctx = FileCtx { path, text };
+    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
+    let mut warnings = Vec::new();
+
+    let database = ctx.database(&raw.database)?;
+    let providers = ctx.providers(raw.providers, &mut warnings)?;
+    let Policies { policies, defined_at, sources, policy_globs } = ctx.policies(
+        raw.policies,
+        raw.policy_files.as_deref().unwrap_or_default(),
+        &providers,
+        &mut warnings,
+    )?;
+    let listen = ctx.listen(raw.listen.as_deref())?;
+    let api_token =
+        ctx.api_token(raw.api_token.as_ref(), raw.api_token_file.as_ref(), listen, &mut warnings)?;
+    let (acs_webhook_secret, trtc_callback_key) =
+        ctx.webhook_secrets(&raw.webhooks, listen, &mut warnings)?;
+    let retention = ctx.retention(raw.retention.as_ref(), &mut warnings)?;
+    ctx.acs_callbacks(&providers, acs_webhook_secret.is_some(), listen, &mut warnings)?;
+    let notifications = ctx.notifications(raw.notifications.as_ref())?;
+    warnings_need_notifications(notifications.as_ref(), &policies, &defined_at)?;
+    ctx.retention_covers_budgets(&retention, &policies)?;
+    let time_zone = ctx.time_zone(raw.time_zone.as_deref())?;
+    Ok(Config {
+        path: path.to_path_buf(),
+        database,
+        providers,
+        policies,
+        listen,
+        api_token,
+        acs_webhook_secret,
+        trtc_callback_key,
+        retention,
+        notifications,
+        time_zone,
+        sources,
+        policy_globs,
+        warnings,
+    })
+}
+
+impl FileCtx<'_> {
+    /// `database`: a file, relative to the config file's folder.
+    fn database(&self, raw: &str) -> Result<PathBuf, ConfigError> {
+        let database = expand_env(raw).map_err(|var| {
+            self.error(&["database"], format!("database refers to ${{{var}}}, which is not set"))
+        })?;
+        if database.trim().is_empty() {
+            return Err(self.error(&["database"], "database must name a file".into()));
+        }
+        Ok(self.folder().join(database.trim()))
+    }
+
+    /// `providers`: each section in file order; at least one.
+    fn providers(
+        &self,
+        raw: IndexMap<String, RawProvider>,
+        warnings: &mut Vec<String>,
+    ) -> Result<IndexMap<String, ProviderConfig>, ConfigError> {
+        let mut providers = IndexMap::new();
+        for (name, raw) in raw {
+            let provider = self.provider(&name, raw, warnings)?;
+            providers.insert(name, provider);
+        }
+        if providers.is_empty() {
+            return Err(self.error(&["providers"], "at least one provider is needed".into()));
+        }
+        Ok(providers)
+    }
+
+    /// `listen`: the address the HTTP listener binds.
+    fn listen(&self, raw: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(text) = raw else { return Ok(None) };
+        let addr = text.trim().parse::<SocketAddr>().map_err(|_| {
+            self.error(&["listen"], format!("listen {text:?} is not an address like 127.0.0.1:8720"))
+        })?;
+        Ok(Some(addr))
+    }
+
+    /// `api_token` or `api_token_file`: long enough, and useless without `listen`.
+    fn api_token(
+        &self,
+        inline: Option<&RawSecret>,
+        file: Option<&String>,
+        listen: Option<SocketAddr>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        let api_token = match (inline, file) {
+            (None, None) => None,
+            (inline, file) => Some(self.secret_pair(
+                &[],
+                "api_token",
+                ("api_token", inline),
+                ("api_token_file", file),
+                "the session API's bearer token",
+            )?),
+        };
+        if let Some(token) = &api_token
+            && token.expose().len() < 16
+        {
+            return Err(self.error(&["api_token"], "api_token must be at least 16 characters".into()));
+        }
+        if api_token.is_some() && listen.is_none() {
+            warnings.push("api_token is set but listen is not: the session API is not served".into());
+        }
+        Ok(api_token)
+    }
+
+    /// `webhooks`: the ACS callback secret, then the TRTC callback key.
+    fn webhook_secrets(
+        &self,
+        raw: &RawWebhooks,
+        listen: Option<SocketAddr>,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Option<Secret>, Option<Secret>), ConfigError> {
+        let acs_webhook_secret = match &raw.acs {
+            None => None,
+            Some(w) => Some(self.secret_pair(
+                &["webhooks", "acs"],
+                "",
+                ("secret", w.secret.as_ref()),
+                ("secret_file", w.secret_file.as_ref()),
+                "the token ACS callbacks carry as ?token=",
+            )?),
+        };
+        let trtc_callback_key = match &raw.trtc {
+            None => None,
+            Some(w) => Some(self.secret_pair(
+                &["webhooks", "trtc"],
+                "",
+                ("callback_key", w.callback_key.as_ref()),
+                ("callback_key_file", w.callback_key_file.as_ref()),
+                "the callback key set in the TRTC console",
+            )?),
+        };
+        if trtc_callback_key.is_some() && listen.is_none() {
+            warnings
+                .push("webhooks.trtc is set but listen is not: nothing will receive TRTC callbacks".into());
+        }
+        Ok((acs_webhook_secret, trtc_callback_key))
+    }
+
+    /// `retention`: the checkpoint key, then the audit and session periods.
+    fn retention(
+        &self,
+        raw: Option<&RawRetention>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Retention, ConfigError> {
+        let Some(r) = raw else { return Ok(Retention::default()) };
+        let checkpoint_key = match (&r.checkpoint_key, &r.checkpoint_key_file) {
+            (None, None) => None,
+            (inline, file) => Some(self.secret_pair(
+                &["retention"],
+                "checkpoint_key",
+                ("checkpoint_key", inline.as_ref()),
+                ("checkpoint_key_file", file.as_ref()),
+                "the key that signs audit checkpoints",
+            )?),
+        };
+        let audit = self.retention_period("audit", &r.audit)?;
+        if audit.is_some() && checkpoint_key.is_none() {
+            warnings.push(
+                "retention.audit prunes the audit log without retention.checkpoint_key: its checkpoints are unsigned".into(),
+            );
+        }
+        Ok(Retention { sessions: self.retention_period("sessions", &r.sessions)?, audit, checkpoint_key })
+    }
+
+    /// One `retention` period: a duration of at least a day.
+    fn retention_period(
+        &self,
+        key: &'static str,
+        v: &Option<String>,
+    ) -> Result<Option<Duration>, ConfigError> {
+        let Some(text) = v else { return Ok(None) };
+        let d =
+            parse_duration(text).map_err(|e| self.error(&["retention", key], format!("retention: {e}")))?;
+        if d < Duration::from_secs(24 * 3600) {
+            return Err(self.error(&["retention", key], format!("retention: {key} must be at least 1 day")));
+        }
+        Ok(Some(d))
+    }
+
+    /// An ACS provider with `callback_url` needs the callback secret and a
+    /// listener (the first such provider is named); the secret alone is
+    /// useless without a listener.
+    fn acs_callbacks(
+        &self,
+        providers: &IndexMap<String, ProviderConfig>,
+        has_acs_webhook_secret: bool,
+        listen: Option<SocketAddr>,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ConfigError> {
+        let confirming: Vec<&str> = providers
+            .values()
+            .filter(|p| matches!(&p.settings, ProviderSettings::Acs(a) if a.callback_url.is_some()))
+            .map(|p| p.name.as_str())
+            .collect();
+        if let Some(name) = confirming.first() {
+            if !has_acs_webhook_secret {
+                return Err(self.error(
+                    &["providers", name, "callback_url"],
+                    format!(
+                        "provider {name:?}: callback_url needs webhooks.acs.secret, so that callbacks can be authenticated"
+                    ),
+                ));
+            }
+            if listen.is_none() {
+                return Err(self.error(
+                    &["providers", name, "callback_url"],
+                    format!("provider {name:?}: callback_url needs listen, the address that receives the callbacks"),
+                ));
+            }
+        }
+        if has_acs_webhook_secret && listen.is_none() {
+            warnings.push("webhooks.acs is set but listen is not: nothing will receive ACS callbacks".into());
+        }
+        Ok(())
+    }
+
+    /// `notifications`: an http(s) URL and the secret that signs deliveries.
+    fn notifications(&self, raw: Option<&RawNotifications>) -> Result<Option<Notifications>, ConfigError> {
+        let Some(n) = raw else { return Ok(None) };
+        let url = expand_env(&n.url).map_err(|var| {
+            self.error(
+                &["notifications", "url"],
+                format!("notifications.url refers to ${{{var}}}, which is not set"),
+            )
+        })?;
+        match reqwest::Url::parse(url.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => {
+                return Err(self.error(
+                    &["notifications", "url"],
+                    format!("notifications.url {:?} is not an http(s) URL", n.url),
+                ));
+            }
+        }
+        let secret = self.secret_pair(
+            &["notifications"],
+            "",
+            ("secret", n.secret.as_ref()),
+            ("secret_file", n.secret_file.as_ref()),
+            "the key that signs each notification",
+        )?;
+        Ok(Some(Notifications { url: url.trim().to_string(), secret }))
+    }
+
+    /// `retention.sessions` must keep sessions for as long as any policy's
+    /// budget window counts them.
+    fn retention_covers_budgets(
+        &self,
+        retention: &Retention,
+        policies: &IndexMap<String, Policy>,
+    ) -> Result<(), ConfigError> {
+        if let Some(keep) = retention.sessions
+            && let Some(p) = policies.values().find(|p| p.budget.is_some_and(|b| b.window.longest() > keep))
+        {
+            let window = p.budget.map(|b| b.window.as_str()).unwrap_or_default();
+            return Err(self.error(
+                &["retention", "sessions"],
+                format!(
+                    "retention.sessions ({}) is shorter than policy {:?}'s budget window ({window}): sessions pruned \
+                     before the window ends would stop counting against the budget",
+                    humantime::format_duration(keep),
+                    p.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `time_zone`: an IANA name; UTC when absent.
+    fn time_zone(&self, raw: Option<&str>) -> Result<chrono_tz::Tz, ConfigError> {
+        let Some(name) = raw else { return Ok(chrono_tz::Tz::UTC) };
+        name.trim().parse::<chrono_tz::Tz>().map_err(|_| {
+            self.error(
+                &["time_zone"],
+                format!("time_zone {name:?} is not an IANA zone name like Europe/Berlin or UTC"),
+            )
+        })
+    }
+}
+
+/// A policy with `warn_before` needs somewhere to send the warnings; the
+/// error points at the first such policy, in whichever file defines it.
+fn warnings_need_notifications(
+    notifications: Option<&Notifications>,
+    policies: &IndexMap<String, Policy>,
+    defined_at: &DefinedAt,
+) -> Result<(), ConfigError> {
+    if notifications.is_none()
+        && let Some(p) = policies.values().find(|p| !p.warn_before.is_empty())
+    {
+        let (file, line) = defined_at.get(&p.name).cloned().unwrap_or((p.source.clone(), None));
+        return Err(ConfigError {
+            file,
+            line,
+            reason: format!(
+                "policy {:?}: warn_before needs notifications.url, where the warnings go",
+                p.name
+            ),
+        });
+    }
+    Ok(())
+}

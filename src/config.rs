@@ -38,6 +38,11 @@ pub const PROVIDER_QUOTA_PER_SECOND: u32 = 20;
 pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 19;
 /// Longer than any call a time limit is meant for; a typo like `30d` for `30m`.
 pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The `kind:` of a Tencent TRTC provider (also the name metrics and
+/// messages use).
+pub const TRTC_KIND: &str = "tencent-trtc";
+/// The `kind:` of an Azure Communication Services provider.
+pub const ACS_KIND: &str = "azure-acs";
 pub const DEFAULT_TRTC_ENDPOINT: &str = "https://trtc.tencentcloudapi.com";
 /// TRTC regions a `region:` may name.
 pub const TRTC_REGIONS: [&str; 4] = ["ap-beijing", "ap-guangzhou", "ap-mumbai", "ap-singapore"];
@@ -126,8 +131,8 @@ pub enum ProviderSettings {
 impl ProviderSettings {
     pub fn kind(&self) -> &'static str {
         match self {
-            ProviderSettings::Trtc(_) => "tencent-trtc",
-            ProviderSettings::Acs(_) => "azure-acs",
+            ProviderSettings::Trtc(_) => TRTC_KIND,
+            ProviderSettings::Acs(_) => ACS_KIND,
         }
     }
 

@@ -135,6 +135,8 @@ impl<'de> Deserialize<'de> for RawSecret {
     }
 }
 
+/// The serde names are [`super::TRTC_KIND`] and [`super::ACS_KIND`]
+/// (attributes take only literals).
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ProviderKind {
     #[serde(rename = "tencent-trtc")]
@@ -146,8 +148,8 @@ pub(super) enum ProviderKind {
 impl ProviderKind {
     pub(super) fn as_str(self) -> &'static str {
         match self {
-            ProviderKind::Trtc => "tencent-trtc",
-            ProviderKind::Acs => "azure-acs",
+            ProviderKind::Trtc => super::TRTC_KIND,
+            ProviderKind::Acs => super::ACS_KIND,
         }
     }
 }

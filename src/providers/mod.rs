@@ -128,8 +128,8 @@ impl Provider {
 
     pub fn kind(&self) -> &'static str {
         match self {
-            Provider::Trtc(_) => "tencent-trtc",
-            Provider::Acs(_) => "azure-acs",
+            Provider::Trtc(_) => crate::config::TRTC_KIND,
+            Provider::Acs(_) => crate::config::ACS_KIND,
         }
     }
 

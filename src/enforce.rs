@@ -41,7 +41,7 @@ use crate::store::{Store, StoreError};
 
 pub mod pacer;
 
-use pacer::ProviderSlot;
+use pacer::{PacerPlace, ProviderSlot};
 
 /// One provider call's worth of sessions.
 #[derive(Debug)]
@@ -51,6 +51,8 @@ struct Job {
     sessions: Vec<Session>,
     /// The policy is in shadow mode: record, do not call.
     shadow: bool,
+    /// The first try's place at its action's pacer, taken at dispatch.
+    place: Option<PacerPlace>,
     /// Held (for its drop) until the job ends, so claimed-but-unsettled
     /// work stays bounded.
     _permit: OwnedSemaphorePermit,
@@ -139,11 +141,20 @@ impl Enforcer {
                 let mut users: Vec<_> = chunk.iter().filter_map(|s| s.user.clone()).collect();
                 users.sort();
                 users.dedup();
+                let target = Target { action, room: room.clone(), users };
+                // Queued now, in claim order, so that a call due later cannot
+                // overtake this one while it records its attempt or wakes.
+                let place = self.state.providers.get(&provider).filter(|_| !shadow).and_then(|slot| {
+                    let api_action = slot.provider.api_action(action, &room)?;
+                    let latest = chunk.iter().map(|s| s.deadline).max()?;
+                    Some(slot.pacers.get(api_action)?.queue(latest))
+                });
                 let job = Job {
                     provider: provider.clone(),
-                    target: Target { action, room: room.clone(), users },
+                    target,
                     sessions: chunk.to_vec(),
                     shadow,
+                    place,
                     _permit: job_permit,
                 };
                 let state = Arc::clone(&self.state);
@@ -199,7 +210,7 @@ fn group_sessions(
 }
 
 impl EnforcerState {
-    async fn enforce(&self, job: Job) {
+    async fn enforce(&self, mut job: Job) {
         let ids: Vec<_> = job.sessions.iter().map(|s| s.id).collect();
         let slot = self.providers.get(&job.provider);
         let api_action = slot.and_then(|slot| slot.provider.api_action(job.target.action, &job.target.room));
@@ -288,8 +299,13 @@ impl EnforcerState {
                 }
             }
             let queued = std::time::Instant::now();
+            // A retry queues again, behind what is due before its deadline.
+            let mut place = job.place.take().unwrap_or_else(|| pacer.queue(latest_deadline));
             tokio::select! {
-                () = pacer.admit(latest_deadline) => crate::metrics::rate_limit_wait(&job.provider, api_action, queued.elapsed()),
+                () = place.admit() => {
+                    drop(place);
+                    crate::metrics::rate_limit_wait(&job.provider, api_action, queued.elapsed());
+                }
                 () = self.shutdown.cancelled() => {
                     self.release(&ids, true, "stopped while waiting for the rate limit; the attempt was not sent").await;
                     return;

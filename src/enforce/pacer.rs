@@ -12,34 +12,36 @@ use crate::domain::{Instant, RetryPolicy};
 use crate::providers::Provider;
 
 /// Keeps one provider action at or under its rate: a GCRA limiter with a
-/// burst of one (so no two calls are closer than 1/rate), taken by one
-/// waiting call at a time, earliest deadline first.
+/// burst of one (so no two calls are closer than 1/rate), taken by one call
+/// at a time, earliest deadline first.
 ///
-/// Waiters are served by deadline, not by arrival: calls that fall due a few
-/// milliseconds apart can reach the pacer in either order (their timers fire
+/// A call takes its place in the queue when it is dispatched ([`Pacer::queue`])
+/// and waits for its turn when it is ready to send ([`PacerPlace::admit`]):
+/// calls due milliseconds apart get ready in either order (their timers fire
 /// in one tick, their attempt records commit in any order, the runtime's
-/// workers race), and a fair mutex would keep whichever order they happened
-/// to arrive in.
+/// workers race), and the pacer lets none go while one due earlier is still
+/// on its way.
 #[derive(Debug)]
 pub struct Pacer {
-    /// Deadlines (ms) of the calls waiting, with an arrival number that
-    /// keeps equal deadlines first come, first served; and whether a call
-    /// holds the limiter.
+    /// Deadlines (ms) of the calls queued, with an arrival number that keeps
+    /// equal deadlines first come, first served; and whether a call holds
+    /// the limiter.
     state: std::sync::Mutex<(std::collections::BTreeSet<(i64, u64)>, bool)>,
     arrivals: std::sync::atomic::AtomicU64,
     changed: tokio::sync::Notify,
     limiter: DefaultDirectRateLimiter,
 }
 
-/// A call's place at the pacer: leaves the queue (or frees the limiter) when
-/// dropped, also when the wait is cancelled.
-struct PacerTurn<'a> {
-    pacer: &'a Pacer,
+/// A call's place at a pacer: leaves the queue (or frees the limiter) when
+/// dropped, also when the call is abandoned or its wait cancelled.
+#[derive(Debug)]
+pub struct PacerPlace {
+    pacer: Arc<Pacer>,
     key: (i64, u64),
     holds: bool,
 }
 
-impl Drop for PacerTurn<'_> {
+impl Drop for PacerPlace {
     fn drop(&mut self) {
         let mut state = self.pacer.state.lock().unwrap_or_else(|e| e.into_inner());
         if self.holds {
@@ -67,29 +69,38 @@ impl Pacer {
         }
     }
 
-    /// Returns when the call due at `deadline` may be sent: once no call
-    /// with an earlier deadline is waiting and the rate allows it.
-    pub async fn admit(&self, deadline: Instant) {
+    /// Queues a call due at `deadline`: from now on no call due later is
+    /// admitted before it, until the place is admitted or dropped.
+    pub fn queue(self: &Arc<Pacer>, deadline: Instant) -> PacerPlace {
         let arrival = self.arrivals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut turn = PacerTurn { pacer: self, key: (deadline.millis(), arrival), holds: false };
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0.insert(turn.key);
-        loop {
-            let changed = self.changed.notified();
+        let key = (deadline.millis(), arrival);
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0.insert(key);
+        PacerPlace { pacer: Arc::clone(self), key, holds: false }
+    }
+}
+
+impl PacerPlace {
+    /// Returns when the call may be sent: once no call due earlier is queued
+    /// and the rate allows it. Drop the place after sending begins.
+    pub async fn admit(&mut self) {
+        let pacer = Arc::clone(&self.pacer);
+        while !self.holds {
+            let changed = pacer.changed.notified();
             tokio::pin!(changed);
             // Registered before the check, so no change between the two is missed.
             changed.as_mut().enable();
             {
-                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                if !state.1 && state.0.first() == Some(&turn.key) {
-                    state.0.remove(&turn.key);
+                let mut state = pacer.state.lock().unwrap_or_else(|e| e.into_inner());
+                if !state.1 && state.0.first() == Some(&self.key) {
+                    state.0.remove(&self.key);
                     state.1 = true;
-                    turn.holds = true;
+                    self.holds = true;
                     break;
                 }
             }
             changed.await;
         }
-        self.limiter.until_ready().await;
+        pacer.limiter.until_ready().await;
     }
 }
 
@@ -116,19 +127,19 @@ impl ProviderSlot {
 mod tests {
     use super::*;
 
-    /// Calls due milliseconds apart reach the pacer in any order; while one
-    /// holds it, the rest go out earliest deadline first.
+    /// Calls due milliseconds apart get ready in any order; while one holds
+    /// the pacer, the rest go out earliest deadline first.
     #[tokio::test]
     async fn the_pacer_lets_the_earliest_deadline_waiting_go_next() {
         let pacer = Arc::new(Pacer::per_second(20));
         // Spend the rate's first call, so the next one waits for its slot.
-        pacer.admit(Instant::from_millis(0)).await;
+        pacer.queue(Instant::from_millis(0)).admit().await;
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for deadline in [50, 40, 30, 20, 10] {
             let (pacer, order) = (Arc::clone(&pacer), Arc::clone(&order));
             tasks.push(tokio::spawn(async move {
-                pacer.admit(Instant::from_millis(deadline)).await;
+                pacer.queue(Instant::from_millis(deadline)).admit().await;
                 order.lock().unwrap().push(deadline);
             }));
             // The first arrival takes the free pacer; the rest queue behind it.
@@ -138,5 +149,24 @@ mod tests {
             task.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), [50, 10, 20, 30, 40]);
+    }
+
+    /// A call queued at dispatch holds back every call due later until it
+    /// is admitted, however late it gets ready; dropping it lets them go.
+    #[tokio::test]
+    async fn a_queued_call_holds_back_later_ones_until_admitted_or_dropped() {
+        let pacer = Arc::new(Pacer::per_second(1000));
+        for first_goes in [true, false] {
+            let mut early = pacer.queue(Instant::from_millis(10));
+            let later = Arc::clone(&pacer);
+            let mut late = tokio::spawn(async move { later.queue(Instant::from_millis(20)).admit().await });
+            let waited = tokio::time::timeout(Duration::from_millis(100), &mut late).await;
+            assert!(waited.is_err(), "a later call overtook a queued earlier one");
+            if first_goes {
+                early.admit().await;
+            }
+            drop(early);
+            tokio::time::timeout(Duration::from_secs(5), late).await.unwrap().unwrap();
+        }
     }
 }

@@ -35,6 +35,8 @@ mod presence;
 mod queue;
 mod sessions;
 
+pub use audit_log::audit_record;
+
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often opening is retried while another process creates the database
 /// (see `open`): 100 ms, 200 ms, ... about 5.5 s in all.
@@ -164,7 +166,9 @@ impl SqliteStore {
 }
 
 impl SessionRecord {
-    fn from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
+    /// Reads a `sessions` row (all of [`SESSION_COLUMNS`]). Public so that
+    /// tests reading the file directly, as an app would, use the same types.
+    pub fn from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
         Ok(SessionRecord {
             id: row.try_get("id")?,
             policy: row.try_get("policy")?,

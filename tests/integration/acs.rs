@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use callwarden::sandbox::Fault;
 
+use crate::helpers::DeadlineMs;
 use crate::helpers::{
     AuditRow, Harness, LONG, SHORT, SqlSession, now_ms, text_of, wait_for, wait_for_wall_clock,
 };

@@ -1,5 +1,6 @@
 //! The session commands while a daemon runs, and what `session start` refuses.
 
+use crate::helpers::DeadlineMs;
 use crate::helpers::RoomArg::Num;
 use crate::helpers::{Harness, SHORT, ms_of, run_cli, wait_for_wall_clock};
 

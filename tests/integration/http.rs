@@ -6,6 +6,7 @@
 
 use serde_json::{Value, json};
 
+use crate::helpers::DeadlineMs;
 use crate::helpers::{
     ACS_WEBHOOK_SECRET, Client, Daemon, Harness, Listener, Reply, SHORT, SchemaCheck, TRTC_CALLBACK_KEY,
     metric_sum, ms_of, now_ms, openapi_document, parse_metrics, text_of, wait_until,

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::helpers::DeadlineMs;
 use crate::helpers::*;
 
 const NOTIFY_SECRET: &str = "notify-secret-0123456789";

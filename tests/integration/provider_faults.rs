@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use callwarden::sandbox::{Fault, RequestRecord, SANDBOX_QUOTA};
 
+use crate::helpers::DeadlineMs;
 use crate::helpers::{
     Harness, LONG, Retry, SqlSession, by_arrival, fault_config_text, ms_of, now_ms, text_of,
 };

@@ -2,6 +2,7 @@
 
 use chrono::{FixedOffset, SecondsFormat, TimeZone, Utc};
 
+use crate::helpers::DeadlineMs;
 use crate::helpers::{Harness, SHORT, SqlSession, ms_of, now_ms, text_of};
 
 const POLICY_MAX_MS: i64 = 30 * 60 * 1000;

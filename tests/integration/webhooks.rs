@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use callwarden::sandbox::SANDBOX_SDK_APP_ID;
 
+use crate::helpers::DeadlineMs;
 use crate::helpers::{
     ACS_WEBHOOK_SECRET, Client, Harness, Listener, Reply, SHORT, SessionRow, TRTC_CALLBACK_KEY, ms_of,
     now_ms, text_of,

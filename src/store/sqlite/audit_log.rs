@@ -282,7 +282,8 @@ pub(super) async fn insert_audit_rows(
     Ok(())
 }
 
-pub(super) fn audit_record(r: &SqliteRow) -> Result<AuditRecord, sqlx::Error> {
+/// Reads an `audit_log` row (all of `AUDIT_COLUMNS`).
+pub fn audit_record(r: &SqliteRow) -> Result<AuditRecord, sqlx::Error> {
     Ok(AuditRecord {
         id: r.try_get("id")?,
         at: r.try_get("at")?,

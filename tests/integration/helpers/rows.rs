@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use callwarden::domain::audit::AuditRecord;
+use callwarden::domain::session::SessionRecord;
+use callwarden::store::sqlite::audit_record;
 use sqlx::SqlitePool;
 
 use super::time::{ms_of, text_of};
@@ -13,49 +16,22 @@ pub const FINAL_STATES: [&str; 4] = ["enforced", "already_ended", "failed", "can
 /// Audit events that settle an enforcement.
 pub const FINAL_EVENTS: [&str; 3] = ["enforced", "already_ended", "failed"];
 
-/// A `sessions` row, every column a test may look at.
-#[derive(Debug, Clone, sqlx::FromRow)]
-#[allow(dead_code)]
-pub struct SessionRow {
-    pub id: String,
-    pub policy: String,
-    pub provider: Option<String>,
-    pub room_id: String,
-    pub room_kind: String,
-    pub user_id: Option<String>,
-    pub started_at: String,
-    pub deadline: Option<String>,
-    pub state: String,
-    pub attempts: i64,
-    pub extended_ms: i64,
-    pub detail: Option<String>,
+/// A `sessions` row, read with the library's own row type.
+pub type SessionRow = SessionRecord;
+
+/// A session's deadline in milliseconds; panics when it has none.
+pub trait DeadlineMs {
+    fn deadline_ms(&self) -> i64;
 }
 
-impl SessionRow {
-    pub fn deadline_ms(&self) -> i64 {
+impl DeadlineMs for SessionRow {
+    fn deadline_ms(&self) -> i64 {
         ms_of(self.deadline.as_deref().unwrap_or_else(|| panic!("session {} has no deadline", self.id)))
     }
 }
 
-/// An `audit_log` row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-#[allow(dead_code)]
-pub struct AuditRow {
-    pub id: i64,
-    pub at: String,
-    pub session_id: Option<String>,
-    pub event: String,
-    pub provider: Option<String>,
-    pub action: Option<String>,
-    pub attempt: Option<i64>,
-    pub outcome: Option<String>,
-    pub http_status: Option<i64>,
-    pub provider_request_id: Option<String>,
-    pub error_code: Option<String>,
-    pub detail: Option<String>,
-    pub latency_ms: Option<i64>,
-    pub lateness_ms: Option<i64>,
-}
+/// An `audit_log` row, read with the library's own row type.
+pub type AuditRow = AuditRecord;
 
 /// A row to insert with plain SQL, as another program would.
 #[derive(Debug, Clone, Default)]
@@ -82,28 +58,32 @@ impl SqlSession {
 }
 
 pub(super) async fn session(db: &SqlitePool, id: &str) -> SessionRow {
-    sqlx::query_as("SELECT * FROM sessions WHERE id = ?")
+    let row = sqlx::query("SELECT * FROM sessions WHERE id = ?")
         .bind(id)
         .fetch_optional(db)
         .await
         .unwrap()
-        .unwrap_or_else(|| panic!("no session {id}"))
+        .unwrap_or_else(|| panic!("no session {id}"));
+    SessionRecord::from_row(&row).unwrap()
 }
 
 pub(super) async fn sessions(db: &SqlitePool) -> Vec<SessionRow> {
-    sqlx::query_as("SELECT * FROM sessions ORDER BY deadline, id").fetch_all(db).await.unwrap()
+    let rows = sqlx::query("SELECT * FROM sessions ORDER BY deadline, id").fetch_all(db).await.unwrap();
+    rows.iter().map(|r| SessionRecord::from_row(r).unwrap()).collect()
 }
 
 pub(super) async fn audit(db: &SqlitePool) -> Vec<AuditRow> {
-    sqlx::query_as("SELECT * FROM audit_log ORDER BY id").fetch_all(db).await.unwrap()
+    let rows = sqlx::query("SELECT * FROM audit_log ORDER BY id").fetch_all(db).await.unwrap();
+    rows.iter().map(|r| audit_record(r).unwrap()).collect()
 }
 
 pub(super) async fn audit_of(db: &SqlitePool, id: &str) -> Vec<AuditRow> {
-    sqlx::query_as("SELECT * FROM audit_log WHERE session_id = ? ORDER BY id")
+    let rows = sqlx::query("SELECT * FROM audit_log WHERE session_id = ? ORDER BY id")
         .bind(id)
         .fetch_all(db)
         .await
-        .unwrap()
+        .unwrap();
+    rows.iter().map(|r| audit_record(r).unwrap()).collect()
 }
 
 /// A session's stored ACS repeatability pair: `(repeatability_id, first_sent_at)`.

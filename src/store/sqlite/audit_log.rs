@@ -2,14 +2,18 @@
 //! `domain::audit`'s), querying, summarising, paging for verification, and
 //! pruning behind a signed checkpoint.
 
-use sqlx::Row;
+use std::sync::LazyLock;
 
+use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
 use crate::domain::Instant;
 use crate::domain::audit::{AUDIT_COLUMNS, AuditEntry, AuditRecord, Checkpoint};
 use crate::store::{AuditFilter, AuditSummary, StoreError};
+
+/// [`AUDIT_COLUMNS`] as SQL, joined once: the INSERT is on enforcement's path.
+static AUDIT_COLUMN_LIST: LazyLock<String> = LazyLock::new(|| AUDIT_COLUMNS.join(", "));
 
 impl SqliteStore {
     /// Appends one audit row on its own (a configuration reload, say).
@@ -27,7 +31,7 @@ impl SqliteStore {
     pub(in crate::store) async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
             "SELECT * FROM (SELECT {} FROM audit_log WHERE 1 = 1",
-            AUDIT_COLUMNS.join(", ")
+            &*AUDIT_COLUMN_LIST
         ));
         if let Some(id) = filter.session {
             q.push(" AND session_id = ").push_bind(id.to_string());
@@ -118,8 +122,7 @@ impl SqliteStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let sql =
-            format!("SELECT {} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?", AUDIT_COLUMNS.join(", "));
+        let sql = format!("SELECT {} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?", &*AUDIT_COLUMN_LIST);
         let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.readers).await?;
         rows.iter().map(audit_record).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
     }
@@ -257,7 +260,7 @@ pub(super) async fn insert_audit_rows(
     for chunk in records.chunks(1000) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
             "INSERT INTO audit_log ({}) ",
-            AUDIT_COLUMNS.join(", ")
+            &*AUDIT_COLUMN_LIST
         ));
         q.push_values(chunk, |mut b, r| {
             b.push_bind(r.id)

@@ -61,11 +61,17 @@ impl Pacer {
         let quota = Quota::with_period(period)
             .expect("a positive rate gives a non-zero period")
             .allow_burst(NonZeroU32::MIN);
+        let limiter = RateLimiter::direct(quota);
+        // A new pacer starts as if a call had just left. The provider counts
+        // the calls of a daemon that was killed (or handed over) an instant
+        // before this one started; its last one may be that recent, and the
+        // first call here must still keep a period's distance from it.
+        let _ = limiter.check();
         Pacer {
             state: std::sync::Mutex::default(),
             arrivals: std::sync::atomic::AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
-            limiter: RateLimiter::direct(quota),
+            limiter,
         }
     }
 
@@ -131,9 +137,8 @@ mod tests {
     /// the pacer, the rest go out earliest deadline first.
     #[tokio::test]
     async fn the_pacer_lets_the_earliest_deadline_waiting_go_next() {
+        // A new pacer's first call waits a period: the calls below queue.
         let pacer = Arc::new(Pacer::per_second(20));
-        // Spend the rate's first call, so the next one waits for its slot.
-        pacer.queue(Instant::from_millis(0)).admit().await;
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for deadline in [50, 40, 30, 20, 10] {
@@ -149,6 +154,17 @@ mod tests {
             task.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), [50, 10, 20, 30, 40]);
+    }
+
+    /// A restarted daemon's first call keeps a period's distance from the
+    /// last one its predecessor may have sent just before it stopped.
+    #[tokio::test]
+    async fn a_new_pacer_waits_a_period_before_its_first_call() {
+        let started = std::time::Instant::now();
+        let pacer = Arc::new(Pacer::per_second(10));
+        pacer.queue(Instant::from_millis(0)).admit().await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(90), "the first call left after {waited:?}");
     }
 
     /// A call queued at dispatch holds back every call due later until it

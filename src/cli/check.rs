@@ -3,6 +3,7 @@
 
 use super::{Failure, load};
 use crate::config::ProviderSettings;
+use crate::http_client::display_url;
 
 pub(super) fn check(path: &std::path::Path) -> Result<(), Failure> {
     let config = load(path)?;
@@ -16,7 +17,7 @@ pub(super) fn check(path: &std::path::Path) -> Result<(), Failure> {
                 p.name,
                 t.sdk_app_id,
                 t.region,
-                t.endpoint,
+                display_url(&t.endpoint),
                 mask_id(&t.secret_id),
                 t.secret_key,
                 p.max_requests_per_second,
@@ -29,10 +30,10 @@ pub(super) fn check(path: &std::path::Path) -> Result<(), Failure> {
                 "provider {}: azure-acs endpoint={} access_key={} api_version={} callback_url={} \
                  max_requests_per_second={} retry={} attempts, {}..{} backoff request_timeout={}",
                 p.name,
-                a.endpoint,
+                display_url(&a.endpoint),
                 a.access_key,
                 a.api_version,
-                a.callback_url.as_deref().unwrap_or("(none: outcomes are not confirmed)"),
+                a.callback_url.as_deref().map_or("(none: outcomes are not confirmed)".into(), display_url),
                 p.max_requests_per_second,
                 p.retry.max_attempts,
                 humantime::format_duration(p.retry.initial_backoff),
@@ -42,12 +43,7 @@ pub(super) fn check(path: &std::path::Path) -> Result<(), Failure> {
         }
     }
     if let Some(n) = &config.notifications {
-        // The query may carry a token: show only that there is one.
-        let shown = match n.url.split_once('?') {
-            Some((base, _)) => format!("{base}?****"),
-            None => n.url.clone(),
-        };
-        println!("notifications: {shown} (secret {})", n.secret);
+        println!("notifications: {} (secret {})", display_url(&n.url), n.secret);
     }
     println!("time_zone: {}", config.time_zone.name());
     for file in config.sources.iter().skip(1) {

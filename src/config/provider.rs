@@ -134,13 +134,19 @@ impl FileCtx<'_> {
         }
     }
 
+    /// An https URL, or plain http on this host (a sandbox, a local proxy):
+    /// requests carry signatures, and ACS bodies the callback token.
     fn endpoint(&self, name: &str, endpoint: &str) -> Result<(), ConfigError> {
+        let err = |reason: String| self.error(&["providers", name, "endpoint"], reason);
         match reqwest::Url::parse(endpoint) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
-            _ => Err(self.error(
-                &["providers", name, "endpoint"],
-                format!("provider {name:?}: endpoint {endpoint:?} is not an http(s) URL"),
-            )),
+            Ok(u) if u.scheme() == "https" && u.host_str().is_some() => Ok(()),
+            Ok(u) if u.scheme() == "http" && crate::http_client::is_loopback(&u) => Ok(()),
+            Ok(u) if u.scheme() == "http" && u.host_str().is_some() => Err(err(format!(
+                "provider {name:?}: endpoint {} is plain http to another host; use https (plain http is \
+                 accepted only on loopback)",
+                crate::http_client::display_url(u.as_str())
+            ))),
+            _ => Err(err(format!("provider {name:?}: endpoint {endpoint:?} is not an http(s) URL"))),
         }
     }
 
@@ -224,8 +230,7 @@ impl FileCtx<'_> {
                 Ok(u) if u.scheme() == "https" => Some(url.clone()),
                 Ok(u) if u.scheme() == "http" => {
                     // On loopback (a sandbox, a local proxy) plain http is expected.
-                    let loopback = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-                    if !loopback {
+                    if !crate::http_client::is_loopback(&u) {
                         warnings.push(format!(
                         "provider {name:?}: callback_url {url:?} is plain http; ACS delivers callbacks only over https"
                     ));

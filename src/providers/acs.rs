@@ -168,7 +168,7 @@ impl AcsClient {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let wait = retry_after(response.headers(), Utc::now());
-                match response.bytes().await {
+                match crate::http_client::read_capped(response).await {
                     Ok(bytes) => (classify(status, &bytes, wait), Some(status)),
                     Err(e) => (super::transport::transport_error(&e), Some(status)),
                 }
@@ -262,19 +262,32 @@ pub fn identifier(raw_id: &str) -> Value {
 
 /// Reads the wait a 429 or 503 asks for: `retry-after-ms`, `x-ms-retry-after-ms`
 /// (milliseconds), then `Retry-After` (seconds or an HTTP date), as azure-core does.
+/// A value that is not a finite, non-negative number (`inf`, `NaN`, `-1`) is
+/// ignored; one too large for a `Duration` (`1e30`) reads as the longest wait,
+/// which the retry policy then caps at its `max_backoff`.
 pub fn retry_after(headers: &reqwest::header::HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-        if let Some(ms) = text(name).and_then(|v| v.parse::<f64>().ok()).filter(|ms| *ms >= 0.0) {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+        if let Some(wait) = text(name).and_then(|v| v.parse::<f64>().ok()).and_then(|ms| seconds(ms / 1000.0))
+        {
+            return Some(wait);
         }
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return seconds(secs);
     }
     let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
     Some((at - now).to_std().unwrap_or_default())
+}
+
+/// A count of seconds from a header as a wait, if it is a finite,
+/// non-negative number; saturating at `Duration::MAX`.
+fn seconds(secs: f64) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
 /// The numeric subcode of an ACS error, from the body's `error.code` or
@@ -428,5 +441,27 @@ mod tests {
         h.insert("retry-after", "Tue, 14 Nov 2023 22:13:30 GMT".parse().unwrap());
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(10)));
         assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), now), None);
+    }
+
+    /// Finding 15: `inf` and `1e30` panicked in `Duration::from_secs_f64`.
+    #[test]
+    fn retry_after_never_panics_on_what_a_proxy_may_send() {
+        let now = DateTime::parse_from_rfc3339("2023-11-14T22:13:20Z").unwrap().with_timezone(&Utc);
+        for (name, value, expected) in [
+            ("retry-after-ms", "inf", None),
+            ("retry-after-ms", "NaN", None),
+            ("retry-after-ms", "-5", None),
+            ("x-ms-retry-after-ms", "1e30", Some(Duration::MAX)),
+            ("retry-after", "inf", None),
+            ("retry-after", "-inf", None),
+            ("retry-after", "1e30", Some(Duration::MAX)),
+            ("retry-after", "99999999999999999999", Some(Duration::MAX)),
+            ("retry-after", "Tue, 14 Nov 2023 22:13:00 GMT", Some(Duration::ZERO)),
+            ("retry-after", "soon", None),
+        ] {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(name, value.parse().unwrap());
+            assert_eq!(retry_after(&h, now), expected, "{name}: {value}");
+        }
     }
 }

@@ -348,7 +348,7 @@ impl TrtcClient {
         let (classified, http_status, provider_request_id) = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
-                match response.bytes().await {
+                match crate::http_client::read_capped(response).await {
                     Ok(bytes) => {
                         let (classified, request_id) = classify_response(status, &bytes);
                         (classified, Some(status), request_id)

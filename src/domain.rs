@@ -251,7 +251,7 @@ impl FromStr for Action {
 
 /// The life of a session. `active` waits for its deadline; `enforcing` has
 /// been claimed by the scheduler; `accepted` waits for the provider to report
-/// the outcome (ACS with a callback URL); the other four are final.
+/// the outcome (ACS with a callback URL); the others are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
@@ -264,10 +264,13 @@ pub enum SessionState {
     Cancelled,
     /// Went through everything but the provider call (a `mode: shadow` policy).
     Shadowed,
+    /// Its deadline had passed by more than its policy's `stale_after` when
+    /// it was about to be enforced: no call was sent.
+    Expired,
 }
 
 impl SessionState {
-    pub const ALL: [SessionState; 8] = [
+    pub const ALL: [SessionState; 9] = [
         SessionState::Active,
         SessionState::Enforcing,
         SessionState::Accepted,
@@ -276,6 +279,7 @@ impl SessionState {
         SessionState::Failed,
         SessionState::Cancelled,
         SessionState::Shadowed,
+        SessionState::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -288,6 +292,7 @@ impl SessionState {
             SessionState::Failed => "failed",
             SessionState::Cancelled => "cancelled",
             SessionState::Shadowed => "shadowed",
+            SessionState::Expired => "expired",
         }
     }
 }
@@ -316,6 +321,13 @@ impl FromStr for SessionState {
 pub struct Instant(i64);
 
 impl Instant {
+    /// The latest instant the store holds: 9999-12-31T23:59:59.999Z. A later
+    /// year does not fit the `YYYY-MM-DD…` text of the time columns, so
+    /// arithmetic saturates here.
+    pub const LATEST: Instant = Instant(253_402_300_799_999);
+    /// The earliest instant the store holds: 0000-01-01T00:00:00Z.
+    pub const EARLIEST: Instant = Instant(-62_167_219_200_000);
+
     pub fn from_millis(ms: i64) -> Instant {
         Instant(ms)
     }
@@ -338,7 +350,8 @@ impl Instant {
     }
 
     pub fn to_datetime(self) -> DateTime<Utc> {
-        Utc.timestamp_millis_opt(self.0).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
+        let beyond = if self.0 < 0 { DateTime::<Utc>::MIN_UTC } else { DateTime::<Utc>::MAX_UTC };
+        Utc.timestamp_millis_opt(self.0).single().unwrap_or(beyond)
     }
 
     /// Parses RFC 3339 with any offset, and SQLite's own `YYYY-MM-DD HH:MM:SS[.sss]`
@@ -356,8 +369,9 @@ impl Instant {
         Err(DomainError::Instant(s.to_string(), "expected RFC 3339, e.g. 2026-11-21T09:30:00Z".into()))
     }
 
+    /// `self + d`, at most [`Instant::LATEST`].
     pub fn saturating_add(self, d: Duration) -> Instant {
-        Instant(self.0.saturating_add(duration_millis_ceil(d)))
+        Instant(self.0.saturating_add(duration_millis_ceil(d)).min(Self::LATEST.0.max(self.0)))
     }
 
     /// `self - d`, with `d` rounded up to a millisecond like everywhere else.
@@ -409,11 +423,14 @@ impl RetryPolicy {
 
     /// The wait after failed try `attempt`: uniformly jittered between half the
     /// ceiling and the ceiling (so retries of a burst spread out but never
-    /// collapse to zero), and never shorter than a wait the provider asked for.
+    /// collapse to zero), and never shorter than a wait the provider asked
+    /// for, up to `max_backoff`: a `Retry-After` of a day must not park a job
+    /// (and its in-flight permit) for a day.
     pub fn backoff(&self, attempt: u32, provider_hint: Option<Duration>, unit_random: f64) -> Duration {
         let ceiling = self.backoff_ceiling(attempt);
-        let jittered = ceiling.mul_f64(0.5 + 0.5 * unit_random.clamp(0.0, 1.0));
-        provider_hint.map_or(jittered, |hint| jittered.max(hint))
+        let unit = if unit_random.is_nan() { 1.0 } else { unit_random.clamp(0.0, 1.0) };
+        let jittered = ceiling.mul_f64(0.5 + 0.5 * unit);
+        provider_hint.map_or(jittered, |hint| jittered.max(hint.min(self.max_backoff)))
     }
 }
 
@@ -500,6 +517,10 @@ mod tests {
         assert_eq!(p.backoff(3, None, 0.0), Duration::from_secs(1));
         assert_eq!(p.backoff(3, None, 1.0), Duration::from_secs(2));
         assert_eq!(p.backoff(1, Some(Duration::from_secs(5)), 0.3), Duration::from_secs(5));
+        // A provider's hint is honoured up to max_backoff, never beyond.
+        assert_eq!(p.backoff(1, Some(Duration::from_secs(86_400)), 0.3), p.max_backoff);
+        assert_eq!(p.backoff(1, Some(Duration::MAX), 0.3), p.max_backoff);
+        assert_eq!(p.backoff(3, None, f64::NAN), Duration::from_secs(2));
     }
 
     #[test]

@@ -54,6 +54,29 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// How far back a registration's `started_at` may lie: a call that started
+/// a week ago is a mistake (a wrong year, seconds read as milliseconds), and
+/// its session would be enforced at once.
+pub const STARTED_AT_MAX_PAST: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How far ahead `started_at` may lie: a booking registered the day before.
+pub const STARTED_AT_MAX_AHEAD: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks how much an extension adds: positive, and no more than a session
+/// may last at all (a policy's `max_extension` bounds it further).
+pub fn extension(by: Duration) -> Result<Duration, String> {
+    if by.is_zero() {
+        return Err("an extension must be positive".into());
+    }
+    if by > crate::config::MAX_SESSION_DURATION {
+        return Err(format!(
+            "{} is more than a session may last ({})",
+            humantime::format_duration(by),
+            humantime::format_duration(crate::config::MAX_SESSION_DURATION)
+        ));
+    }
+    Ok(by)
+}
+
 fn refuse(field: &'static str, reason: String) -> Refusal {
     Refusal { field, reason }
 }
@@ -93,6 +116,16 @@ pub fn register(
             ),
         ));
     }
+    if !policy.action.targets_user() && !r.users.is_empty() {
+        return Err(refuse(
+            "users",
+            format!(
+                "policy {:?} ends the whole room at the deadline ({}): it takes no participant",
+                policy.name,
+                policy.action.as_str()
+            ),
+        ));
+    }
     if policy.action.targets_user() && r.users.is_empty() {
         return Err(refuse(
             "users",
@@ -115,6 +148,18 @@ pub fn register(
         return Err(refuse("limit", "a limit must be positive".into()));
     }
     let started_at = r.started_at.unwrap_or(now);
+    if started_at < now.saturating_sub(STARTED_AT_MAX_PAST)
+        || started_at > now.saturating_add(STARTED_AT_MAX_AHEAD)
+    {
+        return Err(refuse(
+            "started_at",
+            format!(
+                "{started_at} is more than {} before or {} after now ({now})",
+                humantime::format_duration(STARTED_AT_MAX_PAST),
+                humantime::format_duration(STARTED_AT_MAX_AHEAD)
+            ),
+        ));
+    }
     let one = |user: Option<UserId>| {
         let standing = user.as_ref().and_then(|u| standings.get(u));
         let (limit, note) = clip_to_budget(policy, limit, standing);
@@ -375,7 +420,7 @@ policies:
 database: cw.db
 providers:
   trtc: { kind: tencent-trtc, sdk_app_id: 1400000001, region: ap-guangzhou, secret_id: AKID, secret_key: k }
-notifications: { url: 'http://127.0.0.1:9/hook', secret: s3cret }
+notifications: { url: 'http://127.0.0.1:9/hook', secret: s3cret-s3cret-s3cret }
 policies:
   paid-chat:
     provider: trtc

@@ -170,7 +170,13 @@ impl TimeRange {
                 .map_err(|e| Failure::Other(anyhow::anyhow!("{flag}: {e}")))
         };
         let since = match self.since {
-            Some(d) => Some(Instant::floor(now - chrono::Duration::from_std(d).unwrap_or_default())),
+            // Further back than chrono can count is "from the beginning".
+            Some(d) => Some(
+                chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|d| now.checked_sub_signed(d))
+                    .map_or(Instant::EARLIEST, |t| Instant::floor(t).max(Instant::EARLIEST)),
+            ),
             None => parse("--from", &self.from)?,
         };
         Ok((since, parse("--until", &self.until)?))

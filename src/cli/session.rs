@@ -46,6 +46,8 @@ pub(super) async fn session(path: &std::path::Path, cmd: SessionCommand) -> Resu
         }
         SessionCommand::Extend { id, by } => {
             let id = parse_id(&id)?;
+            let by =
+                crate::policy::extension(by).map_err(|e| Failure::Other(anyhow::anyhow!("--by: {e}")))?;
             let store = open(&config).await?;
             let policy = store.session(id).await.map_err(refusal)?.policy;
             let deadline = store

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -72,6 +72,17 @@ impl From<StoreError> for ApiError {
             e @ StoreError::ExtensionLimit { .. } => {
                 ApiError::new(StatusCode::CONFLICT, Some("by"), e.to_string())
             }
+            e if e.is_refusal() => {
+                // The time columns' checks: a start or deadline the store cannot hold.
+                let text = e.to_string();
+                let field =
+                    ["started_at", "deadline"].iter().any(|c| text.contains(c)).then_some("started_at");
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    field,
+                    format!("the database refused the session: {text}"),
+                )
+            }
             e => {
                 tracing::error!(error = %e, "session API cannot reach the database");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, "the database is unavailable")
@@ -102,6 +113,18 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(StatusCode::UNAUTHORIZED, None, "a valid bearer token is required"))
     }
+}
+
+/// Reads a request's body, once the caller has authenticated: a client
+/// without the token never makes the daemon buffer a body.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, super::BODY_LIMIT).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            format!("the request body must be complete and at most {} bytes", super::BODY_LIMIT),
+        )
+    })
 }
 
 /// Parses a JSON body, naming the field of a type error.
@@ -170,9 +193,9 @@ impl CreateSession {
 }
 
 /// `POST /v1/sessions`
-pub(super) async fn create(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+pub(super) async fn create(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> ApiResult {
     authorize(&app, &headers)?;
-    let request: CreateSession = parse_body(&body)?;
+    let request: CreateSession = parse_body(&read_body(body).await?)?;
     let registration = request.registration()?;
     let now = app.clock.now();
     let config = app.config.current();
@@ -291,12 +314,14 @@ pub(super) async fn extend(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
     authorize(&app, &headers)?;
     let id = session_id(&id)?;
-    let request: ExtendSession = parse_body(&body)?;
-    let by = parse_duration(&request.by).map_err(|e| ApiError::invalid("by", e))?;
+    let request: ExtendSession = parse_body(&read_body(body).await?)?;
+    let by = parse_duration(&request.by)
+        .and_then(crate::policy::extension)
+        .map_err(|e| ApiError::invalid("by", e))?;
     let policy = app.store.session(id).await?.policy;
     let config = app.config.current();
     app.store

@@ -48,6 +48,9 @@ pub fn adoption(config: &Config, r: &SessionRecord) -> Result<Adopted, String> {
         Some(d) => (Instant::parse(d).map_err(|e| e.to_string())?, Duration::ZERO),
         None => (started.saturating_add(policy.max_duration).saturating_add(policy.grace), policy.grace),
     };
+    if deadline >= Instant::LATEST {
+        return Err(format!("the deadline {deadline} is past the year 9999"));
+    }
     Ok(Adopted {
         id: r.id.clone(),
         provider: policy.provider.clone(),

@@ -1,18 +1,25 @@
 //! Applying a provider's presence event (a room or call opened or closed, a
 //! participant entered or left), whichever provider sent it.
 //!
-//! The order is an invariant: record the event's time unless it is a
-//! duplicate or older than what is known (`record_presence_if_newer`), drop
-//! an entry older than the room's closing, then (for a budgeted entry) take
-//! the budget lock and read the standing, let `policy::on_presence` decide,
-//! and carry out its effects in the store.
+//! The order is an invariant: drop a duplicate or an event older than what
+//! is known, and an entry older than the room's closing; for a budgeted
+//! entry, hold that user's budget and read the standing; let
+//! `policy::on_presence` decide; then record the event and carry out what
+//! was decided in one transaction (the [`PresenceWriter`]), which again
+//! refuses an event no newer than the one recorded, so two deliveries at
+//! once apply once. If that transaction fails, the event is not recorded as
+//! seen and the provider's retry applies it.
+//!
+//! [`PresenceWriter`]: crate::store::PresenceWriter
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use tokio::sync::OwnedMutexGuard;
 
 use super::Intake;
 use crate::domain::{Instant, Room, UserId};
 use crate::policy::{Effect, Presence};
-use crate::store::StoreError;
+use crate::store::{PresenceChange, PresenceMark, PresenceWrite, StoreError};
 
 /// One presence event, as a webhook reported it.
 #[derive(Debug, Clone)]
@@ -47,16 +54,13 @@ impl PresenceEvent<'_> {
     }
 }
 
-/// Records a presence event unless it is a duplicate or older than what is
-/// known about the same room or participant, then applies it. Returns how
-/// many sessions it opened or ended.
+/// Records and applies a presence event, unless it is a duplicate or older
+/// than what is known about the same room or participant. Returns how many
+/// sessions it opened or ended.
 pub async fn record_and_apply(intake: Intake<'_>, event: &PresenceEvent<'_>) -> Result<u32, StoreError> {
     let at_ms = event.at.millis();
-    if !intake
-        .store
-        .record_presence_if_newer(event.provider, event.room, event.participant(), at_ms, event.name())
-        .await?
-    {
+    // Seen cheaply here; the write checks again, for certain.
+    if seen(intake, event.provider, event.room, event.participant(), at_ms).await? {
         return Ok(0);
     }
     // An entry older than the room's closing is stale: the participant left
@@ -66,7 +70,16 @@ pub async fn record_and_apply(intake: Intake<'_>, event: &PresenceEvent<'_>) -> 
     {
         return Ok(0);
     }
-    apply_effects(intake, event).await
+    let now = intake.clock.now();
+    let (changes, _budgets) = changes_for(intake, std::slice::from_ref(event), now).await?;
+    let mark = PresenceMark {
+        provider: event.provider.to_string(),
+        room: event.room.clone(),
+        participant: event.participant().to_string(),
+        event_ms: at_ms,
+        event: event.name(),
+    };
+    Ok(intake.presence.apply(PresenceWrite { mark, changes, now }).await?.unwrap_or(0))
 }
 
 /// Applies a whole roster (ACS `ParticipantsUpdated`): participants no
@@ -81,7 +94,7 @@ pub async fn apply_roster(
     at: Instant,
 ) -> Result<u32, StoreError> {
     // The roster is whole, not a delta; an older one is stale.
-    if !intake.store.record_presence_if_newer(provider, room, "#roster", sequence, "roster").await? {
+    if seen(intake, provider, room, ROSTER, sequence).await? {
         return Ok(0);
     }
     // A roster from before the call ended, delivered after it, opens
@@ -91,20 +104,46 @@ pub async fn apply_roster(
     }
     let present: HashSet<&str> = participants.iter().map(UserId::as_str).collect();
     let active = intake.store.active_participants(provider, room).await?;
-    let mut changed = 0;
-    for gone in active.iter().filter(|a| !present.contains(a.as_str())) {
-        if let Ok(user) = UserId::parse(gone) {
-            let left = Presence::Left(user);
-            let event = PresenceEvent { provider, sdk_app_id: None, room, presence: &left, at };
-            changed += apply_effects(intake, &event).await?;
-        }
-    }
-    for user in participants.iter().filter(|p| !active.iter().any(|a| a == p.as_str())) {
-        let entered = Presence::Entered(user.clone());
-        let event = PresenceEvent { provider, sdk_app_id: None, room, presence: &entered, at };
-        changed += apply_effects(intake, &event).await?;
-    }
-    Ok(changed)
+    let left = active
+        .iter()
+        .filter(|a| !present.contains(a.as_str()))
+        .filter_map(|gone| UserId::parse(gone).ok())
+        .map(Presence::Left);
+    let entered = participants
+        .iter()
+        .filter(|p| !active.iter().any(|a| a == p.as_str()))
+        .cloned()
+        .map(Presence::Entered);
+    let presences: Vec<Presence> = left.chain(entered).collect();
+    let events: Vec<PresenceEvent<'_>> = presences
+        .iter()
+        .map(|presence| PresenceEvent { provider, sdk_app_id: None, room, presence, at })
+        .collect();
+    let now = intake.clock.now();
+    let (changes, _budgets) = changes_for(intake, &events, now).await?;
+    let mark = PresenceMark {
+        provider: provider.to_string(),
+        room: room.clone(),
+        participant: ROSTER.to_string(),
+        event_ms: sequence,
+        event: "roster",
+    };
+    Ok(intake.presence.apply(PresenceWrite { mark, changes, now }).await?.unwrap_or(0))
+}
+
+/// The participant key an ACS call's roster is ordered under.
+const ROSTER: &str = "#roster";
+
+/// Whether an event at `ms` (a roster's sequence) or later is recorded for
+/// the room or participant already.
+async fn seen(
+    intake: Intake<'_>,
+    provider: &str,
+    room: &Room,
+    participant: &str,
+    ms: i64,
+) -> Result<bool, StoreError> {
+    Ok(matches!(intake.store.last_event(provider, room, participant).await?, Some((last, _)) if last >= ms))
 }
 
 /// Whether the room's last recorded event is its closing, at or after `ms`.
@@ -120,40 +159,65 @@ async fn call_closed_since(
     ))
 }
 
-/// Carries out what the policy decides for a presence event.
-async fn apply_effects(intake: Intake<'_>, event: &PresenceEvent<'_>) -> Result<u32, StoreError> {
-    let PresenceEvent { provider, sdk_app_id, room, presence, at } = *event;
-    let now = intake.clock.now();
+/// What the policy decides for presence events of one room, as changes for
+/// the store; with the budget locks of the users whose entries spend a
+/// budget, to hold until the changes are stored (so two entries of one user
+/// at once cannot both spend the same remaining time).
+async fn changes_for(
+    intake: Intake<'_>,
+    events: &[PresenceEvent<'_>],
+    now: Instant,
+) -> Result<(Vec<PresenceChange>, Vec<OwnedMutexGuard<()>>), StoreError> {
     let config = intake.config.current();
-    // A participant's entry under a budgeted policy: what the user has left
-    // decides the limit. Held until the session is stored, so that two
-    // entries at once cannot both spend the same remaining time.
-    let mut _budget_guard = None;
-    let mut standing = None;
-    if let Presence::Entered(user) = presence
-        && let Some(policy) = crate::policy::webhook_policy(&config, provider, room, sdk_app_id)
+    let mut budgets = Vec::new();
+    let mut standings = HashMap::new();
+    let entered: Vec<(&UserId, Instant)> = events
+        .iter()
+        .filter_map(|e| match e.presence {
+            Presence::Entered(user) => Some((user, e.at)),
+            _ => None,
+        })
+        .collect();
+    // All events here are of one room, so of one webhook policy.
+    if let Some(first) = events.first()
+        && !entered.is_empty()
+        && let Some(policy) =
+            crate::policy::webhook_policy(&config, first.provider, first.room, first.sdk_app_id)
         && let Some(budget) = policy.budget
     {
-        _budget_guard = Some(intake.budget_lock.hold().await);
-        standing = Some(
-            intake.store.budget_standing(&policy.name, budget, config.time_zone, user, at.min(now)).await?,
-        );
+        let users: Vec<&UserId> = entered.iter().map(|(user, _)| *user).collect();
+        budgets = intake.budget_lock.hold_all(&policy.name, &users).await;
+        for (user, at) in entered {
+            let standing = intake
+                .store
+                .budget_standing(&policy.name, budget, config.time_zone, user, at.min(now))
+                .await?;
+            standings.insert(user.clone(), standing);
+        }
     }
-    let mut changed = 0;
-    for effect in crate::policy::on_presence(&config, provider, sdk_app_id, room, presence, at, standing) {
-        changed += match effect {
-            Effect::Open(session) => u32::from(
-                intake.store.open_unless_active(&session, now, "opened by a provider webhook").await?,
-            ),
-            Effect::EndRoom => {
-                let detail = "the provider reported the room or call closed";
-                intake.store.end_active(provider, room, None, now, detail).await?.len() as u32
-            }
-            Effect::EndParticipant(user) => {
-                let detail = format!("the provider reported {user} gone");
-                intake.store.end_active(provider, room, Some(&user), now, &detail).await?.len() as u32
-            }
+    let mut changes = Vec::new();
+    for e in events {
+        let standing = match e.presence {
+            Presence::Entered(user) => standings.get(user).copied(),
+            _ => None,
         };
+        for effect in
+            crate::policy::on_presence(&config, e.provider, e.sdk_app_id, e.room, e.presence, e.at, standing)
+        {
+            changes.push(match effect {
+                Effect::Open(session) => {
+                    PresenceChange::Open { session, detail: "opened by a provider webhook".into() }
+                }
+                Effect::EndRoom => PresenceChange::End {
+                    user: None,
+                    detail: "the provider reported the room or call closed".into(),
+                },
+                Effect::EndParticipant(user) => PresenceChange::End {
+                    detail: format!("the provider reported {user} gone"),
+                    user: Some(user),
+                },
+            });
+        }
     }
-    Ok(changed)
+    Ok((changes, budgets))
 }

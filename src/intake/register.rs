@@ -45,16 +45,12 @@ pub async fn standings(
     Ok(out)
 }
 
-/// The budget lock, when the registration spends a budget; keep the guard
-/// until its sessions are stored.
-pub async fn lock_budget(
-    lock: &BudgetLock,
-    config: &Config,
-    r: &Registration,
-) -> Option<OwnedMutexGuard<()>> {
+/// The budget locks of the registration's users, when it spends a budget;
+/// keep the guards until its sessions are stored.
+pub async fn lock_budget(lock: &BudgetLock, config: &Config, r: &Registration) -> Vec<OwnedMutexGuard<()>> {
     match budget_users(config, r) {
-        Some(_) => Some(lock.hold().await),
-        None => None,
+        Some((policy, users)) => lock.hold_all(&policy.name, &users.iter().collect::<Vec<_>>()).await,
+        None => Vec::new(),
     }
 }
 

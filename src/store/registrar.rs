@@ -2,8 +2,7 @@
 //! commits whatever is waiting in one transaction (one fsync for up to
 //! [`REGISTRAR_BATCH`] sessions), whichever backend writes them.
 
-use tokio::sync::{mpsc, oneshot};
-
+use super::group_commit::GroupCommit;
 use super::{Inserted, Store, StoreError};
 use crate::domain::Instant;
 use crate::domain::session::NewSession;
@@ -12,6 +11,7 @@ use crate::domain::session::NewSession;
 const REGISTRAR_BATCH: usize = 256;
 
 /// A registration waiting for the next group commit.
+#[derive(Debug)]
 pub struct Pending {
     pub session: NewSession,
     /// The client's idempotency key, if it sent one.
@@ -19,48 +19,27 @@ pub struct Pending {
     /// The `registered` audit row's detail.
     pub detail: &'static str,
     pub now: Instant,
-    reply: oneshot::Sender<Result<Inserted, StoreError>>,
-}
-
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("session", &self.session.id).finish()
-    }
 }
 
 /// A handle for registering sessions through the group-committing task.
 #[derive(Debug, Clone)]
 pub struct Registrar {
-    tx: mpsc::Sender<Pending>,
+    writer: GroupCommit<Pending, Inserted>,
 }
 
 impl Registrar {
     /// Starts the task; it ends when every handle is dropped.
     pub(super) fn start(store: Store) -> Registrar {
-        let (tx, mut rx) = mpsc::channel::<Pending>(REGISTRAR_BATCH * 4);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(REGISTRAR_BATCH);
-            while rx.recv_many(&mut batch, REGISTRAR_BATCH).await > 0 {
-                match store.insert_batch(&batch).await {
-                    Ok(results) => {
-                        for (r, result) in batch.drain(..).zip(results) {
-                            let _ = r.reply.send(Ok(result));
-                        }
-                    }
-                    Err(e) => {
-                        let reason = e.to_string();
-                        for r in batch.drain(..) {
-                            let _ = r.reply.send(Err(StoreError::Batch(reason.clone())));
-                        }
-                    }
-                }
-            }
+        let writer = GroupCommit::start(REGISTRAR_BATCH, move |batch: &[Pending]| {
+            let store = store.clone();
+            Box::pin(async move { Ok(store.insert_batch(batch).await?.into_iter().map(Ok).collect()) })
         });
-        Registrar { tx }
+        Registrar { writer }
     }
 
     /// Registers one session (under `key`, if given), committed with
-    /// whatever else is waiting.
+    /// whatever else is waiting. A registration the database refuses fails
+    /// alone, with its own error.
     pub async fn register(
         &self,
         session: NewSession,
@@ -68,11 +47,6 @@ impl Registrar {
         now: Instant,
         detail: &'static str,
     ) -> Result<Inserted, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Pending { session, key, detail, now, reply })
-            .await
-            .map_err(|_| StoreError::Batch("the registration writer has stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Batch("the registration writer has stopped".into()))?
+        self.writer.submit(Pending { session, key, detail, now }).await
     }
 }

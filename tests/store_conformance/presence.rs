@@ -7,7 +7,7 @@ use std::time::Duration;
 use callwarden::domain::audit::AuditEntry;
 use callwarden::domain::session::NewSession;
 use callwarden::domain::{Room, SessionId, SessionState};
-use callwarden::store::{Store, StoreError};
+use callwarden::store::{PresenceChange, PresenceMark, PresenceWrite, Store, StoreError};
 
 use super::support::*;
 
@@ -26,60 +26,156 @@ fn call(id: &str) -> Room {
     Room::call(id).unwrap()
 }
 
+fn write(
+    provider: &str,
+    room: &Room,
+    who: &str,
+    ms: i64,
+    event: &'static str,
+    changes: Vec<PresenceChange>,
+) -> PresenceWrite {
+    let mark = PresenceMark {
+        provider: provider.into(),
+        room: room.clone(),
+        participant: who.into(),
+        event_ms: ms,
+        event,
+    };
+    PresenceWrite { mark, changes, now: at(0) }
+}
+
+/// Applies one event through the store's batch operation.
+async fn apply(store: &Store, w: PresenceWrite) -> Result<Option<u32>, StoreError> {
+    let mut answers = store.apply_presence(&[w]).await.unwrap();
+    assert_eq!(answers.len(), 1);
+    answers.pop().unwrap()
+}
+
+/// Records an event with no changes; whether it was newer than what is known.
+async fn mark(store: &Store, provider: &str, room: &Room, who: &str, ms: i64, event: &'static str) -> bool {
+    apply(store, write(provider, room, who, ms, event, vec![])).await.unwrap().is_some()
+}
+
+/// Opens `s` as an `entered` event of its own (a fresh mark, so only the
+/// session decides); whether a session was added.
+async fn open(store: &Store, s: &NewSession, now_at: i64, detail: &str) -> bool {
+    let change = PresenceChange::Open { session: s.clone(), detail: detail.into() };
+    let w = PresenceWrite {
+        now: at(now_at),
+        ..write(PROVIDER, &s.room, &s.id.to_string(), 1, "entered", vec![change])
+    };
+    apply(store, w).await.unwrap() == Some(1)
+}
+
+/// Ends a room's sessions (or one participant's) as a fresh event; how many.
+async fn end(store: &Store, room: &Room, user: Option<&str>, now_at: i64, detail: &str) -> u32 {
+    let change = PresenceChange::End { user: user.map(super::support::user), detail: detail.into() };
+    let w = PresenceWrite {
+        now: at(now_at),
+        ..write(PROVIDER, room, &format!("end-{now_at}"), 1, "left", vec![change])
+    };
+    apply(store, w).await.unwrap().unwrap()
+}
+
 conformance! {
     async fn a_duplicate_presence_event_changes_nothing(db) {
         let room = Room::Numeric(5);
         assert_eq!(db.store.last_event(PROVIDER, &room, "alice").await.unwrap(), None);
-        assert!(db.store.record_presence_if_newer(PROVIDER, &room, "alice", 1_000, "joined").await.unwrap());
-        assert!(!db.store.record_presence_if_newer(PROVIDER, &room, "alice", 1_000, "joined").await.unwrap());
+        assert!(mark(&db.store, PROVIDER, &room, "alice", 1_000, "entered").await);
+        assert!(!mark(&db.store, PROVIDER, &room, "alice", 1_000, "entered").await);
         // Same instant, another event: still not newer.
-        assert!(!db.store.record_presence_if_newer(PROVIDER, &room, "alice", 1_000, "left").await.unwrap());
-        assert_eq!(db.store.last_event(PROVIDER, &room, "alice").await.unwrap(), Some((1_000, "joined".to_string())));
+        assert!(!mark(&db.store, PROVIDER, &room, "alice", 1_000, "left").await);
+        assert_eq!(db.store.last_event(PROVIDER, &room, "alice").await.unwrap(), Some((1_000, "entered".to_string())));
+        // A duplicate's changes are not made.
+        let s = participant(room.clone(), "alice", at(30));
+        let again = write(PROVIDER, &room, "alice", 1_000, "entered", vec![PresenceChange::Open { session: s.clone(), detail: "webhook".into() }]);
+        assert_eq!(apply(&db.store, again).await.unwrap(), None);
+        assert!(matches!(db.store.session(s.id).await, Err(StoreError::NotFound(_))));
     }
 
     async fn an_older_presence_event_changes_nothing_and_a_newer_one_wins(db) {
         let room = Room::Numeric(5);
-        assert!(db.store.record_presence_if_newer(PROVIDER, &room, "", 2_000, "room_created").await.unwrap());
-        assert!(!db.store.record_presence_if_newer(PROVIDER, &room, "", 1_500, "room_closed").await.unwrap());
-        assert_eq!(db.store.last_event(PROVIDER, &room, "").await.unwrap(), Some((2_000, "room_created".to_string())));
-        assert!(db.store.record_presence_if_newer(PROVIDER, &room, "", 2_001, "room_closed").await.unwrap());
-        assert_eq!(db.store.last_event(PROVIDER, &room, "").await.unwrap(), Some((2_001, "room_closed".to_string())));
+        assert!(mark(&db.store, PROVIDER, &room, "", 2_000, "opened").await);
+        assert!(!mark(&db.store, PROVIDER, &room, "", 1_500, "closed").await);
+        assert_eq!(db.store.last_event(PROVIDER, &room, "").await.unwrap(), Some((2_000, "opened".to_string())));
+        assert!(mark(&db.store, PROVIDER, &room, "", 2_001, "closed").await);
+        assert_eq!(db.store.last_event(PROVIDER, &room, "").await.unwrap(), Some((2_001, "closed".to_string())));
     }
 
     async fn presence_is_kept_per_provider_room_and_participant(db) {
         let numeric = Room::Numeric(123);
         let string = Room::string("123").unwrap();
-        assert!(db.store.record_presence_if_newer(PROVIDER, &numeric, "alice", 5_000, "joined").await.unwrap());
+        assert!(mark(&db.store, PROVIDER, &numeric, "alice", 5_000, "entered").await);
         // Each of these is another key, so an older time is still news.
-        assert!(db.store.record_presence_if_newer(PROVIDER, &string, "alice", 1_000, "left").await.unwrap());
-        assert!(db.store.record_presence_if_newer(PROVIDER, &numeric, "", 1_000, "room_created").await.unwrap());
-        assert!(db.store.record_presence_if_newer("trtc-eu", &numeric, "alice", 1_000, "left").await.unwrap());
-        assert!(db.store.record_presence_if_newer(PROVIDER, &numeric, "bob", 1_000, "joined").await.unwrap());
+        assert!(mark(&db.store, PROVIDER, &string, "alice", 1_000, "left").await);
+        assert!(mark(&db.store, PROVIDER, &numeric, "", 1_000, "opened").await);
+        assert!(mark(&db.store, "trtc-eu", &numeric, "alice", 1_000, "left").await);
+        assert!(mark(&db.store, PROVIDER, &numeric, "bob", 1_000, "entered").await);
 
         let last = |provider: &'static str, room: Room, who: &'static str| {
             let store = db.store.clone();
             async move { store.last_event(provider, &room, who).await.unwrap() }
         };
-        assert_eq!(last(PROVIDER, numeric.clone(), "alice").await, Some((5_000, "joined".into())));
+        assert_eq!(last(PROVIDER, numeric.clone(), "alice").await, Some((5_000, "entered".into())));
         assert_eq!(last(PROVIDER, string.clone(), "alice").await, Some((1_000, "left".into())));
-        assert_eq!(last(PROVIDER, numeric.clone(), "").await, Some((1_000, "room_created".into())));
+        assert_eq!(last(PROVIDER, numeric.clone(), "").await, Some((1_000, "opened".into())));
         assert_eq!(last("trtc-eu", numeric.clone(), "alice").await, Some((1_000, "left".into())));
         assert_eq!(last(PROVIDER, string, "").await, None);
         assert_eq!(last("acs", numeric, "alice").await, None);
     }
 
-    async fn open_unless_active_opens_one_session_per_policy_room_and_participant(db) {
+    async fn an_event_whose_changes_fail_is_not_recorded_so_its_retry_applies(db) {
+        let room = Room::Numeric(6);
+        let taken = participant(room.clone(), "bob", at(30));
+        register(&db.store, vec![taken.clone()], at(0)).await;
+        // Alice's session clashes with an existing id: the insert fails.
+        let clash = NewSession { id: taken.id, ..participant(room.clone(), "alice", at(30)) };
+        let failing = write(PROVIDER, &room, "alice", 1_000, "entered", vec![PresenceChange::Open { session: clash, detail: "webhook".into() }]);
+        assert!(apply(&db.store, failing).await.is_err());
+        assert_eq!(db.store.last_event(PROVIDER, &room, "alice").await.unwrap(), None, "the event is not marked seen");
+        // The provider's retry (the same event) is applied.
+        let alice = participant(room.clone(), "alice", at(30));
+        let retry = write(PROVIDER, &room, "alice", 1_000, "entered", vec![PresenceChange::Open { session: alice.clone(), detail: "webhook".into() }]);
+        assert_eq!(apply(&db.store, retry).await.unwrap(), Some(1));
+        assert_eq!(state_of(&db.store, alice.id).await, "active");
+        assert_chain_intact(&db.store, 2).await;
+    }
+
+    async fn in_a_batch_a_failing_event_fails_alone(db) {
+        let room = Room::Numeric(7);
+        let taken = participant(room.clone(), "zed", at(30));
+        register(&db.store, vec![taken.clone()], at(0)).await;
+        let (a, b) = (participant(room.clone(), "a", at(30)), participant(room.clone(), "b", at(30)));
+        let open = |s: &NewSession| vec![PresenceChange::Open { session: s.clone(), detail: "webhook".into() }];
+        let clash = NewSession { id: taken.id, ..participant(room.clone(), "c", at(30)) };
+        let batch = [
+            write(PROVIDER, &room, "a", 1_000, "entered", open(&a)),
+            write(PROVIDER, &room, "c", 1_000, "entered", open(&clash)),
+            write(PROVIDER, &room, "b", 1_000, "entered", open(&b)),
+        ];
+        let answers = db.store.apply_presence(&batch).await.unwrap();
+        assert!(matches!(answers[0], Ok(Some(1))), "{answers:?}");
+        assert!(answers[1].is_err(), "{answers:?}");
+        assert!(matches!(answers[2], Ok(Some(1))), "{answers:?}");
+        for s in [&a, &b] {
+            assert_eq!(state_of(&db.store, s.id).await, "active");
+        }
+        assert_eq!(db.store.last_event(PROVIDER, &room, "c").await.unwrap(), None);
+        assert_chain_intact(&db.store, 3).await;
+    }
+
+    async fn open_opens_one_session_per_policy_room_and_participant(db) {
         let room = Room::Numeric(5);
         let mut alice = participant(room.clone(), "alice", at(30));
         alice.warn_before = vec![mins(5)];
-        assert!(db.store.open_unless_active(&alice, at(0), "opened by a webhook").await.unwrap());
+        assert!(open(&db.store, &alice, 0, "opened by a webhook").await);
         let audit = audit_of(&db.store, alice.id).await;
         assert_eq!(audit.len(), 1);
         assert_eq!((audit[0].event.as_str(), audit[0].detail.clone()), ("registered", alice.registered_entry("opened by a webhook").detail));
         assert_eq!(db.store.next_notification_due().await.unwrap(), Some(at(25)), "its warnings are armed");
 
         let repeat = participant(room.clone(), "alice", at(40));
-        assert!(!db.store.open_unless_active(&repeat, at(1), "again").await.unwrap());
+        assert!(!open(&db.store, &repeat, 1, "again").await);
         assert!(matches!(db.store.session(repeat.id).await, Err(StoreError::NotFound(_))));
         assert!(events_of(&db.store, repeat.id).await.is_empty());
 
@@ -91,14 +187,14 @@ conformance! {
             participant(Room::string("5").unwrap(), "alice", at(30)),
         ];
         for s in &others {
-            assert!(db.store.open_unless_active(s, at(1), "webhook").await.unwrap(), "{s:?}");
+            assert!(open(&db.store, s, 1, "webhook").await, "{s:?}");
         }
         let second_whole_room = session(5, at(50));
-        assert!(!db.store.open_unless_active(&second_whole_room, at(1), "webhook").await.unwrap());
+        assert!(!open(&db.store, &second_whole_room, 1, "webhook").await);
 
         db.store.end_session(alice.id, at(2), "left").await.unwrap();
         let rejoined = participant(room, "alice", at(60));
-        assert!(db.store.open_unless_active(&rejoined, at(3), "webhook").await.unwrap(), "the first one ended");
+        assert!(open(&db.store, &rejoined, 3, "webhook").await, "the first one ended");
         assert_eq!(db.store.state_counts().await.unwrap(), [("active".to_string(), 5), ("cancelled".to_string(), 1)]);
     }
 
@@ -108,7 +204,7 @@ conformance! {
             .map(|k| {
                 let store = if k % 2 == 0 { db.store.clone() } else { other.clone() };
                 let s = participant(Room::Numeric(5), "alice", at(30));
-                tokio::spawn(async move { store.open_unless_active(&s, at(0), "webhook").await.unwrap() })
+                tokio::spawn(async move { open(&store, &s, 0, "webhook").await })
             })
             .collect();
         let mut opened = 0;
@@ -121,7 +217,7 @@ conformance! {
         other.close().await;
     }
 
-    async fn end_active_ends_a_rooms_sessions_or_one_participants(db) {
+    async fn end_ends_a_rooms_sessions_or_one_participants(db) {
         let room = Room::Numeric(9);
         let alice = participant(room.clone(), "alice", at(30));
         let bob = participant(room.clone(), "bob", at(30));
@@ -133,8 +229,7 @@ conformance! {
         register(&db.store, all, at(0)).await;
         assert_eq!(db.store.claim_due(at(1), at(1), 10).await.unwrap().len(), 1);
 
-        let ended = db.store.end_active(PROVIDER, &room, Some(&user("alice")), at(5), "alice left").await.unwrap();
-        assert_eq!(ended, [alice.id]);
+        assert_eq!(end(&db.store, &room, Some("alice"), 5, "alice left").await, 1);
         let row = db.store.session(alice.id).await.unwrap();
         assert_eq!((row.state.as_str(), row.detail.as_deref()), ("cancelled", Some("alice left")));
         assert_eq!(row.ended_at, Some(at(5).to_string()));
@@ -142,16 +237,15 @@ conformance! {
         let last = audit.last().unwrap();
         assert_eq!((last.event.as_str(), last.provider.as_deref(), last.detail.as_deref()), ("ended", Some(PROVIDER), Some("alice left")));
 
-        let mut ended = db.store.end_active(PROVIDER, &room, None, at(6), "room closed").await.unwrap();
-        ended.sort();
-        let mut want = vec![bob.id, whole.id];
-        want.sort();
-        assert_eq!(ended, want);
+        assert_eq!(end(&db.store, &room, None, 6, "room closed").await, 2);
+        for ended in [&bob, &whole] {
+            assert_eq!(state_of(&db.store, ended.id).await, "cancelled");
+        }
         for untouched in [&elsewhere, &other_provider] {
             assert_eq!(state_of(&db.store, untouched.id).await, "active");
         }
         assert_eq!(state_of(&db.store, claimed.id).await, "enforcing", "enforcement under way is not undone");
-        assert!(db.store.end_active(PROVIDER, &room, None, at(7), "again").await.unwrap().is_empty());
+        assert_eq!(end(&db.store, &room, None, 7, "again").await, 0);
     }
 
     async fn active_participants_lists_each_user_once(db) {

@@ -1,6 +1,7 @@
 //! The group-commit registrar: concurrent registrations share commits and
 //! all land, each with its audit row; an idempotency key answers a retry
-//! with the session it made; a failed batch fails its callers, not the
+//! with the session it made; a registration the database refuses fails
+//! alone, not the others of its batch; a failed batch fails its callers, not the
 //! registrar. `Store::insert_batch` is exercised here, through the
 //! registrar: its `Pending` rows carry a reply channel only the registrar
 //! can make.
@@ -97,13 +98,40 @@ conformance! {
         assert_eq!(db.store.state_counts().await.unwrap(), [("active".to_string(), 2)]);
     }
 
+    async fn one_refused_registration_fails_alone_not_the_others_of_its_batch(db) {
+        let registrar = db.store.registrar();
+        let taken = session(1, at(30));
+        assert!(created(registrar.register(taken.clone(), None, at(0), "api").await));
+        // Sent at once, so they share commits; one of them reuses an id.
+        let mut sessions: Vec<_> = (2..=60).map(|room| session(room, at(30))).collect();
+        sessions.insert(30, NewSession { id: taken.id, ..session(99, at(30)) });
+        let calls: Vec<_> = sessions
+            .iter()
+            .map(|s| {
+                let (registrar, s) = (registrar.clone(), s.clone());
+                tokio::spawn(async move { registrar.register(s, None, at(1), "api").await })
+            })
+            .collect();
+        let mut refused = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(Inserted::Created) => {}
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => refused += 1,
+            }
+        }
+        assert_eq!(refused, 1, "only the clash is refused");
+        assert_eq!(db.store.state_counts().await.unwrap(), [("active".to_string(), 60)]);
+        assert_chain_intact(&db.store, 60).await;
+    }
+
     async fn a_failed_batch_fails_its_registrations_and_the_registrar_carries_on(db) {
         let registrar = db.store.registrar();
         let s = session(1, at(30));
         assert!(created(registrar.register(s.clone(), None, at(0), "api").await));
         let clash = NewSession { id: s.id, ..session(2, at(30)) };
         let refused = registrar.register(clash, None, at(1), "api").await;
-        assert!(matches!(refused, Err(StoreError::Batch(_))), "{refused:?}");
+        assert!(refused.is_err(), "{refused:?}");
         assert_eq!(db.store.session(s.id).await.unwrap().room_id, "1");
         let next = session(3, at(30));
         assert!(created(registrar.register(next.clone(), None, at(2), "api").await));

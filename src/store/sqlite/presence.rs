@@ -12,36 +12,37 @@ use super::sessions::{NEW_SESSION_COLUMNS, push_new_session};
 use crate::domain::audit::AuditEntry;
 use crate::domain::session::NewSession;
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
-use crate::store::StoreError;
+use crate::store::{PresenceChange, PresenceWrite, StoreError};
 
 impl SqliteStore {
-    /// Records a webhook event about a room (`participant` empty) or a
-    /// participant, if it is newer than the last one recorded for the same
-    /// key. Returns false for a duplicate or an event that arrived out of
-    /// order, which should then change nothing.
-    pub(in crate::store) async fn record_presence_if_newer(
+    /// Applies a batch of presence events in one transaction, each under a
+    /// savepoint of its own: an event that fails is rolled back alone (its
+    /// mark too, so a retry of it is applied) and the others commit.
+    pub(in crate::store) async fn apply_presence(
         &self,
-        provider: &str,
-        room: &Room,
-        participant: &str,
-        event_ms: i64,
-        event: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO presence (provider, room_kind, room_id, participant, last_event_ms, last_event) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider, room_kind, room_id, participant) DO UPDATE \
-             SET last_event_ms = excluded.last_event_ms, last_event = excluded.last_event \
-             WHERE excluded.last_event_ms > presence.last_event_ms",
-        )
-        .bind(provider)
-        .bind(room.kind().as_str())
-        .bind(room.id_text())
-        .bind(participant)
-        .bind(event_ms)
-        .bind(event)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        batch: &[PresenceWrite],
+    ) -> Result<Vec<Result<Option<u32>, StoreError>>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut answers = Vec::with_capacity(batch.len());
+        for write in batch {
+            let mut one = sqlx::Acquire::begin(&mut *tx).await?;
+            match apply_one(&mut one, write).await {
+                Ok(Some(changed)) => {
+                    one.commit().await?;
+                    answers.push(Ok(Some(changed)));
+                }
+                Ok(None) => {
+                    one.rollback().await?;
+                    answers.push(Ok(None));
+                }
+                Err(e) => {
+                    one.rollback().await?;
+                    answers.push(Err(e));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(answers)
     }
 
     /// The last event recorded for a room or participant: (time, event).
@@ -65,84 +66,6 @@ impl SqliteStore {
             Some(r) => Some((r.try_get("last_event_ms")?, r.try_get("last_event")?)),
             None => None,
         })
-    }
-
-    /// Registers a session opened by a webhook, unless the same policy
-    /// already has an active session for that room and participant (an event
-    /// delivered twice, or a second entry). Returns whether it was added.
-    pub(in crate::store) async fn open_unless_active(
-        &self,
-        s: &NewSession,
-        now: Instant,
-        detail: &str,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let mut q =
-            QueryBuilder::<Sqlite>::new(format!("INSERT INTO sessions ({NEW_SESSION_COLUMNS}) SELECT "));
-        push_new_session(&mut q.separated(", "), s, now);
-        q.push(
-            " WHERE NOT EXISTS (SELECT 1 FROM sessions INDEXED BY sessions_active_room WHERE state = 'active' \
-             AND room_id = ",
-        )
-        .push_bind(s.room.id_text())
-        .push(" AND room_kind = ")
-        .push_bind(s.room.kind().as_str())
-        .push(" AND policy = ")
-        .push_bind(s.policy.clone())
-        .push(" AND user_id IS ")
-        .push_bind(s.user.as_ref().map(|u| u.as_str().to_string()))
-        .push(")");
-        let done = q.build().execute(&mut *tx).await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_warnings(&mut tx, &warnings_of(s, now), now).await?;
-        insert_audit(&mut tx, &s.registered_entry(detail), now).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Ends the active sessions of a room (`user` None: all of them; Some:
-    /// that participant's) of one provider, because the provider reported
-    /// the room closed or the participant gone. No provider call; audit
-    /// event `ended`. Returns the sessions ended.
-    pub(in crate::store) async fn end_active(
-        &self,
-        provider: &str,
-        room: &Room,
-        user: Option<&UserId>,
-        now: Instant,
-        detail: &str,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let rows = sqlx::query(
-            "UPDATE sessions INDEXED BY sessions_active_room SET state = 'cancelled', detail = ?, updated_at = ? \
-             WHERE state = 'active' AND room_id = ? AND room_kind = ? AND provider = ? \
-             AND (? IS NULL OR user_id = ?) RETURNING id",
-        )
-        .bind(detail)
-        .bind(now.to_string())
-        .bind(room.id_text())
-        .bind(room.kind().as_str())
-        .bind(provider)
-        .bind(user.map(|u| u.as_str().to_string()))
-        .bind(user.map(|u| u.as_str().to_string()))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut ended = Vec::with_capacity(rows.len());
-        let mut audit = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            if let Ok(id) = id.parse::<SessionId>() {
-                let entry =
-                    AuditEntry { provider: Some(provider.to_string()), ..AuditEntry::new("ended", id) };
-                audit.push((entry.detail(detail), now));
-                ended.push(id);
-            }
-        }
-        insert_audit_rows(&mut tx, &audit).await?;
-        tx.commit().await?;
-        Ok(ended)
     }
 
     /// The participants with an active session in a room, for diffing a
@@ -230,4 +153,112 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(rows.len() as u64)
     }
+}
+
+type Tx<'c> = sqlx::Transaction<'c, Sqlite>;
+
+/// One presence event: its mark first (a write, so the write lock is taken
+/// before anything is read), then its changes. `None`: not newer than what
+/// is recorded, so nothing is to change.
+async fn apply_one(tx: &mut Tx<'_>, w: &PresenceWrite) -> Result<Option<u32>, StoreError> {
+    let m = &w.mark;
+    let marked = sqlx::query(
+        "INSERT INTO presence (provider, room_kind, room_id, participant, last_event_ms, last_event) \
+         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider, room_kind, room_id, participant) DO UPDATE \
+         SET last_event_ms = excluded.last_event_ms, last_event = excluded.last_event \
+         WHERE excluded.last_event_ms > presence.last_event_ms",
+    )
+    .bind(&m.provider)
+    .bind(m.room.kind().as_str())
+    .bind(m.room.id_text())
+    .bind(&m.participant)
+    .bind(m.event_ms)
+    .bind(m.event)
+    .execute(&mut **tx)
+    .await?;
+    if marked.rows_affected() != 1 {
+        return Ok(None);
+    }
+    let mut changed = 0;
+    for change in &w.changes {
+        changed += match change {
+            PresenceChange::Open { session, detail } => {
+                u32::from(open_unless_active(tx, session, w.now, detail).await?)
+            }
+            PresenceChange::End { user, detail } => {
+                end_active(tx, &m.provider, &m.room, user.as_ref(), w.now, detail).await? as u32
+            }
+        };
+    }
+    Ok(Some(changed))
+}
+
+/// Registers a session opened by a webhook, unless the same policy already
+/// has an active session for that room and participant (an event delivered
+/// twice, or a second entry). Returns whether it was added.
+async fn open_unless_active(
+    tx: &mut Tx<'_>,
+    s: &NewSession,
+    now: Instant,
+    detail: &str,
+) -> Result<bool, StoreError> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO sessions ({NEW_SESSION_COLUMNS}) SELECT "));
+    push_new_session(&mut q.separated(", "), s, now);
+    q.push(
+        " WHERE NOT EXISTS (SELECT 1 FROM sessions INDEXED BY sessions_active_room WHERE state = 'active' \
+         AND room_id = ",
+    )
+    .push_bind(s.room.id_text())
+    .push(" AND room_kind = ")
+    .push_bind(s.room.kind().as_str())
+    .push(" AND policy = ")
+    .push_bind(s.policy.clone())
+    .push(" AND user_id IS ")
+    .push_bind(s.user.as_ref().map(|u| u.as_str().to_string()))
+    .push(")");
+    let done = q.build().execute(&mut **tx).await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    insert_warnings(tx, &warnings_of(s, now), now).await?;
+    insert_audit(tx, &s.registered_entry(detail), now).await?;
+    Ok(true)
+}
+
+/// Ends the active sessions of a room (`user` None: all of them; Some: that
+/// participant's) of one provider, because the provider reported the room
+/// closed or the participant gone. No provider call; audit event `ended`.
+/// Returns how many.
+async fn end_active(
+    tx: &mut Tx<'_>,
+    provider: &str,
+    room: &Room,
+    user: Option<&UserId>,
+    now: Instant,
+    detail: &str,
+) -> Result<usize, StoreError> {
+    let rows = sqlx::query(
+        "UPDATE sessions INDEXED BY sessions_active_room SET state = 'cancelled', detail = ?, updated_at = ? \
+         WHERE state = 'active' AND room_id = ? AND room_kind = ? AND provider = ? \
+         AND (? IS NULL OR user_id = ?) RETURNING id",
+    )
+    .bind(detail)
+    .bind(now.to_string())
+    .bind(room.id_text())
+    .bind(room.kind().as_str())
+    .bind(provider)
+    .bind(user.map(|u| u.as_str().to_string()))
+    .bind(user.map(|u| u.as_str().to_string()))
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut audit = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        if let Ok(id) = id.parse::<SessionId>() {
+            let entry = AuditEntry { provider: Some(provider.to_string()), ..AuditEntry::new("ended", id) };
+            audit.push((entry.detail(detail), now));
+        }
+    }
+    insert_audit_rows(tx, &audit).await?;
+    Ok(rows.len())
 }

@@ -11,8 +11,11 @@ use crate::config::Retention;
 use crate::domain::audit::{Checkpoint, checkpoint_signature};
 use crate::store::{Store, StoreError};
 
-/// How often retention runs (also once at start).
+/// How often retention runs.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The first run, this long after start: recovery and the first claims go
+/// first. (Each run deletes in short transactions anyway.)
+pub const FIRST_PRUNE_AFTER: Duration = Duration::from_secs(60);
 
 /// Applies `retention:`: settled sessions and audit rows older than their
 /// periods are deleted, the audit log behind a signed checkpoint.
@@ -22,7 +25,8 @@ pub async fn prune_periodically(
     retention: Retention,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + FIRST_PRUNE_AFTER, PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}

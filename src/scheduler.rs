@@ -45,9 +45,10 @@ pub const CLAIM_WINDOW: Duration = Duration::from_millis(100);
 /// so a scheduler that fell behind (a long disk stall) catches up in a few
 /// claims rather than many small ones.
 pub const CLAIM_BATCH: u32 = 1024;
-/// Most plain-SQL rows adopted in one transaction, so adoption yields to
-/// claiming between batches.
-pub const ADOPT_BATCH: u32 = 1024;
+/// Most plain-SQL rows adopted in one turn (one transaction): a bulk insert
+/// of any size is adopted in slices of a few milliseconds of writer time,
+/// between which the scheduler claims what is due.
+pub const ADOPT_BATCH: u32 = 256;
 /// How often another connection's commits are looked for.
 pub const CHANGE_POLL: Duration = Duration::from_millis(50);
 
@@ -120,13 +121,15 @@ impl Scheduler {
                 None => std::future::pending().await,
             }
         };
-        self.adopt_new_rows(shutdown).await?;
+        let more_to_adopt = self.adopt_new_rows().await?;
         let next = self.store.next_deadline().await?;
         let now = self.clock.now();
         match next {
             Some(deadline) if deadline <= now.saturating_add(CLAIM_LEAD) => {
                 self.claim(now.saturating_add(CLAIM_LEAD + CLAIM_WINDOW), shutdown, nap).await
             }
+            // Nothing due: straight on to the next slice of rows.
+            _ if more_to_adopt => Ok(()),
             Some(deadline) => {
                 let wake = deadline.saturating_sub(CLAIM_LEAD);
                 tokio::select! {
@@ -174,62 +177,78 @@ impl Scheduler {
         }
         let claimed = self.store.claim_due(horizon, self.clock.now(), permit.num_permits() as u32).await?;
         let mut sessions = Vec::with_capacity(claimed.len());
+        let mut unreadable = Vec::new();
         for result in claimed {
             match result {
                 Ok(s) => sessions.push(s),
-                Err((id, reason)) => {
-                    tracing::error!(session = %id, %reason, "malformed session row; marked failed");
-                    self.store.reject(&id, &reason, self.clock.now()).await?;
+                Err(bad) => unreadable.push(bad),
+            }
+        }
+        // The readable sessions go to enforcement first: whatever happens to
+        // the bad rows, the good ones of the batch are never stranded.
+        if !sessions.is_empty() {
+            match permit.split(sessions.len()) {
+                Some(permit) => {
+                    if self.out.send(Claimed { sessions, permit }).is_err() {
+                        // Enforcement has stopped (shutdown); the claimed
+                        // sessions are re-queued at the next start.
+                        tracing::warn!("enforcement is gone; claimed sessions wait for the next start");
+                    }
+                }
+                None => {
+                    tracing::error!("claimed more sessions than permits held; they wait for the next start")
                 }
             }
         }
-        if sessions.is_empty() {
-            return Ok(());
-        }
-        let Some(permit) = permit.split(sessions.len()) else {
-            unreachable!("claimed no more sessions than permits held");
-        };
-        if self.out.send(Claimed { sessions, permit }).is_err() {
-            // Enforcement has stopped (shutdown); the claimed sessions are
-            // re-queued at the next start.
-            tracing::warn!("enforcement is gone; claimed sessions wait for the next start");
+        for (id, reason) in unreadable {
+            tracing::error!(session = %id, %reason, "malformed session row; marked failed");
+            // If this fails, the row stays `enforcing` and is failed again
+            // after the next start's re-queue; nothing else waits on it.
+            self.store.reject(&id, &reason, self.clock.now()).await?;
         }
         Ok(())
     }
 
-    /// Adopts rows another program inserted, a batch per transaction, until
-    /// none are left or the daemon stops.
-    async fn adopt_new_rows(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
-        loop {
-            let rows = self.store.unadopted(ADOPT_BATCH).await?;
-            if rows.is_empty() {
-                return Ok(());
-            }
-            let now = self.clock.now();
-            let config = self.config.current();
-            let mut adopted = Vec::with_capacity(rows.len());
-            let mut rejected = Vec::new();
-            for row in rows {
-                match adoption(&config, &row) {
-                    Ok(mut a) => {
-                        self.clip_to_budget(&config, &row, &mut a, now).await?;
-                        tracing::debug!(session = %row.id, deadline = %a.deadline, "adopting a session inserted with SQL");
-                        adopted.push(a);
-                    }
-                    Err(reason) => {
-                        tracing::warn!(session = %row.id, %reason, "refused a session inserted with SQL");
-                        rejected.push((row.id, reason));
-                    }
+    /// Adopts one slice (up to [`ADOPT_BATCH`]) of the rows another program
+    /// inserted, in one transaction; returns whether there may be more. A row
+    /// the daemon cannot read (a BLOB where text belongs, text in a number
+    /// column) or cannot schedule is failed on its own, with the reason.
+    async fn adopt_new_rows(&self) -> Result<bool, StoreError> {
+        let rows = self.store.unadopted(ADOPT_BATCH).await?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let full = rows.len() as u32 == ADOPT_BATCH;
+        let now = self.clock.now();
+        let config = self.config.current();
+        let mut adopted = Vec::with_capacity(rows.len());
+        let mut rejected = Vec::new();
+        for row in rows {
+            let row = match row {
+                Ok(row) => row,
+                Err((id, reason)) => {
+                    tracing::warn!(session = %id, %reason, "refused a session inserted with SQL");
+                    rejected.push((id, reason));
+                    continue;
+                }
+            };
+            match adoption(&config, &row) {
+                Ok(mut a) => {
+                    self.clip_to_budget(&config, &row, &mut a, now).await?;
+                    tracing::debug!(session = %row.id, deadline = %a.deadline, "adopting a session inserted with SQL");
+                    adopted.push(a);
+                }
+                Err(reason) => {
+                    tracing::warn!(session = %row.id, %reason, "refused a session inserted with SQL");
+                    rejected.push((row.id, reason));
                 }
             }
-            let n = self.store.adopt_batch(&adopted, &rejected, now).await?;
-            if n > 0 {
-                tracing::info!(sessions = n, "adopted sessions inserted with SQL");
-            }
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
         }
+        let n = self.store.adopt_batch(&adopted, &rejected, now).await?;
+        if n > 0 {
+            tracing::info!(sessions = n, "adopted sessions inserted with SQL");
+        }
+        Ok(full)
     }
 }
 

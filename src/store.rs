@@ -25,11 +25,15 @@ use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint};
 use crate::domain::session::{Adopted, NewSession, Repeatability, Session, SessionRecord};
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
 
+mod group_commit;
 pub mod health;
+mod presence_writer;
 mod registrar;
 pub mod sqlite;
 
+pub use presence_writer::{PresenceChange, PresenceMark, PresenceWrite, PresenceWriter};
 pub use registrar::{Pending, Registrar};
+pub use sqlite::DaemonLock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,6 +67,13 @@ pub enum StoreError {
     Batch(String),
     #[error("database: {} exists; choose a new file", .0.display())]
     BackupExists(PathBuf),
+    /// Another daemon runs on this database (see [`Store::lock_database`]).
+    #[error(
+        "database {}: another callwarden daemon is running on it{holder} (it holds {}); one daemon \
+         per SQLite database: stop the other one first",
+        .path.display(), .lock.display()
+    )]
+    InUse { path: PathBuf, lock: PathBuf, holder: String },
     #[error(
         "session {id} cannot be extended by {asked_ms} ms: it has been extended by {used_ms} ms and its policy \
          allows {max_ms} ms in all"
@@ -70,6 +81,17 @@ pub enum StoreError {
     ExtensionLimit { id: SessionId, used_ms: i64, asked_ms: i64, max_ms: i64 },
     #[error("session {id} in the database is malformed: {reason}")]
     Malformed { id: String, reason: String },
+}
+
+impl StoreError {
+    /// The database refused the row itself (a constraint it breaks), as
+    /// opposed to being unavailable: the caller's input is at fault, and
+    /// trying again cannot help.
+    pub fn is_refusal(&self) -> bool {
+        use sqlx::error::ErrorKind;
+        matches!(self, StoreError::Sql(sqlx::Error::Database(db))
+            if matches!(db.kind(), ErrorKind::CheckViolation | ErrorKind::NotNullViolation | ErrorKind::ForeignKeyViolation))
+    }
 }
 
 /// What registering under an idempotency key did.
@@ -142,6 +164,15 @@ impl Store {
         Ok(Store::Sqlite(sqlite::SqliteStore::open(path).await?))
     }
 
+    /// Makes this process the one daemon on the database at `path`, before
+    /// anything touches it: a second daemon would re-queue the first one's
+    /// calls under way and send them again, and double the provider's rate.
+    /// Held until the returned lock is dropped or the process exits, however
+    /// it exits (the kernel releases it).
+    pub fn lock_database(path: &Path) -> Result<DaemonLock, StoreError> {
+        sqlite::lock_database(path)
+    }
+
     /// Where the data lives, for messages.
     pub fn path(&self) -> &Path {
         match self {
@@ -167,6 +198,12 @@ impl Store {
     /// The task ends when every [`Registrar`] handle is dropped.
     pub fn registrar(&self) -> Registrar {
         Registrar::start(self.clone())
+    }
+
+    /// A group-committing front for presence events (see [`PresenceWriter`]).
+    /// The task ends when every handle is dropped.
+    pub fn presence_writer(&self) -> PresenceWriter {
+        PresenceWriter::start(self.clone())
     }
 
     /// Watches for commits made by anyone (this daemon, the CLI, an app's
@@ -232,6 +269,8 @@ operations! {
     fn session(&self, id: SessionId) -> Result<SessionRecord, StoreError>;
     /// Sessions in deadline order (then creation), optionally of one state.
     fn list_sessions(&self, state: Option<SessionState>, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Sessions per state; the store keeps the counts as it writes, so this
+    /// costs the same at a million sessions as at ten.
     fn state_counts(&self) -> Result<StateCounts, StoreError>;
     /// Deletes settled sessions that ended before `before`.
     fn prune_sessions(&self, before: Instant) -> Result<u64, StoreError>;
@@ -256,8 +295,9 @@ operations! {
     ) -> Result<Option<Checkpoint>, StoreError>;
 
     // ---- the scheduler's queue
-    /// Rows inserted with plain SQL that the daemon has not adopted yet.
-    fn unadopted(&self, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Rows inserted with plain SQL that the daemon has not adopted yet; a
+    /// row that cannot be read comes back as its id and the reason.
+    fn unadopted(&self, limit: u32) -> Result<Vec<Result<SessionRecord, (String, String)>>, StoreError>;
     /// Fills in adopted rows and fails rejected ones, in one transaction.
     fn adopt_batch(&self, adopted: &[Adopted], rejected: &[(String, String)], now: Instant) -> Result<usize, StoreError>;
     /// Fails one row that cannot be scheduled, with the reason.
@@ -292,16 +332,13 @@ operations! {
     ) -> Result<(), StoreError>;
 
     // ---- presence and outcome reports
-    /// Records a webhook event's time for a room or participant if it is
-    /// newer than the last one known; false for a duplicate or stale event.
-    fn record_presence_if_newer(&self, provider: &str, room: &Room, participant: &str, event_ms: i64, event: &str) -> Result<bool, StoreError>;
+    /// One transaction for a batch of presence events: each event is
+    /// recorded and applied, or (a duplicate or stale event) changes nothing
+    /// and answers `None`; an event that fails is rolled back alone and
+    /// answers its error. See [`PresenceWriter`].
+    fn apply_presence(&self, batch: &[PresenceWrite]) -> Result<Vec<Result<Option<u32>, StoreError>>, StoreError>;
     /// The last event recorded for a room or participant: its time and name.
     fn last_event(&self, provider: &str, room: &Room, participant: &str) -> Result<Option<(i64, String)>, StoreError>;
-    /// Registers a session unless its policy already has one active for the
-    /// same room and participant.
-    fn open_unless_active(&self, s: &NewSession, now: Instant, detail: &str) -> Result<bool, StoreError>;
-    /// Ends the active sessions of a room (or one participant of it).
-    fn end_active(&self, provider: &str, room: &Room, user: Option<&UserId>, now: Instant, detail: &str) -> Result<Vec<SessionId>, StoreError>;
     /// Participants with an active session in the room.
     fn active_participants(&self, provider: &str, room: &Room) -> Result<Vec<String>, StoreError>;
     /// Settles an accepted (or still enforcing) session on an outcome report.

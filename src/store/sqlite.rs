@@ -38,6 +38,14 @@ mod sessions;
 pub use audit_log::audit_record;
 
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait for a pooled connection: a third of the unit's
+/// `WatchdogSec` (30 s), so a slow database step is retried and logged well
+/// before the watchdog would take the daemon for wedged.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rows deleted per transaction when pruning (retention): a few
+/// milliseconds of the writer each, so claims and outcomes between chunks
+/// wait no longer than that.
+pub(crate) const PRUNE_CHUNK: u32 = 1000;
 /// How often opening is retried while another process creates the database
 /// (see `open`): 100 ms, 200 ms, ... about 5.5 s in all.
 const OPEN_RETRIES: u32 = 10;
@@ -116,7 +124,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             // After a failed COMMIT (a full disk), sqlx can lose track of the
             // transaction SQLite still holds open: every later "transaction"
             // becomes a savepoint inside it, reports success and is never
@@ -142,6 +150,7 @@ impl SqliteStore {
         }
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(Self::options(path))
             .await
             .map_err(open_err)?;
@@ -163,6 +172,50 @@ impl SqliteStore {
         let version = data_version(&mut conn).await?;
         Ok(DataVersionWatcher { conn, version })
     }
+}
+
+/// The one daemon's hold on a database: an exclusive `flock` on
+/// `<database>.lock`, released when dropped or when the process exits.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: std::fs::File,
+}
+
+/// Takes the daemon's lock on the database at `path`, or says who has it.
+/// A lock file of its own, not the database file: SQLite's own locks are
+/// POSIX record locks on that file, which a `flock` must not be mistaken for
+/// (on NFS the two are the same lock).
+pub(super) fn lock_database(path: &Path) -> Result<DaemonLock, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    let failed = |e: std::io::Error| StoreError::Open { path: lock.clone(), source: sqlx::Error::Io(e) };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim().parse::<u32>().map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+            return Err(StoreError::InUse { path: path.to_path_buf(), lock, holder });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+    }
+    // The holder's pid, for the message a second daemon prints.
+    file.set_len(0).map_err(failed)?;
+    file.rewind().map_err(failed)?;
+    writeln!(file, "{}", std::process::id()).map_err(failed)?;
+    Ok(DaemonLock { _file: file })
 }
 
 impl SessionRecord {

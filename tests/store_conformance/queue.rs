@@ -51,7 +51,7 @@ conformance! {
         }
         register(&db.store, vec![session(45, at(30))], at(0)).await;
 
-        let rows = db.store.unadopted(10).await.unwrap();
+        let rows: Vec<_> = db.store.unadopted(10).await.unwrap().into_iter().map(Result::unwrap).collect();
         let ids: Vec<_> = rows.iter().map(|r| r.id.clone()).collect();
         assert_eq!(ids, [neither.id.to_string(), no_deadline.id.to_string(), no_provider.id.to_string()], "oldest first");
         assert_eq!((rows[0].provider.as_deref(), rows[0].deadline.as_deref()), (None, None));

@@ -198,6 +198,30 @@ conformance! {
         );
     }
 
+    async fn state_counts_follow_every_write_plain_sql_and_pruning_included(db) {
+        let s = register(&db.store, vec![session(1, at(5)), session(2, at(30)), session(3, at(90))], at(0)).await;
+        db.insert_plain_row(&plain_row("41", at(-1))).await;
+        db.insert_plain_row(&plain_row("42", at(-1))).await;
+        db.store.end_session(s[0].id, at(1), "done").await.unwrap();
+        assert_eq!(db.store.claim_due(at(30), at(30), 10).await.unwrap().len(), 1);
+        db.store
+            .record_outcome(&[AuditEntry::new("enforced", s[1].id)], Some((SessionState::Enforced, None)), at(30))
+            .await
+            .unwrap();
+        let counted = |rows: Vec<callwarden::domain::session::SessionRecord>| {
+            let mut by_state = std::collections::BTreeMap::new();
+            for r in rows {
+                *by_state.entry(r.state).or_insert(0i64) += 1;
+            }
+            by_state.into_iter().collect::<Vec<_>>()
+        };
+        let expect = counted(db.store.list_sessions(None, 100).await.unwrap());
+        assert_eq!(expect, [("active".to_string(), 3), ("cancelled".to_string(), 1), ("enforced".to_string(), 1)]);
+        assert_eq!(db.store.state_counts().await.unwrap(), expect);
+        assert_eq!(db.store.prune_sessions(at(60)).await.unwrap(), 2);
+        assert_eq!(db.store.state_counts().await.unwrap(), [("active".to_string(), 3)]);
+    }
+
     async fn pruning_deletes_only_settled_sessions_last_changed_before_the_cutoff(db) {
         let s = register(
             &db.store,

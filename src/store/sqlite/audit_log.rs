@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::SqliteStore;
+use super::{PRUNE_CHUNK, SqliteStore};
 use crate::domain::Instant;
 use crate::domain::audit::{AUDIT_COLUMNS, AuditEntry, AuditRecord, Checkpoint};
 use crate::store::{AuditFilter, AuditSummary, StoreError};
@@ -148,15 +148,23 @@ impl SqliteStore {
     }
 
     /// Prunes audit rows written before `before`: records a checkpoint with
-    /// the last pruned row's id and hash (signed by `sign`), deletes up to
-    /// it, and appends a `pruned` row to the chain. Returns the checkpoint,
-    /// or `None` when nothing was old enough.
+    /// the last pruned row's id and hash (signed by `sign`) and a `pruned`
+    /// row in the chain, in one short transaction; then deletes the rows up
+    /// to the checkpoint [`PRUNE_CHUNK`] at a time, each chunk its own
+    /// transaction, so other writers (claims, attempts, webhooks) get the
+    /// writer between chunks. Verification starts at the checkpoint, so rows
+    /// not yet deleted (a crash mid-way) change nothing; the next prune
+    /// deletes them first. Returns the checkpoint, or `None` when nothing
+    /// was old enough.
     pub(in crate::store) async fn prune_audit(
         &self,
         before: Instant,
         now: Instant,
         sign: impl Fn(&Checkpoint) -> Option<String>,
     ) -> Result<Option<Checkpoint>, StoreError> {
+        if let Some(previous) = self.audit_checkpoint().await? {
+            self.delete_audit_through(previous.last_id).await?;
+        }
         let last = sqlx::query(
             "SELECT id, hash, (SELECT count(*) FROM audit_log b WHERE b.id <= a.id) AS n \
              FROM audit_log a WHERE at < ? AND hash IS NOT NULL ORDER BY id DESC LIMIT 1",
@@ -184,7 +192,6 @@ impl SqliteStore {
         .bind(&checkpoint.signature)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM audit_log WHERE id <= ?").bind(checkpoint.last_id).execute(&mut *tx).await?;
         let entry = AuditEntry {
             event: "pruned",
             detail: Some(format!(
@@ -197,7 +204,26 @@ impl SqliteStore {
         };
         insert_audit(&mut tx, &entry, now).await?;
         tx.commit().await?;
+        self.delete_audit_through(checkpoint.last_id).await?;
         Ok(Some(checkpoint))
+    }
+
+    /// Deletes the audit rows up to `last_id` (behind a checkpoint), a
+    /// chunk per transaction.
+    async fn delete_audit_through(&self, last_id: i64) -> Result<(), StoreError> {
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE id <= ? ORDER BY id LIMIT ?)",
+            )
+            .bind(last_id)
+            .bind(PRUNE_CHUNK)
+            .execute(&self.writer)
+            .await?;
+            if done.rows_affected() < u64::from(PRUNE_CHUNK) {
+                return Ok(());
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }
 

@@ -14,8 +14,9 @@ use crate::domain::{Instant, SessionId, SessionState};
 use crate::store::StoreError;
 
 impl SqliteStore {
-    /// Rows inserted with plain SQL that still need a provider or a deadline.
-    pub(in crate::store) async fn unadopted(&self, limit: u32) -> Result<Vec<SessionRecord>, StoreError> {
+    /// Rows inserted with plain SQL that still need a provider or a deadline;
+    /// a row that cannot be read comes back as its id and the reason.
+    pub(in crate::store) async fn unadopted(&self, limit: u32) -> Result<Vec<RowRead>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions INDEXED BY sessions_unadopted WHERE state = 'active' \
              AND (provider IS NULL OR deadline IS NULL) ORDER BY created_at LIMIT ?"
@@ -23,7 +24,7 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter().map(SessionRecord::from_row).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
+        Ok(rows.iter().map(read_row).collect())
     }
 
     /// Settles a batch of plain-SQL rows in one transaction: each adopted
@@ -137,8 +138,10 @@ impl SqliteStore {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let record = SessionRecord::from_row(row)?;
-            out.push(record.to_session().map_err(|e| (record.id.clone(), e.to_string())));
+            out.push(
+                read_row(row)
+                    .and_then(|record| record.to_session().map_err(|e| (record.id.clone(), e.to_string()))),
+            );
         }
         // RETURNING has no order; restore deadline order.
         out.sort_by_key(|r| r.as_ref().map(|s| s.deadline).unwrap_or(Instant::from_millis(i64::MIN)));
@@ -272,6 +275,20 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// A row as read, or the id of a row that cannot be read (a BLOB where
+/// text belongs, text in an integer column) and why.
+pub(in crate::store) type RowRead = Result<SessionRecord, (String, String)>;
+
+/// Reads one row, so that one unreadable row is failed on its own rather
+/// than failing the query that found it. `id` is text in every row (a
+/// trigger refuses anything else, migration 0009).
+fn read_row(row: &sqlx::sqlite::SqliteRow) -> RowRead {
+    SessionRecord::from_row(row).map_err(|e| {
+        let id = row.try_get::<String, _>("id").unwrap_or_default();
+        (id, format!("the row cannot be read: {e}"))
+    })
 }
 
 /// Marks a row that cannot be scheduled `failed` with the reason; returns

@@ -10,7 +10,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::audit_log::{insert_audit, insert_audit_rows};
 use super::outbox::{self, insert_warnings, warnings_of};
-use super::{SESSION_COLUMNS, SqliteStore};
+use super::{PRUNE_CHUNK, SESSION_COLUMNS, SqliteStore};
 use crate::domain::audit::AuditEntry;
 use crate::domain::session::{NewSession, SessionRecord};
 use crate::domain::{Instant, SessionId, SessionState};
@@ -243,7 +243,8 @@ impl SqliteStore {
     }
 
     pub(in crate::store) async fn state_counts(&self) -> Result<StateCounts, StoreError> {
-        let rows = sqlx::query("SELECT state, count(*) AS n FROM sessions GROUP BY state ORDER BY state")
+        // Kept by triggers on `sessions` (migration 0009): a few rows, not a scan.
+        let rows = sqlx::query("SELECT state, n FROM session_counts WHERE n != 0 ORDER BY state")
             .fetch_all(&self.readers)
             .await?;
         rows.iter()
@@ -252,29 +253,43 @@ impl SqliteStore {
             .map_err(StoreError::from)
     }
 
-    /// Deletes settled sessions last updated before `before`, in batches, and
-    /// settled notifications of the same age. Returns how many sessions.
+    /// Deletes settled sessions last updated before `before`, and settled
+    /// notifications of the same age, [`PRUNE_CHUNK`] rows per transaction
+    /// so that other writers get the writer between chunks. Returns how
+    /// many sessions.
     pub(in crate::store) async fn prune_sessions(&self, before: Instant) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
             let done = sqlx::query(
                 "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions INDEXED BY sessions_state \
-                 WHERE state IN ('enforced', 'already_ended', 'failed', 'cancelled', 'shadowed') AND updated_at < ? LIMIT 5000)",
+                 WHERE state IN ('enforced', 'already_ended', 'failed', 'cancelled', 'shadowed', 'expired') AND updated_at < ? LIMIT ?)",
             )
             .bind(before.to_string())
+            .bind(PRUNE_CHUNK)
             .execute(&self.writer)
             .await?;
             total += done.rows_affected();
-            if done.rows_affected() < 5000 {
+            if done.rows_affected() < u64::from(PRUNE_CHUNK) {
                 break;
             }
+            tokio::task::yield_now().await;
         }
         // Settled notifications go with the sessions of their time; pending
         // ones stay whatever their age.
-        sqlx::query("DELETE FROM notifications WHERE state <> 'pending' AND updated_at < ?")
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications \
+                 WHERE state <> 'pending' AND updated_at < ? LIMIT ?)",
+            )
             .bind(before.to_string())
+            .bind(PRUNE_CHUNK)
             .execute(&self.writer)
             .await?;
+            if done.rows_affected() < u64::from(PRUNE_CHUNK) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         Ok(total)
     }
 

@@ -78,6 +78,17 @@ pub async fn serve(
     let live: Live = config.into();
     let config = live.current();
     let providers = build_providers(&config)?;
+    // First of all: be the one daemon on this database, and hold the port,
+    // before re-queuing anything another daemon may still be sending.
+    let _instance = Store::lock_database(store.path())?;
+    let listener = match config.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
     store.set_outcome_notifications(config.notifications.is_some()).await?;
     let requeued = store
         .requeue_interrupted(clock.now(), "enforcement was interrupted by a stop or crash; resuming")
@@ -88,16 +99,14 @@ pub async fn serve(
 
     let tasks = TaskTracker::new();
     let changed = Arc::new(Notify::new());
-    if let Some(addr) = config.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Listen { addr, source })?;
+    if let Some(listener) = listener {
         let state = crate::http::AppState {
             store: store.clone(),
             registrar: store.registrar(),
             clock: clock.clone(),
             config: live.clone(),
             budget_lock: crate::intake::BudgetLock::default(),
+            presence: store.presence_writer(),
             api_token: config.api_token.clone(),
             changed: Some(Arc::clone(&changed)),
             acs_secret: config.acs_webhook_secret.clone(),

@@ -43,6 +43,23 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// How often the recorder folds recorded histogram samples into its
+/// buckets. Without it, samples pile up until a scrape, and a daemon nobody
+/// scrapes grows without bound.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the recorder's upkeep every [`UPKEEP_EVERY`] until `stop`.
+pub async fn upkeep(handle: &'static PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
 fn describe() {
     metrics::describe_counter!(ENFORCEMENTS, "Provider answers by provider, API action and outcome");
     metrics::describe_histogram!(PROVIDER_CALL_SECONDS, "Duration of provider HTTP calls");
@@ -59,7 +76,10 @@ fn describe() {
         STORE_ERRORS,
         "Failed database steps (locked, full, read-only) by task; each is retried"
     );
-    metrics::describe_gauge!(SESSIONS, "Sessions in the database by state, read at scrape time");
+    metrics::describe_gauge!(
+        SESSIONS,
+        "Sessions in the database by state (counts the store keeps as it writes)"
+    );
 }
 
 /// Records one provider answer.

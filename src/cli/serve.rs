@@ -12,6 +12,16 @@ use crate::sandbox::{Sandbox, SandboxOptions};
 
 pub(super) async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
     let config = Arc::new(load(path)?);
+    // Client connections, provider calls and the database all need file
+    // descriptors; take what the hard limit allows (systemd's default soft
+    // limit is 1024).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+    // Checked before opening: a second daemon must not even migrate the
+    // database under the one running (the lock is taken for good in serve).
+    drop(crate::store::Store::lock_database(&config.database).context("cannot start")?);
     let store = open(&config).await?;
     let shutdown = CancellationToken::new();
     let clock = Clock::system();

@@ -1,13 +1,15 @@
 //! The daemon's HTTP listener (`listen:` in the config): the session API
 //! (`/v1/sessions`), provider webhooks and health checks.
 //!
-//! Every request has a body size limit and a time limit; shutdown stops
-//! accepting and lets requests under way finish. Handlers parse what arrives
+//! Every request has a body size limit and a time limit, and every
+//! connection a limit on how long it may idle (see [`listener`]); shutdown
+//! stops accepting and lets requests under way finish. Handlers parse what arrives
 //! into typed values first and touch the store only with a request that
 //! parsed and authenticated completely, so a forged or malformed request
 //! changes nothing.
 
 pub mod api;
+pub mod listener;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -43,8 +45,10 @@ pub struct AppState {
     pub clock: Clock,
     /// The configuration in force (policies change on reload).
     pub config: crate::config::live::Live,
-    /// Serializes registrations under a budgeted policy.
+    /// Serializes what spends one user's budget.
     pub budget_lock: crate::intake::BudgetLock,
+    /// Applies webhook presence events, group-committed.
+    pub presence: crate::store::PresenceWriter,
     /// The session API's bearer token; `None` turns the API off.
     pub api_token: Option<Secret>,
     /// Wakes the scheduler at once after a change made here (it would
@@ -65,6 +69,7 @@ impl AppState {
             clock: &self.clock,
             config: &self.config,
             budget_lock: &self.budget_lock,
+            presence: &self.presence,
         }
     }
 
@@ -142,13 +147,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// Serves until `shutdown`, then drains requests under way.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) {
-    crate::metrics::install();
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(%addr, "http listening");
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "http listener stopped");
+    if let Some(handle) = crate::metrics::install() {
+        tokio::spawn(crate::metrics::upkeep(handle, shutdown.clone()));
     }
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%addr, max_connections = listener::max_connections(), "http listening");
+    listener::serve_connections(listener, router(state), listener::Limits::daemon(), shutdown).await;
 }

@@ -24,6 +24,7 @@ mod raw;
 mod secrets;
 #[cfg(test)]
 mod tests;
+mod trust;
 mod yaml;
 
 pub use policy::session_duration;
@@ -38,6 +39,9 @@ pub const PROVIDER_QUOTA_PER_SECOND: u32 = 20;
 pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 19;
 /// Longer than any call a time limit is meant for; a typo like `30d` for `30m`.
 pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The shortest secret shared with a peer (the API token, callback keys and
+/// tokens, the notification and checkpoint keys): shorter ones can be guessed.
+pub const MIN_SHARED_SECRET_LEN: usize = 16;
 /// The `kind:` of a Tencent TRTC provider (also the name metrics and
 /// messages use).
 pub const TRTC_KIND: &str = "tencent-trtc";
@@ -51,6 +55,11 @@ pub const DEFAULT_ACS_API_VERSION: &str = "2024-09-15";
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `grace` a policy may give after its deadline.
 pub const MAX_GRACE: Duration = Duration::from_secs(3600);
+/// `stale_after` when a policy does not set it: long enough to ride out a
+/// restart, a failover or a provider outage within the default retries
+/// (90 to 190 s), short enough that a reused room (a doctor's fixed room)
+/// has rarely passed to the next booking.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(600);
 
 /// A refused configuration: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -192,6 +201,10 @@ pub struct Policy {
     pub warn_before: Vec<Duration>,
     /// How long after the deadline enforcement waits.
     pub grace: Duration,
+    /// A session whose deadline passed longer ago than this when it is about
+    /// to be enforced is not enforced (`expired`): its room may be someone
+    /// else's call by now.
+    pub stale_after: Duration,
     /// A cap on each user's time under this policy per calendar window.
     pub budget: Option<Budget>,
     /// The file that defines the policy.
@@ -226,6 +239,9 @@ pub enum Scope {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if let Some(reason) = trust::untrusted(path) {
+            return Err(ConfigError { file: path.to_path_buf(), line: None, reason });
+        }
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             line: None,

@@ -40,6 +40,7 @@ use crate::store::health::StoreRetry;
 use crate::store::{Store, StoreError};
 
 pub mod pacer;
+mod stale;
 
 use pacer::{PacerPlace, ProviderSlot};
 
@@ -195,8 +196,14 @@ fn group_sessions(
         let PolicyAction { action, shadow } =
             actions.get(&s.policy).copied().unwrap_or(PolicyAction { action: fallback, shadow: false });
         // A removal without a participant cannot be enforced as such; enforce
-        // what it can mean: the room.
-        let action = if action.targets_user() && s.user.is_none() { action.whole_room() } else { action };
+        // what it can mean: the room. And a participant's session only ever
+        // removes that participant, even if a reload made its policy end
+        // whole rooms: one user's deadline must not end everyone's call.
+        let action = match (action.targets_user(), s.user.is_some()) {
+            (true, false) => action.whole_room(),
+            (false, true) => fallback,
+            _ => action,
+        };
         let key = JobKey { provider: s.provider.clone(), action, room: s.room.clone(), shadow };
         match index.get(&key) {
             Some(&i) => groups[i].1.push(s),
@@ -238,6 +245,9 @@ impl EnforcerState {
             .await;
             return;
         };
+        if self.settle_if_unwanted(&job, api_action, true).await {
+            return;
+        }
         if job.shadow {
             self.shadow(&job, api_action).await;
             return;
@@ -310,6 +320,10 @@ impl EnforcerState {
                     self.release(&ids, true, "stopped while waiting for the rate limit; the attempt was not sent").await;
                     return;
                 }
+            }
+            // A long backlog can make a call stale while it waits its turn.
+            if try_no == 1 && self.settle_if_unwanted(&job, api_action, false).await {
+                return;
             }
             let sent_at = self.clock.now();
             let report = slot.provider.call(&job.target, &ctx).await;

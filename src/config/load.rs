@@ -11,7 +11,10 @@ use super::file_ctx::FileCtx;
 use super::raw::{RawConfig, RawNotifications, RawProvider, RawRetention, RawSecret, RawWebhooks};
 use super::secrets::expand_env;
 use super::yaml::syntax_error;
-use super::{Config, ConfigError, Notifications, Policy, ProviderConfig, ProviderSettings, Retention};
+use super::{
+    Config, ConfigError, MIN_SHARED_SECRET_LEN, Notifications, Policy, ProviderConfig, ProviderSettings,
+    Retention,
+};
 use crate::domain::parse_duration;
 use crate::domain::secret::Secret;
 
@@ -120,15 +123,26 @@ impl FileCtx<'_> {
                 "the session API's bearer token",
             )?),
         };
-        if let Some(token) = &api_token
-            && token.expose().len() < 16
-        {
-            return Err(self.error(&["api_token"], "api_token must be at least 16 characters".into()));
-        }
+        let api_token = api_token.map(|t| self.shared_secret(&["api_token"], "api_token", t)).transpose()?;
         if api_token.is_some() && listen.is_none() {
             warnings.push("api_token is set but listen is not: the session API is not served".into());
         }
         Ok(api_token)
+    }
+
+    /// A secret shared with a peer (a bearer token, a callback key, a
+    /// signing key): guessable if short, so at least
+    /// [`MIN_SHARED_SECRET_LEN`] characters.
+    fn shared_secret(&self, path: &[&str], key: &str, secret: Secret) -> Result<Secret, ConfigError> {
+        if secret.expose().chars().count() < MIN_SHARED_SECRET_LEN {
+            return Err(self.error(
+                path,
+                format!(
+                    "{key} must be at least {MIN_SHARED_SECRET_LEN} characters (e.g. `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        Ok(secret)
     }
 
     /// `webhooks`: the ACS callback secret, then the TRTC callback key.
@@ -146,7 +160,9 @@ impl FileCtx<'_> {
                 ("secret", w.secret.as_ref()),
                 ("secret_file", w.secret_file.as_ref()),
                 "the token ACS callbacks carry as ?token=",
-            )?),
+            )?)
+            .map(|t| self.shared_secret(&["webhooks", "acs", "secret"], "webhooks.acs.secret", t))
+            .transpose()?,
         };
         let trtc_callback_key = match &raw.trtc {
             None => None,
@@ -156,7 +172,11 @@ impl FileCtx<'_> {
                 ("callback_key", w.callback_key.as_ref()),
                 ("callback_key_file", w.callback_key_file.as_ref()),
                 "the callback key set in the TRTC console",
-            )?),
+            )?)
+            .map(|k| {
+                self.shared_secret(&["webhooks", "trtc", "callback_key"], "webhooks.trtc.callback_key", k)
+            })
+            .transpose()?,
         };
         if trtc_callback_key.is_some() && listen.is_none() {
             warnings
@@ -180,7 +200,9 @@ impl FileCtx<'_> {
                 ("checkpoint_key", inline.as_ref()),
                 ("checkpoint_key_file", file.as_ref()),
                 "the key that signs audit checkpoints",
-            )?),
+            )?)
+            .map(|k| self.shared_secret(&["retention", "checkpoint_key"], "retention.checkpoint_key", k))
+            .transpose()?,
         };
         let audit = self.retention_period("audit", &r.audit)?;
         if audit.is_some() && checkpoint_key.is_none() {
@@ -268,6 +290,7 @@ impl FileCtx<'_> {
             ("secret_file", n.secret_file.as_ref()),
             "the key that signs each notification",
         )?;
+        let secret = self.shared_secret(&["notifications", "secret"], "notifications.secret", secret)?;
         Ok(Some(Notifications { url: url.trim().to_string(), secret }))
     }
 

@@ -8,7 +8,8 @@ use indexmap::IndexMap;
 use super::file_ctx::FileCtx;
 use super::raw::RawPolicy;
 use super::{
-    ConfigError, MAX_GRACE, MAX_SESSION_DURATION, Match, Policy, ProviderConfig, ProviderSettings, Scope,
+    ConfigError, DEFAULT_STALE_AFTER, MAX_GRACE, MAX_SESSION_DURATION, Match, Policy, ProviderConfig,
+    ProviderSettings, Scope,
 };
 use crate::budget::{Budget, Window};
 use crate::domain::{Action, parse_duration};
@@ -131,19 +132,15 @@ impl FileCtx<'_> {
         }
         warn_before.sort_unstable_by(|a, b| b.cmp(a));
         warn_before.dedup();
-        let grace = match &raw.grace {
-            None => Duration::ZERO,
-            Some(text) => {
-                let d = parse_duration(text).map_err(|r| err("grace", format!("grace: {r}")))?;
-                if d > MAX_GRACE {
-                    return Err(err(
-                        "grace",
-                        format!("grace {text:?} is longer than {}", humantime::format_duration(MAX_GRACE)),
-                    ));
-                }
-                d
-            }
-        };
+        let grace = self
+            .bounded(raw.grace.as_deref(), "grace", Duration::ZERO, MAX_GRACE)
+            .map_err(|r| err("grace", r))?;
+        let stale_after = self
+            .bounded(raw.stale_after.as_deref(), "stale_after", DEFAULT_STALE_AFTER, MAX_SESSION_DURATION)
+            .map_err(|r| err("stale_after", r))?;
+        if stale_after.is_zero() {
+            return Err(err("stale_after", "stale_after must be positive".into()));
+        }
         let budget = match raw.budget {
             None => None,
             Some(b) => {
@@ -173,8 +170,25 @@ impl FileCtx<'_> {
             shadow,
             warn_before,
             grace,
+            stale_after,
             budget,
             source: self.path.to_path_buf(),
         })
+    }
+
+    /// An optional duration key: `default` when absent, at most `max`.
+    fn bounded(
+        &self,
+        text: Option<&str>,
+        key: &str,
+        default: Duration,
+        max: Duration,
+    ) -> Result<Duration, String> {
+        let Some(text) = text else { return Ok(default) };
+        let d = parse_duration(text).map_err(|r| format!("{key}: {r}"))?;
+        if d > max {
+            return Err(format!("{key} {text:?} is longer than {}", humantime::format_duration(max)));
+        }
+        Ok(d)
     }
 }

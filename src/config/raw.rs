@@ -175,6 +175,7 @@ pub(super) struct RawPolicy {
     pub(super) mode: Option<String>,
     pub(super) warn_before: Option<Vec<String>>,
     pub(super) grace: Option<String>,
+    pub(super) stale_after: Option<String>,
     pub(super) budget: Option<RawBudget>,
 }
 

@@ -40,6 +40,9 @@ pub(super) fn resolve_secret(value: &str) -> Result<Secret, String> {
 pub(super) fn read_secret_file(base: &Path, file: &str) -> Result<Secret, String> {
     let name = expand_env(file).map_err(|var| format!("path refers to ${{{var}}}, which is not set"))?;
     let path = base.join(name);
+    if let Some(reason) = super::trust::untrusted(&path) {
+        return Err(reason);
+    }
     let content = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
     if content.trim().is_empty() {
@@ -51,8 +54,9 @@ pub(super) fn read_secret_file(base: &Path, file: &str) -> Result<Secret, String
 /// Keys whose values are secrets, inline (the `*_file` keys hold paths).
 const SECRET_KEYS: [&str; 6] =
     ["secret_key", "access_key", "api_token", "callback_key", "secret", "checkpoint_key"];
-/// Shorter values are left alone: masking `1` or `test` would garble
-/// messages, and no provider issues keys that short.
+/// Shorter values are masked only where they stand alone (between
+/// characters that cannot be part of them): masking every `1` or `test`
+/// inside other words would garble messages.
 const MIN_MASKED_LEN: usize = 6;
 
 /// Replaces every value written at a secret key in `text` with `****` in
@@ -101,15 +105,40 @@ pub(super) fn mask_secrets(text: &str, mut message: String) -> String {
     }
     // `${NAME}` names a variable; the error that it is unset must say which.
     let reference = |v: &str| v.starts_with("${") && v.ends_with('}') && v.matches("${").count() == 1;
-    values.retain(|v| v.len() >= MIN_MASKED_LEN && !reference(v));
+    values.retain(|v| !v.trim().is_empty() && !reference(v));
     // Longest first, so a value containing another is masked whole.
     values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     for value in values {
         let escaped = format!("{value:?}");
         let escaped = &escaped[1..escaped.len() - 1];
-        message = message.replace(&value, "****").replace(escaped, "****");
+        if value.len() >= MIN_MASKED_LEN {
+            message = message.replace(&value, "****").replace(escaped, "****");
+        } else {
+            message = replace_standalone(&message, &value);
+            message = replace_standalone(&message, escaped);
+        }
     }
     message
+}
+
+/// Replaces `value` with `****` where it is not part of a longer word.
+fn replace_standalone(message: &str, value: &str) -> String {
+    if value.is_empty() {
+        return message.to_string();
+    }
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(value) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + value.len()..].chars().next();
+        let alone = !before.is_some_and(word) && !after.is_some_and(word);
+        out.push_str(&rest[..at]);
+        out.push_str(if alone { "****" } else { value });
+        rest = &rest[at + value.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Every scalar in a YAML value, as text.

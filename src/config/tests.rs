@@ -109,10 +109,10 @@ fn policy_files_load_in_sorted_order_and_a_name_defined_twice_names_both_places(
 #[test]
 fn notifications_keep_their_secret_out_of_debug_output() {
     let text = GOOD.to_string()
-        + "notifications: { url: 'https://app.example.com/hook', secret: hush-hush-value }\n";
+        + "notifications: { url: 'https://app.example.com/hook', secret: hush-hush-value-long }\n";
     let c = parse(&text).unwrap();
     let n = c.notifications.as_ref().unwrap();
-    assert_eq!(n.secret.expose(), "hush-hush-value");
+    assert_eq!(n.secret.expose(), "hush-hush-value-long");
     assert!(!format!("{c:?}").contains("hush-hush"));
     assert_eq!(c.time_zone, chrono_tz::Tz::UTC);
 }

@@ -92,6 +92,9 @@ fn load_policy_file(
     policies: &mut IndexMap<String, Policy>,
     defined_at: &mut DefinedAt,
 ) -> Result<(), ConfigError> {
+    if let Some(reason) = super::super::trust::untrusted(file) {
+        return Err(ConfigError { file: file.to_path_buf(), line: None, reason });
+    }
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
         file: file.to_path_buf(),
         line: None,

@@ -24,20 +24,64 @@ pub enum GateRefusal {
     Malformed(String),
 }
 
-/// The answer to a refused callback: counted and logged (a warning, with no
-/// body content), 401 for a missing or wrong `credential`, 400 with the
-/// reason for a body that does not parse.
+/// The answer to a refused callback: 401 for a missing or wrong
+/// `credential`, 400 with the reason for a body that does not parse.
+/// Counted always (`callwarden_webhook_requests_total`), logged sparingly:
+/// a flood of forged requests must not push real errors out of journald's
+/// rate limit.
 fn refusal_response(source: &'static str, credential: &'static str, refusal: GateRefusal) -> Response {
     match refusal {
         GateRefusal::Unauthorized => {
             crate::metrics::webhook(source, "unauthorized");
-            tracing::warn!(source, "refused a callback with a missing or wrong {credential}");
+            if let Some(refused) = REFUSALS.note(source, "unauthorized") {
+                tracing::warn!(source, refused, "refused callbacks with a missing or wrong {credential}");
+            }
             (StatusCode::UNAUTHORIZED, format!("missing or wrong {credential}\n")).into_response()
         }
         GateRefusal::Malformed(reason) => {
             crate::metrics::webhook(source, "malformed");
-            tracing::warn!(source, %reason, "refused a malformed callback");
+            if let Some(refused) = REFUSALS.note(source, "malformed") {
+                tracing::warn!(source, refused, %reason, "refused malformed callbacks; the last one");
+            }
             (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
+        }
+    }
+}
+
+/// How often a kind of refusal is logged, at most.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+static REFUSALS: RefusalLog = RefusalLog(std::sync::Mutex::new(Vec::new()));
+
+/// Counts refusals per source and kind, and says when to log them: the
+/// first at once, then at most once per [`REFUSAL_LOG_EVERY`] with how
+/// many there were since.
+struct RefusalLog(std::sync::Mutex<Vec<RefusalCount>>);
+
+/// A source and kind of refusal, when it was last logged, and how many
+/// since.
+type RefusalCount = ((&'static str, &'static str), std::time::Instant, u64);
+
+impl RefusalLog {
+    /// Counts one refusal; `Some(n)` when it is time to log the `n` since
+    /// the last line.
+    fn note(&self, source: &'static str, kind: &'static str) -> Option<u64> {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match seen.iter_mut().find(|(key, _, _)| *key == (source, kind)) {
+            None => {
+                seen.push(((source, kind), now, 0));
+                Some(1)
+            }
+            Some((_, logged, since)) => {
+                *since += 1;
+                if now.duration_since(*logged) < REFUSAL_LOG_EVERY {
+                    return None;
+                }
+                let n = *since;
+                (*logged, *since) = (now, 0);
+                Some(n)
+            }
         }
     }
 }

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -72,6 +72,31 @@ pub enum AcsEvent {
     },
     /// Any other event type; acknowledged and ignored.
     Other(String),
+}
+
+impl AcsEvent {
+    /// The event's type, for logs.
+    pub fn kind(&self) -> &str {
+        match self {
+            AcsEvent::RemoveParticipant { succeeded: true, .. } => "RemoveParticipantSucceeded",
+            AcsEvent::RemoveParticipant { succeeded: false, .. } => "RemoveParticipantFailed",
+            AcsEvent::CallConnected { .. } => "CallConnected",
+            AcsEvent::CallDisconnected { .. } => "CallDisconnected",
+            AcsEvent::ParticipantsUpdated { .. } => "ParticipantsUpdated",
+            AcsEvent::Other(kind) => kind,
+        }
+    }
+
+    /// The call connection it concerns, if any.
+    pub fn call(&self) -> Option<&str> {
+        match self {
+            AcsEvent::RemoveParticipant { call, .. }
+            | AcsEvent::CallConnected { call, .. }
+            | AcsEvent::CallDisconnected { call, .. }
+            | AcsEvent::ParticipantsUpdated { call, .. } => Some(call),
+            AcsEvent::Other(_) => None,
+        }
+    }
 }
 
 /// Parses a callback body: a CloudEvents array (or a single event). Refuses
@@ -181,10 +206,21 @@ fn url_token(query: &str) -> Option<String> {
 pub(in crate::http) async fn handle(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(secret) = &state.acs_secret else {
         return (StatusCode::NOT_FOUND, "the ACS webhook is not configured\n").into_response();
+    };
+    // The token is in the URL: the body is read only for a caller that has it.
+    if !token_matches(query.as_deref(), secret.expose()) {
+        return refusal_response("acs", "token", GateRefusal::Unauthorized);
+    }
+    let Ok(body) = axum::body::to_bytes(body, crate::http::BODY_LIMIT).await else {
+        return refusal_response(
+            "acs",
+            "token",
+            GateRefusal::Malformed("the body is incomplete or too large".into()),
+        );
     };
     let events = match verify_acs_callback(secret.expose(), query.as_deref(), &body) {
         Ok(events) => events,
@@ -198,7 +234,9 @@ pub(in crate::http) async fn handle(
                 ignored += 1;
             }
             Ok(n) => {
-                tracing::info!(?event, sessions = n, "ACS event applied");
+                // Participant ids (phone numbers among them) only at debug.
+                tracing::info!(kind = event.kind(), call = event.call(), sessions = n, "ACS event applied");
+                tracing::debug!(?event, "ACS event applied");
                 changed += n;
             }
             // ACS retries a delivery that fails; events already applied are

@@ -47,7 +47,7 @@ pub fn parse_trtc_event(body: &[u8]) -> Result<TrtcEvent, String> {
     let at_ms = info
         .get("EventMsTs")
         .and_then(Value::as_i64)
-        .or_else(|| info.get("EventTs").and_then(Value::as_i64).map(|s| s * 1000))
+        .or_else(|| info.get("EventTs").and_then(Value::as_i64).and_then(|s| s.checked_mul(1000)))
         .unwrap_or(callback_ts);
     let user = || -> Result<UserId, String> {
         let id = info.get("UserId").and_then(Value::as_str).ok_or("no EventInfo.UserId")?;

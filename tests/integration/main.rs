@@ -13,6 +13,7 @@ mod config;
 mod crash;
 mod db_faults;
 mod enforcement;
+mod hardening;
 mod helpers;
 mod http;
 mod kill_loop;

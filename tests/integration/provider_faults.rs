@@ -224,7 +224,8 @@ async fn heavy_a_60_second_total_outage_delays_enforcement_and_loses_nothing() {
 
 #[tokio::test]
 async fn a_429_storm_is_waited_out_honouring_retry_after_without_exceeding_the_quota() {
-    let retry = Retry { max_attempts: 10, initial_ms: 100, max_ms: 1_000, timeout_ms: 2_000 };
+    // A provider's Retry-After is honoured up to max_backoff: 2.5 s here.
+    let retry = Retry { max_attempts: 10, initial_ms: 100, max_ms: 2_500, timeout_ms: 2_000 };
     let h = harness(retry).await;
     let clock = h.sandbox.clock().await;
     let _daemon = h.start_daemon().await;

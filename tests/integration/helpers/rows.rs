@@ -12,7 +12,7 @@ use sqlx::SqlitePool;
 use super::time::{ms_of, text_of};
 
 /// Session states after which nothing more happens.
-pub const FINAL_STATES: [&str; 4] = ["enforced", "already_ended", "failed", "cancelled"];
+pub const FINAL_STATES: [&str; 5] = ["enforced", "already_ended", "failed", "cancelled", "expired"];
 /// Audit events that settle an enforcement.
 pub const FINAL_EVENTS: [&str; 3] = ["enforced", "already_ended", "failed"];
 

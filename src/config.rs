@@ -181,6 +181,15 @@ pub struct AcsSettings {
     /// Where ACS reports outcomes (`operationCallbackUri`); without it,
     /// an accepted request is recorded as enforced without confirmation.
     pub callback_url: Option<String>,
+    /// How long an accepted removal waits for its outcome report before it
+    /// is settled `enforced` as unconfirmed (an audit row `unconfirmed`).
+    pub confirm_within: Duration,
+}
+
+impl AcsSettings {
+    /// `confirm_within` when not set: ACS reports an outcome within seconds;
+    /// ten minutes rides out a proxy restart or a burst of retried deliveries.
+    pub const DEFAULT_CONFIRM_WITHIN: Duration = Duration::from_secs(600);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

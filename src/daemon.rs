@@ -145,6 +145,22 @@ pub async fn serve(
             shutdown.clone(),
         ));
     }
+    let confirming: Vec<(String, Duration)> = config
+        .providers
+        .values()
+        .filter_map(|p| match &p.settings {
+            ProviderSettings::Acs(a) if a.callback_url.is_some() => Some((p.name.clone(), a.confirm_within)),
+            _ => None,
+        })
+        .collect();
+    if !confirming.is_empty() {
+        tasks.spawn(crate::enforce::unconfirmed::settle_periodically(
+            store.clone(),
+            clock.clone(),
+            confirming,
+            shutdown.clone(),
+        ));
+    }
     crate::systemd::ready("enforcing deadlines");
     {
         let shutdown = shutdown.clone();

@@ -41,6 +41,7 @@ use crate::store::{Store, StoreError};
 
 pub mod pacer;
 mod stale;
+pub mod unconfirmed;
 
 use pacer::{PacerPlace, ProviderSlot};
 

@@ -343,6 +343,9 @@ operations! {
     fn active_participants(&self, provider: &str, room: &Room) -> Result<Vec<String>, StoreError>;
     /// Settles an accepted (or still enforcing) session on an outcome report.
     fn confirm_session(&self, id: SessionId, state: SessionState, entry: &AuditEntry, now: Instant) -> Result<bool, StoreError>;
+    /// Settles `enforced` (audit `unconfirmed`) the removals `provider`
+    /// accepted before `accepted_before` whose outcome report never came.
+    fn settle_unconfirmed(&self, provider: &str, accepted_before: Instant, now: Instant, detail: &str) -> Result<u64, StoreError>;
     /// Settles the accepted removals of a call that ended.
     fn confirm_call(&self, call: &str, entry: &AuditEntry, now: Instant) -> Result<u64, StoreError>;
 

@@ -177,6 +177,9 @@ impl FileCtx<'_> {
         if sdk_app_id == 0 {
             return Err(err("sdk_app_id", "sdk_app_id must be the application's SDKAppID".into()));
         }
+        if t.confirm_within.is_some() {
+            return Err(err("confirm_within", "confirm_within applies to ACS providers only".into()));
+        }
         if !TRTC_REGIONS.contains(&region.as_str()) {
             warnings.push(format!(
                 "provider {name:?}: region {:?} is not one the TRTC room APIs are documented to serve ({})",
@@ -240,6 +243,18 @@ impl FileCtx<'_> {
                 _ => return Err(err("callback_url", format!("callback_url {url:?} is not an http(s) URL"))),
             },
         };
-        Ok(AcsSettings { endpoint, access_key, api_version, callback_url })
+        let confirm_within = match &a.confirm_within {
+            None => AcsSettings::DEFAULT_CONFIRM_WITHIN,
+            Some(text) => {
+                let d = parse_duration(text).map_err(|r| err("confirm_within", r))?;
+                if !(std::time::Duration::from_secs(60)..=std::time::Duration::from_secs(24 * 3600))
+                    .contains(&d)
+                {
+                    return Err(err("confirm_within", format!("confirm_within {text:?} must be 1m to 24h")));
+                }
+                d
+            }
+        };
+        Ok(AcsSettings { endpoint, access_key, api_version, callback_url, confirm_within })
     }
 }

@@ -98,6 +98,7 @@ pub(super) struct RawProvider {
     pub(super) access_key_file: Option<String>,
     pub(super) api_version: Option<String>,
     pub(super) callback_url: Option<String>,
+    pub(super) confirm_within: Option<String>,
     pub(super) max_requests_per_second: Option<u32>,
     pub(super) retry: Option<RawRetry>,
     pub(super) request_timeout: Option<String>,

@@ -170,7 +170,7 @@ async fn a_second_daemon_on_the_same_database_refuses_to_start_and_touches_nothi
     let now = now_ms();
     // Due later than the test lasts: enforcing only if someone claims early.
     let ids = h.insert_sql(&[SqlSession::dismiss(7301, now + 600_000)]).await.unwrap();
-    let _first = h.start_daemon().await;
+    let first = h.start_daemon().await;
     crate::helpers::wait_for("the first daemon to adopt the row", SHORT, || async {
         h.session(&ids[0]).await.provider.is_some().then_some(())
     })
@@ -181,6 +181,10 @@ async fn a_second_daemon_on_the_same_database_refuses_to_start_and_touches_nothi
     assert!(out.stderr.contains("another callwarden daemon is running on it"), "{}", out.stderr);
     assert!(out.stderr.contains("pid "), "the holder is named: {}", out.stderr);
     assert_eq!(h.audit().await.len(), audit_before, "the second daemon wrote to the database");
+    // Logs to a pipe (as to journald) carry no colour codes.
+    let logs = first.logs();
+    assert!(logs.contains("INFO"), "{logs}");
+    assert!(!logs.contains('\u{1b}') && !out.stderr.contains('\u{1b}'), "ANSI codes in logs: {logs:?}");
 }
 
 #[tokio::test]

@@ -305,6 +305,26 @@ conformance! {
         assert_eq!(state_of(&db.store, b.id).await, "failed");
     }
 
+    async fn unconfirmed_acceptances_are_settled_after_the_bound(db) {
+        let old = participant(call("call-1"), "8:acs:a", at(1));
+        let recent = participant(call("call-1"), "8:acs:b", at(1));
+        let elsewhere = NewSession { provider: "acs-eu".into(), ..participant(call("call-2"), "8:acs:c", at(1)) };
+        register(&db.store, vec![old.clone(), recent.clone(), elsewhere.clone()], at(0)).await;
+        assert_eq!(db.store.claim_due(at(1), at(1), 10).await.unwrap().len(), 3);
+        db.store.record_outcome(&[AuditEntry::new("accepted", old.id), AuditEntry::new("accepted", elsewhere.id)], Some((SessionState::Accepted, None)), at(2)).await.unwrap();
+        db.store.record_outcome(&[AuditEntry::new("accepted", recent.id)], Some((SessionState::Accepted, None)), at(20)).await.unwrap();
+
+        assert_eq!(db.store.settle_unconfirmed(PROVIDER, at(10), at(30), "no report").await.unwrap(), 1);
+        let row = db.store.session(old.id).await.unwrap();
+        assert_eq!((row.state.as_str(), row.detail.as_deref()), ("enforced", Some("no report")));
+        assert_eq!(row.ended_at, Some(at(30).to_string()), "it stops counting against the budget");
+        let last = audit_of(&db.store, old.id).await.pop().unwrap();
+        assert_eq!((last.event.as_str(), last.outcome.as_deref()), ("unconfirmed", Some("enforced")));
+        assert_eq!(state_of(&db.store, recent.id).await, "accepted", "accepted after the bound");
+        assert_eq!(state_of(&db.store, elsewhere.id).await, "accepted", "another provider's");
+        assert_eq!(db.store.settle_unconfirmed(PROVIDER, at(10), at(31), "again").await.unwrap(), 0);
+    }
+
     async fn confirm_call_settles_every_accepted_removal_of_the_call(db) {
         let a = participant(call("call-1"), "8:acs:a", at(1));
         let b = participant(call("call-1"), "8:acs:b", at(1));

@@ -121,6 +121,44 @@ impl SqliteStore {
         Ok(true)
     }
 
+    /// Settles `enforced` the sessions of `provider` accepted before
+    /// `accepted_before` whose outcome report never came, each with an
+    /// `unconfirmed` audit row. Returns how many.
+    pub(in crate::store) async fn settle_unconfirmed(
+        &self,
+        provider: &str,
+        accepted_before: Instant,
+        now: Instant,
+        detail: &str,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE sessions INDEXED BY sessions_accepted SET state = 'enforced', detail = ?, updated_at = ? \
+             WHERE state = 'accepted' AND provider = ? AND updated_at < ? RETURNING id",
+        )
+        .bind(detail)
+        .bind(now.to_string())
+        .bind(provider)
+        .bind(accepted_before.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut audit = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            if let Ok(id) = id.parse::<SessionId>() {
+                let entry = AuditEntry {
+                    provider: Some(provider.to_string()),
+                    outcome: Some("enforced"),
+                    ..AuditEntry::new("unconfirmed", id).detail(detail)
+                };
+                audit.push((entry, now));
+            }
+        }
+        insert_audit_rows(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
     /// The call ended: every session of it that the provider had accepted is
     /// enforced. Returns how many.
     pub(in crate::store) async fn confirm_call(

@@ -96,6 +96,12 @@ async fn open(config: &Config) -> Result<Store, Failure> {
     Ok(Store::open(&config.database).await.context("cannot open the database")?)
 }
 
+/// For commands that only read: the database must exist and have this
+/// build's schema (`backup`: or an older one); nothing is migrated.
+async fn open_existing(config: &Config, older_ok: bool) -> Result<Store, Failure> {
+    Ok(Store::open_existing(&config.database, older_ok).await.context("cannot open the database")?)
+}
+
 fn parse_id(id: &str) -> Result<SessionId, Failure> {
     id.parse::<SessionId>().map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))
 }

@@ -67,6 +67,20 @@ pub enum StoreError {
     Batch(String),
     #[error("database: {} exists; choose a new file", .0.display())]
     BackupExists(PathBuf),
+    #[error("database {}: no such file (the daemon or `callwarden session start` creates it)", .0.display())]
+    Missing(PathBuf),
+    /// A command that only reads found another schema than its own.
+    #[error(
+        "database {}: schema v{found} is {} this callwarden's v{ours}; {}",
+        .path.display(),
+        if .found > .ours { "newer than" } else { "older than" },
+        if .found > .ours {
+            "use the callwarden that upgraded it, or upgrade this one"
+        } else {
+            "`callwarden run` upgrades it (take `callwarden backup` first); reading commands leave the schema alone"
+        }
+    )]
+    Schema { path: PathBuf, found: i64, ours: i64 },
     /// Another daemon runs on this database (see [`Store::lock_database`]).
     #[error(
         "database {}: another callwarden daemon is running on it{holder} (it holds {}); one daemon \
@@ -162,6 +176,14 @@ impl Store {
     /// Opens (creating if missing) and migrates the SQLite database at `path`.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         Ok(Store::Sqlite(sqlite::SqliteStore::open(path).await?))
+    }
+
+    /// Opens an existing database for a command that only reads (`audit`,
+    /// `session list`, `budget`, `backup`): never creates or migrates it,
+    /// and refuses a schema other than this build's, or (with `older_ok`,
+    /// for `backup`) a newer one.
+    pub async fn open_existing(path: &Path, older_ok: bool) -> Result<Store, StoreError> {
+        Ok(Store::Sqlite(sqlite::SqliteStore::open_existing(path, older_ok).await?))
     }
 
     /// Makes this process the one daemon on the database at `path`, before

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::output;
-use super::{AuditArgs, AuditCommand, Failure, load, open, parse_id, refusal};
+use super::{AuditArgs, AuditCommand, Failure, load, open_existing, parse_id, refusal};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::Instant;
@@ -16,7 +16,7 @@ use crate::store::{AuditFilter, Store};
 
 pub(super) async fn backup(config_path: &std::path::Path, to: &std::path::Path) -> Result<(), Failure> {
     let config = load(config_path)?;
-    let store = open(&config).await?;
+    let store = open_existing(&config, true).await?;
     store.backup(to).await.with_context(|| format!("cannot back up to {}", to.display()))?;
     eprintln!("backed up {} to {}", config.database.display(), to.display());
     Ok(())
@@ -80,7 +80,7 @@ async fn verify_audit(store: &Store, config: &Config) -> Result<(), Failure> {
 
 pub(super) async fn audit_command(path: &std::path::Path, args: AuditArgs) -> Result<(), Failure> {
     let config = load(path)?;
-    let store = open(&config).await?;
+    let store = open_existing(&config, false).await?;
     let now = Clock::system().now_datetime();
     match &args.command {
         Some(AuditCommand::Verify) => return verify_audit(&store, &config).await,

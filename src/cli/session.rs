@@ -4,7 +4,7 @@
 use anyhow::Context;
 
 use super::output;
-use super::{BudgetArgs, Failure, SessionCommand, StartArgs, load, open, parse_id, refusal};
+use super::{BudgetArgs, Failure, SessionCommand, StartArgs, load, open, open_existing, parse_id, refusal};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::session::NewSession;
@@ -63,7 +63,7 @@ pub(super) async fn session(path: &std::path::Path, cmd: SessionCommand) -> Resu
             println!("{deadline}");
         }
         SessionCommand::List { state, format, limit } => {
-            let store = open(&config).await?;
+            let store = open_existing(&config, false).await?;
             let rows = store.list_sessions(state, limit).await.map_err(refusal)?;
             output::print_sessions(&rows, format).context("cannot write the list")?;
         }
@@ -149,7 +149,7 @@ pub(super) async fn budget(path: &std::path::Path, args: BudgetArgs) -> Result<(
     if policies.is_empty() {
         return Err(Failure::Other(anyhow::anyhow!("no policy has a budget")));
     }
-    let store = open(&config).await?;
+    let store = open_existing(&config, false).await?;
     let mut rows = Vec::new();
     for p in policies {
         let Some(b) = p.budget else { continue };

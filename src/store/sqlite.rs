@@ -50,6 +50,9 @@ pub(crate) const PRUNE_CHUNK: u32 = 1000;
 /// (see `open`): 100 ms, 200 ms, ... about 5.5 s in all.
 const OPEN_RETRIES: u32 = 10;
 
+/// The schema's migrations, embedded in the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
 /// The columns of `sessions`, in the order [`SessionRecord::from_row`] reads.
 const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, started_at, deadline, \
      state, attempts, extended_ms, detail, repeatability_id, first_sent_at, idempotency_key, created_at, updated_at, \
@@ -144,7 +147,7 @@ impl SqliteStore {
             .connect_with(Self::options(path))
             .await
             .map_err(open_err)?;
-        if let Err(source) = sqlx::migrate!("./migrations/sqlite").run(&writer).await {
+        if let Err(source) = MIGRATOR.run(&writer).await {
             writer.close().await;
             return Err(StoreError::Migrate { path: path.to_path_buf(), source });
         }
@@ -152,6 +155,45 @@ impl SqliteStore {
             .max_connections(4)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(Self::options(path))
+            .await
+            .map_err(open_err)?;
+        Ok(SqliteStore { path: path.to_path_buf(), writer, readers, health: Default::default() })
+    }
+
+    /// Opens an existing database without migrating it; see
+    /// [`Store::open_existing`](crate::store::Store::open_existing).
+    pub(in crate::store) async fn open_existing(
+        path: &Path,
+        older_ok: bool,
+    ) -> Result<SqliteStore, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let options = Self::options(path).create_if_missing(false);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(open_err)?;
+        let found: i64 = sqlx::query_scalar(
+            "SELECT coalesce((SELECT max(version) FROM _sqlx_migrations WHERE success), 0) \
+             WHERE EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_sqlx_migrations') \
+             UNION ALL SELECT 0 LIMIT 1",
+        )
+        .fetch_one(&writer)
+        .await
+        .map_err(open_err)?;
+        let ours = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        if found > ours || (found < ours && !older_ok) {
+            writer.close().await;
+            return Err(StoreError::Schema { path: path.to_path_buf(), found, ours });
+        }
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
             .await
             .map_err(open_err)?;
         Ok(SqliteStore { path: path.to_path_buf(), writer, readers, health: Default::default() })

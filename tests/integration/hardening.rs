@@ -249,3 +249,38 @@ async fn registrations_that_would_overflow_or_widen_are_refused_with_the_field()
     }
     assert_eq!(h.sessions().await.len(), 1);
 }
+
+#[tokio::test]
+async fn reading_commands_never_create_or_migrate_the_database() {
+    let h = Harness::new().await;
+    let out = run_cli(&h.config, &["session", "list"]).await;
+    assert!(!out.ok() && out.stderr.contains("no such file"), "{out:?}");
+    assert!(!h.db_path.exists(), "session list created the database");
+
+    let db = h.db().await;
+    let latest: i64 =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations").fetch_one(db).await.unwrap();
+    // A newer callwarden migrated it: every reading command refuses.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES (9999, 'from the future', 1, X'00', 0)",
+    )
+    .execute(db)
+    .await
+    .unwrap();
+    let backup = h.db_path.with_extension("backup");
+    let backup_arg = backup.to_string_lossy().into_owned();
+    for args in [vec!["session", "list"], vec!["audit"], vec!["audit", "verify"], vec!["backup", &backup_arg]]
+    {
+        let out = run_cli(&h.config, &args).await;
+        assert!(!out.ok() && out.stderr.contains("newer than"), "{args:?}: {out:?}");
+    }
+    // An older schema: reading commands refuse, backup works, nothing is migrated.
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version >= ?").bind(latest).execute(db).await.unwrap();
+    let out = run_cli(&h.config, &["audit"]).await;
+    assert!(!out.ok() && out.stderr.contains("older than"), "{out:?}");
+    run_cli(&h.config, &["backup", &backup_arg]).await.expect_ok("backup of an older schema");
+    let now: i64 =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations").fetch_one(db).await.unwrap();
+    assert_eq!(now, latest - 1, "a reading command migrated the database");
+}

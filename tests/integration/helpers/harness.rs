@@ -155,12 +155,18 @@ impl Harness {
         ids
     }
 
-    /// The database, created and migrated by the CLI if nothing opened it yet.
+    /// The database, created and migrated if nothing opened it yet.
     pub async fn db(&self) -> &SqlitePool {
         self.pool
             .get_or_init(|| async {
                 if !self.db_path.exists() {
-                    self.cli(&["session", "list"]).await.expect_ok("session list (creates the database)");
+                    // Created and migrated as the daemon would (reading
+                    // commands of the CLI never create or migrate it).
+                    callwarden::store::Store::open(&self.db_path)
+                        .await
+                        .expect("the database is created")
+                        .close()
+                        .await;
                 }
                 let options = SqliteConnectOptions::new()
                     .filename(&self.db_path)

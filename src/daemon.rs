@@ -161,6 +161,14 @@ pub async fn serve(
             shutdown.clone(),
         ));
     }
+    if let Some(key) = config.retention.checkpoint_key.clone() {
+        tasks.spawn(crate::retention::record_heads_periodically(
+            store.clone(),
+            clock.clone(),
+            key,
+            shutdown.clone(),
+        ));
+    }
     crate::systemd::ready("enforcing deadlines");
     {
         let shutdown = shutdown.clone();

@@ -1,6 +1,9 @@
-//! Retention: the hourly task that applies `retention:`, deleting settled
-//! sessions and audit rows older than their periods (the audit log behind a
-//! signed checkpoint, so the chain still verifies).
+//! Retention and the audit log's anchors: the hourly task that applies
+//! `retention:`, deleting settled sessions and audit rows older than their
+//! periods (the audit log behind a signed checkpoint, so the chain still
+//! verifies); and, with `retention.checkpoint_key`, the task that records a
+//! signed head of the chain every few minutes and logs it, so that `audit
+//! verify` finds a rewritten chain or a cut-off tail behind any head.
 
 use std::time::Duration;
 
@@ -8,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Retention;
-use crate::domain::audit::{Checkpoint, checkpoint_signature};
+use crate::domain::audit::{Checkpoint, Head, checkpoint_signature};
+use crate::domain::secret::Secret;
 use crate::store::{Store, StoreError};
 
 /// How often retention runs.
@@ -55,4 +59,36 @@ pub async fn prune_once(store: &Store, clock: &Clock, retention: &Retention) -> 
         }
     }
     Ok(())
+}
+
+/// How often a signed head of the audit chain is recorded (when rows were
+/// added since the last one).
+pub const HEAD_EVERY: Duration = Duration::from_secs(300);
+
+/// Records a signed head every [`HEAD_EVERY`], and a last one at shutdown.
+pub async fn record_heads_periodically(store: Store, clock: Clock, key: Secret, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(HEAD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            () = shutdown.cancelled() => true,
+        };
+        if let Err(e) = record_head(&store, &clock, &key).await {
+            tracing::warn!(error = %e, "cannot record the audit log's signed head; trying again later");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Records a signed head of the audit chain now (if rows were added since
+/// the last one), and logs it: a copy of the head outside the database.
+pub async fn record_head(store: &Store, clock: &Clock, key: &Secret) -> Result<Option<Head>, StoreError> {
+    let head = store.record_audit_head(clock.now(), |at, id, hash| Head::signed(key, at, id, hash)).await?;
+    if let Some(h) = &head {
+        tracing::info!(row = h.last_id, hash = %h.last_hash, at = %h.at, signature = %h.signature, "audit log head");
+    }
+    Ok(head)
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::budget::{Budget, Standing};
-use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint};
+use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint, Head};
 use crate::domain::session::{Adopted, NewSession, Repeatability, Session, SessionRecord};
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
 
@@ -308,6 +308,11 @@ operations! {
     fn audit_page(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
     /// The last retention checkpoint, where the chain now starts.
     fn audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+    /// Records a signed head of the chain (`sign` makes it from the time,
+    /// the last row's id and hash), unless one names that row already.
+    fn record_audit_head(&self, now: Instant, sign: impl Fn(String, i64, String) -> Head) -> Result<Option<Head>, StoreError>;
+    /// The signed heads naming rows after `after_id`, in id order.
+    fn audit_heads(&self, after_id: i64) -> Result<Vec<Head>, StoreError>;
     /// Deletes audit rows before `before` behind a checkpoint signed with `sign`.
     fn prune_audit(
         &self,

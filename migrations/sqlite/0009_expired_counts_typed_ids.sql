@@ -1,6 +1,6 @@
 -- callwarden schema v9: the `expired` state, session counts kept by
--- triggers, text ids, and an index that lists sessions by state in
--- deadline order.
+-- triggers, text ids, an index that lists sessions by state in deadline
+-- order, and signed heads of the audit chain.
 --
 -- `expired`: a session whose deadline had passed by more than its policy's
 -- `stale_after` when it was about to be enforced; no call was sent (rooms
@@ -154,6 +154,18 @@ WHEN typeof(NEW.id) != 'text'
 BEGIN
     SELECT RAISE(ABORT, 'sessions.id must be text (a UUID)');
 END;
+
+-- Signed heads of the audit chain, when retention.checkpoint_key is set:
+-- every few minutes the daemon records the last row's id and hash, signed
+-- with the key (and logs it, for a copy outside the database). `audit
+-- verify` then finds a row rewritten, or a tail cut off, behind any head.
+CREATE TABLE audit_heads (
+    id        INTEGER PRIMARY KEY,
+    at        TEXT NOT NULL,
+    last_id   INTEGER NOT NULL,
+    last_hash TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
 
 -- As in schema v8.
 CREATE VIEW budget_usage AS

@@ -48,7 +48,25 @@ async fn verify_audit(store: &Store, config: &Config) -> Result<(), Failure> {
     }
     let start = checkpoint.map(|cp| (cp.last_id, cp.last_hash));
     let mut after = start.as_ref().map_or(0, |(id, _)| *id);
-    let mut check = ChainCheck::new(start);
+    let heads = store.audit_heads(after).await.map_err(refusal)?;
+    match &config.retention.checkpoint_key {
+        Some(key) => {
+            if let Some(forged) = heads.iter().find(|h| !h.signature_valid(key)) {
+                return Err(Failure::Other(anyhow::anyhow!(
+                    "audit log broken at row {}: the head recorded at {} has a wrong signature (forged?)",
+                    forged.last_id,
+                    forged.at
+                )));
+            }
+            println!("{} signed heads to check the chain against", heads.len());
+        }
+        None if !heads.is_empty() => println!(
+            "{} signed heads, but no retention.checkpoint_key is configured to check their signatures",
+            heads.len()
+        ),
+        None => {}
+    }
+    let mut check = ChainCheck::new(start).with_heads(heads);
     let verdict = loop {
         let page = store.audit_page(after, PAGE).await.map_err(refusal)?;
         let Some(last) = page.last() else { break check.finish() };

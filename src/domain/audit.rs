@@ -102,6 +102,35 @@ impl Checkpoint {
     }
 }
 
+/// The chain's last row as the daemon signed it at `at` (with the
+/// checkpoint key): a row rewritten or a tail cut off behind it shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Head {
+    pub at: String,
+    pub last_id: i64,
+    pub last_hash: String,
+    /// HMAC-SHA256 over [`Head::signed_text`] with the checkpoint key.
+    pub signature: String,
+}
+
+impl Head {
+    pub fn signed_text(&self) -> String {
+        format!("head:{}:{}:{}", self.last_id, self.last_hash, self.at)
+    }
+
+    /// A head signed with `key`.
+    pub fn signed(key: &Secret, at: String, last_id: i64, last_hash: String) -> Head {
+        let mut head = Head { at, last_id, last_hash, signature: String::new() };
+        head.signature = hmac_hex(key, &head.signed_text());
+        head
+    }
+
+    pub fn signature_valid(&self, key: &Secret) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(hmac_hex(key, &self.signed_text()).as_bytes().ct_eq(self.signature.as_bytes()))
+    }
+}
+
 /// The row's content as hashed: its columns from `id` to `lateness_ms`.
 pub fn canonical(r: &AuditRecord) -> String {
     serde_json::json!([
@@ -135,10 +164,14 @@ pub fn chain_hash(prev_hash: &str, r: &AuditRecord) -> String {
 /// The signature of a retention checkpoint: hex HMAC-SHA256 with the
 /// configured checkpoint key.
 pub fn checkpoint_signature(key: &Secret, cp: &Checkpoint) -> String {
+    hmac_hex(key, &cp.signed_text())
+}
+
+fn hmac_hex(key: &Secret, text: &str) -> String {
     use hmac::{Hmac, Mac};
     let mut mac =
         Hmac::<sha2::Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes any key length");
-    mac.update(cp.signed_text().as_bytes());
+    mac.update(text.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
@@ -162,23 +195,56 @@ pub struct ChainCheck {
     prev: Option<String>,
     checked: u64,
     unchained: u64,
+    /// Signed heads still to meet, latest first (popped from the end).
+    heads: Vec<Head>,
 }
 
 impl ChainCheck {
     /// Starts after a retention checkpoint (the last pruned row's id and
-    /// hash), or at the first row.
+    /// hash), or at row 1: without a checkpoint, a log that starts later
+    /// lost its first rows.
     pub fn new(start: Option<(i64, String)>) -> ChainCheck {
         match start {
             Some((id, hash)) => {
                 ChainCheck { expected_id: Some(id + 1), prev: Some(hash), ..ChainCheck::default() }
             }
-            None => ChainCheck::default(),
+            None => ChainCheck { expected_id: Some(1), ..ChainCheck::default() },
         }
+    }
+
+    /// Also checks the chain against signed heads (whose signatures the
+    /// caller has checked): each named row must be there with that hash.
+    pub fn with_heads(mut self, mut heads: Vec<Head>) -> ChainCheck {
+        heads.sort_by_key(|h| std::cmp::Reverse(h.last_id));
+        self.heads = heads;
+        self
     }
 
     /// Checks the next row; `Err` is the verdict at the first break.
     pub fn push(&mut self, r: &AuditRecord) -> Result<(), Verdict> {
         let broken = |reason: &str| Err(Verdict::Broken { id: r.id, reason: reason.to_string() });
+        if let Some(want) = self.expected_id
+            && r.id != want
+        {
+            let reason = if self.checked + self.unchained == 0 && want == 1 {
+                format!(
+                    "rows 1 to {} are missing and no retention checkpoint says they were pruned",
+                    r.id - 1
+                )
+            } else {
+                format!("rows {want} to {} are missing (deleted?)", r.id - 1)
+            };
+            return Err(Verdict::Broken { id: r.id, reason });
+        }
+        // Heads naming rows before this one name rows that are gone.
+        if let Some(head) = self.heads.last()
+            && head.last_id < r.id
+        {
+            return Err(Verdict::Broken {
+                id: head.last_id,
+                reason: format!("the row the head signed at {} names is missing", head.at),
+            });
+        }
         let Some(hash) = &r.hash else {
             if self.prev.is_some() {
                 return broken("row has no hash inside the chain (inserted by hand?)");
@@ -187,14 +253,6 @@ impl ChainCheck {
             self.expected_id = Some(r.id + 1);
             return Ok(());
         };
-        if let Some(want) = self.expected_id
-            && r.id != want
-        {
-            return Err(Verdict::Broken {
-                id: r.id,
-                reason: format!("rows {want} to {} are missing (deleted?)", r.id - 1),
-            });
-        }
         let link = r.prev_hash.clone().unwrap_or_default();
         if self.prev.as_ref().is_some_and(|prev| *prev != link) {
             return broken(
@@ -204,6 +262,19 @@ impl ChainCheck {
         if chain_hash(&link, r) != *hash {
             return broken("its content does not match its hash (edited?)");
         }
+        while self.heads.last().is_some_and(|h| h.last_id == r.id) {
+            if let Some(head) = self.heads.pop()
+                && head.last_hash != *hash
+            {
+                return Err(Verdict::Broken {
+                    id: r.id,
+                    reason: format!(
+                        "its hash differs from the head signed at {}: the chain was rewritten up to here",
+                        head.at
+                    ),
+                });
+            }
+        }
         self.prev = Some(hash.clone());
         self.expected_id = Some(r.id + 1);
         self.checked += 1;
@@ -211,6 +282,16 @@ impl ChainCheck {
     }
 
     pub fn finish(self) -> Verdict {
+        if let Some(head) = self.heads.first() {
+            let last = self.expected_id.map_or(0, |next| next - 1);
+            return Verdict::Broken {
+                id: head.last_id,
+                reason: format!(
+                    "the log ends at row {last}, but the head signed at {} names row {}: rows were cut off the end",
+                    head.at, head.last_id
+                ),
+            };
+        }
         let head = self.expected_id.zip(self.prev).map(|(next, hash)| (next - 1, hash));
         Verdict::Intact { checked: self.checked, unchained: self.unchained, head }
     }

@@ -215,3 +215,74 @@ async fn audit_rows_cannot_be_deleted_outside_a_checkpoint() {
     let refused = sqlx::query("UPDATE audit_log SET detail = 'x' WHERE id = 1").execute(&mut conn).await;
     assert!(refused.is_err_and(|e| e.to_string().contains("append-only")));
 }
+
+#[tokio::test]
+async fn a_deleted_first_row_without_a_checkpoint_is_found() {
+    let dir = honest_log().await;
+    tamper(&dir, "DELETE FROM audit_log WHERE id <= 2").await;
+    let (ok, text) = verify(&dir).await;
+    assert!(!ok, "{text}");
+    assert!(text.contains("rows 1 to 2 are missing and no retention checkpoint"), "{text}");
+}
+
+/// An honest log with a checkpoint key, whose head the daemon's task has
+/// signed (as it does every few minutes and at shutdown).
+async fn headed_log() -> Workdir {
+    let dir = honest_log().await;
+    let text = std::fs::read_to_string(&dir.config).unwrap();
+    std::fs::write(&dir.config, format!("{text}retention:\n  checkpoint_key: test-checkpoint-key\n"))
+        .unwrap();
+    let config = callwarden::config::Config::load(&dir.config).unwrap();
+    let store = callwarden::store::Store::open(&config.database).await.unwrap();
+    let key = config.retention.checkpoint_key.clone().unwrap();
+    let clock = callwarden::clock::Clock::system();
+    let head = callwarden::retention::record_head(&store, &clock, &key).await.unwrap().expect("a head");
+    assert_eq!(head.last_id, 12);
+    assert!(callwarden::retention::record_head(&store, &clock, &key).await.unwrap().is_none(), "nothing new");
+    store.close().await;
+    dir
+}
+
+#[tokio::test]
+async fn a_signed_head_catches_a_cut_off_tail_and_a_rewritten_chain() {
+    let dir = headed_log().await;
+    let (ok, text) = verify(&dir).await;
+    assert!(ok && text.contains("1 signed heads"), "{text}");
+
+    // The last rows deleted: nothing inside the chain shows it, the head does.
+    tamper(&dir, "DELETE FROM audit_log WHERE id >= 11").await;
+    let (ok, text) = verify(&dir).await;
+    assert!(!ok && text.contains("cut off the end"), "{text}");
+
+    // Every row rewritten with recomputed hashes: the chain holds, the head does not.
+    let dir = headed_log().await;
+    let mut conn = connect(&dir.db_path).await;
+    sqlx::query("DROP TRIGGER IF EXISTS audit_log_is_append_only_update").execute(&mut conn).await.unwrap();
+    let rows = sqlx::query("SELECT * FROM audit_log ORDER BY id").fetch_all(&mut conn).await.unwrap();
+    let mut prev = String::new();
+    for row in &rows {
+        let mut record = callwarden::store::sqlite::audit_record(row).unwrap();
+        if record.id == 2 {
+            record.detail = Some("nothing to see".into());
+        }
+        let hash = callwarden::domain::audit::chain_hash(&prev, &record);
+        sqlx::query("UPDATE audit_log SET detail = ?, prev_hash = ?, hash = ? WHERE id = ?")
+            .bind(&record.detail)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(record.id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    conn.close().await.unwrap();
+    let (ok, text) = verify(&dir).await;
+    assert!(!ok && text.contains("broken at row 12") && text.contains("rewritten"), "{text}");
+
+    // A forged head is caught by its signature.
+    let dir = headed_log().await;
+    tamper(&dir, "UPDATE audit_heads SET last_id = 11").await;
+    let (ok, text) = verify(&dir).await;
+    assert!(!ok && text.contains("wrong signature"), "{text}");
+}

@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::{PRUNE_CHUNK, SqliteStore};
 use crate::domain::Instant;
-use crate::domain::audit::{AUDIT_COLUMNS, AuditEntry, AuditRecord, Checkpoint};
+use crate::domain::audit::{AUDIT_COLUMNS, AuditEntry, AuditRecord, Checkpoint, Head};
 use crate::store::{AuditFilter, AuditSummary, StoreError};
 
 /// [`AUDIT_COLUMNS`] as SQL, joined once: the INSERT is on enforcement's path.
@@ -145,6 +145,56 @@ impl SqliteStore {
             }),
             None => None,
         })
+    }
+
+    /// Records a signed head of the chain (its last row), unless the last
+    /// head names that row already. Returns the head recorded.
+    pub(in crate::store) async fn record_audit_head(
+        &self,
+        now: Instant,
+        sign: impl Fn(String, i64, String) -> Head,
+    ) -> Result<Option<Head>, StoreError> {
+        let last = sqlx::query(
+            "SELECT id, hash, (SELECT max(last_id) FROM audit_heads) AS headed FROM audit_log \
+             WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.readers)
+        .await?;
+        let Some(last) = last else { return Ok(None) };
+        let (id, hash): (i64, String) = (last.try_get("id")?, last.try_get("hash")?);
+        if last.try_get::<Option<i64>, _>("headed")? >= Some(id) {
+            return Ok(None);
+        }
+        let head = sign(now.to_string(), id, hash);
+        sqlx::query("INSERT INTO audit_heads (at, last_id, last_hash, signature) VALUES (?, ?, ?, ?)")
+            .bind(&head.at)
+            .bind(head.last_id)
+            .bind(&head.last_hash)
+            .bind(&head.signature)
+            .execute(&self.writer)
+            .await?;
+        Ok(Some(head))
+    }
+
+    /// The signed heads naming rows after `after_id`, in id order.
+    pub(in crate::store) async fn audit_heads(&self, after_id: i64) -> Result<Vec<Head>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, last_id, last_hash, signature FROM audit_heads WHERE last_id > ? ORDER BY last_id",
+        )
+        .bind(after_id)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Head {
+                    at: r.try_get("at")?,
+                    last_id: r.try_get("last_id")?,
+                    last_hash: r.try_get("last_hash")?,
+                    signature: r.try_get("signature")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 
     /// Prunes audit rows written before `before`: records a checkpoint with

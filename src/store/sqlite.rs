@@ -4,9 +4,9 @@
 //! `busy_timeout`), the embedded migrations (`migrations/sqlite/`), the
 //! `PRAGMA data_version` watcher, and the SQL of every store operation, one
 //! concern per file below. All writes go through one connection, and every
-//! write transaction starts with a write statement, so SQLite takes the
-//! write lock up front and waits (`busy_timeout`) rather than failing when
-//! the CLI or another program writes at the same moment.
+//! write transaction begins `IMMEDIATE`, so SQLite takes the write lock up
+//! front and waits (`busy_timeout`) rather than failing when the CLI or
+//! another program writes at the same moment.
 //!
 //! The queue's queries name their partial index (`INDEXED BY`): without
 //! statistics SQLite prefers the plain `(state, created_at)` index and would
@@ -197,6 +197,14 @@ impl SqliteStore {
             .await
             .map_err(open_err)?;
         Ok(SqliteStore { path: path.to_path_buf(), writer, readers, health: Default::default() })
+    }
+
+    /// A write transaction on the writer, holding SQLite's write lock from
+    /// its first statement (`BEGIN IMMEDIATE`): one that read first and
+    /// wrote later could fail with SQLITE_BUSY_SNAPSHOT when the CLI or an
+    /// app committed in between, which no busy timeout waits out.
+    pub(super) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
     pub(in crate::store) fn path(&self) -> &Path {

@@ -22,7 +22,7 @@ impl SqliteStore {
         entry: &AuditEntry,
         now: Instant,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         insert_audit(&mut tx, entry, now).await?;
         tx.commit().await?;
         Ok(())
@@ -231,7 +231,7 @@ impl SqliteStore {
             signature: None,
         };
         checkpoint.signature = sign(&checkpoint);
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO audit_checkpoints (at, last_id, last_hash, rows_pruned, signature) VALUES (?, ?, ?, ?, ?)",
         )

@@ -108,7 +108,7 @@ impl SqliteStore {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let rows = sqlx::query(
             "UPDATE notifications SET attempts = attempts + 1, due_at = ?, updated_at = ? WHERE id IN ( \
                SELECT id FROM notifications INDEXED BY notifications_due WHERE state = 'pending' AND due_at <= ? \
@@ -213,7 +213,7 @@ impl SqliteStore {
         status: Option<u16>,
         now: Instant,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE notifications SET state = ?, last_error = coalesce(?, last_error), updated_at = ? \
              WHERE id = ? AND state = 'pending'",

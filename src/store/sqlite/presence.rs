@@ -22,7 +22,7 @@ impl SqliteStore {
         &self,
         batch: &[PresenceWrite],
     ) -> Result<Vec<Result<Option<u32>, StoreError>>, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut answers = Vec::with_capacity(batch.len());
         for write in batch {
             let mut one = sqlx::Acquire::begin(&mut *tx).await?;
@@ -101,7 +101,7 @@ impl SqliteStore {
         entry: &AuditEntry,
         now: Instant,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "UPDATE sessions SET state = ?, detail = ?, updated_at = ? \
              WHERE id = ? AND state IN ('accepted', 'enforcing') RETURNING provider",
@@ -131,7 +131,7 @@ impl SqliteStore {
         now: Instant,
         detail: &str,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let rows = sqlx::query(
             "UPDATE sessions INDEXED BY sessions_accepted SET state = 'enforced', detail = ?, updated_at = ? \
              WHERE state = 'accepted' AND provider = ? AND updated_at < ? RETURNING id",
@@ -167,7 +167,7 @@ impl SqliteStore {
         entry: &AuditEntry,
         now: Instant,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let rows = sqlx::query(
             "UPDATE sessions INDEXED BY sessions_accepted SET state = 'enforced', detail = ?, updated_at = ? \
              WHERE state = 'accepted' AND room_id = ? AND room_kind = 'call' RETURNING id, provider",

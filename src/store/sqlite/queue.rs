@@ -38,7 +38,7 @@ impl SqliteStore {
         rejected: &[(String, String)],
         now: Instant,
     ) -> Result<usize, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut audit = Vec::with_capacity(adopted.len() + rejected.len());
         let mut count = 0;
         for a in adopted {
@@ -89,7 +89,7 @@ impl SqliteStore {
         reason: &str,
         now: Instant,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         if let Some(entry) = fail_row(&mut tx, id, reason, now).await? {
             insert_audit(&mut tx, &entry, now).await?;
         }
@@ -156,7 +156,7 @@ impl SqliteStore {
         now: Instant,
         why: &str,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let rows = sqlx::query(
             "UPDATE sessions INDEXED BY sessions_enforcing SET state = 'active', updated_at = ? \
              WHERE state = 'enforcing' RETURNING id, provider",
@@ -191,7 +191,7 @@ impl SqliteStore {
         now: Instant,
         why: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut audit = Vec::new();
         for id in ids {
             let done = sqlx::query(
@@ -226,7 +226,7 @@ impl SqliteStore {
         repeatability: Option<Repeatability>,
         now: Instant,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
             sqlx::query(
@@ -256,7 +256,7 @@ impl SqliteStore {
         final_state: Option<(SessionState, Option<&str>)>,
         now: Instant,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         for entry in entries {
             if let (Some((state, detail)), Some(id)) = (final_state, entry.session_id) {
                 sqlx::query(

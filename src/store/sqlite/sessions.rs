@@ -24,7 +24,7 @@ impl SqliteStore {
         now: Instant,
         detail: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut audit = Vec::with_capacity(sessions.len());
         for s in sessions {
             let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO sessions ({NEW_SESSION_COLUMNS}) "));
@@ -46,7 +46,7 @@ impl SqliteStore {
         &self,
         batch: &[Pending],
     ) -> Result<Vec<Inserted>, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut q = QueryBuilder::<Sqlite>::new(format!(
             "INSERT INTO sessions ({NEW_SESSION_COLUMNS}, idempotency_key) "
         ));
@@ -97,7 +97,7 @@ impl SqliteStore {
         now: Instant,
         detail: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE sessions SET state = 'cancelled', updated_at = ? WHERE id = ? AND state = 'active' \
              AND attempts = 0",
@@ -128,7 +128,7 @@ impl SqliteStore {
     ) -> Result<Instant, StoreError> {
         let by_ms = crate::domain::duration_millis_ceil(by);
         let max_ms = max_total.map(crate::domain::duration_millis_ceil);
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         // strftime keeps the canonical text form; julianday arithmetic in days.
         let row = sqlx::query(
             "UPDATE sessions SET deadline = strftime('%Y-%m-%dT%H:%M:%fZ', julianday(deadline) + ? / 86400000.0), \

@@ -11,19 +11,19 @@
 //!
 //! The daemon's clock is not the host's UTC clock read raw: it is a
 //! [`Discipline`]d clock that advances with the monotonic clock and follows
-//! the UTC clock by slewing toward it at most [`SLEW`] (10 %) faster or
-//! slower than real time. In steady state the two agree to the millisecond
-//! (the correction NTP makes is far below 10 %). When the host's clock is
-//! stepped (settimeofday, a VM restored from a snapshot, NTP stepping a
-//! clock that was far off), callwarden logs the step and takes it gradually:
+//! the UTC clock, never ahead of it. In steady state the two agree to the
+//! millisecond. When the host's clock is stepped (settimeofday, a VM
+//! restored from a snapshot, NTP stepping a clock that was far off),
+//! callwarden logs the step and:
 //!
-//! - a step forward of an hour does not make an hour of deadlines due at
-//!   once: they come due over the next ten hours, with the clock running at
-//!   1.1x;
-//! - a step back of an hour does not postpone everything by an hour: the
-//!   clock keeps running at 0.9x, so what was due in the next minute is
-//!   enforced within about 67 s, and the gap closes over ten hours;
-//! - the clock never runs backwards.
+//! - takes a step forward gradually, at most [`SLEW`] (10 %) faster than
+//!   real time: a step of an hour does not make an hour of deadlines due at
+//!   once, they come due over the next ten hours;
+//! - follows a step back at once: the host's clock was ahead of the true
+//!   time (that is why it was stepped back), so a clock that kept running
+//!   ahead of it would make calls early, and no call may ever leave before
+//!   its deadline by the host's clock. Deadlines wait for the host's clock
+//!   to reach them again.
 //!
 //! [`Clock::simulated`] drives the same discipline from a test-controlled
 //! UTC and monotonic pair, so the behaviour is tested without touching the
@@ -45,8 +45,8 @@ pub enum Clock {
     Manual(Arc<ManualTime>),
 }
 
-/// The most a disciplined clock runs faster or slower than real time while
-/// it catches up with a step of the UTC clock.
+/// The most a disciplined clock runs faster than real time while it
+/// catches up with a forward step of the UTC clock.
 pub const SLEW: f64 = 0.10;
 /// A difference from the UTC clock this large is logged as a step.
 pub const STEP_LOGGED_MS: f64 = 1_000.0;
@@ -76,13 +76,21 @@ impl Discipline {
         let free = now + elapsed;
         let behind = utc_ms as f64 - free;
         let limit = SLEW * elapsed;
-        let next = free + behind.clamp(-limit, limit);
+        // Never ahead of the host's clock; behind it, catch up at most 10 %.
+        let next = free + behind.min(limit);
         if behind.abs() >= STEP_LOGGED_MS && !self.stepping {
             self.stepping = true;
-            tracing::warn!(
-                step_ms = behind as i64,
-                "the host's UTC clock stepped; callwarden's clock slews toward it at 10% instead of jumping"
-            );
+            if behind > 0.0 {
+                tracing::warn!(
+                    step_ms = behind as i64,
+                    "the host's UTC clock stepped forward; callwarden's clock catches up at 10% instead of jumping"
+                );
+            } else {
+                tracing::warn!(
+                    step_ms = behind as i64,
+                    "the host's UTC clock stepped back; callwarden follows it, and deadlines wait for it again"
+                );
+            }
         } else if self.stepping && behind.abs() < 1.0 {
             self.stepping = false;
             tracing::info!("callwarden's clock agrees with the host's UTC clock again");
@@ -287,19 +295,22 @@ mod tests {
     }
 
     #[test]
-    fn a_step_back_slows_the_clock_but_never_turns_it_back() {
+    fn a_step_back_is_followed_at_once_so_the_clock_is_never_ahead_of_the_host() {
         let mut d = Discipline::default();
         let base = 1_700_000_000_000_i64;
         d.observe(base, 0);
-        let mut last = base as f64;
         for i in 1..=100 {
             let mono = i * 1_000;
-            let now = d.observe(base + mono - 3_600_000, mono);
-            assert!((now - last - 900.0).abs() < 1e-6, "0.9x while behind");
-            last = now;
+            let utc = base + mono - 3_600_000;
+            assert_eq!(d.observe(utc, mono), utc as f64, "never ahead of the host's clock");
         }
-        // The monotonic source never goes back, but a reading that does is ignored.
-        assert!(d.observe(base, 50_000) >= last);
+        // Midway through catching up with a forward step, a step back is
+        // followed too.
+        let mut d = Discipline::default();
+        d.observe(base, 0);
+        let ahead = d.observe(base + 3_600_000 + 1_000, 1_000);
+        assert_eq!(ahead, (base + 1_100) as f64);
+        assert_eq!(d.observe(base + 1_500, 2_000), (base + 1_500) as f64);
     }
 
     #[tokio::test]
@@ -307,19 +318,19 @@ mod tests {
         let start = Instant::from_millis(1_700_000_000_000);
         let clock = Clock::simulated(start);
         assert_eq!(clock.now(), start);
-        clock.step_utc(-60_000);
+        clock.step_utc(60_000);
         clock.advance(10_000);
-        assert_eq!(clock.now().millis_since(start), 9_000, "slowed to 0.9x, not turned back");
+        assert_eq!(clock.now().millis_since(start), 11_000, "a forward step is taken at 1.1x");
         let sleeper = {
             let clock = clock.clone();
             tokio::spawn(
-                async move { clock.sleep_until(Instant::from_millis(start.millis() + 10_000)).await },
+                async move { clock.sleep_until(Instant::from_millis(start.millis() + 12_000)).await },
             )
         };
-        clock.advance(1_000);
+        clock.advance(900);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!sleeper.is_finished(), "woke at {} (needs 10 000)", clock.now().millis_since(start));
-        clock.advance(200);
+        assert!(!sleeper.is_finished(), "woke at {} (needs 12 000)", clock.now().millis_since(start));
+        clock.advance(100);
         tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap();
     }
 }

@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 
 seconds="${1:-60}"
 sanitizer="${SANITIZER:-none}"
-targets=(config webhook_trtc webhook_acs duration)
+targets=(config webhook_trtc webhook_acs duration provider_answer)
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked" >&2

@@ -10,7 +10,11 @@
 //!   prints, and refuses zero, negative, unitless and overflowing text;
 //! - `scheduler`: any interleaving of start, extend, end, clock moves and
 //!   crashes settles each session exactly once, never before its deadline,
-//!   with at most one effective provider call.
+//!   with at most one effective provider call;
+//! - `adoption`: any row written with plain SQL, any value in any column,
+//!   is adopted or failed on its own, and the scheduler goes on;
+//! - `provider_answers`: any status, body and `Retry-After` is classified
+//!   without a panic, and the wait it causes never passes `max_backoff`.
 //!
 //! The modules live in `tests/properties/`. Case counts are kept small enough for CI; `PROPTEST_CASES=N` overrides
 //! them all for a longer run. `fuzz/` has cargo-fuzz targets on the same
@@ -19,8 +23,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod properties {
+    pub mod adoption;
     pub mod config;
     pub mod duration;
+    pub mod provider_answers;
     pub mod scheduler;
     pub mod webhooks;
 

@@ -137,7 +137,8 @@ pub async fn serve(
         policies = config.policies.len(),
         "callwarden running"
     );
-    if config.retention.sessions.is_some() || config.retention.audit.is_some() {
+    // Always: webhook history (`presence`) is pruned even without `retention:`.
+    {
         tasks.spawn(crate::retention::prune_periodically(
             store.clone(),
             clock.clone(),

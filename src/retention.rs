@@ -42,9 +42,18 @@ pub async fn prune_periodically(
     }
 }
 
+/// How long a room's or participant's last webhook event is kept: as long
+/// as a session may last. Older events are refused anyway
+/// (`intake::presence::MAX_EVENT_AGE`), so forgetting them lets no replay in.
+pub const PRESENCE_KEPT: Duration = crate::config::MAX_SESSION_DURATION;
+
 pub async fn prune_once(store: &Store, clock: &Clock, retention: &Retention) -> Result<(), StoreError> {
     let now = clock.now();
     let before = |d: Duration| now.saturating_sub(d);
+    let n = store.prune_presence(before(PRESENCE_KEPT).millis()).await?;
+    if n > 0 {
+        tracing::info!(rows = n, "retention: pruned webhook history older than a week");
+    }
     if let Some(keep) = retention.sessions {
         let n = store.prune_sessions(before(keep)).await?;
         if n > 0 {

@@ -364,6 +364,9 @@ operations! {
     /// and answers `None`; an event that fails is rolled back alone and
     /// answers its error. See [`PresenceWriter`].
     fn apply_presence(&self, batch: &[PresenceWrite]) -> Result<Vec<Result<Option<u32>, StoreError>>, StoreError>;
+    /// Forgets the webhook history (the last event per room and participant)
+    /// older than `before_ms`, in short transactions; returns how many rows.
+    fn prune_presence(&self, before_ms: i64) -> Result<u64, StoreError>;
     /// The last event recorded for a room or participant: its time and name.
     fn last_event(&self, provider: &str, room: &Room, participant: &str) -> Result<Option<(i64, String)>, StoreError>;
     /// Participants with an active session in the room.

@@ -54,10 +54,29 @@ impl PresenceEvent<'_> {
     }
 }
 
-/// Records and applies a presence event, unless it is a duplicate or older
-/// than what is known about the same room or participant. Returns how many
-/// sessions it opened or ended.
+/// The oldest event applied: a delivery this late is a replay (a captured
+/// callback sent again) or a clock far off, and would open a session whose
+/// deadline passed long ago. Webhook history is kept longer than this (see
+/// `retention::PRESENCE_KEPT`), so forgetting it lets no replay in.
+pub const MAX_EVENT_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The furthest in the future an event time may be: beyond it, the
+/// provider's clock (or the sender) is wrong, and it is refused too.
+pub const MAX_EVENT_AHEAD: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether an event time is one to apply now: not older than
+/// [`MAX_EVENT_AGE`], not further ahead than [`MAX_EVENT_AHEAD`].
+pub fn timely(at: Instant, now: Instant) -> bool {
+    at >= now.saturating_sub(MAX_EVENT_AGE) && at <= now.saturating_add(MAX_EVENT_AHEAD)
+}
+
+/// Records and applies a presence event, unless it is a duplicate, older
+/// than what is known about the same room or participant, or not timely.
+/// Returns how many sessions it opened or ended.
 pub async fn record_and_apply(intake: Intake<'_>, event: &PresenceEvent<'_>) -> Result<u32, StoreError> {
+    if !timely(event.at, intake.clock.now()) {
+        tracing::debug!(at = %event.at, "a webhook event too old or too far ahead; ignored");
+        return Ok(0);
+    }
     let at_ms = event.at.millis();
     // Seen cheaply here; the write checks again, for certain.
     if seen(intake, event.provider, event.room, event.participant(), at_ms).await? {
@@ -93,6 +112,9 @@ pub async fn apply_roster(
     participants: &[UserId],
     at: Instant,
 ) -> Result<u32, StoreError> {
+    if !timely(at, intake.clock.now()) {
+        return Ok(0);
+    }
     // The roster is whole, not a delta; an older one is stale.
     if seen(intake, provider, room, ROSTER, sequence).await? {
         return Ok(0);

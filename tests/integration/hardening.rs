@@ -165,6 +165,25 @@ async fn a_presence_event_whose_apply_fails_is_applied_when_the_provider_retries
 }
 
 #[tokio::test]
+async fn a_replayed_or_far_future_webhook_event_opens_nothing() {
+    let policies = "  people: { provider: trtc, match: { room: 'chat-*' }, scope: participant,\n\
+                    \x20           max_duration: 20m, action: remove_user }\n";
+    let h = Harness::http(Listener { trtc: true, ..Listener::default() }, policies).await;
+    let daemon = h.start_daemon().await;
+    let hooks = Client::new(&daemon.http_url().await).with_token(None);
+    // A signed callback captured two hours ago and sent again, and one from
+    // a clock an hour ahead: acknowledged (so TRTC stops retrying), not applied.
+    for at in [now_ms() - 2 * 3600 * 1000, now_ms() + 3600 * 1000] {
+        let (body, sign) = entered("chat-7", "mallory", at);
+        assert_eq!(post_trtc(&hooks, &body, &sign).await, 200);
+    }
+    assert!(h.sessions().await.is_empty(), "a stale event opened a session");
+    let (body, sign) = entered("chat-7", "alice", now_ms());
+    assert_eq!(post_trtc(&hooks, &body, &sign).await, 200);
+    assert_eq!(h.sessions().await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_second_daemon_on_the_same_database_refuses_to_start_and_touches_nothing() {
     let h = Harness::new().await;
     let now = now_ms();

@@ -124,6 +124,15 @@ conformance! {
         assert_eq!(last("acs", numeric, "alice").await, None);
     }
 
+    async fn pruning_presence_forgets_only_old_events(db) {
+        let room = Room::Numeric(8);
+        assert!(mark(&db.store, PROVIDER, &room, "old", 1_000, "entered").await);
+        assert!(mark(&db.store, PROVIDER, &room, "new", 5_000, "entered").await);
+        assert_eq!(db.store.prune_presence(2_000).await.unwrap(), 1);
+        assert_eq!(db.store.last_event(PROVIDER, &room, "old").await.unwrap(), None);
+        assert_eq!(db.store.last_event(PROVIDER, &room, "new").await.unwrap(), Some((5_000, "entered".into())));
+    }
+
     async fn an_event_whose_changes_fail_is_not_recorded_so_its_retry_applies(db) {
         let room = Room::Numeric(6);
         let taken = participant(room.clone(), "bob", at(30));

@@ -160,7 +160,18 @@ impl Enforcer {
                     _permit: job_permit,
                 };
                 let state = Arc::clone(&self.state);
-                self.state.tasks.spawn(async move { state.enforce(job).await });
+                let ids: Vec<_> = job.sessions.iter().map(|s| s.id).collect();
+                self.state.tasks.spawn(async move {
+                    // A panic is a bug; if one happens anyway, the job's
+                    // sessions are settled failed, not left `enforcing`.
+                    let job_state = Arc::clone(&state);
+                    let outcome = tokio::spawn(async move { job_state.enforce(job).await }).await;
+                    if let Err(e) = outcome
+                        && e.is_panic()
+                    {
+                        state.fail_after_panic(&ids).await;
+                    }
+                });
             }
         }
     }
@@ -440,6 +451,18 @@ impl EnforcerState {
         while self.clock.now() < deadline {
             self.clock.sleep_until(deadline).await;
         }
+    }
+
+    /// Settles the sessions of a job whose task panicked: `failed`, with the
+    /// reason, so nothing stays `enforcing` until a restart.
+    async fn fail_after_panic(&self, ids: &[crate::domain::SessionId]) {
+        let reason = "the enforcement task panicked (a bug: see the log); the call may not have been made";
+        tracing::error!(sessions = ids.len(), "{reason}");
+        let entries: Vec<_> = ids.iter().map(|id| AuditEntry::new("failed", *id).detail(reason)).collect();
+        self.persist(|| {
+            self.store.record_outcome(&entries, Some((SessionState::Failed, Some(reason))), self.clock.now())
+        })
+        .await;
     }
 
     /// Puts sessions back in the queue when shutdown interrupts them between

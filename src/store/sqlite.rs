@@ -136,6 +136,12 @@ impl SqliteStore {
             // open transaction rolled back) and a fresh one opened.
             .before_acquire(|conn, _| {
                 Box::pin(async move {
+                    // sqlx's own count of open transactions, which a failed
+                    // COMMIT can leave above zero (`begin_with` then refuses).
+                    if conn.is_in_transaction() {
+                        tracing::warn!("the database writer was left inside a transaction; reconnecting");
+                        return Ok(false);
+                    }
                     if sqlx::query("BEGIN").execute(&mut *conn).await.is_err() {
                         tracing::warn!("the database writer was left inside a transaction; reconnecting");
                         return Ok(false);

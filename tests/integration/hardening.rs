@@ -130,13 +130,20 @@ async fn post_trtc(hooks: &Client, body: &str, sign: &str) -> u16 {
     Client::send(request).await.status
 }
 
-#[tokio::test]
-async fn a_presence_event_whose_apply_fails_is_applied_when_the_provider_retries_it() {
+/// A daemon taking TRTC callbacks for a participant policy on `chat-*`
+/// rooms, and a client for its webhooks.
+async fn trtc_participants() -> (Harness, crate::helpers::Daemon, Client) {
     let policies = "  people: { provider: trtc, match: { room: 'chat-*' }, scope: participant,\n\
                     \x20           max_duration: 20m, action: remove_user }\n";
     let h = Harness::http(Listener { trtc: true, ..Listener::default() }, policies).await;
     let daemon = h.start_daemon().await;
     let hooks = Client::new(&daemon.http_url().await).with_token(None);
+    (h, daemon, hooks)
+}
+
+#[tokio::test]
+async fn a_presence_event_whose_apply_fails_is_applied_when_the_provider_retries_it() {
+    let (h, _daemon, hooks) = trtc_participants().await;
     // The apply step fails once: a trigger refuses the session insert
     // while `fail_next` has a row (a full disk or a lock would do the same).
     let db = h.db().await;
@@ -166,11 +173,7 @@ async fn a_presence_event_whose_apply_fails_is_applied_when_the_provider_retries
 
 #[tokio::test]
 async fn a_replayed_or_far_future_webhook_event_opens_nothing() {
-    let policies = "  people: { provider: trtc, match: { room: 'chat-*' }, scope: participant,\n\
-                    \x20           max_duration: 20m, action: remove_user }\n";
-    let h = Harness::http(Listener { trtc: true, ..Listener::default() }, policies).await;
-    let daemon = h.start_daemon().await;
-    let hooks = Client::new(&daemon.http_url().await).with_token(None);
+    let (h, _daemon, hooks) = trtc_participants().await;
     // A signed callback captured two hours ago and sent again, and one from
     // a clock an hour ahead: acknowledged (so TRTC stops retrying), not applied.
     for at in [now_ms() - 2 * 3600 * 1000, now_ms() + 3600 * 1000] {

@@ -37,7 +37,7 @@ mod clk_tck;
 use clk_tck::clock_ticks_per_second;
 
 const TOKEN: &str = "load-test-token-0123456789";
-const CALLBACK_KEY: &str = "loadtestkey";
+const CALLBACK_KEY: &str = "loadtest-callback-key";
 
 struct Args {
     seconds: u64,

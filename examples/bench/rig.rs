@@ -43,10 +43,12 @@ fn config_text(db: &Path, endpoint: &str, rate: u32, provider: ProviderKind) -> 
             "  end:".into(),
             "    provider: acs".into(),
             "    max_duration: 24h".into(),
+            "    stale_after: 7d".into(),
             "    action: terminate_call".into(),
             "  kick:".into(),
             "    provider: acs".into(),
             "    max_duration: 24h".into(),
+            "    stale_after: 7d".into(),
             "    action: remove_participant".into(),
         ]
         .join("\n")
@@ -67,10 +69,12 @@ fn config_text(db: &Path, endpoint: &str, rate: u32, provider: ProviderKind) -> 
         "  end:".into(),
         "    provider: trtc".into(),
         "    max_duration: 24h".into(),
+        "    stale_after: 7d".into(),
         "    action: dismiss_room".into(),
         "  kick:".into(),
         "    provider: trtc".into(),
         "    max_duration: 24h".into(),
+        "    stale_after: 7d".into(),
         "    action: remove_user".into(),
     ]
     .join("\n")

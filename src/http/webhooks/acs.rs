@@ -115,12 +115,14 @@ fn parse_event(event: &Value) -> Result<AcsEvent, String> {
     let kind = event.get("type").and_then(Value::as_str).ok_or("no type")?;
     let name = kind.strip_prefix("Microsoft.Communication.").unwrap_or(kind);
     let data = || event.get("data").filter(|d| d.is_object()).ok_or("no data object");
+    // A call id as sessions store it (at most 256 unreserved characters):
+    // anything else is no call of ours, and is refused before it is stored.
     let call = |data: &Value| {
         data.get("callConnectionId")
             .and_then(Value::as_str)
-            .filter(|c| !c.is_empty())
+            .filter(|c| Room::call(c).is_ok())
             .map(str::to_string)
-            .ok_or("no data.callConnectionId")
+            .ok_or("no valid data.callConnectionId (1 to 256 of A-Z a-z 0-9 - . _ ~)")
     };
     match name {
         "RemoveParticipantSucceeded" | "RemoveParticipantFailed" => {
@@ -382,6 +384,15 @@ mod tests {
         let one_bad =
             br#"[{"type":"Microsoft.Communication.CallDisconnected","data":{"callConnectionId":"c"}},{"type":1}]"#;
         assert!(parse_acs_events(one_bad).is_err());
+        // Call ids that no session could name: control characters, a path, a megabyte.
+        let long = "c".repeat(257);
+        for call in ["call\u{0}id", "../x", "a b", long.as_str()] {
+            let body = format!(
+                r#"[{{"type":"Microsoft.Communication.CallDisconnected","data":{{"callConnectionId":{}}}}}]"#,
+                serde_json::Value::from(call)
+            );
+            assert!(parse_acs_events(body.as_bytes()).is_err(), "{call:?}");
+        }
     }
 
     #[test]

@@ -41,6 +41,14 @@ pub fn adoption(config: &Config, r: &SessionRecord) -> Result<Adopted, String> {
     if policy.action.targets_user() && user.is_none() {
         return Err(format!("policy {:?} removes a user, and the row has no user_id", policy.name));
     }
+    if !policy.action.targets_user() && user.is_some() {
+        return Err(format!(
+            "policy {:?} ends the whole room ({}), and the row names a user: it would end everyone's call at \
+             that user's deadline",
+            policy.name,
+            policy.action.as_str()
+        ));
+    }
     let started = Instant::parse(&r.started_at).map_err(|e| e.to_string())?;
     // A deadline written by the app is when to enforce; one left to the
     // policy is the booked time plus the grace.

@@ -81,13 +81,17 @@ async fn rows_the_daemon_cannot_schedule_are_rejected_and_malformed_times_refuse
             SqlSession { policy: "no-such-policy".into(), ..SqlSession::dismiss(8101, now + 500) },
             // A remove_user policy needs a user.
             SqlSession { policy: "paid-chat".into(), ..SqlSession::dismiss(8102, now + 500) },
+            // A dismiss_room policy takes none.
+            SqlSession { user_id: Some("alice".into()), ..SqlSession::dismiss(8106, now + 500) },
             // Due after the others: once enforced, they had their chance.
             SqlSession::dismiss(8103, now + 1_500),
         ])
         .await
         .unwrap();
 
-    for (id, reason) in [(&ids[0], "unknown policy \"no-such-policy\""), (&ids[1], "no user_id")] {
+    for (id, reason) in
+        [(&ids[0], "unknown policy \"no-such-policy\""), (&ids[1], "no user_id"), (&ids[2], "names a user")]
+    {
         let row = h.wait_for_state(id, "failed", SHORT).await;
         assert!(row.detail.as_deref().unwrap_or_default().contains(reason), "{row:#?}");
         let audit = h.audit_of(id).await;
@@ -95,7 +99,7 @@ async fn rows_the_daemon_cannot_schedule_are_rejected_and_malformed_times_refuse
         assert_eq!(events, ["rejected"], "{audit:#?}");
         assert!(audit[0].detail.as_deref().unwrap_or_default().contains(reason), "{audit:#?}");
     }
-    h.wait_for_state(&ids[2], "enforced", SHORT).await;
+    h.wait_for_state(&ids[3], "enforced", SHORT).await;
     let rooms: Vec<String> =
         h.sandbox.api_requests().await.into_iter().map(|r| r.room.unwrap_or_default()).collect();
     assert_eq!(rooms, ["8103"], "rejected rows must not be enforced");
@@ -108,5 +112,5 @@ async fn rows_the_daemon_cannot_schedule_are_rejected_and_malformed_times_refuse
         let err = h.insert_sql(std::slice::from_ref(&bad)).await.expect_err("a malformed time is refused");
         assert!(err.to_string().contains("CHECK constraint failed"), "{bad:?}: {err}");
     }
-    assert_eq!(h.sessions().await.len(), 3);
+    assert_eq!(h.sessions().await.len(), 4);
 }

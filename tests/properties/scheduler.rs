@@ -57,7 +57,9 @@ providers:
     request_timeout: 5s
     retry: {{ max_attempts: {MAX_ATTEMPTS}, initial_backoff: 5ms, max_backoff: 20ms }}
 policies:
-  consultation: {{ provider: trtc, max_duration: 6h, action: dismiss_room }}
+  # The end of a plan moves the clock an hour on to let everything fall
+  # due: every call is still wanted then (stale_after is for outages).
+  consultation: {{ provider: trtc, max_duration: 6h, stale_after: 7d, action: dismiss_room }}
 "
     )
 }

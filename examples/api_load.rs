@@ -1,7 +1,9 @@
 //! Load on the HTTP listener: session registrations per second through
 //! `POST /v1/sessions`, and signed TRTC webhook events per second through
-//! `POST /webhooks/trtc`, while the daemon enforces a steady stream of
-//! expiring sessions against the in-process sandbox.
+//! `POST /webhooks/trtc` (entries and exits of distinct users under a
+//! budgeted participant policy, so each entry reads and spends its user's
+//! budget), while the daemon enforces a steady stream of expiring sessions
+//! against the in-process sandbox.
 //!
 //! ```text
 //! cargo run --release --example api_load -- [--seconds 10] [--clients 32] [--runs 3]
@@ -67,7 +69,8 @@ fn config(db: &std::path::Path, sandbox: &str, listen: &str) -> String {
          \x20   secret_id: {SANDBOX_SECRET_ID}\n    secret_key: {SANDBOX_SECRET_KEY}\n    endpoint: {sandbox}\n\
          policies:\n  consultation: {{ provider: trtc, max_duration: 6h, action: dismiss_room }}\n\
          \x20 short: {{ provider: trtc, max_duration: 1s, action: dismiss_room }}\n\
-         \x20 chat: {{ provider: trtc, match: {{ room: 'chat-*' }}, max_duration: 6h, action: remove_user }}\n",
+         \x20 chat: {{ provider: trtc, match: {{ room: 'chat-*' }}, scope: participant, max_duration: 6h,\n\
+         \x20         budget: {{ per: user, window: day, limit: 60m }}, action: remove_user }}\n",
         db = db.display()
     )
 }

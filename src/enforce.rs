@@ -161,17 +161,8 @@ impl Enforcer {
                 };
                 let state = Arc::clone(&self.state);
                 let ids: Vec<_> = job.sessions.iter().map(|s| s.id).collect();
-                self.state.tasks.spawn(async move {
-                    // A panic is a bug; if one happens anyway, the job's
-                    // sessions are settled failed, not left `enforcing`.
-                    let job_state = Arc::clone(&state);
-                    let outcome = tokio::spawn(async move { job_state.enforce(job).await }).await;
-                    if let Err(e) = outcome
-                        && e.is_panic()
-                    {
-                        state.fail_after_panic(&ids).await;
-                    }
-                });
+                let job_state = Arc::clone(&state);
+                self.state.tasks.spawn(state.supervise(ids, async move { job_state.enforce(job).await }));
             }
         }
     }
@@ -450,6 +441,21 @@ impl EnforcerState {
     async fn wait_for_deadline(&self, deadline: Instant) {
         while self.clock.now() < deadline {
             self.clock.sleep_until(deadline).await;
+        }
+    }
+
+    /// Runs a job's `work` in a task of its own. A panic is a bug; if one
+    /// happens anyway, the job's sessions (`ids`) are settled failed instead
+    /// of staying `enforcing` until a restart.
+    async fn supervise(
+        self: Arc<Self>,
+        ids: Vec<crate::domain::SessionId>,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        if let Err(e) = tokio::spawn(work).await
+            && e.is_panic()
+        {
+            self.fail_after_panic(&ids).await;
         }
     }
 

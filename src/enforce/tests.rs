@@ -58,3 +58,37 @@ fn answers_settle_or_retry() {
         Classified::AlreadyEnded { code: "FailedOperation.RoomNotExist".into(), message: String::new() };
     assert_eq!(answer_outcome(&gone, false, 2, false).1.unwrap().0, SessionState::AlreadyEnded);
 }
+
+/// A job whose task panics (a bug) leaves no session `enforcing`: they are
+/// settled failed, with the reason.
+#[tokio::test]
+async fn a_panicking_job_fails_its_sessions_instead_of_stranding_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("cw.db")).await.unwrap();
+    let text = "database: cw.db\nproviders:\n  trtc: { kind: tencent-trtc, sdk_app_id: 1400000001, \
+                region: ap-guangzhou, secret_id: AKID, secret_key: k }\npolicies:\n  \
+                end: { provider: trtc, max_duration: 30m, action: dismiss_room }\n";
+    let config = Arc::new(crate::config::Config::parse(&dir.path().join("c.yaml"), text).unwrap());
+    let now = Instant::from_millis(1_800_000_000_000);
+    let clock = Clock::manual(now);
+    let s = crate::domain::session::NewSession {
+        id: SessionId::new(),
+        policy: "end".into(),
+        provider: "trtc".into(),
+        room: Room::Numeric(7),
+        user: None,
+        started_at: now,
+        deadline: now,
+        grace: Duration::ZERO,
+        warn_before: Vec::new(),
+        note: None,
+    };
+    store.insert_sessions(std::slice::from_ref(&s), now, "test").await.unwrap();
+    assert_eq!(store.claim_due(now, now, 10).await.unwrap().len(), 1);
+    let enforcer =
+        Enforcer::new(store.clone(), clock, HashMap::new(), config.into(), CancellationToken::new());
+    Arc::clone(&enforcer.state).supervise(vec![s.id], async { panic!("a bug") }).await;
+    let row = store.session(s.id).await.unwrap();
+    assert_eq!(row.state, "failed");
+    assert!(row.detail.unwrap_or_default().contains("panicked"));
+}

@@ -213,6 +213,25 @@ impl SqliteStore {
         self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
+    /// Runs a `DELETE` of at most [`PRUNE_CHUNK`] rows again and again, each
+    /// its own transaction (the chunk size is bound last, after what `chunk`
+    /// binds), yielding between chunks so other writers get the writer, until
+    /// a chunk comes back short. Returns how many rows were deleted in all.
+    pub(super) async fn delete_in_chunks<F>(&self, chunk: F) -> Result<u64, StoreError>
+    where
+        F: Fn() -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'static>>,
+    {
+        let mut total = 0;
+        loop {
+            let done = chunk().bind(PRUNE_CHUNK).execute(&self.writer).await?.rows_affected();
+            total += done;
+            if done < u64::from(PRUNE_CHUNK) {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     pub(in crate::store) fn path(&self) -> &Path {
         &self.path
     }

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::{PRUNE_CHUNK, SqliteStore};
+use super::SqliteStore;
 use crate::domain::Instant;
 use crate::domain::audit::{AUDIT_COLUMNS, AuditEntry, AuditRecord, Checkpoint, Head};
 use crate::store::{AuditFilter, AuditSummary, StoreError};
@@ -200,7 +200,7 @@ impl SqliteStore {
     /// Prunes audit rows written before `before`: records a checkpoint with
     /// the last pruned row's id and hash (signed by `sign`) and a `pruned`
     /// row in the chain, in one short transaction; then deletes the rows up
-    /// to the checkpoint [`PRUNE_CHUNK`] at a time, each chunk its own
+    /// to the checkpoint [`PRUNE_CHUNK`](super::PRUNE_CHUNK) at a time, each chunk its own
     /// transaction, so other writers (claims, attempts, webhooks) get the
     /// writer between chunks. Verification starts at the checkpoint, so rows
     /// not yet deleted (a crash mid-way) change nothing; the next prune
@@ -261,19 +261,14 @@ impl SqliteStore {
     /// Deletes the audit rows up to `last_id` (behind a checkpoint), a
     /// chunk per transaction.
     async fn delete_audit_through(&self, last_id: i64) -> Result<(), StoreError> {
-        loop {
-            let done = sqlx::query(
+        self.delete_in_chunks(|| {
+            sqlx::query(
                 "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE id <= ? ORDER BY id LIMIT ?)",
             )
             .bind(last_id)
-            .bind(PRUNE_CHUNK)
-            .execute(&self.writer)
-            .await?;
-            if done.rows_affected() < u64::from(PRUNE_CHUNK) {
-                return Ok(());
-            }
-            tokio::task::yield_now().await;
-        }
+        })
+        .await?;
+        Ok(())
     }
 }
 

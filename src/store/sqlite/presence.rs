@@ -48,22 +48,14 @@ impl SqliteStore {
     /// Deletes presence rows whose last event is older than `before_ms`,
     /// [`PRUNE_CHUNK`](super::PRUNE_CHUNK) per transaction.
     pub(in crate::store) async fn prune_presence(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let done = sqlx::query(
+        self.delete_in_chunks(|| {
+            sqlx::query(
                 "DELETE FROM presence WHERE (provider, room_kind, room_id, participant) IN \
                  (SELECT provider, room_kind, room_id, participant FROM presence WHERE last_event_ms < ? LIMIT ?)",
             )
             .bind(before_ms)
-            .bind(super::PRUNE_CHUNK)
-            .execute(&self.writer)
-            .await?;
-            total += done.rows_affected();
-            if done.rows_affected() < u64::from(super::PRUNE_CHUNK) {
-                return Ok(total);
-            }
-            tokio::task::yield_now().await;
-        }
+        })
+        .await
     }
 
     /// The last event recorded for a room or participant: (time, event).

@@ -10,7 +10,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::audit_log::{insert_audit, insert_audit_rows};
 use super::outbox::{self, insert_warnings, warnings_of};
-use super::{PRUNE_CHUNK, SESSION_COLUMNS, SqliteStore};
+use super::{SESSION_COLUMNS, SqliteStore};
 use crate::domain::audit::AuditEntry;
 use crate::domain::session::{NewSession, SessionRecord};
 use crate::domain::{Instant, SessionId, SessionState};
@@ -254,42 +254,31 @@ impl SqliteStore {
     }
 
     /// Deletes settled sessions last updated before `before`, and settled
-    /// notifications of the same age, [`PRUNE_CHUNK`] rows per transaction
+    /// notifications of the same age, [`PRUNE_CHUNK`](super::PRUNE_CHUNK) rows per transaction
     /// so that other writers get the writer between chunks. Returns how
     /// many sessions.
     pub(in crate::store) async fn prune_sessions(&self, before: Instant) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions INDEXED BY sessions_state \
-                 WHERE state IN ('enforced', 'already_ended', 'failed', 'cancelled', 'shadowed', 'expired') AND updated_at < ? LIMIT ?)",
-            )
-            .bind(before.to_string())
-            .bind(PRUNE_CHUNK)
-            .execute(&self.writer)
+        let before = before.to_string();
+        let total = self
+            .delete_in_chunks(|| {
+                sqlx::query(
+                    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions INDEXED BY sessions_state \
+                     WHERE state IN ('enforced', 'already_ended', 'failed', 'cancelled', 'shadowed', 'expired') \
+                     AND updated_at < ? LIMIT ?)",
+                )
+                .bind(before.clone())
+            })
             .await?;
-            total += done.rows_affected();
-            if done.rows_affected() < u64::from(PRUNE_CHUNK) {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
         // Settled notifications go with the sessions of their time; pending
         // ones stay whatever their age.
-        loop {
-            let done = sqlx::query(
+        self.delete_in_chunks(|| {
+            sqlx::query(
                 "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications \
                  WHERE state <> 'pending' AND updated_at < ? LIMIT ?)",
             )
-            .bind(before.to_string())
-            .bind(PRUNE_CHUNK)
-            .execute(&self.writer)
-            .await?;
-            if done.rows_affected() < u64::from(PRUNE_CHUNK) {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+            .bind(before.clone())
+        })
+        .await?;
         Ok(total)
     }
 

@@ -84,10 +84,14 @@ pub struct Config {
     pub listen: Option<std::net::SocketAddr>,
     /// The bearer token the session API requires; the API is off without it.
     pub api_token: Option<Secret>,
-    /// The secret ACS callbacks must carry as `?token=`.
-    pub acs_webhook_secret: Option<Secret>,
+    /// `webhooks.acs`: how ACS callbacks are authenticated and relayed.
+    pub acs_webhook: Option<AcsWebhook>,
     /// The key TRTC signs its room callbacks with (the console's callback key).
     pub trtc_callback_key: Option<Secret>,
+    /// `webhooks.trtc.reconnect_grace`: a participant who re-enters this
+    /// soon after a timed-out exit, or a room re-created this soon after it
+    /// emptied, resumes the old session and its deadline.
+    pub trtc_reconnect_grace: Duration,
     /// What the daemon prunes, and how it signs audit checkpoints.
     pub retention: Retention,
     /// Where warnings and outcome events are POSTed; none when absent.
@@ -102,6 +106,38 @@ pub struct Config {
     pub policy_globs: Vec<String>,
     /// Accepted but suspicious settings, for the operator to see at start.
     pub warnings: Vec<String>,
+}
+
+/// The default of `webhooks.trtc.reconnect_grace`.
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(60);
+
+/// `webhooks.acs`: at least one of `secret` (the `?token=` check) and
+/// `jwt_audience` (ACS's signed tokens) is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcsWebhook {
+    /// What callbacks must carry as `?token=`.
+    pub secret: Option<Secret>,
+    /// The ACS resource's immutable id; with it, every callback must carry
+    /// a valid `Authorization: Bearer` JWT signed by ACS.
+    pub jwt_audience: Option<String>,
+    /// Where the issuer and signing keys are published.
+    pub openid_configuration_url: String,
+    /// The application's callback endpoint, which gets every verified
+    /// callback relayed unchanged.
+    pub forward_to: Option<String>,
+    /// The application's own legs in a call's roster (exact raw ids, or a
+    /// prefix ending in `*`): never timed as participants.
+    pub app_identities: Vec<String>,
+}
+
+impl AcsWebhook {
+    /// Whether `raw_id` is one of the application's own legs.
+    pub fn is_app_identity(&self, raw_id: &str) -> bool {
+        self.app_identities.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => raw_id.starts_with(prefix),
+            None => raw_id == p,
+        })
+    }
 }
 
 /// `notifications:`: the app's endpoint for warnings and outcome events.

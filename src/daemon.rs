@@ -54,7 +54,7 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, ProviderSlot>,
                 Provider::Trtc(TrtcClient::new(http.clone(), t, p.request_timeout).map_err(failed)?)
             }
             ProviderSettings::Acs(a) => {
-                let token = config.acs_webhook_secret.as_ref();
+                let token = config.acs_webhook.as_ref().and_then(|w| w.secret.as_ref());
                 Provider::Acs(AcsClient::new(http.clone(), a, p.request_timeout, token).map_err(failed)?)
             }
         };
@@ -109,7 +109,13 @@ pub async fn serve(
             presence: store.presence_writer(),
             api_token: config.api_token.clone(),
             changed: Some(Arc::clone(&changed)),
-            acs_secret: config.acs_webhook_secret.clone(),
+            acs: config.acs_webhook.as_ref().map(|w| {
+                let acs =
+                    Arc::new(crate::http::webhooks::AcsCallbacks::new(crate::http_client::http_client(), w));
+                let fetching = Arc::clone(&acs);
+                tasks.spawn(async move { fetching.prefetch_keys().await });
+                acs
+            }),
             trtc_callback_key: config.trtc_callback_key.clone(),
         };
         tasks.spawn(crate::http::serve(listener, state, shutdown.clone()));

@@ -468,6 +468,6 @@ mod tests {
         assert_eq!(a.access_key.expose(), crate::sandbox::SANDBOX_ACS_ACCESS_KEY);
         assert_eq!(a.endpoint, "http://127.0.0.1:9");
         assert_eq!(config.listen, Some("127.0.0.1:10".parse().unwrap()));
-        assert_eq!(config.acs_webhook_secret.as_ref().map(|s| s.expose()), Some(DEMO_CALLBACK_TOKEN));
+        assert_eq!(config.acs_webhook.as_ref().and_then(|w| w.secret.as_ref()).map(|s| s.expose()), Some(DEMO_CALLBACK_TOKEN));
     }
 }

@@ -275,7 +275,8 @@ impl EnforcerState {
             // A new pair is stored with the attempt record, one commit.
             let mut new_pair = None;
             if slot.provider.uses_repeatability() {
-                let r = match repeatability {
+                // An id first sent longer ago than ACS remembers is renewed.
+                let r = match repeatability.filter(|r| !r.expired(self.clock.now_datetime())) {
                     Some(r) => r,
                     None => {
                         let r = Repeatability::new(self.clock.now_datetime());
@@ -559,7 +560,7 @@ fn outcome_entry(
         http_status: report.http_status,
         provider_request_id: report.provider_request_id.clone(),
         error_code: report.classified.code().map(str::to_string),
-        detail: report.classified.message().map(|m| m.chars().take(500).collect()),
+        detail: report.detail(),
         latency_ms: Some(i64::try_from(report.latency.as_millis()).unwrap_or(i64::MAX)),
         lateness_ms: Some(sent_at.millis_since(s.deadline)),
     }

@@ -16,6 +16,12 @@ pub const PROVIDER_CALL_SECONDS: &str = "callwarden_provider_call_seconds";
 pub const LATENESS_SECONDS: &str = "callwarden_enforcement_lateness_seconds";
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "callwarden_rate_limiter_wait_seconds";
 pub const WEBHOOK_REQUESTS: &str = "callwarden_webhook_requests_total";
+/// Fetches of ACS's callback signing keys, by result.
+const ACS_JWT_KEYS: &str = "callwarden_acs_jwt_key_fetches_total";
+/// ACS callbacks relayed to the application (`webhooks.acs.forward_to`), by result.
+const ACS_RELAYS: &str = "callwarden_acs_relays_total";
+/// ACS events in an accepted batch that could not be acted on.
+const ACS_EVENTS_SKIPPED: &str = "callwarden_acs_events_skipped_total";
 pub const API_REQUESTS: &str = "callwarden_api_requests_total";
 pub const SESSIONS: &str = "callwarden_sessions";
 pub const CONFIG_RELOADS: &str = "callwarden_config_reloads_total";
@@ -69,6 +75,12 @@ fn describe() {
         "Time a call waited for its provider action's rate limit"
     );
     metrics::describe_counter!(WEBHOOK_REQUESTS, "Webhook requests by source and result");
+    metrics::describe_counter!(ACS_JWT_KEYS, "Fetches of ACS's callback signing keys by result");
+    metrics::describe_counter!(ACS_RELAYS, "ACS callbacks relayed to the application by result");
+    metrics::describe_counter!(
+        ACS_EVENTS_SKIPPED,
+        "ACS events in an accepted batch that could not be acted on"
+    );
     metrics::describe_counter!(API_REQUESTS, "Session API requests by status class");
     metrics::describe_counter!(CONFIG_RELOADS, "Configuration reloads by result (applied, rejected)");
     metrics::describe_counter!(NOTIFICATIONS, "Notification deliveries by event and result");
@@ -111,6 +123,18 @@ pub fn rate_limit_wait(provider: &str, action: &str, waited: Duration) {
 
 pub fn webhook(source: &'static str, result: &'static str) {
     metrics::counter!(WEBHOOK_REQUESTS, "source" => source, "result" => result).increment(1);
+}
+
+pub fn acs_jwt_keys(result: &'static str) {
+    metrics::counter!(ACS_JWT_KEYS, "result" => result).increment(1);
+}
+
+pub fn acs_relay(result: &'static str) {
+    metrics::counter!(ACS_RELAYS, "result" => result).increment(1);
+}
+
+pub fn acs_event_skipped() {
+    metrics::counter!(ACS_EVENTS_SKIPPED).increment(1);
 }
 
 pub fn api_request(status: u16) {

@@ -44,7 +44,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.api_token != new.api_token {
         changed.push("api_token");
     }
-    if old.acs_webhook_secret != new.acs_webhook_secret || old.trtc_callback_key != new.trtc_callback_key {
+    if old.acs_webhook != new.acs_webhook || old.trtc_callback_key != new.trtc_callback_key {
         changed.push("webhooks");
     }
     if old.providers != new.providers {

@@ -8,19 +8,18 @@ use std::time::Duration;
 use indexmap::IndexMap;
 
 use super::file_ctx::FileCtx;
-use super::raw::{RawConfig, RawNotifications, RawProvider, RawRetention, RawSecret, RawWebhooks};
+use super::raw::{RawConfig, RawNotifications, RawProvider, RawRetention, RawSecret};
 use super::secrets::expand_env;
 use super::yaml::syntax_error;
-use super::{
-    Config, ConfigError, MIN_SHARED_SECRET_LEN, Notifications, Policy, ProviderConfig, ProviderSettings,
-    Retention,
-};
+use super::{Config, ConfigError, MIN_SHARED_SECRET_LEN, Notifications, Policy, ProviderConfig, Retention};
 use crate::domain::parse_duration;
 use crate::domain::secret::Secret;
 
 mod policies;
+mod webhooks;
 
 use policies::{DefinedAt, Policies};
+use webhooks::Webhooks;
 
 /// Parses and validates `text`; errors and warnings may still quote secrets.
 /// The steps run in file order, so the first problem is the one reported;
@@ -41,10 +40,10 @@ pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigEr
     let listen = ctx.listen(raw.listen.as_deref())?;
     let api_token =
         ctx.api_token(raw.api_token.as_ref(), raw.api_token_file.as_ref(), listen, &mut warnings)?;
-    let (acs_webhook_secret, trtc_callback_key) =
-        ctx.webhook_secrets(&raw.webhooks, listen, &mut warnings)?;
+    let Webhooks { acs_webhook, trtc_callback_key, trtc_reconnect_grace } =
+        ctx.webhooks(&raw.webhooks, listen, &mut warnings)?;
     let retention = ctx.retention(raw.retention.as_ref(), &mut warnings)?;
-    ctx.acs_callbacks(&providers, acs_webhook_secret.is_some(), listen, &mut warnings)?;
+    ctx.acs_callbacks(&providers, acs_webhook.as_ref(), listen)?;
     let notifications = ctx.notifications(raw.notifications.as_ref())?;
     warnings_need_notifications(notifications.as_ref(), &policies, &defined_at)?;
     ctx.retention_covers_budgets(&retention, &policies)?;
@@ -56,8 +55,9 @@ pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigEr
         policies,
         listen,
         api_token,
-        acs_webhook_secret,
+        acs_webhook,
         trtc_callback_key,
+        trtc_reconnect_grace,
         retention,
         notifications,
         time_zone,
@@ -145,46 +145,6 @@ impl FileCtx<'_> {
         Ok(secret)
     }
 
-    /// `webhooks`: the ACS callback secret, then the TRTC callback key.
-    fn webhook_secrets(
-        &self,
-        raw: &RawWebhooks,
-        listen: Option<SocketAddr>,
-        warnings: &mut Vec<String>,
-    ) -> Result<(Option<Secret>, Option<Secret>), ConfigError> {
-        let acs_webhook_secret = match &raw.acs {
-            None => None,
-            Some(w) => Some(self.secret_pair(
-                &["webhooks", "acs"],
-                "",
-                ("secret", w.secret.as_ref()),
-                ("secret_file", w.secret_file.as_ref()),
-                "the token ACS callbacks carry as ?token=",
-            )?)
-            .map(|t| self.shared_secret(&["webhooks", "acs", "secret"], "webhooks.acs.secret", t))
-            .transpose()?,
-        };
-        let trtc_callback_key = match &raw.trtc {
-            None => None,
-            Some(w) => Some(self.secret_pair(
-                &["webhooks", "trtc"],
-                "",
-                ("callback_key", w.callback_key.as_ref()),
-                ("callback_key_file", w.callback_key_file.as_ref()),
-                "the callback key set in the TRTC console",
-            )?)
-            .map(|k| {
-                self.shared_secret(&["webhooks", "trtc", "callback_key"], "webhooks.trtc.callback_key", k)
-            })
-            .transpose()?,
-        };
-        if trtc_callback_key.is_some() && listen.is_none() {
-            warnings
-                .push("webhooks.trtc is set but listen is not: nothing will receive TRTC callbacks".into());
-        }
-        Ok((acs_webhook_secret, trtc_callback_key))
-    }
-
     /// `retention`: the checkpoint key, then the audit and session periods.
     fn retention(
         &self,
@@ -226,43 +186,6 @@ impl FileCtx<'_> {
             return Err(self.error(&["retention", key], format!("retention: {key} must be at least 1 day")));
         }
         Ok(Some(d))
-    }
-
-    /// An ACS provider with `callback_url` needs the callback secret and a
-    /// listener (the first such provider is named); the secret alone is
-    /// useless without a listener.
-    fn acs_callbacks(
-        &self,
-        providers: &IndexMap<String, ProviderConfig>,
-        has_acs_webhook_secret: bool,
-        listen: Option<SocketAddr>,
-        warnings: &mut Vec<String>,
-    ) -> Result<(), ConfigError> {
-        let confirming: Vec<&str> = providers
-            .values()
-            .filter(|p| matches!(&p.settings, ProviderSettings::Acs(a) if a.callback_url.is_some()))
-            .map(|p| p.name.as_str())
-            .collect();
-        if let Some(name) = confirming.first() {
-            if !has_acs_webhook_secret {
-                return Err(self.error(
-                    &["providers", name, "callback_url"],
-                    format!(
-                        "provider {name:?}: callback_url needs webhooks.acs.secret, so that callbacks can be authenticated"
-                    ),
-                ));
-            }
-            if listen.is_none() {
-                return Err(self.error(
-                    &["providers", name, "callback_url"],
-                    format!("provider {name:?}: callback_url needs listen, the address that receives the callbacks"),
-                ));
-            }
-        }
-        if has_acs_webhook_secret && listen.is_none() {
-            warnings.push("webhooks.acs is set but listen is not: nothing will receive ACS callbacks".into());
-        }
-        Ok(())
     }
 
     /// `notifications`: an http(s) URL and the secret that signs deliveries.

@@ -71,6 +71,8 @@ pub(super) struct RawWebhooks {
 pub(super) struct RawTrtcWebhook {
     pub(super) callback_key: Option<RawSecret>,
     pub(super) callback_key_file: Option<String>,
+    /// How long after a timed-out exit a re-entry resumes the old session.
+    pub(super) reconnect_grace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +80,13 @@ pub(super) struct RawTrtcWebhook {
 pub(super) struct RawAcsWebhook {
     pub(super) secret: Option<RawSecret>,
     pub(super) secret_file: Option<String>,
+    /// The ACS resource's immutable id: the audience of its signed callbacks.
+    pub(super) jwt_audience: Option<String>,
+    pub(super) openid_configuration_url: Option<String>,
+    /// Where every verified callback is relayed (the application).
+    pub(super) forward_to: Option<String>,
+    /// Raw ids (or `prefix*`) of the application's own call legs.
+    pub(super) app_identities: Option<Vec<String>>,
 }
 
 /// A provider section as written. One flat struct for every kind rather

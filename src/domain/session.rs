@@ -98,6 +98,14 @@ impl Repeatability {
         let first_sent = chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
         Repeatability { request_id: uuid::Uuid::new_v4(), first_sent }
     }
+
+    /// Whether ACS no longer remembers this id (first sent more than five
+    /// minutes ago, its repeatable-requests window): the next send needs a
+    /// new one. Safe, because a participant already removed or a call
+    /// already ended answers 404/8522.
+    pub fn expired(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        now - self.first_sent > chrono::TimeDelta::seconds(300)
+    }
 }
 
 /// A session row as stored, for listing: shown even when malformed.

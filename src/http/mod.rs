@@ -54,9 +54,9 @@ pub struct AppState {
     /// Wakes the scheduler at once after a change made here (it would
     /// otherwise notice within its polling interval).
     pub changed: Option<Arc<Notify>>,
-    /// The token ACS callbacks must carry as `?token=`; `None` turns the
-    /// ACS webhook off.
-    pub acs_secret: Option<Secret>,
+    /// How ACS callbacks are verified and relayed; `None` turns the ACS
+    /// webhook off.
+    pub acs: Option<Arc<webhooks::AcsCallbacks>>,
     /// The key TRTC callbacks are signed with; `None` turns the TRTC webhook off.
     pub trtc_callback_key: Option<Secret>,
 }
@@ -93,7 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
-        .route("/webhooks/acs", post(webhooks::acs::handle))
+        .route("/webhooks/acs", post(webhooks::acs_handler::handle))
         .route("/webhooks/trtc", post(webhooks::trtc::handle))
         .merge(api)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))

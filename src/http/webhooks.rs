@@ -1,23 +1,29 @@
-//! Provider callbacks, one file per provider: [`trtc`] (room callbacks,
-//! signed with the callback key) and [`acs`] (CloudEvents: operation
-//! outcomes and call events, authenticated by a URL token). Each has a gate
-//! without I/O (authenticate, then parse the whole body), kept apart from
-//! its handler so it can be fuzzed; what an event means for sessions is
-//! `intake::presence`'s.
+//! Provider callbacks: [`trtc`] (room callbacks, signed with the callback
+//! key) and ACS (CloudEvents: operation outcomes and call events), whose
+//! parts are [`acs`] (parsing and the `?token=` gate), [`acs_jwt`] (ACS's
+//! signed tokens and their keys), [`acs_relay`] (the relay to the
+//! application) and [`acs_handler`] (the endpoint and what each event
+//! does). Each provider has a gate without I/O (authenticate, then parse),
+//! kept apart from its handler so it can be fuzzed; what an event means for
+//! sessions is `intake::presence`'s.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 pub mod acs;
+pub mod acs_handler;
+pub mod acs_jwt;
+pub mod acs_relay;
 pub mod trtc;
 
-pub use acs::{AcsEvent, ResultInfo, parse_acs_events, verify_acs_callback};
+pub use acs::{AcsEvent, ParsedEvent, ResultInfo, parse_acs_events, verify_acs_callback};
+pub use acs_handler::AcsCallbacks;
 pub use trtc::{TrtcEvent, parse_trtc_event, verify_trtc_callback};
 
 /// Why a provider callback was refused before anything was recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateRefusal {
-    /// The credential (TRTC's `Sign`, ACS's `?token=`) is missing or wrong.
+    /// The credential (TRTC's `Sign`, ACS's `?token=` or JWT) is missing or wrong.
     Unauthorized,
     /// Authenticated, but not a callback this daemon understands; the reason
     /// goes back to the sender.

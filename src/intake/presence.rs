@@ -101,6 +101,16 @@ pub async fn record_and_apply(intake: Intake<'_>, event: &PresenceEvent<'_>) -> 
     Ok(intake.presence.apply(PresenceWrite { mark, changes, now }).await?.unwrap_or(0))
 }
 
+/// How a roster is ordered against the call's earlier ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RosterOrder {
+    /// By ACS's `sequenceNumber`.
+    Sequence(i64),
+    /// By the event's time, when ACS leaves the (optional) number out. Kept
+    /// apart from numbered rosters, whose numbers are no times.
+    Time,
+}
+
 /// Applies a whole roster (ACS `ParticipantsUpdated`): participants no
 /// longer listed have left, new ones have entered. A roster older than one
 /// already applied, or from before the call ended, changes nothing.
@@ -108,15 +118,19 @@ pub async fn apply_roster(
     intake: Intake<'_>,
     provider: &str,
     room: &Room,
-    sequence: i64,
+    order: RosterOrder,
     participants: &[UserId],
     at: Instant,
 ) -> Result<u32, StoreError> {
     if !timely(at, intake.clock.now()) {
         return Ok(0);
     }
+    let (key, sequence) = match order {
+        RosterOrder::Sequence(n) => (ROSTER, n),
+        RosterOrder::Time => (ROSTER_BY_TIME, at.millis()),
+    };
     // The roster is whole, not a delta; an older one is stale.
-    if seen(intake, provider, room, ROSTER, sequence).await? {
+    if seen(intake, provider, room, key, sequence).await? {
         return Ok(0);
     }
     // A roster from before the call ended, delivered after it, opens
@@ -146,15 +160,17 @@ pub async fn apply_roster(
     let mark = PresenceMark {
         provider: provider.to_string(),
         room: room.clone(),
-        participant: ROSTER.to_string(),
+        participant: key.to_string(),
         event_ms: sequence,
         event: "roster",
     };
     Ok(intake.presence.apply(PresenceWrite { mark, changes, now }).await?.unwrap_or(0))
 }
 
-/// The participant key an ACS call's roster is ordered under.
+/// The participant key an ACS call's numbered rosters are ordered under.
 const ROSTER: &str = "#roster";
+/// The key of rosters without a number, ordered by time.
+const ROSTER_BY_TIME: &str = "#roster@time";
 
 /// Whether an event at `ms` (a roster's sequence) or later is recorded for
 /// the room or participant already.

@@ -72,7 +72,7 @@ pub struct AcsClient {
 
 impl AcsClient {
     /// `callback_token` is what ACS must send back as `?token=` on the
-    /// callback URL (the `webhooks.acs` secret).
+    /// callback URL (the `webhooks.acs` secret), when one is configured.
     pub fn new(
         http: reqwest::Client,
         settings: &AcsSettings,
@@ -86,13 +86,15 @@ impl AcsClient {
             (Some(h), None) => h.to_string(),
             (None, _) => return Err(format!("endpoint {:?} has no host", settings.endpoint)),
         };
+        // With only ACS's JWT configured, the URL goes without a token.
         let callback = match (&settings.callback_url, callback_token) {
-            (Some(url), Some(token)) => {
+            (Some(url), token) => {
                 let mut url = reqwest::Url::parse(url).map_err(|e| format!("callback_url {url:?}: {e}"))?;
-                url.query_pairs_mut().append_pair("token", token.expose());
+                if let Some(token) = token {
+                    url.query_pairs_mut().append_pair("token", token.expose());
+                }
                 Some(Secret::new(url.to_string()))
             }
-            (Some(_), None) => return Err("callback_url needs the webhooks.acs secret".into()),
             (None, _) => None,
         };
         Ok(AcsClient {
@@ -119,6 +121,7 @@ impl AcsClient {
             http_status: None,
             provider_request_id: None,
             latency: Duration::ZERO,
+            client_request_id: None,
             renew_repeatability: false,
         };
         let Room::Call(call) = &target.room else {
@@ -139,6 +142,7 @@ impl AcsClient {
             _ => Vec::new(),
         };
         let date = http_date(Utc::now());
+        let client_request_id = uuid::Uuid::new_v4();
         let hash = content_hash(&body);
         let Some(sig) =
             signature(self.access_key.expose(), &string_to_sign("POST", &pq, &date, &self.host, &hash))
@@ -152,6 +156,9 @@ impl AcsClient {
             .header("x-ms-date", &date)
             .header("x-ms-content-sha256", &hash)
             .header("Authorization", authorization(&sig))
+            // Per try, as azure-core's RequestIdPolicy does; Microsoft support
+            // asks for it, so it is kept in the audit row's detail.
+            .header("x-ms-client-request-id", client_request_id.to_string())
             .header("x-ms-return-client-request-id", "true");
         if let Some(r) = &ctx.repeatability {
             request = request
@@ -164,22 +171,27 @@ impl AcsClient {
         let started = std::time::Instant::now();
         let result = request.body(body).send().await;
         let provider_request_id = ctx.repeatability.map(|r| r.request_id.to_string());
+        let mut renew_repeatability = false;
         let (classified, http_status) = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let wait = retry_after(response.headers(), Utc::now());
                 match crate::http_client::read_capped(response).await {
-                    Ok(bytes) => (classify(status, &bytes, wait), Some(status)),
+                    Ok(bytes) => {
+                        renew_repeatability = repeatability_expired(Some(status), &bytes);
+                        (classify(status, &bytes, wait), Some(status))
+                    }
                     Err(e) => (super::transport::transport_error(&e), Some(status)),
                 }
             }
             Err(e) => (super::transport::transport_error(&e), None),
         };
         CallReport {
-            renew_repeatability: repeatability_expired(http_status),
+            renew_repeatability,
             classified,
             http_status,
             provider_request_id,
+            client_request_id: Some(client_request_id.to_string()),
             latency: started.elapsed(),
         }
     }
@@ -290,19 +302,49 @@ fn seconds(secs: f64) -> Option<Duration> {
     Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
-/// The numeric subcode of an ACS error, from the body's `error.code` or
-/// `error.message` (the docs do not say which carries it).
-fn subcode(body: &Value) -> Option<u32> {
+/// The numeric subcode of an ACS error. ACS's error bodies are
+/// `{"error":{"code","message","innererror"}}`; the subcode is the whole
+/// `error.code` or `innererror.code` when numeric, or the `DiagCode: 400#8528`
+/// suffix of the message. Digits elsewhere in a message (raw ids, GUIDs)
+/// never count.
+pub fn subcode(body: &Value) -> Option<u32> {
     let error = body.get("error")?;
-    if let Some(code) = error.get("code").and_then(Value::as_str).and_then(|c| c.parse().ok()) {
+    let numeric = |v: Option<&Value>| {
+        v.and_then(|c| {
+            c.as_str().and_then(|s| s.parse().ok()).or_else(|| c.as_u64().and_then(|n| u32::try_from(n).ok()))
+        })
+    };
+    if let Some(code) = numeric(error.get("code")).or_else(|| numeric(error.pointer("/innererror/code"))) {
         return Some(code);
     }
     let message = error.get("message").and_then(Value::as_str)?;
-    message
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|w| w.len() == 4)
-        .filter_map(|w| w.parse().ok())
-        .find(|n| (7000..10000).contains(n))
+    let after = &message[message.find("DiagCode")?..];
+    let digits: String = after[after.find('#')? + 1..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Subcodes that say the call or participant is not there (any more):
+/// 8522 not found, 8558 participant not in the call, 8543 call not found,
+/// 8528 call ended.
+pub const GONE_SUBCODES: [u32; 4] = [8522, 8558, 8543, 8528];
+
+/// 400 subcodes that mean the call is ending or was never established:
+/// for an end-call daemon the goal already holds.
+pub const ENDING_SUBCODES: [u32; 2] = [8501, 8585];
+
+/// 412/8583: incompatible concurrent media operations, not about repeatability.
+const PRECONDITION_MEDIA: u32 = 8583;
+
+/// How long ACS remembers a Repeatability-Request-ID (its repeatable-requests
+/// page): a send under an id first sent longer ago must use a new id.
+pub const REPEATABILITY_WINDOW: Duration = Duration::from_secs(300);
+
+/// Whether a 404's message says the call or participant was not found, for
+/// bodies without a subcode. ASP.NET's "No HTTP resource was found that
+/// matches the request URI" (a wrong path or api-version) does not.
+fn says_not_found(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("not found") && (m.contains("call") || m.contains("participant"))
 }
 
 /// Classifies an HTTP answer to `participants:remove` or `:terminate`.
@@ -316,17 +358,33 @@ pub fn classify(status: u16, body: &[u8], wait: Option<Duration>) -> Classified 
         .map(str::to_string)
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
     let code = match (parsed.pointer("/error/code").and_then(Value::as_str), sub) {
+        (Some(c), Some(s)) if c.parse::<u32>().ok() != Some(s) => format!("HTTP{status}/{c}/{s}"),
         (Some(c), _) => format!("HTTP{status}/{c}"),
         (None, Some(s)) => format!("HTTP{status}/{s}"),
         (None, None) => format!("HTTP{status}"),
     };
+    let gone = sub.is_some_and(|s| GONE_SUBCODES.contains(&s));
     match status {
         202 | 204 | 200 => Classified::Success,
         // The call has ended or the participant has left.
-        404 => Classified::AlreadyEnded { code, message },
-        400 if matches!(sub, Some(8528 | 8522 | 8558 | 8543)) => Classified::AlreadyEnded { code, message },
+        404 if gone || (sub.is_none() && says_not_found(&message)) => {
+            Classified::AlreadyEnded { code, message }
+        }
+        // Any other 404 is a route the service does not serve: a wrong
+        // endpoint path or api_version. Never "already ended".
+        404 => Classified::Fatal {
+            code: format!("{code}/route"),
+            message: format!(
+                "ACS does not serve this request path; check the provider's endpoint and api_version ({message})"
+            ),
+        },
+        400 if gone || sub.is_some_and(|s| ENDING_SUBCODES.contains(&s)) => {
+            Classified::AlreadyEnded { code, message }
+        }
+        // 412/8583 conflicts with a media operation: wait and try again.
+        412 if sub == Some(PRECONDITION_MEDIA) => Classified::Retryable { code, message, wait },
         // The repeatability window has passed: the caller must resend under a
-        // new id (safe: a participant already removed answers 404).
+        // new id (safe: a participant already removed answers 404/8522).
         412 => Classified::Retryable { code, message, wait: None },
         // 409: conflicting parallel actions (8519), or a repeat that arrived
         // while the original request is still in progress.
@@ -336,9 +394,11 @@ pub fn classify(status: u16, body: &[u8], wait: Option<Duration>) -> Classified 
     }
 }
 
-/// Whether a classified answer means the repeatability window expired (412).
-pub fn repeatability_expired(http_status: Option<u16>) -> bool {
+/// Whether an answer means the repeatability window expired: a 412 that is
+/// not 412/8583.
+pub fn repeatability_expired(http_status: Option<u16>, body: &[u8]) -> bool {
     http_status == Some(412)
+        && subcode(&serde_json::from_slice(body).unwrap_or(Value::Null)) != Some(PRECONDITION_MEDIA)
 }
 
 #[cfg(test)]
@@ -427,6 +487,61 @@ mod tests {
         let in_message =
             br#"{"error":{"code":"BadRequest","message":"Call terminated. DiagCode: 400#8528"}}"#;
         assert_eq!(classify(400, in_message, None).outcome(), "already_ended");
+    }
+
+    #[test]
+    fn a_404_is_already_ended_only_when_the_call_or_participant_is_gone() {
+        let err = |code: &str| format!(r#"{{"error":{{"code":"{code}","message":"m"}}}}"#);
+        for gone in ["8522", "8558", "8543"] {
+            assert_eq!(classify(404, err(gone).as_bytes(), None).outcome(), "already_ended", "{gone}");
+        }
+        let said = br#"{"error":{"code":"NotFound","message":"Call not found."}}"#;
+        assert_eq!(classify(404, said, None).outcome(), "already_ended");
+        // A wrong api_version or path: ASP.NET's route-not-found, no subcode.
+        let route = br#"{"Message":"No HTTP resource was found that matches the request URI 'https://x/calling/callConnections/c:terminate?api-version=2023-01-15-preview'."}"#;
+        let c = classify(404, route, None);
+        assert_eq!(c.outcome(), "fatal");
+        assert!(c.message().is_some_and(|m| m.contains("api_version")), "{c:?}");
+        assert_eq!(classify(404, b"", None).outcome(), "fatal");
+        assert_eq!(classify(404, err("8523").as_bytes(), None).outcome(), "fatal");
+    }
+
+    #[test]
+    fn a_call_that_is_ending_or_not_established_is_already_ended() {
+        let err = |code: &str| format!(r#"{{"error":{{"code":"{code}","message":"m"}}}}"#);
+        for ending in ["8501", "8585", "8522", "8558", "8543", "8528"] {
+            assert_eq!(classify(400, err(ending).as_bytes(), None).outcome(), "already_ended", "{ending}");
+        }
+    }
+
+    #[test]
+    fn only_a_412_about_repeatability_renews_the_id() {
+        let media = br#"{"error":{"code":"8583","message":"Precondition Failed"}}"#;
+        assert_eq!(classify(412, media, None).outcome(), "retryable");
+        assert!(!repeatability_expired(Some(412), media));
+        assert!(repeatability_expired(Some(412), b""));
+        assert!(repeatability_expired(
+            Some(412),
+            br#"{"error":{"code":"PreconditionFailed","message":"m"}}"#
+        ));
+        assert!(!repeatability_expired(Some(409), b""));
+        assert!(!repeatability_expired(None, b""));
+    }
+
+    #[test]
+    fn the_subcode_is_read_from_the_error_fields_only() {
+        let sub = |body: &str| subcode(&serde_json::from_str(body).unwrap());
+        assert_eq!(sub(r#"{"error":{"code":"8522","message":"m"}}"#), Some(8522));
+        assert_eq!(sub(r#"{"error":{"code":8522,"message":"m"}}"#), Some(8522));
+        assert_eq!(sub(r#"{"error":{"code":"BadRequest","innererror":{"code":"8585"}}}"#), Some(8585));
+        assert_eq!(
+            sub(r#"{"error":{"code":"BadRequest","message":"Call ended. DiagCode: 400#8528."}}"#),
+            Some(8528)
+        );
+        // Digits inside ids and GUIDs are not subcodes.
+        let ids = r#"{"error":{"code":"BadRequest","message":"Participant 8:acs:1b2c_00000013-2ff6-8522-9e1b06caca01 is invalid"}}"#;
+        assert_eq!(sub(ids), None);
+        assert_eq!(classify(400, ids.as_bytes(), None).outcome(), "fatal");
     }
 
     #[test]

@@ -67,10 +67,25 @@ pub struct CallReport {
     /// The id the provider knows the request by: TRTC's `RequestId`, or the
     /// ACS `Repeatability-Request-ID` (the same across an enforcement's tries).
     pub provider_request_id: Option<String>,
+    /// ACS's per-try `x-ms-client-request-id`, which Microsoft support asks for.
+    pub client_request_id: Option<String>,
     pub latency: Duration,
     /// The provider no longer remembers the repeatability id (ACS 412): the
     /// next try must go out under a new one.
     pub renew_repeatability: bool,
+}
+
+impl CallReport {
+    /// The audit row's detail: the provider's message (at most 500
+    /// characters) and, for ACS, the try's client request id.
+    pub fn detail(&self) -> Option<String> {
+        let message = self.classified.message().map(|m| m.chars().take(500).collect::<String>());
+        match (message, &self.client_request_id) {
+            (Some(m), Some(id)) => Some(format!("{m} (x-ms-client-request-id {id})")),
+            (None, Some(id)) => Some(format!("x-ms-client-request-id {id}")),
+            (m, None) => m,
+        }
+    }
 }
 
 /// What a call carries besides its target.

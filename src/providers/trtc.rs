@@ -316,6 +316,7 @@ impl TrtcClient {
                 http_status: None,
                 provider_request_id: None,
                 latency: Duration::ZERO,
+                client_request_id: None,
                 renew_repeatability: false,
             };
         };
@@ -363,6 +364,7 @@ impl TrtcClient {
             http_status,
             provider_request_id,
             latency: started.elapsed(),
+            client_request_id: None,
             renew_repeatability: false,
         }
     }

@@ -1,30 +1,14 @@
-//! ACS callbacks: a JSON array of CloudEvents, authenticated by the
-//! `?token=` secret on the callback URL (compared in constant time).
-//!
-//! Operation callbacks settle removals the provider had accepted
-//! (`RemoveParticipantSucceeded` → `enforced`, audit `confirmed`;
-//! `RemoveParticipantFailed` → `failed` with ACS's result code;
-//! `CallDisconnected` → every accepted session of that call `enforced`).
-//! Call events (`CallConnected`, `ParticipantsUpdated`, `CallDisconnected`)
-//! are presence, applied through `intake::presence`. Duplicates and late
-//! events are harmless: a session already settled is left alone.
+//! ACS callbacks as they arrive: a JSON array of CloudEvents, parsed one
+//! event at a time (an event that cannot be acted on is reported on its
+//! own, and the others go on), and the `?token=` check (constant time).
+//! ACS's signed JWT is checked in [`super::acs_jwt`]; what the events do,
+//! and the relay to the application, are in [`super::acs_handler`].
 
-use std::sync::Arc;
-
-use axum::body::Body;
-use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use super::{GateRefusal, refusal_response};
-use crate::domain::audit::AuditEntry;
-use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
-use crate::http::AppState;
-use crate::intake::presence::{self, PresenceEvent};
-use crate::policy::Presence;
-use crate::store::StoreError;
+use super::GateRefusal;
+use crate::domain::{Instant, Room, SessionId, UserId};
 
 /// `resultInformation` of an ACS event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -35,7 +19,7 @@ pub struct ResultInfo {
 }
 
 impl ResultInfo {
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!(
             "code {} subCode {}: {}",
             self.code.map_or("-".into(), |c| c.to_string()),
@@ -63,10 +47,11 @@ pub enum AcsEvent {
         call: String,
         at: Option<Instant>,
     },
-    /// The full current roster of a call, ordered by `sequence`.
+    /// The full current roster of a call, ordered by `sequence`, or by the
+    /// event's time when ACS leaves the (optional) sequence number out.
     ParticipantsUpdated {
         call: String,
-        sequence: i64,
+        sequence: Option<i64>,
         participants: Vec<UserId>,
         at: Option<Instant>,
     },
@@ -99,16 +84,24 @@ impl AcsEvent {
     }
 }
 
-/// Parses a callback body: a CloudEvents array (or a single event). Refuses
-/// the whole body if any event lacks what its type requires.
-pub fn parse_acs_events(body: &[u8]) -> Result<Vec<AcsEvent>, String> {
+/// One event of a batch: parsed, or why it cannot be acted on.
+pub type ParsedEvent = Result<AcsEvent, String>;
+
+/// Parses a callback body: a CloudEvents array (or a single event). The
+/// body is refused only when it is not one; each event that lacks what its
+/// type requires is an `Err` of its own, and the others are parsed.
+pub fn parse_acs_events(body: &[u8]) -> Result<Vec<ParsedEvent>, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let events = match value {
         Value::Array(items) => items,
         object @ Value::Object(_) => vec![object],
         _ => return Err("body is neither a CloudEvents array nor an event".into()),
     };
-    events.iter().enumerate().map(|(i, e)| parse_event(e).map_err(|m| format!("event {i}: {m}"))).collect()
+    Ok(events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| parse_event(e).map_err(|m| format!("event {i}: {m}")))
+        .collect())
 }
 
 fn parse_event(event: &Value) -> Result<AcsEvent, String> {
@@ -146,8 +139,11 @@ fn parse_event(event: &Value) -> Result<AcsEvent, String> {
         "CallConnected" => Ok(AcsEvent::CallConnected { call: call(data()?)?, at: event_time(event) }),
         "ParticipantsUpdated" => {
             let data = data()?;
-            let sequence =
-                data.get("sequenceNumber").and_then(Value::as_i64).ok_or("no data.sequenceNumber")?;
+            // Optional in the spec, and absent from the SDKs' own samples.
+            let sequence = match data.get("sequenceNumber") {
+                None | Some(Value::Null) => None,
+                Some(n) => Some(n.as_i64().ok_or("data.sequenceNumber is not an integer")?),
+            };
             let list =
                 data.get("participants").and_then(Value::as_array).ok_or("no data.participants array")?;
             let participants = list
@@ -174,22 +170,22 @@ fn event_time(event: &Value) -> Option<Instant> {
     event.get("time").and_then(Value::as_str).and_then(|t| Instant::parse(t).ok())
 }
 
-/// The ACS webhook's gate, without I/O: the query's `token` must equal
-/// `secret` (compared in constant time), then the whole body must parse.
-/// The handler answers 401 or 400 from the [`GateRefusal`]; kept apart from it so
-/// the gate can be fuzzed.
+/// The ACS webhook's token gate, without I/O: the query's `token` must
+/// equal `secret` (compared in constant time), then the body must be a
+/// CloudEvents batch. The handler answers 401 or 400 from the
+/// [`GateRefusal`]; kept apart from it so the gate can be fuzzed.
 pub fn verify_acs_callback(
     secret: &str,
     query: Option<&str>,
     body: &[u8],
-) -> Result<Vec<AcsEvent>, GateRefusal> {
+) -> Result<Vec<ParsedEvent>, GateRefusal> {
     if !token_matches(query, secret) {
         return Err(GateRefusal::Unauthorized);
     }
     parse_acs_events(body).map_err(GateRefusal::Malformed)
 }
 
-fn token_matches(query: Option<&str>, secret: &str) -> bool {
+pub(super) fn token_matches(query: Option<&str>, secret: &str) -> bool {
     let Some(query) = query else { return false };
     url_token(query).is_some_and(|given| bool::from(given.as_bytes().ct_eq(secret.as_bytes())))
 }
@@ -201,150 +197,6 @@ fn url_token(query: &str) -> Option<String> {
         .query_pairs()
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
-}
-
-/// `POST /webhooks/acs`: ACS callbacks settle accepted removals and open
-/// and end sessions on call events.
-pub(in crate::http) async fn handle(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    let Some(secret) = &state.acs_secret else {
-        return (StatusCode::NOT_FOUND, "the ACS webhook is not configured\n").into_response();
-    };
-    // The token is in the URL: the body is read only for a caller that has it.
-    if !token_matches(query.as_deref(), secret.expose()) {
-        return refusal_response("acs", "token", GateRefusal::Unauthorized);
-    }
-    let Ok(body) = axum::body::to_bytes(body, crate::http::BODY_LIMIT).await else {
-        return refusal_response(
-            "acs",
-            "token",
-            GateRefusal::Malformed("the body is incomplete or too large".into()),
-        );
-    };
-    // The token was checked above; what is left of the gate is the parse.
-    let events = match parse_acs_events(&body) {
-        Ok(events) => events,
-        Err(reason) => return refusal_response("acs", "token", GateRefusal::Malformed(reason)),
-    };
-    let (mut changed, mut ignored) = (0u32, 0u32);
-    for event in events {
-        match apply_acs_event(&state, &event).await {
-            Ok(0) => {
-                tracing::debug!(?event, "ACS event changes nothing here");
-                ignored += 1;
-            }
-            Ok(n) => {
-                // Participant ids (phone numbers among them) only at debug.
-                tracing::info!(kind = event.kind(), call = event.call(), sessions = n, "ACS event applied");
-                tracing::debug!(?event, "ACS event applied");
-                changed += n;
-            }
-            // ACS retries a delivery that fails; events already applied are
-            // no-ops the second time.
-            Err(e) => {
-                crate::metrics::webhook("acs", "unavailable");
-                tracing::error!(error = %e, "cannot record an ACS event; asking ACS to retry");
-                return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
-            }
-        }
-    }
-    if changed > 0 {
-        state.wake_scheduler();
-    }
-    crate::metrics::webhook("acs", "accepted");
-    (StatusCode::OK, axum::Json(json!({ "changed": changed, "ignored": ignored }))).into_response()
-}
-
-/// The configured ACS providers' names, in file order.
-fn acs_providers(state: &AppState) -> Vec<String> {
-    state
-        .config
-        .current()
-        .providers
-        .values()
-        .filter(|p| matches!(p.settings, crate::config::ProviderSettings::Acs(_)))
-        .map(|p| p.name.clone())
-        .collect()
-}
-
-/// Applies one ACS event; returns how many sessions it changed.
-async fn apply_acs_event(state: &AppState, event: &AcsEvent) -> Result<u32, StoreError> {
-    let now = state.clock.now();
-    match event {
-        AcsEvent::RemoveParticipant { succeeded, session: Some(id), call, result } => {
-            let (state_to, entry) = if *succeeded {
-                let e = AuditEntry::new("confirmed", *id)
-                    .detail(format!("RemoveParticipantSucceeded on call {call}"));
-                (SessionState::Enforced, e)
-            } else {
-                let e = AuditEntry {
-                    error_code: Some(format!(
-                        "{}/{}",
-                        result.code.unwrap_or_default(),
-                        result.sub_code.unwrap_or_default()
-                    )),
-                    ..AuditEntry::new("failed", *id)
-                        .detail(format!("RemoveParticipantFailed on call {call}: {}", result.describe()))
-                };
-                (SessionState::Failed, e)
-            };
-            Ok(u32::from(state.store.confirm_session(*id, state_to, &entry, now).await?))
-        }
-        AcsEvent::RemoveParticipant { session: None, .. } | AcsEvent::Other(_) => Ok(0),
-        AcsEvent::CallDisconnected { call, at } => {
-            // Ordered against CallConnected by the provider's clock, not ours.
-            let at = at.unwrap_or(now);
-            let entry = AuditEntry {
-                event: "confirmed",
-                detail: Some(format!("CallDisconnected: call {call} ended")),
-                ..AuditEntry::default()
-            };
-            let confirmed = state.store.confirm_call(call, &entry, now).await?;
-            let room = Room::Call(call.clone());
-            let mut changed = confirmed as u32;
-            for provider in acs_providers(state) {
-                let event = PresenceEvent {
-                    provider: &provider,
-                    sdk_app_id: None,
-                    room: &room,
-                    presence: &Presence::RoomClosed,
-                    at,
-                };
-                changed += presence::record_and_apply(state.intake(), &event).await?;
-            }
-            Ok(changed)
-        }
-        AcsEvent::CallConnected { call, at } => {
-            let room = Room::Call(call.clone());
-            let at = at.unwrap_or(now);
-            let mut changed = 0;
-            for provider in acs_providers(state) {
-                let event = PresenceEvent {
-                    provider: &provider,
-                    sdk_app_id: None,
-                    room: &room,
-                    presence: &Presence::RoomOpened,
-                    at,
-                };
-                changed += presence::record_and_apply(state.intake(), &event).await?;
-            }
-            Ok(changed)
-        }
-        AcsEvent::ParticipantsUpdated { call, sequence, participants, at } => {
-            let room = Room::Call(call.clone());
-            let at = at.unwrap_or(now);
-            let mut changed = 0;
-            for provider in acs_providers(state) {
-                changed +=
-                    presence::apply_roster(state.intake(), &provider, &room, *sequence, participants, at)
-                        .await?;
-            }
-            Ok(changed)
-        }
-    }
 }
 
 #[cfg(test)]
@@ -361,7 +213,8 @@ mod tests {
                 {{"type":"Microsoft.Communication.CallDisconnected","data":{{"callConnectionId":"c1"}}}},
                 {{"type":"Microsoft.Communication.PlayCompleted","data":{{"callConnectionId":"c1"}}}}]"#
         );
-        let events = parse_acs_events(body.as_bytes()).unwrap();
+        let events: Vec<AcsEvent> =
+            parse_acs_events(body.as_bytes()).unwrap().into_iter().collect::<Result<_, _>>().unwrap();
         assert_eq!(
             events[0],
             AcsEvent::RemoveParticipant {
@@ -376,15 +229,18 @@ mod tests {
     }
 
     #[test]
-    fn malformed_bodies_are_refused_whole() {
+    fn a_body_that_is_no_batch_is_refused_and_a_bad_event_fails_alone() {
         assert!(parse_acs_events(b"not json").is_err());
         assert!(parse_acs_events(b"42").is_err());
-        assert!(parse_acs_events(br#"[{"data":{}}]"#).is_err());
+        let one = |body: &[u8]| parse_acs_events(body).unwrap();
+        assert!(one(br#"[{"data":{}}]"#)[0].is_err());
         let missing_call = br#"[{"type":"Microsoft.Communication.CallDisconnected","data":{}}]"#;
-        assert!(parse_acs_events(missing_call).is_err());
+        assert!(one(missing_call)[0].is_err());
         let one_bad =
             br#"[{"type":"Microsoft.Communication.CallDisconnected","data":{"callConnectionId":"c"}},{"type":1}]"#;
-        assert!(parse_acs_events(one_bad).is_err());
+        let parsed = one(one_bad);
+        assert_eq!(parsed[0], Ok(AcsEvent::CallDisconnected { call: "c".into(), at: None }));
+        assert!(parsed[1].is_err());
         // Call ids that no session could name: control characters, a path, a megabyte.
         let long = "c".repeat(257);
         for call in ["call\u{0}id", "../x", "a b", long.as_str()] {
@@ -392,8 +248,24 @@ mod tests {
                 r#"[{{"type":"Microsoft.Communication.CallDisconnected","data":{{"callConnectionId":{}}}}}]"#,
                 serde_json::Value::from(call)
             );
-            assert!(parse_acs_events(body.as_bytes()).is_err(), "{call:?}");
+            assert!(one(body.as_bytes())[0].is_err(), "{call:?}");
         }
+    }
+
+    #[test]
+    fn a_roster_without_a_sequence_number_is_valid() {
+        // As in the Java SDK's own fixtures: no sequenceNumber.
+        let body = br#"[{"type":"Microsoft.Communication.ParticipantsUpdated","time":"2026-11-29T10:00:00.1234567Z",
+            "data":{"callConnectionId":"c1","correlationId":"x","participants":[{"identifier":{"rawId":"8:acs:u1","kind":"communicationUser"},"isMuted":false}]}}]"#;
+        let parsed = parse_acs_events(body).unwrap();
+        let Ok(AcsEvent::ParticipantsUpdated { sequence, participants, at, .. }) = &parsed[0] else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(*sequence, None);
+        assert_eq!(participants.len(), 1);
+        assert!(at.is_some());
+        let bad_sequence = br#"[{"type":"Microsoft.Communication.ParticipantsUpdated","data":{"callConnectionId":"c1","sequenceNumber":"x","participants":[]}}]"#;
+        assert!(parse_acs_events(bad_sequence).unwrap()[0].is_err());
     }
 
     #[test]

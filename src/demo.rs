@@ -18,6 +18,8 @@ use std::time::{Duration, Instant as StdInstant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+mod app;
+
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::session::NewSession;
@@ -40,12 +42,14 @@ pub fn demo_config(db: &std::path::Path, sandbox_url: &str) -> String {
         .replace("{sandbox_url}", sandbox_url)
 }
 
-/// `config/demo-acs.yaml` with its placeholders filled in.
-pub fn demo_acs_config(db: &std::path::Path, sandbox_url: &str, listen: &str) -> String {
+/// `config/demo-acs.yaml` with its placeholders filled in; `app` is where
+/// the demo's stand-in application receives relayed callbacks.
+pub fn demo_acs_config(db: &std::path::Path, sandbox_url: &str, listen: &str, app: &str) -> String {
     include_str!("../config/demo-acs.yaml")
         .replace("{database}", &db.display().to_string())
         .replace("{sandbox_url}", sandbox_url)
         .replace("{listen}", listen)
+        .replace("{app}", app)
 }
 
 /// The token the ACS demo's callbacks carry (config/demo-acs.yaml).
@@ -228,17 +232,18 @@ pub async fn run(provider: DemoProvider, spread: u32, burst: u32) -> anyhow::Res
             Some(probe.local_addr()?.to_string())
         }
     };
-    let options = SandboxOptions {
-        acs_events_url: listen
-            .as_ref()
-            .map(|l| format!("http://{l}/webhooks/acs?token={DEMO_CALLBACK_TOKEN}")),
-        ..SandboxOptions::default()
-    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind loopback")?;
-    let sandbox = Sandbox::start(listener, options, shutdown.clone()).await?;
-    let config_text = match &listen {
-        None => demo_config(&db, &sandbox.url()),
-        Some(listen) => demo_acs_config(&db, &sandbox.url(), listen),
+    let sandbox = Sandbox::start(listener, SandboxOptions::default(), shutdown.clone()).await?;
+    // The ACS demo's application: callwarden relays every callback to it.
+    let app = match provider {
+        DemoProvider::Trtc => None,
+        DemoProvider::Acs => Some(app::start(shutdown.clone()).await.context("cannot start the demo's app")?),
+    };
+    let config_text = match (&listen, &app) {
+        (Some(listen), Some((app_addr, _))) => {
+            demo_acs_config(&db, &sandbox.url(), listen, &app_addr.to_string())
+        }
+        _ => demo_config(&db, &sandbox.url()),
     };
     std::fs::write(&config_path, config_text).context("cannot write the demo config")?;
     let config = Arc::new(Config::load(&config_path)?);
@@ -251,8 +256,11 @@ pub async fn run(provider: DemoProvider, spread: u32, burst: u32) -> anyhow::Res
     };
     println!("callwarden demo");
     println!("  sandbox {api}   {} (quota 20 requests/s per action)", sandbox.url());
-    if let Some(listen) = &listen {
-        println!("  webhook listener   http://{listen}/webhooks/acs (ACS reports outcomes here)");
+    if let (Some(listen), Some((app_addr, _))) = (&listen, &app) {
+        println!(
+            "  webhook listener   http://{listen}/webhooks/acs (each call's callback URI: ACS posts here)"
+        );
+        println!("  the application    http://{app_addr}/calling/events (callwarden relays every callback)");
     }
     println!("  database           {}", db.display());
     println!("  daemon rate        19 requests/s per action\n");
@@ -270,6 +278,24 @@ pub async fn run(provider: DemoProvider, spread: u32, burst: u32) -> anyhow::Res
         DemoProvider::Acs => plan_acs(now, spread, burst),
     };
     stage(&sandbox, provider);
+    if let Some(listen) = &listen {
+        // The application created each call with callwarden's webhook as
+        // its callback URI, so ACS's call events reach callwarden (which
+        // relays them on).
+        let callback = format!("http://{listen}/webhooks/acs?token={DEMO_CALLBACK_TOKEN}");
+        let mut calls: Vec<(String, Vec<String>)> = Vec::new();
+        for s in &sessions {
+            let call = s.room.id_text();
+            let user = s.user.iter().map(|u| u.as_str().to_string());
+            match calls.iter_mut().find(|(c, _)| *c == call) {
+                Some((_, users)) => users.extend(user),
+                None => calls.push((call, user.collect())),
+            }
+        }
+        for (call, users) in &calls {
+            sandbox.state.create_call(call, &callback, users, true);
+        }
+    }
     let total = sessions.len();
     store.insert_sessions(&sessions, now, "registered by the demo").await?;
     println!(
@@ -330,7 +356,8 @@ pub async fn run(provider: DemoProvider, spread: u32, burst: u32) -> anyhow::Res
     shutdown.cancel();
     daemon.await.context("daemon task panicked")??;
 
-    summarize(&store, &sandbox, &burst_ids, &db, &config_path).await?;
+    let relayed = app.as_ref().map(|(_, received)| received.as_ref());
+    summarize(&store, &sandbox, &burst_ids, relayed, (&db, &config_path)).await?;
     store.close().await;
     Ok(())
 }
@@ -339,8 +366,8 @@ async fn summarize(
     store: &Store,
     sandbox: &Sandbox,
     burst_ids: &HashSet<SessionId>,
-    db: &std::path::Path,
-    config_path: &std::path::Path,
+    relayed: Option<&app::Received>,
+    (db, config_path): (&std::path::Path, &std::path::Path),
 ) -> anyhow::Result<()> {
     let counts = store.state_counts().await?;
     // Lateness of each session's first call: what the scheduler and the
@@ -418,8 +445,16 @@ async fn summarize(
             .await?
             .len();
         println!(
-            "  ACS: outcome reports delivered {}, confirmed removals {confirmed}; repeated requests answered from ACS's record: {}",
+            "  ACS: callbacks delivered {}, confirmed removals {confirmed}; repeated requests answered from ACS's record: {}",
             stats.events_delivered, stats.repeats_replayed
+        );
+    }
+    if let Some(received) = relayed {
+        use std::sync::atomic::Ordering;
+        println!(
+            "  ACS callbacks relayed to the application: {} ({} still carrying ACS's signed token)",
+            received.callbacks.load(Ordering::Relaxed),
+            received.with_token.load(Ordering::Relaxed)
         );
     }
     let mut actions: Vec<_> = stats.max_per_second_by_action.iter().collect();
@@ -459,8 +494,12 @@ mod tests {
 
     #[test]
     fn the_shipped_acs_demo_config_loads_and_matches_the_sandbox() {
-        let text =
-            demo_acs_config(std::path::Path::new("/tmp/demo/cw.db"), "http://127.0.0.1:9", "127.0.0.1:10");
+        let text = demo_acs_config(
+            std::path::Path::new("/tmp/demo/cw.db"),
+            "http://127.0.0.1:9",
+            "127.0.0.1:10",
+            "127.0.0.1:11",
+        );
         let config = Config::parse(std::path::Path::new("config/demo-acs.yaml"), &text).unwrap();
         let crate::config::ProviderSettings::Acs(a) = &config.providers["acs"].settings else {
             panic!("an ACS provider")
@@ -468,6 +507,9 @@ mod tests {
         assert_eq!(a.access_key.expose(), crate::sandbox::SANDBOX_ACS_ACCESS_KEY);
         assert_eq!(a.endpoint, "http://127.0.0.1:9");
         assert_eq!(config.listen, Some("127.0.0.1:10".parse().unwrap()));
-        assert_eq!(config.acs_webhook.as_ref().and_then(|w| w.secret.as_ref()).map(|s| s.expose()), Some(DEMO_CALLBACK_TOKEN));
+        assert_eq!(
+            config.acs_webhook.as_ref().and_then(|w| w.secret.as_ref()).map(|s| s.expose()),
+            Some(DEMO_CALLBACK_TOKEN)
+        );
     }
 }

@@ -211,9 +211,11 @@ pub struct SandboxArgs {
     /// The ACS access key (base64) requests must be signed with.
     #[arg(long, env = "CALLWARDEN_SANDBOX_ACS_ACCESS_KEY", default_value = crate::sandbox::SANDBOX_ACS_ACCESS_KEY, hide_default_value = true)]
     pub acs_access_key: String,
-    /// Where to post ACS CallDisconnected events after a terminate.
-    #[arg(long)]
-    pub acs_events_url: Option<String>,
+    /// The ACS resource id the sandbox's signed callbacks name as their
+    /// audience (`webhooks.acs.jwt_audience`). Call events go to each
+    /// call's callback URI, given at `POST /_sandbox/acs/calls`.
+    #[arg(long, default_value = crate::sandbox::acs_calls::SANDBOX_ACS_RESOURCE_ID)]
+    pub acs_resource_id: String,
     /// Requests per sliding second per action before RequestLimitExceeded.
     #[arg(long, default_value_t = crate::sandbox::SANDBOX_QUOTA)]
     pub quota: u32,

@@ -65,7 +65,7 @@ pub(super) async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
         secret_key: args.secret_key,
         sdk_app_id: args.sdk_app_id,
         acs_access_key: args.acs_access_key,
-        acs_events_url: args.acs_events_url,
+        acs_resource_id: args.acs_resource_id,
         quota_per_second: args.quota,
     };
     let sandbox =

@@ -1,8 +1,10 @@
 //! The sandbox's ACS Call Automation API: `participants:remove` and
 //! `:terminate` under `/calling/callConnections/`, checked as ACS does:
-//! HMAC signature and content hash, `api-version`, the quota (429 with
+//! HMAC signature and content hash, `api-version` (one it does not serve is
+//! a route not found: 404 without an error code), the quota (429 with
 //! `Retry-After`), and repeatability (a repeated request id gets the first
 //! answer again, with `Repeatability-Result: accepted`, and does nothing).
+//! The events that follow are posted by [`super::acs_calls`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +33,16 @@ fn answer(status: u16, body: Option<Value>) -> StoredAnswer {
 fn error(status: u16, code: &str, message: &str) -> StoredAnswer {
     answer(status, Some(json!({ "error": { "code": code, "message": message } })))
 }
+
+/// What ACS's front end answers for a path or api-version it does not
+/// serve: ASP.NET's message, no error code.
+fn route_not_found(uri: &Uri) -> StoredAnswer {
+    let message = format!("No HTTP resource was found that matches the request URI 'https://sandbox{uri}'.");
+    answer(404, Some(json!({ "Message": message })))
+}
+
+/// The api-versions the sandbox serves (Call Automation's GA versions).
+const API_VERSIONS: [&str; 3] = ["2023-10-15", "2024-09-15", "2025-05-15"];
 
 fn respond(a: &StoredAnswer, replayed: bool, retry_after: Option<u64>) -> Response {
     let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -128,7 +140,7 @@ async fn handle_request(
     } else if let Some(call) = rest.strip_suffix(":terminate") {
         (call.to_string(), "TerminateCall")
     } else {
-        return respond(&error(404, "NotFound", "no such operation"), false, None);
+        return respond(&route_not_found(&uri), false, None);
     };
     let request_id = header(&headers, "repeatability-request-id").map(str::to_string);
     let finish = |a: StoredAnswer, participant: Option<String>, replayed: bool, retry_after: Option<u64>| {
@@ -140,13 +152,19 @@ async fn handle_request(
     if let Err(a) = authenticate(&state, &headers, &uri, &body) {
         return finish(a, None, false, None);
     }
-    if !uri.query().unwrap_or_default().split('&').any(|kv| kv.starts_with("api-version=") && kv.len() > 12) {
-        return finish(
-            error(400, "MissingApiVersionParameter", "the api-version query parameter is required"),
-            None,
-            false,
-            None,
-        );
+    let version = uri.query().unwrap_or_default().split('&').find_map(|kv| kv.strip_prefix("api-version="));
+    match version {
+        None | Some("") => {
+            return finish(
+                error(400, "MissingApiVersionParameter", "the api-version query parameter is required"),
+                None,
+                false,
+                None,
+            );
+        }
+        // A retired or mistyped version: the route is not served.
+        Some(v) if !API_VERSIONS.contains(&v) => return finish(route_not_found(&uri), None, false, None),
+        Some(_) => {}
     }
     if state.over_quota(action) {
         return finish(error(429, "TooManyRequests", "too many requests"), None, false, Some(1));
@@ -236,62 +254,55 @@ async fn carry_out(
     (result, participant, None)
 }
 
-/// Posts the event ACS would send after a successful request: the removal's
-/// outcome to its `operationCallbackUri`, `CallDisconnected` after a
-/// terminate to the configured call events URL. Delivered in the
-/// background, a moment after the answer, as ACS does.
+/// Posts the events ACS would send after a successful request, signed: the
+/// removal's outcome to its `operationCallbackUri` (or, without one, to
+/// the call's callback URI) and the new roster to the call's callback URI;
+/// `CallDisconnected` after a terminate to the call's callback URI.
+/// Delivered in the background, a moment after the answer, as ACS does.
 fn report_outcome(state: &Arc<SandboxState>, action: &str, call: &str, body: &[u8], outcome: Option<&str>) {
+    if outcome == Some("none") {
+        return;
+    }
+    if action != "RemoveParticipant" {
+        state.call_ended(call);
+        return;
+    }
     let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let (url, kind, data) = if action == "RemoveParticipant" {
-        let Some(url) = request.get("operationCallbackUri").and_then(Value::as_str) else { return };
-        let (kind, result) = match outcome {
-            Some("none") => return,
-            Some("failed") => (
-                "RemoveParticipantFailed",
-                json!({ "code": 500, "subCode": 8511, "message": "sandbox: the removal failed" }),
-            ),
-            _ => (
-                "RemoveParticipantSucceeded",
-                json!({ "code": 200, "subCode": 0, "message": "Participant removed." }),
-            ),
-        };
+    let participant = participant_of(body).ok();
+    let url = request
+        .get("operationCallbackUri")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| state.call_callback(call));
+    let (kind, result) = match outcome {
+        Some("failed") => (
+            "RemoveParticipantFailed",
+            json!({ "code": 500, "subCode": 8500, "message": "sandbox: the removal failed" }),
+        ),
+        // The participant had already hung up when ACS got to it.
+        Some("gone") => (
+            "RemoveParticipantFailed",
+            json!({ "code": 400, "subCode": 8558, "message": "Participant is not in the call." }),
+        ),
+        _ => (
+            "RemoveParticipantSucceeded",
+            json!({ "code": 200, "subCode": 0, "message": "Participant removed." }),
+        ),
+    };
+    if let Some(url) = url {
         let data = json!({
             "callConnectionId": call,
             "operationContext": request.get("operationContext").cloned().unwrap_or(Value::Null),
             "participant": request.get("participantToRemove").cloned().unwrap_or(Value::Null),
             "resultInformation": result,
         });
-        (url.to_string(), kind, data)
-    } else {
-        let Some(url) = state.options.acs_events_url.clone() else { return };
-        if outcome == Some("none") {
-            return;
-        }
-        let result = json!({ "code": 200, "subCode": 7000, "message": "The conversation has ended." });
-        (url, "CallDisconnected", json!({ "callConnectionId": call, "resultInformation": result }))
-    };
-    let event = json!([{
-        "id": uuid::Uuid::new_v4().to_string(),
-        "source": format!("calling/callConnections/{call}"),
-        "type": format!("Microsoft.Communication.{kind}"),
-        "data": data,
-        "time": Utc::now().to_rfc3339(),
-        "specversion": "1.0",
-        "datacontenttype": "application/json",
-        "subject": format!("calling/callConnections/{call}"),
-    }]);
-    let state = Arc::clone(state);
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let delivered =
-            state.http.post(&url).json(&event).send().await.is_ok_and(|r| r.status().is_success());
-        let mut inner = state.lock();
-        if delivered {
-            inner.stats.events_delivered += 1;
-        } else {
-            inner.stats.events_undelivered += 1;
-        }
-    });
+        state.post_event(&url, call, kind, data);
+    }
+    if kind == "RemoveParticipantSucceeded"
+        && let Some(p) = participant
+    {
+        state.participant_removed(call, &p);
+    }
 }
 
 /// The participant's raw id from a `RemoveParticipantRequest`, type-checked.

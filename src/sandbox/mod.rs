@@ -15,11 +15,14 @@
 //!   time it arrived);
 //! - `POST /_sandbox/faults` ([`Fault`]) and `DELETE /_sandbox/faults`;
 //! - `POST /_sandbox/rooms/dismiss` `{"room": 1234}` or `{"room": "abc"}`
-//!   (TRTC), `{"call": "id"}` (ACS): ends a room or call as if everyone had left.
+//!   (TRTC), `{"call": "id"}` (ACS): ends a room or call as if everyone had left;
+//! - ACS calls created by "the application", whose events the sandbox posts
+//!   signed to the call's callback URI: see [`acs_calls`].
 //!
 //! It keeps everything in memory and is meant for loopback only.
 
 pub mod acs;
+pub mod acs_calls;
 pub mod trtc;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -57,10 +60,9 @@ pub struct SandboxOptions {
     pub secret_key: String,
     pub sdk_app_id: u64,
     pub acs_access_key: String,
-    /// Where to post ACS call events (`CallDisconnected` after a terminate),
-    /// as ACS posts to the call's callback URI. Removal outcomes go to each
-    /// request's `operationCallbackUri`.
-    pub acs_events_url: Option<String>,
+    /// The ACS resource's immutable id: the audience of the JWTs on the
+    /// callbacks the sandbox posts.
+    pub acs_resource_id: String,
     pub quota_per_second: u32,
 }
 
@@ -71,7 +73,7 @@ impl Default for SandboxOptions {
             secret_key: SANDBOX_SECRET_KEY.into(),
             sdk_app_id: SANDBOX_SDK_APP_ID,
             acs_access_key: SANDBOX_ACS_ACCESS_KEY.into(),
-            acs_events_url: None,
+            acs_resource_id: acs_calls::SANDBOX_ACS_RESOURCE_ID.into(),
             quota_per_second: SANDBOX_QUOTA,
         }
     }
@@ -182,6 +184,8 @@ struct Inner {
     dismissed_str: HashSet<String>,
     /// ACS calls that were terminated (or ended by themselves).
     terminated_calls: HashSet<String>,
+    /// ACS calls an application created, with their callback URIs.
+    calls: HashMap<String, acs_calls::SandboxCall>,
     /// ACS (call, participant raw id) pairs removed.
     removed_participants: HashSet<(String, String)>,
     /// ACS first answers by repeatability id.
@@ -368,6 +372,10 @@ fn router(state: Arc<SandboxState>) -> Router {
     Router::new()
         .route("/", post(trtc::handle))
         .route("/calling/callConnections/{*rest}", post(acs::handle))
+        .route("/calling/.well-known/acsopenidconfiguration", get(acs_calls::openid_configuration))
+        .route("/calling/keys", get(acs_calls::keys))
+        .route("/_sandbox/acs/calls", post(acs_calls::create_call))
+        .route("/_sandbox/acs/calls/{id}/participants", post(acs_calls::change_roster))
         .route("/_sandbox/stats", get(stats))
         .route("/_sandbox/requests", get(requests))
         .route("/_sandbox/faults", post(add_fault).delete(clear_faults))

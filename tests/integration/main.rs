@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acs;
+mod acs_callbacks;
 mod audit_cli;
 mod cli;
 mod config;

@@ -290,14 +290,20 @@ async fn acs_events_open_sessions_follow_the_roster_and_end_with_the_call() {
     }
     let path = format!("/webhooks/acs?token={ACS_WEBHOOK_SECRET}");
     hooks.post_raw(&path, "[{\"type\":").await.expect(400, "not JSON");
-    let no_call = json!([connected, {"type": "Microsoft.Communication.CallDisconnected", "data": {}}]);
-    hooks.post(&path, &no_call).await.expect(400, "an event without callConnectionId");
-    let bad_roster = json!([cloud_event("ParticipantsUpdated", "people-1", t0, json!({"participants": []}))]);
-    hooks.post(&path, &bad_roster).await.expect(400, "a roster without sequenceNumber");
+    hooks.post_raw(&path, "42").await.expect(400, "not a CloudEvents batch");
     assert_eq!(h.row_counts().await, (0, 0), "a refused callback changed the database");
 
-    // CallConnected opens a room session for the room-scope policy, once.
-    assert_eq!(acs(&hooks, std::slice::from_ref(&connected)).await, 1);
+    // An event that cannot be acted on is skipped and counted; the rest of
+    // its batch applies. CallConnected opens a room session for the
+    // room-scope policy, once.
+    let no_call = json!({"type": "Microsoft.Communication.CallDisconnected", "data": {}});
+    let reply = hooks.post(&path, &json!([no_call, connected])).await;
+    reply.expect(200, "a batch with one event that cannot be acted on");
+    assert_eq!(
+        (reply.json["skipped"].as_i64(), reply.json["changed"].as_i64()),
+        (Some(1), Some(1)),
+        "{reply:#?}"
+    );
     assert_eq!(acs(&hooks, std::slice::from_ref(&connected)).await, 0, "a duplicate delivery");
     let rows = h.sessions().await;
     assert_eq!(rows.len(), 1, "{rows:#?}");

@@ -108,6 +108,11 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// ACS's OpenID configuration, which names its callback tokens' issuer and
+/// signing keys: the default of `webhooks.acs.openid_configuration_url`.
+pub const DEFAULT_ACS_OPENID_CONFIGURATION_URL: &str =
+    "https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration";
+
 /// The default of `webhooks.trtc.reconnect_grace`.
 pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(60);
 

@@ -335,6 +335,10 @@ pub const ENDING_SUBCODES: [u32; 2] = [8501, 8585];
 /// 412/8583: incompatible concurrent media operations, not about repeatability.
 const PRECONDITION_MEDIA: u32 = 8583;
 
+/// The issuer of the JWTs ACS signs its callbacks with (its OpenID
+/// configuration names it too).
+pub const ACS_CALLBACK_ISSUER: &str = "https://acscallautomation.communication.azure.com";
+
 /// How long ACS remembers a Repeatability-Request-ID (its repeatable-requests
 /// page): a send under an id first sent longer ago must use a new id.
 pub const REPEATABILITY_WINDOW: Duration = Duration::from_secs(300);

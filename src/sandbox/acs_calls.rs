@@ -32,7 +32,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::SandboxState;
-use crate::http::webhooks::acs_jwt::ACS_ISSUER;
+use crate::providers::acs::ACS_CALLBACK_ISSUER as ACS_ISSUER;
 
 /// The sandbox ACS resource's immutable id: the audience of its tokens.
 pub const SANDBOX_ACS_RESOURCE_ID: &str = "5a4db0c0-ca11-4a77-9e1b-5a4db0c0ffee";

@@ -9,10 +9,12 @@ use indexmap::IndexMap;
 
 use crate::config::file_ctx::FileCtx;
 use crate::config::raw::{RawAcsWebhook, RawWebhooks};
-use crate::config::{AcsWebhook, ConfigError, DEFAULT_RECONNECT_GRACE, ProviderConfig, ProviderSettings};
+use crate::config::{
+    AcsWebhook, ConfigError, DEFAULT_ACS_OPENID_CONFIGURATION_URL, DEFAULT_RECONNECT_GRACE, ProviderConfig,
+    ProviderSettings,
+};
 use crate::domain::parse_duration;
 use crate::domain::secret::Secret;
-use crate::http::webhooks::acs_jwt::DEFAULT_OPENID_CONFIGURATION_URL;
 
 /// The most `reconnect_grace` may be: longer would let a participant who
 /// left for good resume a session on a later visit.
@@ -104,7 +106,7 @@ impl FileCtx<'_> {
         let openid_configuration_url = w
             .openid_configuration_url
             .clone()
-            .unwrap_or_else(|| DEFAULT_OPENID_CONFIGURATION_URL.to_string());
+            .unwrap_or_else(|| DEFAULT_ACS_OPENID_CONFIGURATION_URL.to_string());
         self.https_or_loopback(&at("openid_configuration_url"), &openid_configuration_url)?;
         if let Some(url) = &w.forward_to {
             self.https_or_loopback(&at("forward_to"), url)?;

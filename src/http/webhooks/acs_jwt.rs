@@ -18,11 +18,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
-/// ACS's OpenID configuration: names the issuer and the key set.
-pub const DEFAULT_OPENID_CONFIGURATION_URL: &str =
-    "https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration";
-/// The issuer ACS's tokens carry (the OpenID configuration says so too).
-pub const ACS_ISSUER: &str = "https://acscallautomation.communication.azure.com";
+pub use crate::providers::acs::ACS_CALLBACK_ISSUER as ACS_ISSUER;
 /// Clock difference tolerated on `exp` and `nbf`.
 pub const LEEWAY: Duration = Duration::from_secs(60);
 /// ACS tokens live five minutes: one that claims to live much longer was

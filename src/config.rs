@@ -49,7 +49,7 @@ pub const TRTC_KIND: &str = "tencent-trtc";
 pub const ACS_KIND: &str = "azure-acs";
 pub const DEFAULT_TRTC_ENDPOINT: &str = "https://trtc.tencentcloudapi.com";
 /// TRTC regions a `region:` may name.
-pub const TRTC_REGIONS: [&str; 4] = ["ap-beijing", "ap-guangzhou", "ap-mumbai", "ap-singapore"];
+pub const TRTC_REGIONS: [&str; 3] = ["ap-beijing", "ap-guangzhou", "ap-singapore"];
 /// The Call Automation API version sent when `api_version` is not set.
 pub const DEFAULT_ACS_API_VERSION: &str = "2024-09-15";
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,10 +88,6 @@ pub struct Config {
     pub acs_webhook: Option<AcsWebhook>,
     /// The key TRTC signs its room callbacks with (the console's callback key).
     pub trtc_callback_key: Option<Secret>,
-    /// `webhooks.trtc.reconnect_grace`: a participant who re-enters this
-    /// soon after a timed-out exit, or a room re-created this soon after it
-    /// emptied, resumes the old session and its deadline.
-    pub trtc_reconnect_grace: Duration,
     /// What the daemon prunes, and how it signs audit checkpoints.
     pub retention: Retention,
     /// Where warnings and outcome events are POSTed; none when absent.
@@ -112,9 +108,6 @@ pub struct Config {
 /// signing keys: the default of `webhooks.acs.openid_configuration_url`.
 pub const DEFAULT_ACS_OPENID_CONFIGURATION_URL: &str =
     "https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration";
-
-/// The default of `webhooks.trtc.reconnect_grace`.
-pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(60);
 
 /// `webhooks.acs`: at least one of `secret` (the `?token=` check) and
 /// `jwt_audience` (ACS's signed tokens) is set.

@@ -71,8 +71,6 @@ pub(super) struct RawWebhooks {
 pub(super) struct RawTrtcWebhook {
     pub(super) callback_key: Option<RawSecret>,
     pub(super) callback_key_file: Option<String>,
-    /// How long after a timed-out exit a re-entry resumes the old session.
-    pub(super) reconnect_grace: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -112,7 +112,7 @@ async fn plain_sql_cannot_write_a_session_id_that_is_not_text() {
 /// config, signed.
 fn entered(room: &str, user: &str, at_ms: i64) -> (String, String) {
     let body = json!({
-        "EventGroupId": 1, "EventType": 103, "CallbackTs": at_ms + 20,
+        "EventGroupId": 1, "EventType": 103, "CallbackTs": now_ms(),
         "EventInfo": { "RoomId": room, "EventTs": at_ms / 1000, "EventMsTs": at_ms, "UserId": user, "Role": 20 }
     })
     .to_string();

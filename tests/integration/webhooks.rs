@@ -36,7 +36,8 @@ fn trtc_event(kind: i64, room: Value, at_ms: i64, user: Option<&str>) -> String 
         info["Role"] = json!(20);
         info["Reason"] = json!(1);
     }
-    json!({ "EventGroupId": 1, "EventType": kind, "CallbackTs": at_ms + 20, "EventInfo": info }).to_string()
+    // TRTC stamps the callback when it sends it: now, whenever the event was.
+    json!({ "EventGroupId": 1, "EventType": kind, "CallbackTs": now_ms(), "EventInfo": info }).to_string()
 }
 
 fn sign(body: &str) -> String {
@@ -108,6 +109,22 @@ async fn trtc_callbacks_open_and_end_sessions_and_forged_or_stale_ones_change_no
     ] {
         trtc_raw(&hooks, &created, sign, Some(&app)).await.expect(401, what);
     }
+    // A genuine callback replayed later: its CallbackTs is more than five
+    // minutes old (TRTC retries for one minute only). 400, nothing stored.
+    let sent_at = |ms: i64| {
+        let mut body: Value = serde_json::from_str(&created).unwrap();
+        body["CallbackTs"] = json!(ms);
+        body.to_string()
+    };
+    let replayed = sent_at(t0 - 6 * 60_000);
+    trtc_raw(&hooks, &replayed, Some(&*self::sign(&replayed)), Some(&app))
+        .await
+        .expect(400, "a replay six minutes later");
+    let ahead = sent_at(t0 + 6 * 60_000);
+    trtc_raw(&hooks, &ahead, Some(&*self::sign(&ahead)), Some(&app))
+        .await
+        .expect(400, "a CallbackTs six minutes ahead");
+    assert_eq!(h.row_counts().await, (0, 0), "a replayed callback changed the database");
     // Signed but malformed: 400.
     let no_info = json!({"EventGroupId": 1, "EventType": 101, "CallbackTs": t0}).to_string();
     let no_user = trtc_event(103, json!(9001), t0, None);

@@ -153,7 +153,7 @@ fn trtc_callback() -> impl Strategy<Value = (Value, TrtcEvent)> {
                 (1, 104) => Some(Presence::Left(user)),
                 _ => None,
             };
-            (body, TrtcEvent { room, presence, at_ms, kind })
+            (body, TrtcEvent { room, presence, at_ms, kind, callback_ms: ms + 7 })
         },
     )
 }

@@ -3,28 +3,20 @@
 //! the checks that tie them to the providers and the listener.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use indexmap::IndexMap;
 
 use crate::config::file_ctx::FileCtx;
 use crate::config::raw::{RawAcsWebhook, RawWebhooks};
 use crate::config::{
-    AcsWebhook, ConfigError, DEFAULT_ACS_OPENID_CONFIGURATION_URL, DEFAULT_RECONNECT_GRACE, ProviderConfig,
-    ProviderSettings,
+    AcsWebhook, ConfigError, DEFAULT_ACS_OPENID_CONFIGURATION_URL, ProviderConfig, ProviderSettings,
 };
-use crate::domain::parse_duration;
 use crate::domain::secret::Secret;
-
-/// The most `reconnect_grace` may be: longer would let a participant who
-/// left for good resume a session on a later visit.
-const MAX_RECONNECT_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// The `webhooks` section, checked.
 pub(in crate::config) struct Webhooks {
     pub(in crate::config) acs_webhook: Option<AcsWebhook>,
     pub(in crate::config) trtc_callback_key: Option<Secret>,
-    pub(in crate::config) trtc_reconnect_grace: Duration,
 }
 
 impl FileCtx<'_> {
@@ -40,7 +32,6 @@ impl FileCtx<'_> {
             warnings.push("webhooks.acs is set but listen is not: nothing will receive ACS callbacks".into());
         }
         let mut trtc_callback_key = None;
-        let mut trtc_reconnect_grace = DEFAULT_RECONNECT_GRACE;
         if let Some(w) = &raw.trtc {
             let key = self.secret_pair(
                 &["webhooks", "trtc"],
@@ -54,22 +45,13 @@ impl FileCtx<'_> {
                 "webhooks.trtc.callback_key",
                 key,
             )?);
-            if let Some(text) = &w.reconnect_grace {
-                let at = ["webhooks", "trtc", "reconnect_grace"];
-                let grace = parse_duration(text)
-                    .map_err(|e| self.error(&at, format!("webhooks.trtc.reconnect_grace: {e}")))?;
-                if grace > MAX_RECONNECT_GRACE {
-                    return Err(self.error(&at, "webhooks.trtc.reconnect_grace must be at most 15m".into()));
-                }
-                trtc_reconnect_grace = grace;
-            }
             if listen.is_none() {
                 warnings.push(
                     "webhooks.trtc is set but listen is not: nothing will receive TRTC callbacks".into(),
                 );
             }
         }
-        Ok(Webhooks { acs_webhook, trtc_callback_key, trtc_reconnect_grace })
+        Ok(Webhooks { acs_webhook, trtc_callback_key })
     }
 
     fn acs_webhook(&self, w: &RawAcsWebhook) -> Result<AcsWebhook, ConfigError> {

@@ -1,7 +1,9 @@
 //! TRTC room callbacks (events 101–104: room created and dismissed, a
 //! participant entered or left), authenticated by the `Sign` header (the
-//! callback key's HMAC of the body, compared in constant time), applied as
-//! presence through `intake::presence`.
+//! callback key's HMAC of the body, compared in constant time), refused
+//! when `CallbackTs` is more than five minutes from now (the signature has
+//! no timestamp, so this is the replay window), applied as presence through
+//! `intake::presence`.
 
 use std::sync::Arc;
 
@@ -28,7 +30,14 @@ pub struct TrtcEvent {
     pub at_ms: i64,
     /// The event type number, for logs.
     pub kind: i64,
+    /// When TRTC sent the callback, in Unix milliseconds (`CallbackTs`).
+    pub callback_ms: i64,
 }
+
+/// How far `CallbackTs` may be from now. TRTC retries for one minute after
+/// the first try, so a genuine delivery is always well inside; a captured
+/// callback replayed later is not.
+pub const MAX_CALLBACK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Parses a TRTC room/media callback body. Unknown fields are tolerated (TRTC
 /// adds fields over time); missing or mistyped ones refuse the body.
@@ -60,7 +69,7 @@ pub fn parse_trtc_event(body: &[u8]) -> Result<TrtcEvent, String> {
         (1, 104) => Some(Presence::Left(user()?)),
         _ => None,
     };
-    Ok(TrtcEvent { room, presence, at_ms, kind })
+    Ok(TrtcEvent { room, presence, at_ms, kind, callback_ms: callback_ts })
 }
 
 /// The TRTC webhook's gate, without I/O: the `Sign` header must be the
@@ -100,6 +109,13 @@ pub(in crate::http) async fn handle(
         Ok((event, sdk_app_id)) => (event, Some(sdk_app_id)),
         Err(refusal) => return refusal_response("trtc", "Sign", refusal),
     };
+    let now = state.clock.now();
+    let sent = Instant::from_millis(event.callback_ms);
+    if sent < now.saturating_sub(MAX_CALLBACK_SKEW) || sent > now.saturating_add(MAX_CALLBACK_SKEW) {
+        let reason =
+            format!("CallbackTs {sent} is more than 5 minutes from now: a replay, or a clock far off");
+        return refusal_response("trtc", "Sign", GateRefusal::Malformed(reason));
+    }
     let ok = || (StatusCode::OK, axum::Json(json!({ "code": 0 }))).into_response();
     let Some(presence) = &event.presence else {
         crate::metrics::webhook("trtc", "ignored");

@@ -88,6 +88,11 @@ pub struct Config {
     pub acs_webhook: Option<AcsWebhook>,
     /// The key TRTC signs its room callbacks with (the console's callback key).
     pub trtc_callback_key: Option<Secret>,
+    /// `webhooks.trtc.reconnect_grace`: a participant who re-enters this
+    /// soon after a timed-out exit (or re-enters with a reconnect reason),
+    /// or a room re-created this soon after it emptied, resumes the session
+    /// the exit ended, with its deadline.
+    pub trtc_reconnect_grace: Duration,
     /// What the daemon prunes, and how it signs audit checkpoints.
     pub retention: Retention,
     /// Where warnings and outcome events are POSTed; none when absent.
@@ -108,6 +113,12 @@ pub struct Config {
 /// signing keys: the default of `webhooks.acs.openid_configuration_url`.
 pub const DEFAULT_ACS_OPENID_CONFIGURATION_URL: &str =
     "https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration";
+
+/// The default of `webhooks.trtc.reconnect_grace`.
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(60);
+/// The most `webhooks.trtc.reconnect_grace` may be: longer, and a
+/// participant who left for good would resume an old session on a later visit.
+pub const MAX_RECONNECT_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// `webhooks.acs`: at least one of `secret` (the `?token=` check) and
 /// `jwt_audience` (ACS's signed tokens) is set.

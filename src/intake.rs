@@ -16,6 +16,7 @@ use crate::domain::UserId;
 use crate::store::{PresenceWriter, Store};
 
 pub mod presence;
+pub mod reconnect;
 pub mod register;
 
 /// Serialises what spends one user's budget under one policy within this

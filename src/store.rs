@@ -371,6 +371,11 @@ operations! {
     fn last_event(&self, provider: &str, room: &Room, participant: &str) -> Result<Option<(i64, String)>, StoreError>;
     /// Participants with an active session in the room.
     fn active_participants(&self, provider: &str, room: &Room) -> Result<Vec<String>, StoreError>;
+    /// How many sessions are active in the room.
+    fn active_in_room(&self, provider: &str, room: &Room) -> Result<u64, StoreError>;
+    /// The latest session of `policy` for the room (and `user`) that a
+    /// webhook or the API ended at or after `since`: its id and deadline.
+    fn ended_session(&self, provider: &str, room: &Room, user: Option<&str>, policy: &str, since: Instant) -> Result<Option<(SessionId, Instant)>, StoreError>;
     /// Settles an accepted (or still enforcing) session on an outcome report.
     fn confirm_session(&self, id: SessionId, state: SessionState, entry: &AuditEntry, now: Instant) -> Result<bool, StoreError>;
     /// Settles `enforced` (audit `unconfirmed`) the removals `provider`

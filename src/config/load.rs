@@ -40,7 +40,8 @@ pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigEr
     let listen = ctx.listen(raw.listen.as_deref())?;
     let api_token =
         ctx.api_token(raw.api_token.as_ref(), raw.api_token_file.as_ref(), listen, &mut warnings)?;
-    let Webhooks { acs_webhook, trtc_callback_key } = ctx.webhooks(&raw.webhooks, listen, &mut warnings)?;
+    let Webhooks { acs_webhook, trtc_callback_key, trtc_reconnect_grace } =
+        ctx.webhooks(&raw.webhooks, listen, &mut warnings)?;
     let retention = ctx.retention(raw.retention.as_ref(), &mut warnings)?;
     ctx.acs_callbacks(&providers, acs_webhook.as_ref(), listen)?;
     let notifications = ctx.notifications(raw.notifications.as_ref())?;
@@ -56,6 +57,7 @@ pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigEr
         api_token,
         acs_webhook,
         trtc_callback_key,
+        trtc_reconnect_grace,
         retention,
         notifications,
         time_zone,

@@ -71,6 +71,8 @@ pub(super) struct RawWebhooks {
 pub(super) struct RawTrtcWebhook {
     pub(super) callback_key: Option<RawSecret>,
     pub(super) callback_key_file: Option<String>,
+    /// How long after an exit a reconnect resumes the old session.
+    pub(super) reconnect_grace: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::OwnedMutexGuard;
 
 use super::Intake;
+pub use super::reconnect::Cause;
 use crate::domain::{Instant, Room, UserId};
 use crate::policy::{Effect, Presence};
 use crate::store::{PresenceChange, PresenceMark, PresenceWrite, StoreError};
@@ -32,6 +33,10 @@ pub struct PresenceEvent<'a> {
     pub presence: &'a Presence,
     /// When it happened, by the provider's clock.
     pub at: Instant,
+    /// Why, where the provider says (TRTC's `Reason`).
+    pub cause: Cause,
+    /// Added to the audit detail of what the event changes.
+    pub note: Option<&'a str>,
 }
 
 impl PresenceEvent<'_> {
@@ -40,6 +45,7 @@ impl PresenceEvent<'_> {
             Presence::RoomOpened => "opened",
             Presence::RoomClosed => "closed",
             Presence::Entered(_) => "entered",
+            Presence::Left(_) if self.cause == Cause::TimedOut => super::reconnect::LEFT_TIMED_OUT,
             Presence::Left(_) => "left",
         }
     }
@@ -153,7 +159,15 @@ pub async fn apply_roster(
     let presences: Vec<Presence> = left.chain(entered).collect();
     let events: Vec<PresenceEvent<'_>> = presences
         .iter()
-        .map(|presence| PresenceEvent { provider, sdk_app_id: None, room, presence, at })
+        .map(|presence| PresenceEvent {
+            provider,
+            sdk_app_id: None,
+            room,
+            presence,
+            at,
+            cause: Cause::Plain,
+            note: None,
+        })
         .collect();
     let now = intake.clock.now();
     let (changes, _budgets) = changes_for(intake, &events, now).await?;
@@ -243,12 +257,31 @@ async fn changes_for(
             crate::policy::on_presence(&config, e.provider, e.sdk_app_id, e.room, e.presence, e.at, standing)
         {
             changes.push(match effect {
-                Effect::Open(session) => {
-                    PresenceChange::Open { session, detail: "opened by a provider webhook".into() }
-                }
+                Effect::Open(mut session) => match super::reconnect::resumes(
+                    intake,
+                    e.provider,
+                    e.room,
+                    (e.presence, e.at, e.cause),
+                    &session,
+                )
+                .await?
+                {
+                    Some(resumed) => {
+                        session.deadline = session.deadline.min(resumed.deadline);
+                        let detail = format!(
+                            "opened by a provider webhook; a reconnect resumes session {} and its deadline",
+                            resumed.session
+                        );
+                        PresenceChange::Open { session, detail }
+                    }
+                    None => PresenceChange::Open { session, detail: "opened by a provider webhook".into() },
+                },
                 Effect::EndRoom => PresenceChange::End {
                     user: None,
-                    detail: "the provider reported the room or call closed".into(),
+                    detail: match e.note {
+                        Some(note) => format!("the provider reported the room or call closed ({note})"),
+                        None => "the provider reported the room or call closed".into(),
+                    },
                 },
                 Effect::EndParticipant(user) => PresenceChange::End {
                     detail: format!("the provider reported {user} gone"),

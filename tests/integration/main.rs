@@ -21,6 +21,7 @@ mod kill_loop;
 mod policies;
 mod policy_cli;
 mod provider_faults;
+mod reconnects;
 mod sql;
 mod systemd;
 mod webhooks;

@@ -9,6 +9,7 @@ use callwarden::domain::{Instant, Room, SessionId, UserId};
 use callwarden::http::webhooks::{
     AcsEvent, GateRefusal, ResultInfo, TrtcEvent, verify_acs_callback, verify_trtc_callback,
 };
+use callwarden::intake::presence::Cause;
 use callwarden::policy::Presence;
 use callwarden::providers::trtc::callback_signature;
 use proptest::prelude::*;
@@ -120,13 +121,14 @@ fn user() -> impl Strategy<Value = UserId> {
 fn trtc_callback() -> impl Strategy<Value = (Value, TrtcEvent)> {
     let kinds =
         prop_oneof![(Just(1i64), 101i64..=104), (Just(1i64), 105i64..=120), (2i64..=5, 201i64..=210),];
-    (kinds, room(), user(), 1_500_000_000_000i64..2_500_000_000_000, 0u8..3, any::<bool>()).prop_map(
-        |((group, kind), room, user, ms, stamp, extra)| {
+    (kinds, room(), user(), 1_500_000_000_000i64..2_500_000_000_000, 0u8..3, any::<bool>(), 0i64..6).prop_map(
+        |((group, kind), room, user, ms, stamp, extra, reason)| {
             let room_id = match &room {
                 Room::Numeric(n) => json!(n),
                 Room::Str(s) | Room::Call(s) => json!(s),
             };
-            let mut info = json!({ "RoomId": room_id, "UserId": user.as_str(), "Role": 20, "Reason": 1 });
+            let mut info =
+                json!({ "RoomId": room_id, "UserId": user.as_str(), "Role": 20, "Reason": reason });
             // TRTC sends milliseconds; older event types only seconds; the
             // callback's own stamp is the last resort.
             let at_ms = match stamp {
@@ -153,7 +155,12 @@ fn trtc_callback() -> impl Strategy<Value = (Value, TrtcEvent)> {
                 (1, 104) => Some(Presence::Left(user)),
                 _ => None,
             };
-            (body, TrtcEvent { room, presence, at_ms, kind, callback_ms: ms + 7 })
+            let cause = match (group, kind, reason) {
+                (1, 103, 2 | 3) => Cause::Reconnect,
+                (1, 104, 2) => Cause::TimedOut,
+                _ => Cause::Plain,
+            };
+            (body, TrtcEvent { room, presence, at_ms, kind, callback_ms: ms + 7, cause })
         },
     )
 }

@@ -3,20 +3,24 @@
 //! the checks that tie them to the providers and the listener.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use indexmap::IndexMap;
 
 use crate::config::file_ctx::FileCtx;
 use crate::config::raw::{RawAcsWebhook, RawWebhooks};
 use crate::config::{
-    AcsWebhook, ConfigError, DEFAULT_ACS_OPENID_CONFIGURATION_URL, ProviderConfig, ProviderSettings,
+    AcsWebhook, ConfigError, DEFAULT_ACS_OPENID_CONFIGURATION_URL, DEFAULT_RECONNECT_GRACE,
+    MAX_RECONNECT_GRACE, ProviderConfig, ProviderSettings,
 };
+use crate::domain::parse_duration;
 use crate::domain::secret::Secret;
 
 /// The `webhooks` section, checked.
 pub(in crate::config) struct Webhooks {
     pub(in crate::config) acs_webhook: Option<AcsWebhook>,
     pub(in crate::config) trtc_callback_key: Option<Secret>,
+    pub(in crate::config) trtc_reconnect_grace: Duration,
 }
 
 impl FileCtx<'_> {
@@ -32,6 +36,7 @@ impl FileCtx<'_> {
             warnings.push("webhooks.acs is set but listen is not: nothing will receive ACS callbacks".into());
         }
         let mut trtc_callback_key = None;
+        let mut trtc_reconnect_grace = DEFAULT_RECONNECT_GRACE;
         if let Some(w) = &raw.trtc {
             let key = self.secret_pair(
                 &["webhooks", "trtc"],
@@ -45,13 +50,22 @@ impl FileCtx<'_> {
                 "webhooks.trtc.callback_key",
                 key,
             )?);
+            if let Some(text) = &w.reconnect_grace {
+                let at = ["webhooks", "trtc", "reconnect_grace"];
+                let grace = parse_duration(text)
+                    .map_err(|e| self.error(&at, format!("webhooks.trtc.reconnect_grace: {e}")))?;
+                if grace > MAX_RECONNECT_GRACE {
+                    return Err(self.error(&at, "webhooks.trtc.reconnect_grace must be at most 15m".into()));
+                }
+                trtc_reconnect_grace = grace;
+            }
             if listen.is_none() {
                 warnings.push(
                     "webhooks.trtc is set but listen is not: nothing will receive TRTC callbacks".into(),
                 );
             }
         }
-        Ok(Webhooks { acs_webhook, trtc_callback_key })
+        Ok(Webhooks { acs_webhook, trtc_callback_key, trtc_reconnect_grace })
     }
 
     fn acs_webhook(&self, w: &RawAcsWebhook) -> Result<AcsWebhook, ConfigError> {

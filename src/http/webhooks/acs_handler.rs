@@ -28,7 +28,7 @@ use crate::config::AcsWebhook;
 use crate::domain::audit::AuditEntry;
 use crate::domain::{Room, SessionState, UserId};
 use crate::http::AppState;
-use crate::intake::presence::{self, PresenceEvent, RosterOrder};
+use crate::intake::presence::{self, Cause, PresenceEvent, RosterOrder};
 use crate::policy::Presence;
 use crate::store::StoreError;
 
@@ -290,7 +290,15 @@ async fn room_event(
     let room = Room::Call(call.to_string());
     let mut changed = 0;
     for provider in acs_providers(state) {
-        let event = PresenceEvent { provider: &provider, sdk_app_id: None, room: &room, presence, at };
+        let event = PresenceEvent {
+            provider: &provider,
+            sdk_app_id: None,
+            room: &room,
+            presence,
+            at,
+            cause: Cause::Plain,
+            note: None,
+        };
         changed += presence::record_and_apply(state.intake(), &event).await?;
     }
     Ok(changed)

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 use super::{GateRefusal, refusal_response};
 use crate::domain::{Instant, Room, UserId};
 use crate::http::AppState;
-use crate::intake::presence::{self, PresenceEvent};
+use crate::intake::presence::{self, Cause, PresenceEvent};
 use crate::policy::Presence;
 
 /// A TRTC room callback, parsed.
@@ -32,6 +32,8 @@ pub struct TrtcEvent {
     pub kind: i64,
     /// When TRTC sent the callback, in Unix milliseconds (`CallbackTs`).
     pub callback_ms: i64,
+    /// Why the participant entered or left (`EventInfo.Reason`).
+    pub cause: Cause,
 }
 
 /// How far `CallbackTs` may be from now. TRTC retries for one minute after
@@ -62,6 +64,14 @@ pub fn parse_trtc_event(body: &[u8]) -> Result<TrtcEvent, String> {
         let id = info.get("UserId").and_then(Value::as_str).ok_or("no EventInfo.UserId")?;
         UserId::parse(id).map_err(|e| e.to_string())
     };
+    let reason = info.get("Reason").and_then(Value::as_i64);
+    let cause = match (group, kind, reason) {
+        // Entered after a network switch (2) or a timeout retry (3).
+        (1, 103, Some(2 | 3)) => Cause::Reconnect,
+        // Left because TRTC timed the participant out.
+        (1, 104, Some(2)) => Cause::TimedOut,
+        _ => Cause::Plain,
+    };
     let presence = match (group, kind) {
         (1, 101) => Some(Presence::RoomOpened),
         (1, 102) => Some(Presence::RoomClosed),
@@ -69,7 +79,25 @@ pub fn parse_trtc_event(body: &[u8]) -> Result<TrtcEvent, String> {
         (1, 104) => Some(Presence::Left(user()?)),
         _ => None,
     };
-    Ok(TrtcEvent { room, presence, at_ms, kind, callback_ms: callback_ts })
+    Ok(TrtcEvent { room, presence, at_ms, kind, callback_ms: callback_ts, cause })
+}
+
+/// TRTC's own documentation shows room-dismissed (102) with `"RoomId":
+/// "12345"`, a string, for a room its other events give as a number. A 102
+/// naming an all-digit string room that has no active session, when the
+/// numeric room of that number has some, closes the numeric room.
+async fn dismissed_numeric_room(
+    state: &AppState,
+    provider: &str,
+    event: &TrtcEvent,
+) -> Result<Option<Room>, crate::store::StoreError> {
+    let (Some(Presence::RoomClosed), Room::Str(s)) = (&event.presence, &event.room) else { return Ok(None) };
+    let Ok(numeric) = Room::numeric(s) else { return Ok(None) };
+    if !s.bytes().all(|b| b.is_ascii_digit()) || state.store.active_in_room(provider, &event.room).await? > 0
+    {
+        return Ok(None);
+    }
+    Ok((state.store.active_in_room(provider, &numeric).await? > 0).then_some(numeric))
 }
 
 /// The TRTC webhook's gate, without I/O: the `Sign` header must be the
@@ -132,7 +160,21 @@ pub(in crate::http) async fn handle(
     let mut changed = 0;
     for provider in &providers {
         let at = Instant::from_millis(event.at_ms);
-        let observed = PresenceEvent { provider, sdk_app_id, room: &event.room, presence, at };
+        const AS_STRING: &str = "TRTC named the numeric room as a string";
+        let (room, note) = match dismissed_numeric_room(&state, provider, &event).await {
+            Ok(Some(numeric)) => {
+                tracing::info!(room = %event.room, "a room-dismissed callback named numeric room {numeric} as a string; closed it");
+                (numeric, Some(AS_STRING))
+            }
+            Ok(None) => (event.room.clone(), None),
+            Err(e) => {
+                crate::metrics::webhook("trtc", "unavailable");
+                tracing::error!(error = %e, "cannot read sessions for a TRTC event; TRTC retries for a minute");
+                return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+            }
+        };
+        let observed =
+            PresenceEvent { provider, sdk_app_id, room: &room, presence, at, cause: event.cause, note };
         match presence::record_and_apply(state.intake(), &observed).await {
             Ok(n) => changed += n,
             Err(e) => {

@@ -81,6 +81,58 @@ impl SqliteStore {
         })
     }
 
+    /// The session of `policy` for this room (and participant, or the room
+    /// itself when `user` is `None`) that was ended (`cancelled`) at or
+    /// after `since`, the latest first: what a reconnect resumes.
+    pub(in crate::store) async fn ended_session(
+        &self,
+        provider: &str,
+        room: &Room,
+        user: Option<&str>,
+        policy: &str,
+        since: Instant,
+    ) -> Result<Option<(SessionId, Instant)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, deadline FROM sessions INDEXED BY sessions_room_cancelled \
+             WHERE state = 'cancelled' AND room_id = ? AND room_kind = ? AND updated_at >= ? \
+             AND provider = ? AND policy = ? AND user_id IS ? ORDER BY updated_at DESC LIMIT 1",
+        )
+        .bind(room.id_text())
+        .bind(room.kind().as_str())
+        .bind(since.to_string())
+        .bind(provider)
+        .bind(policy)
+        .bind(user)
+        .fetch_optional(&self.readers)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get("id")?;
+        let deadline: Option<String> = row.try_get("deadline")?;
+        let (Ok(id), Some(Ok(deadline))) = (id.parse::<SessionId>(), deadline.as_deref().map(Instant::parse))
+        else {
+            return Ok(None);
+        };
+        Ok(Some((id, deadline)))
+    }
+
+    /// How many sessions are active in a room (under `provider`).
+    pub(in crate::store) async fn active_in_room(
+        &self,
+        provider: &str,
+        room: &Room,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sessions INDEXED BY sessions_active_room WHERE state = 'active' \
+             AND room_id = ? AND room_kind = ? AND provider = ?",
+        )
+        .bind(room.id_text())
+        .bind(room.kind().as_str())
+        .bind(provider)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// The participants with an active session in a room, for diffing a
     /// provider's full roster.
     pub(in crate::store) async fn active_participants(

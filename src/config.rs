@@ -15,6 +15,7 @@ use crate::budget::Budget;
 use crate::domain::secret::Secret;
 use crate::domain::{Action, RetryPolicy, RoomKind};
 
+mod entra;
 mod file_ctx;
 pub mod live;
 mod load;
@@ -220,8 +221,8 @@ pub struct TrtcSettings {
 pub struct AcsSettings {
     /// `https://<resource>.communication.azure.com`, or a sandbox.
     pub endpoint: String,
-    /// Base64, as the portal shows it; decoded only when signing.
-    pub access_key: Secret,
+    /// How requests are authenticated: the access key, or Entra ID.
+    pub auth: AcsAuth,
     pub api_version: String,
     /// Where ACS reports outcomes (`operationCallbackUri`); without it,
     /// an accepted request is recorded as enforced without confirmation.
@@ -230,6 +231,42 @@ pub struct AcsSettings {
     /// is settled `enforced` as unconfirmed (an audit row `unconfirmed`).
     pub confirm_within: Duration,
 }
+
+/// How an ACS provider authenticates its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcsAuth {
+    /// HMAC-SHA256 with the resource's access key (base64, as the portal
+    /// shows it; decoded only when signing).
+    AccessKey(Secret),
+    /// A bearer token from Microsoft Entra ID (tenants that disable access
+    /// keys with `disableLocalAuth`).
+    Entra(EntraSettings),
+}
+
+/// `entra:` of an ACS provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraSettings {
+    pub flow: EntraFlow,
+    /// The token endpoint's host: `https://login.microsoftonline.com`, a
+    /// sovereign cloud's, or a sandbox's.
+    pub authority_host: String,
+    /// The instance metadata service (managed identities).
+    pub imds_endpoint: String,
+}
+
+/// How a token is obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntraFlow {
+    /// An app registration's client credentials.
+    ClientSecret { tenant_id: String, client_id: String, client_secret: Secret },
+    /// The host's managed identity (a user-assigned one names its client id).
+    ManagedIdentity { client_id: Option<String> },
+}
+
+/// The default `entra.authority_host`.
+pub const DEFAULT_ENTRA_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+/// The default `entra.imds_endpoint`: Azure's instance metadata service.
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 
 impl AcsSettings {
     /// `confirm_within` when not set: ACS reports an outcome within seconds;

@@ -504,7 +504,10 @@ mod tests {
         let crate::config::ProviderSettings::Acs(a) = &config.providers["acs"].settings else {
             panic!("an ACS provider")
         };
-        assert_eq!(a.access_key.expose(), crate::sandbox::SANDBOX_ACS_ACCESS_KEY);
+        let crate::config::AcsAuth::AccessKey(key) = &a.auth else {
+            panic!("the demo signs with the access key")
+        };
+        assert_eq!(key.expose(), crate::sandbox::SANDBOX_ACS_ACCESS_KEY);
         assert_eq!(a.endpoint, "http://127.0.0.1:9");
         assert_eq!(config.listen, Some("127.0.0.1:10".parse().unwrap()));
         assert_eq!(

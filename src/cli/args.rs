@@ -216,6 +216,9 @@ pub struct SandboxArgs {
     /// call's callback URI, given at `POST /_sandbox/acs/calls`.
     #[arg(long, default_value = crate::sandbox::acs_calls::SANDBOX_ACS_RESOURCE_ID)]
     pub acs_resource_id: String,
+    /// How long the Microsoft Entra tokens the sandbox issues live.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3599s")]
+    pub entra_token_lifetime: std::time::Duration,
     /// Requests per sliding second per action before RequestLimitExceeded.
     #[arg(long, default_value_t = crate::sandbox::SANDBOX_QUOTA)]
     pub quota: u32,

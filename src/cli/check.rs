@@ -27,11 +27,25 @@ pub(super) fn check(path: &std::path::Path) -> Result<(), Failure> {
                 humantime::format_duration(p.request_timeout),
             ),
             ProviderSettings::Acs(a) => println!(
-                "provider {}: azure-acs endpoint={} access_key={} api_version={} callback_url={} \
+                "provider {}: azure-acs endpoint={} auth={} api_version={} callback_url={} \
                  max_requests_per_second={} retry={} attempts, {}..{} backoff request_timeout={}",
                 p.name,
                 display_url(&a.endpoint),
-                a.access_key,
+                match &a.auth {
+                    crate::config::AcsAuth::AccessKey(key) => format!("access key {key}"),
+                    crate::config::AcsAuth::Entra(e) => match &e.flow {
+                        crate::config::EntraFlow::ClientSecret { tenant_id, client_id, client_secret } =>
+                            format!(
+                                "entra client credentials (tenant {tenant_id}, client {client_id}, secret {client_secret}, \
+                             authority {})",
+                                display_url(&e.authority_host)
+                            ),
+                        crate::config::EntraFlow::ManagedIdentity { client_id } => format!(
+                            "entra managed identity ({})",
+                            client_id.as_deref().map_or("system-assigned".into(), |c| format!("client {c}"))
+                        ),
+                    },
+                },
                 a.api_version,
                 a.callback_url.as_deref().map_or("(none: outcomes are not confirmed)".into(), display_url),
                 p.max_requests_per_second,

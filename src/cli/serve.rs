@@ -67,6 +67,7 @@ pub(super) async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
         acs_access_key: args.acs_access_key,
         acs_resource_id: args.acs_resource_id,
         quota_per_second: args.quota,
+        entra_token_lifetime: args.entra_token_lifetime,
     };
     let sandbox =
         Sandbox::start(listener, options, shutdown.clone()).await.context("cannot start the sandbox")?;

@@ -7,9 +7,9 @@ use super::file_ctx::FileCtx;
 use super::raw::{ProviderKind, RawProvider, RawSecret};
 use super::secrets::{expand_env, read_secret_file, resolve_secret};
 use super::{
-    AcsSettings, ConfigError, DEFAULT_ACS_API_VERSION, DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS_PER_SECOND,
-    DEFAULT_TRTC_ENDPOINT, PROVIDER_QUOTA_PER_SECOND, ProviderConfig, ProviderSettings, TRTC_REGIONS,
-    TrtcSettings,
+    AcsAuth, AcsSettings, ConfigError, DEFAULT_ACS_API_VERSION, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_REQUESTS_PER_SECOND, DEFAULT_TRTC_ENDPOINT, PROVIDER_QUOTA_PER_SECOND, ProviderConfig,
+    ProviderSettings, TRTC_REGIONS, TrtcSettings,
 };
 use crate::domain::secret::Secret;
 use crate::domain::{RetryPolicy, parse_duration};
@@ -29,6 +29,7 @@ impl FileCtx<'_> {
             ProviderKind::Trtc => &[
                 ("access_key", raw.access_key.is_some()),
                 ("access_key_file", raw.access_key_file.is_some()),
+                ("entra", raw.entra.is_some()),
                 ("api_version", raw.api_version.is_some()),
                 ("callback_url", raw.callback_url.is_some()),
             ],
@@ -205,19 +206,29 @@ impl FileCtx<'_> {
             err("kind", "endpoint is required (https://<resource>.communication.azure.com)".into())
         })?;
         self.endpoint(name, &endpoint)?;
-        let access_key = self.secret(
-            name,
-            ("access_key", a.access_key.as_ref()),
-            ("access_key_file", a.access_key_file.as_ref()),
-            "the resource's access key, base64 as the Azure portal shows it",
-        )?;
-        if base64::engine::general_purpose::STANDARD.decode(access_key.expose().trim()).is_err() {
-            let key = if a.access_key.is_some() { "access_key" } else { "access_key_file" };
-            return Err(err(
-                key,
-                "the access key is not base64 (copy it as the Azure portal shows it)".into(),
-            ));
-        }
+        let has_key = a.access_key.is_some() || a.access_key_file.is_some();
+        let auth = match &a.entra {
+            Some(_) if has_key => {
+                return Err(err("entra", "give access_key/access_key_file or entra, not both".into()));
+            }
+            Some(entra) => AcsAuth::Entra(self.entra(name, entra)?),
+            None => {
+                let access_key = self.secret(
+                    name,
+                    ("access_key", a.access_key.as_ref()),
+                    ("access_key_file", a.access_key_file.as_ref()),
+                    "the resource's access key, base64 as the Azure portal shows it; or entra (Microsoft Entra ID)",
+                )?;
+                if base64::engine::general_purpose::STANDARD.decode(access_key.expose().trim()).is_err() {
+                    let key = if a.access_key.is_some() { "access_key" } else { "access_key_file" };
+                    return Err(err(
+                        key,
+                        "the access key is not base64 (copy it as the Azure portal shows it)".into(),
+                    ));
+                }
+                AcsAuth::AccessKey(access_key)
+            }
+        };
         let api_version = a.api_version.clone().unwrap_or_else(|| DEFAULT_ACS_API_VERSION.to_string());
         let valid_version =
             api_version.len() == 10 && chrono::NaiveDate::parse_from_str(&api_version, "%Y-%m-%d").is_ok();
@@ -255,6 +266,6 @@ impl FileCtx<'_> {
                 d
             }
         };
-        Ok(AcsSettings { endpoint, access_key, api_version, callback_url, confirm_within })
+        Ok(AcsSettings { endpoint, auth, api_version, callback_url, confirm_within })
     }
 }

@@ -105,12 +105,26 @@ pub(super) struct RawProvider {
     pub(super) endpoint: Option<String>,
     pub(super) access_key: Option<RawSecret>,
     pub(super) access_key_file: Option<String>,
+    pub(super) entra: Option<RawEntra>,
     pub(super) api_version: Option<String>,
     pub(super) callback_url: Option<String>,
     pub(super) confirm_within: Option<String>,
     pub(super) max_requests_per_second: Option<u32>,
     pub(super) retry: Option<RawRetry>,
     pub(super) request_timeout: Option<String>,
+}
+
+/// `entra:` of an ACS provider: Microsoft Entra ID instead of an access key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEntra {
+    pub(super) tenant_id: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<RawSecret>,
+    pub(super) client_secret_file: Option<String>,
+    pub(super) managed_identity: Option<bool>,
+    pub(super) authority_host: Option<String>,
+    pub(super) imds_endpoint: Option<String>,
 }
 
 /// A secret as written. Accepts any scalar (a numeric key is still a key) and,

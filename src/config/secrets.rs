@@ -52,8 +52,8 @@ pub(super) fn read_secret_file(base: &Path, file: &str) -> Result<Secret, String
 }
 
 /// Keys whose values are secrets, inline (the `*_file` keys hold paths).
-const SECRET_KEYS: [&str; 6] =
-    ["secret_key", "access_key", "api_token", "callback_key", "secret", "checkpoint_key"];
+const SECRET_KEYS: [&str; 7] =
+    ["secret_key", "access_key", "api_token", "callback_key", "secret", "checkpoint_key", "client_secret"];
 /// Shorter values are masked only where they stand alone (between
 /// characters that cannot be part of them): masking every `1` or `test`
 /// inside other words would garble messages.

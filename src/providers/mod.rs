@@ -7,6 +7,7 @@
 //! and no database work: that is `enforce`'s job.
 
 pub mod acs;
+pub mod entra;
 pub mod transport;
 pub mod trtc;
 

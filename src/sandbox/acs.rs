@@ -71,6 +71,14 @@ fn authenticate(
     body: &[u8],
 ) -> Result<(), StoredAnswer> {
     let unauthorized = |m: &str| error(401, "7509", m);
+    // Microsoft Entra ID: a bearer token the sandbox's Entra issued.
+    if let Some(token) = header(headers, "authorization").and_then(|a| a.strip_prefix("Bearer ")) {
+        return if state.entra_token_valid(token) {
+            Ok(())
+        } else {
+            Err(error(401, "InvalidAuthenticationToken", "the bearer token is invalid or expired"))
+        };
+    }
     let date = header(headers, "x-ms-date").ok_or_else(|| unauthorized("x-ms-date is missing"))?;
     let when = parse_http_date(date).ok_or_else(|| unauthorized("x-ms-date is not an RFC 1123 date"))?;
     if (Utc::now() - when).abs().to_std().unwrap_or_default() > MAX_SKEW {

@@ -23,6 +23,7 @@
 
 pub mod acs;
 pub mod acs_calls;
+pub mod entra;
 pub mod trtc;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -64,6 +65,8 @@ pub struct SandboxOptions {
     /// callbacks the sandbox posts.
     pub acs_resource_id: String,
     pub quota_per_second: u32,
+    /// How long the Entra tokens the sandbox issues live.
+    pub entra_token_lifetime: Duration,
 }
 
 impl Default for SandboxOptions {
@@ -75,6 +78,7 @@ impl Default for SandboxOptions {
             acs_access_key: SANDBOX_ACS_ACCESS_KEY.into(),
             acs_resource_id: acs_calls::SANDBOX_ACS_RESOURCE_ID.into(),
             quota_per_second: SANDBOX_QUOTA,
+            entra_token_lifetime: entra::SANDBOX_TOKEN_LIFETIME,
         }
     }
 }
@@ -174,6 +178,8 @@ pub struct Stats {
     /// ACS: outcome events delivered to a callback (answered 2xx), and not.
     pub events_delivered: u64,
     pub events_undelivered: u64,
+    /// Entra tokens issued (client credentials and managed identity).
+    pub entra_tokens_issued: u64,
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +198,8 @@ struct Inner {
     repeats: HashMap<String, StoredAnswer>,
     /// ACS repeatability ids whose first request is still being carried out.
     repeats_in_progress: HashSet<String>,
+    /// Entra tokens issued, and when each expires.
+    entra_tokens: HashMap<String, StdInstant>,
     faults: Vec<ActiveFault>,
     log: VecDeque<RequestRecord>,
 }
@@ -374,6 +382,8 @@ fn router(state: Arc<SandboxState>) -> Router {
         .route("/calling/callConnections/{*rest}", post(acs::handle))
         .route("/calling/.well-known/acsopenidconfiguration", get(acs_calls::openid_configuration))
         .route("/calling/keys", get(acs_calls::keys))
+        .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
+        .route("/metadata/identity/oauth2/token", get(entra::imds))
         .route("/_sandbox/acs/calls", post(acs_calls::create_call))
         .route("/_sandbox/acs/calls/{id}/participants", post(acs_calls::change_roster))
         .route("/_sandbox/stats", get(stats))

@@ -14,6 +14,7 @@ mod config;
 mod crash;
 mod db_faults;
 mod enforcement;
+mod entra;
 mod hardening;
 mod helpers;
 mod http;

@@ -63,8 +63,12 @@ impl Harness {
 
     /// A sandbox and the config `make(database, sandbox_url)` writes.
     pub async fn with_config(make: impl FnOnce(&Path, &str) -> String) -> Harness {
+        Harness::with_sandbox(Sandbox::start(), make).await
+    }
+
+    /// The config `make(database, sandbox_url)` writes, against `sandbox`.
+    pub async fn with_sandbox(sandbox: Sandbox, make: impl FnOnce(&Path, &str) -> String) -> Harness {
         let dir = tempfile::tempdir().expect("a tempdir");
-        let sandbox = Sandbox::start();
         let db_path = dir.path().join("cw.db");
         let config = dir.path().join("callwarden.yaml");
         std::fs::write(&config, make(&db_path, &sandbox.url)).unwrap();

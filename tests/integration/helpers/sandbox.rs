@@ -21,8 +21,14 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn start() -> Sandbox {
-        let mut process =
-            ChildGuard::spawn("sandbox", &["sandbox", "--listen", "127.0.0.1:0"], Stdio::piped());
+        Sandbox::start_with(&[])
+    }
+
+    /// `callwarden sandbox` with more command-line options.
+    pub fn start_with(options: &[&str]) -> Sandbox {
+        let mut args = vec!["sandbox", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(options);
+        let mut process = ChildGuard::spawn("sandbox", &args, Stdio::piped());
         let stdout = process.child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

@@ -4,6 +4,9 @@
 //! - `config`: any text, and any mutation of a valid file, is either a
 //!   config or an error naming a file of the configuration and a line in
 //!   it, and never echoes a secret;
+//! - `acs_jwt`: ACS's callback JWT is accepted exactly when ACS could have
+//!   sent it (forged, expired, wrong-audience, wrong-issuer, unknown-kid,
+//!   `alg: none` and HMAC tokens never pass);
 //! - `webhooks`: the TRTC and ACS gates never panic, refuse every body whose
 //!   credential is wrong, and give back exactly what a valid signed body says;
 //! - `duration`: the duration parser never panics, reads back what humantime
@@ -23,6 +26,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod properties {
+    pub mod acs_jwt;
     pub mod adoption;
     pub mod config;
     pub mod duration;

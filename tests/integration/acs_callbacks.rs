@@ -276,3 +276,48 @@ async fn a_route_acs_does_not_serve_fails_the_session_instead_of_calling_it_ende
     );
     assert!(failed.detail.as_deref().is_some_and(|d| d.contains("api_version")), "{failed:#?}");
 }
+
+#[tokio::test]
+async fn removal_outcomes_arrive_signed_and_settle_accepted_removals_as_acs_means_them() {
+    // callback_url must name the listener, so the port is chosen first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let h = Harness::with_config(move |db, url| {
+        let text = http_config_text(db, url, Listener { acs: true, ..Listener::default() }, "")
+            .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+        let with_callback = text.replace(
+            "    api_version: 2024-09-15\n",
+            &format!("    api_version: 2024-09-15\n    callback_url: http://127.0.0.1:{port}/webhooks/acs\n"),
+        );
+        format!(
+            "{with_callback}    jwt_audience: {SANDBOX_ACS_RESOURCE_ID}\n    openid_configuration_url: {url}/calling/.well-known/acsopenidconfiguration\n"
+        )
+    })
+    .await;
+    // ACS accepts each removal, then reports: done; the participant had
+    // already hung up (8558); a genuine failure.
+    for (call, outcome) in [("gone-1", Some("gone")), ("broken-1", Some("failed"))] {
+        h.sandbox
+            .inject(callwarden::sandbox::Fault {
+                room: Some(call.into()),
+                outcome_event: outcome.map(str::to_string),
+                ..Default::default()
+            })
+            .await;
+    }
+    let _daemon = h.start_daemon().await;
+    let mut ids = Vec::new();
+    for call in ["done-1", "gone-1", "broken-1"] {
+        ids.push(h.start_acs_session("acs-paid-chat", call, &["8:acs:res_x"], Some("1s")).await.remove(0));
+    }
+    for (id, state, event) in [
+        (&ids[0], "enforced", "confirmed"),
+        (&ids[1], "already_ended", "already_ended"),
+        (&ids[2], "failed", "failed"),
+    ] {
+        let row = h.wait_for_state(id, state, SHORT).await;
+        assert_eq!(row.attempts, 1, "{row:#?}");
+        let audit = h.audit_of(id).await;
+        assert!(audit.iter().any(|a| a.event == "accepted"), "{audit:#?}");
+        assert_eq!(audit.last().map(|a| a.event.as_str()), Some(event), "{audit:#?}");
+    }
+}

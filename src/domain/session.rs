@@ -168,3 +168,16 @@ impl SessionRecord {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Repeatability;
+
+    #[test]
+    fn a_repeatability_id_expires_after_acs_five_minute_window() {
+        let sent = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let r = Repeatability::new(sent);
+        assert!(!r.expired(sent + chrono::TimeDelta::seconds(300)));
+        assert!(r.expired(sent + chrono::TimeDelta::seconds(301)));
+    }
+}

@@ -103,7 +103,8 @@ pub(super) async fn openid_configuration(headers: HeaderMap) -> Response {
 }
 
 /// `GET /calling/keys`.
-pub(super) async fn keys() -> Response {
+pub(super) async fn keys(State(state): State<Arc<SandboxState>>) -> Response {
+    state.lock().stats.signing_keys_served += 1;
     axum::Json(json!({ "keys": [{
         "kty": "RSA", "use": "sig", "alg": "RS256", "kid": SANDBOX_ACS_KEY_ID, "n": SIGNING_KEY_N, "e": "AQAB",
     }]}))

@@ -178,6 +178,8 @@ pub struct Stats {
     /// ACS: outcome events delivered to a callback (answered 2xx), and not.
     pub events_delivered: u64,
     pub events_undelivered: u64,
+    /// ACS: how often the callback signing keys (JWKS) were fetched.
+    pub signing_keys_served: u64,
     /// Entra tokens issued (client credentials and managed identity).
     pub entra_tokens_issued: u64,
 }

@@ -321,3 +321,53 @@ async fn removal_outcomes_arrive_signed_and_settle_accepted_removals_as_acs_mean
         assert_eq!(audit.last().map(|a| a.event.as_str()), Some(event), "{audit:#?}");
     }
 }
+
+#[tokio::test]
+async fn unknown_key_ids_cannot_make_callwarden_hammer_the_key_endpoint() {
+    let (app_url, _app) = start_app().await;
+    let h = harness(&app_url).await;
+    let daemon = h.start_daemon().await;
+    let url = format!("{}/webhooks/acs?token={ACS_WEBHOOK_SECRET}", daemon.http_url().await);
+    wait_until("the keys fetched at start", SHORT, || async {
+        h.sandbox.stats().await.signing_keys_served == 1
+    })
+    .await;
+    // Forty tokens, each naming a key nobody published.
+    for i in 0..40 {
+        let forged = token(FORGER_KEY, &format!("kid-{i}"), Algorithm::RS256, json!({}));
+        let status = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(forged)
+            .json(&json!([]))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+    }
+    // At most one fetch per 30 s: none within the first 30 s after start.
+    assert_eq!(h.sandbox.stats().await.signing_keys_served, 1);
+}
+
+#[tokio::test]
+async fn rosters_without_sequence_numbers_are_ordered_by_time() {
+    let (app_url, _app) = start_app().await;
+    let h = harness(&app_url).await;
+    let daemon = h.start_daemon().await;
+    let callback = format!("{}/webhooks/acs?token={ACS_WEBHOOK_SECRET}", daemon.http_url().await);
+    let (a, b) = ("8:acs:res_a", "8:acs:res_b");
+    sandbox_post(
+        &h,
+        "/_sandbox/acs/calls",
+        json!({ "callConnectionId": "people-7", "callbackUri": callback, "participants": [a, b], "sequenceNumbers": false }),
+    )
+    .await;
+    let active = |user: &'static str| {
+        let h = &h;
+        async move { h.sessions().await.iter().any(|r| r.user_id.as_deref() == Some(user) && r.state == "active") }
+    };
+    wait_until("a and b", SHORT, || async { active(a).await && active(b).await }).await;
+    sandbox_post(&h, "/_sandbox/acs/calls/people-7/participants", json!({ "leave": [a] })).await;
+    wait_until("a's session ends", SHORT, || async { !active(a).await }).await;
+    assert!(active(b).await);
+}

@@ -9,6 +9,7 @@ use indexmap::IndexMap;
 
 use crate::config::file_ctx::FileCtx;
 use crate::config::raw::{RawAcsWebhook, RawWebhooks};
+use crate::config::secrets::expand_env;
 use crate::config::{
     AcsWebhook, ConfigError, DEFAULT_ACS_OPENID_CONFIGURATION_URL, DEFAULT_RECONNECT_GRACE,
     MAX_RECONNECT_GRACE, ProviderConfig, ProviderSettings,
@@ -82,7 +83,19 @@ impl FileCtx<'_> {
             .map(|t| self.shared_secret(&at("secret"), "webhooks.acs.secret", t))
             .transpose()?,
         };
-        let jwt_audience = match &w.jwt_audience {
+        // Like notifications.url, these may name environment variables.
+        let expand = |key: &'static str, v: &Option<String>| -> Result<Option<String>, ConfigError> {
+            v.as_deref()
+                .map(|text| {
+                    expand_env(text).map_err(|var| {
+                        self.error(&at(key), format!("webhooks.acs.{key} refers to ${{{var}}}, which is not set"))
+                    })
+                })
+                .transpose()
+        };
+        let jwt_audience = expand("jwt_audience", &w.jwt_audience)?;
+        let forward_to = expand("forward_to", &w.forward_to)?;
+        let jwt_audience = match &jwt_audience {
             Some(a) if a.trim().is_empty() || a.len() > 256 => {
                 return Err(self.error(
                     &at("jwt_audience"),
@@ -104,7 +117,7 @@ impl FileCtx<'_> {
             .clone()
             .unwrap_or_else(|| DEFAULT_ACS_OPENID_CONFIGURATION_URL.to_string());
         self.https_or_loopback(&at("openid_configuration_url"), &openid_configuration_url)?;
-        if let Some(url) = &w.forward_to {
+        if let Some(url) = &forward_to {
             self.https_or_loopback(&at("forward_to"), url)?;
         }
         let app_identities = w.app_identities.clone().unwrap_or_default();
@@ -119,7 +132,7 @@ impl FileCtx<'_> {
             secret,
             jwt_audience,
             openid_configuration_url,
-            forward_to: w.forward_to.clone(),
+            forward_to,
             app_identities,
         })
     }

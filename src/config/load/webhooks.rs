@@ -88,7 +88,10 @@ impl FileCtx<'_> {
             v.as_deref()
                 .map(|text| {
                     expand_env(text).map_err(|var| {
-                        self.error(&at(key), format!("webhooks.acs.{key} refers to ${{{var}}}, which is not set"))
+                        self.error(
+                            &at(key),
+                            format!("webhooks.acs.{key} refers to ${{{var}}}, which is not set"),
+                        )
                     })
                 })
                 .transpose()
@@ -128,13 +131,7 @@ impl FileCtx<'_> {
                 format!("webhooks.acs.app_identities: {bad:?} is not a raw id or a prefix ending in *"),
             ));
         }
-        Ok(AcsWebhook {
-            secret,
-            jwt_audience,
-            openid_configuration_url,
-            forward_to,
-            app_identities,
-        })
+        Ok(AcsWebhook { secret, jwt_audience, openid_configuration_url, forward_to, app_identities })
     }
 
     /// An https URL, or plain http on this host (a sandbox, a local proxy).

@@ -63,6 +63,34 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, ProviderSlot>,
     Ok(slots)
 }
 
+/// Tells the operator at start whether an ACS provider's endpoint, API
+/// version and credentials work (see [`AcsClient::probe`]); logs only, the
+/// daemon runs either way.
+async fn probe_acs(name: String, client: AcsClient) {
+    use crate::providers::acs::Probe;
+    match client.probe().await {
+        Probe::Served => {
+            tracing::info!(provider = %name, "ACS answers: endpoint, api_version and credentials work")
+        }
+        Probe::RouteNotFound(m) => tracing::error!(
+            provider = %name,
+            answer = %m,
+            "ACS does not serve this endpoint path or api_version: every enforcement will fail; fix the provider's endpoint or api_version"
+        ),
+        Probe::Refused(m) => tracing::error!(
+            provider = %name,
+            answer = %m,
+            "ACS refuses the provider's credentials: every enforcement will fail"
+        ),
+        Probe::Unreachable(m) => {
+            tracing::warn!(provider = %name, error = %m, "ACS cannot be reached at start; enforcement retries as usual")
+        }
+        Probe::Other(m) => {
+            tracing::warn!(provider = %name, answer = %m, "ACS answered the start-up probe unexpectedly")
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled, then drains: calls already
 /// sent are answered and recorded (within [`SHUTDOWN_GRACE`]); sessions still
 /// waiting go back to the queue. Policies and notifications are read from
@@ -98,6 +126,11 @@ pub async fn serve(
     }
 
     let tasks = TaskTracker::new();
+    for (name, slot) in &providers {
+        if let Provider::Acs(client) = &slot.provider {
+            tasks.spawn(probe_acs(name.clone(), client.clone()));
+        }
+    }
     let changed = Arc::new(Notify::new());
     if let Some(listener) = listener {
         let state = crate::http::AppState {

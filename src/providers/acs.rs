@@ -62,6 +62,21 @@ pub fn remove_body(participant: &str, operation_context: &str, callback: Option<
     serde_json::to_vec(&body).expect("a JSON value always serializes")
 }
 
+/// What a start-up probe of an ACS endpoint found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// ACS serves the path and API version, and takes the credentials.
+    Served,
+    /// A route ACS does not serve: a wrong endpoint path or api_version.
+    RouteNotFound(String),
+    /// The credentials are refused.
+    Refused(String),
+    /// No answer.
+    Unreachable(String),
+    /// Anything else.
+    Other(String),
+}
+
 /// How requests are authenticated.
 #[derive(Debug, Clone)]
 enum Auth {
@@ -131,6 +146,77 @@ impl AcsClient {
         })
     }
 
+    /// Signs a request with the access key (HMAC over method, path and
+    /// query, date, host and content hash), or puts an Entra token on it.
+    async fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &str,
+        pq: &str,
+        body: &[u8],
+    ) -> Result<reqwest::RequestBuilder, Classified> {
+        match &self.auth {
+            Auth::Key(key) => {
+                let date = http_date(Utc::now());
+                let hash = content_hash(body);
+                let Some(sig) =
+                    signature(key.expose(), &string_to_sign(method, pq, &date, &self.host, &hash))
+                else {
+                    return Err(Classified::Fatal {
+                        code: "UnsupportedTarget".into(),
+                        message: "the access key is not base64".into(),
+                    });
+                };
+                Ok(request
+                    .header("x-ms-date", &date)
+                    .header("x-ms-content-sha256", &hash)
+                    .header("Authorization", authorization(&sig)))
+            }
+            Auth::Entra(tokens) => match tokens.token().await {
+                Ok(token) => Ok(request.bearer_auth(token.expose())),
+                Err(TokenError::Unavailable(message)) => {
+                    Err(Classified::Retryable { code: "EntraToken".into(), message, wait: None })
+                }
+                Err(TokenError::Refused(message)) => {
+                    Err(Classified::Fatal { code: "EntraRefused".into(), message })
+                }
+            },
+        }
+    }
+
+    /// Asks ACS about a call that does not exist (`GET
+    /// /calling/callConnections/{random}`), to tell at start whether the
+    /// endpoint, API version and credentials work: ACS answers 404 with a
+    /// "not found" subcode; a route it does not serve (a wrong path or
+    /// api_version) answers 404 without one; a refused credential 401/403.
+    pub async fn probe(&self) -> Probe {
+        let pq = format!(
+            "/calling/callConnections/callwarden-probe-{}?api-version={}",
+            uuid::Uuid::new_v4().simple(),
+            self.api_version
+        );
+        let request = self.http.get(format!("{}{pq}", self.base)).timeout(self.timeout);
+        let request = match self.authorize(request, "GET", &pq, b"").await {
+            Ok(r) => r,
+            Err(c) => return Probe::Refused(c.message().unwrap_or_default().to_string()),
+        };
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Probe::Unreachable(e.without_url().to_string()),
+        };
+        let status = response.status().as_u16();
+        let body = crate::http_client::read_capped(response).await.unwrap_or_default();
+        match (status, classify(status, &body, None)) {
+            (200..=299, _) | (404, Classified::AlreadyEnded { .. }) => Probe::Served,
+            (404, c) => Probe::RouteNotFound(c.message().unwrap_or_default().chars().take(300).collect()),
+            (401 | 403, c) => Probe::Refused(c.message().unwrap_or_default().chars().take(300).collect()),
+            (_, c) => Probe::Other(format!(
+                "HTTP {status}: {}",
+                c.message().unwrap_or_default().chars().take(300).collect::<String>()
+            )),
+        }
+    }
+
     /// Whether outcomes of removals are reported to callwarden.
     pub fn has_callback(&self) -> bool {
         self.callback.is_some()
@@ -173,35 +259,10 @@ impl AcsClient {
             // asks for it, so it is kept in the audit row's detail.
             .header("x-ms-client-request-id", client_request_id.to_string())
             .header("x-ms-return-client-request-id", "true");
-        match &self.auth {
-            Auth::Key(key) => {
-                let date = http_date(Utc::now());
-                let hash = content_hash(&body);
-                let Some(sig) =
-                    signature(key.expose(), &string_to_sign("POST", &pq, &date, &self.host, &hash))
-                else {
-                    return unsupported("the access key is not base64".into());
-                };
-                request = request
-                    .header("x-ms-date", &date)
-                    .header("x-ms-content-sha256", &hash)
-                    .header("Authorization", authorization(&sig));
-            }
-            Auth::Entra(tokens) => match tokens.token().await {
-                Ok(token) => request = request.bearer_auth(token.expose()),
-                Err(e) => {
-                    let classified = match e {
-                        TokenError::Unavailable(message) => {
-                            Classified::Retryable { code: "EntraToken".into(), message, wait: None }
-                        }
-                        TokenError::Refused(message) => {
-                            Classified::Fatal { code: "EntraRefused".into(), message }
-                        }
-                    };
-                    return CallReport { classified, ..unsupported(String::new()) };
-                }
-            },
-        }
+        request = match self.authorize(request, "POST", &pq, &body).await {
+            Ok(request) => request,
+            Err(classified) => return CallReport { classified, ..unsupported(String::new()) },
+        };
         if let Some(r) = &ctx.repeatability {
             request = request
                 .header("Repeatability-Request-ID", r.request_id.to_string())

@@ -41,6 +41,43 @@ fn route_not_found(uri: &Uri) -> StoredAnswer {
     answer(404, Some(json!({ "Message": message })))
 }
 
+/// The `api-version` must be one the sandbox serves; a retired or mistyped
+/// one is a route not found.
+fn check_api_version(uri: &Uri) -> Result<(), StoredAnswer> {
+    match uri.query().unwrap_or_default().split('&').find_map(|kv| kv.strip_prefix("api-version=")) {
+        None | Some("") => {
+            Err(error(400, "MissingApiVersionParameter", "the api-version query parameter is required"))
+        }
+        Some(v) if !API_VERSIONS.contains(&v) => Err(route_not_found(uri)),
+        Some(_) => Ok(()),
+    }
+}
+
+/// `GET /calling/callConnections/{id}` (GetCall): a call an application
+/// created, or 404/8522 as ACS answers for one it does not know.
+pub(super) async fn get_call(
+    State(state): State<Arc<SandboxState>>,
+    Path(call): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let answer = match authenticate(&state, "GET", &headers, &uri, b"").and_then(|()| check_api_version(&uri))
+    {
+        Err(a) => a,
+        Ok(()) => match state.call_callback(&call) {
+            Some(callback) => answer(
+                200,
+                Some(
+                    json!({ "callConnectionId": call, "callConnectionState": "connected", "callbackUri": callback }),
+                ),
+            ),
+            None => error(404, "8522", "Call not found."),
+        },
+    };
+    state.record("GetCall", Some(call), Vec::new(), &format!("HTTP{}", answer.status));
+    respond(&answer, false, None)
+}
+
 /// The api-versions the sandbox serves (Call Automation's GA versions).
 const API_VERSIONS: [&str; 3] = ["2023-10-15", "2024-09-15", "2025-05-15"];
 
@@ -66,6 +103,7 @@ fn parse_http_date(s: &str) -> Option<DateTime<Utc>> {
 /// Authentication as ACS checks it: date, content hash, HMAC signature.
 fn authenticate(
     state: &SandboxState,
+    method: &str,
     headers: &HeaderMap,
     uri: &Uri,
     body: &[u8],
@@ -97,7 +135,7 @@ fn authenticate(
     };
     let host = header(headers, "host").unwrap_or_default();
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let expected = signature(&state.options.acs_access_key, &string_to_sign("POST", pq, date, host, hash))
+    let expected = signature(&state.options.acs_access_key, &string_to_sign(method, pq, date, host, hash))
         .unwrap_or_default();
     if !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
         return Err(unauthorized("HMAC validation error"));
@@ -157,22 +195,11 @@ async fn handle_request(
         state.record_with_id(action, Some(call.clone()), users, &label, request_id.clone());
         respond(&a, replayed, retry_after)
     };
-    if let Err(a) = authenticate(&state, &headers, &uri, &body) {
+    if let Err(a) = authenticate(&state, "POST", &headers, &uri, &body) {
         return finish(a, None, false, None);
     }
-    let version = uri.query().unwrap_or_default().split('&').find_map(|kv| kv.strip_prefix("api-version="));
-    match version {
-        None | Some("") => {
-            return finish(
-                error(400, "MissingApiVersionParameter", "the api-version query parameter is required"),
-                None,
-                false,
-                None,
-            );
-        }
-        // A retired or mistyped version: the route is not served.
-        Some(v) if !API_VERSIONS.contains(&v) => return finish(route_not_found(&uri), None, false, None),
-        Some(_) => {}
+    if let Err(a) = check_api_version(&uri) {
+        return finish(a, None, false, None);
     }
     if state.over_quota(action) {
         return finish(error(429, "TooManyRequests", "too many requests"), None, false, Some(1));

@@ -381,7 +381,7 @@ impl Sandbox {
 fn router(state: Arc<SandboxState>) -> Router {
     Router::new()
         .route("/", post(trtc::handle))
-        .route("/calling/callConnections/{*rest}", post(acs::handle))
+        .route("/calling/callConnections/{*rest}", post(acs::handle).get(acs::get_call))
         .route("/calling/.well-known/acsopenidconfiguration", get(acs_calls::openid_configuration))
         .route("/calling/keys", get(acs_calls::keys))
         .route("/{tenant}/oauth2/v2.0/token", post(entra::token))

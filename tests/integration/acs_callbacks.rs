@@ -264,7 +264,7 @@ async fn a_route_acs_does_not_serve_fails_the_session_instead_of_calling_it_ende
             .replace("api_version: 2024-09-15", "api_version: 2023-01-15")
     })
     .await;
-    let _daemon = h.start_daemon().await;
+    let daemon = h.start_daemon().await;
     let ids = h.start_acs_session("acs-consultation", "c-route", &[], Some("1s")).await;
     let row = h.wait_for_state(&ids[0], "failed", SHORT).await;
     assert_eq!(row.attempts, 1, "{row:#?}");
@@ -275,6 +275,9 @@ async fn a_route_acs_does_not_serve_fails_the_session_instead_of_calling_it_ende
         "{failed:#?}"
     );
     assert!(failed.detail.as_deref().is_some_and(|d| d.contains("api_version")), "{failed:#?}");
+    // The start-up probe said so before any session was due.
+    let logs = daemon.logs();
+    assert!(logs.contains("ACS does not serve this endpoint path or api_version"), "{logs}");
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@
 //!   its deadline by the host's clock. Deadlines wait for the host's clock
 //!   to reach them again.
 //!
+//! The discipline survives a restart in the same boot: see [`saved`].
+//!
 //! [`Clock::simulated`] drives the same discipline from a test-controlled
 //! UTC and monotonic pair, so the behaviour is tested without touching the
 //! host's clock.
@@ -36,6 +38,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::domain::Instant;
+
+pub mod saved;
 
 #[derive(Debug, Clone)]
 pub enum Clock {
@@ -103,6 +107,17 @@ impl Discipline {
     pub fn stepping(&self) -> bool {
         self.stepping
     }
+
+    /// A discipline that goes on from a reading taken at monotonic time
+    /// `mono_ms` (of the same monotonic clock the next readings use).
+    pub fn resumed(now_ms: f64, mono_ms: i64) -> Discipline {
+        Discipline { now_ms: Some(now_ms), last_mono_ms: mono_ms, stepping: false }
+    }
+
+    /// The last reading: callwarden's time and the monotonic time it was taken at.
+    pub fn reading(&self) -> Option<(f64, i64)> {
+        self.now_ms.map(|now| (now, self.last_mono_ms))
+    }
 }
 
 /// The host's clocks behind a [`Discipline`], or a test's.
@@ -114,17 +129,20 @@ pub struct Disciplined {
 
 #[derive(Debug)]
 enum Source {
-    Host { mono_origin: std::time::Instant },
-    Simulated { utc_ms: AtomicI64, mono_ms: AtomicI64, moved: watch::Sender<i64> },
+    /// The host's UTC clock and its boot-time clock (monotonic, and the
+    /// same for every process of a boot, so a reading survives a restart).
+    Host,
+    Simulated {
+        utc_ms: AtomicI64,
+        mono_ms: AtomicI64,
+        moved: watch::Sender<i64>,
+    },
 }
 
 impl Disciplined {
     fn now_ms(&self) -> f64 {
         let (utc, mono) = match &self.source {
-            Source::Host { mono_origin } => (
-                Utc::now().timestamp_millis(),
-                i64::try_from(mono_origin.elapsed().as_millis()).unwrap_or(i64::MAX),
-            ),
+            Source::Host => (Utc::now().timestamp_millis(), saved::boot_ms()),
             Source::Simulated { utc_ms, mono_ms, .. } => {
                 (utc_ms.load(Ordering::SeqCst), mono_ms.load(Ordering::SeqCst))
             }
@@ -146,10 +164,39 @@ pub struct ManualTime {
 
 impl Clock {
     pub fn system() -> Clock {
-        Clock::System(Arc::new(Disciplined {
-            discipline: Mutex::default(),
-            source: Source::Host { mono_origin: std::time::Instant::now() },
-        }))
+        Clock::System(Arc::new(Disciplined { discipline: Mutex::default(), source: Source::Host }))
+    }
+
+    /// The host's clock, disciplined from a reading a daemon saved earlier
+    /// in this boot (see [`saved`]); as [`Clock::system`] without one.
+    pub fn system_resumed(from: Option<saved::Saved>) -> Clock {
+        let discipline = match from {
+            Some(s) => {
+                let behind =
+                    Utc::now().timestamp_millis() as f64 - (s.now_ms + (saved::boot_ms() - s.boot_ms) as f64);
+                if behind >= STEP_LOGGED_MS {
+                    tracing::warn!(
+                        behind_ms = behind as i64,
+                        "resuming the clock's catch-up with a forward step of the host's clock from before the restart"
+                    );
+                }
+                Discipline::resumed(s.now_ms, s.boot_ms)
+            }
+            None => Discipline::default(),
+        };
+        Clock::System(Arc::new(Disciplined { discipline: Mutex::new(discipline), source: Source::Host }))
+    }
+
+    /// The host clock's discipline as it stands, to save; none for other clocks.
+    pub fn saved(&self) -> Option<saved::Saved> {
+        let Clock::System(d) = self else { return None };
+        if !matches!(d.source, Source::Host) {
+            return None;
+        }
+        d.now_ms();
+        let (now_ms, boot_ms) =
+            d.discipline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).reading()?;
+        Some(saved::Saved { boot_id: saved::boot_id()?, boot_ms, now_ms })
     }
 
     /// A disciplined clock over a UTC and a monotonic time the test moves:
@@ -311,6 +358,50 @@ mod tests {
         let ahead = d.observe(base + 3_600_000 + 1_000, 1_000);
         assert_eq!(ahead, (base + 1_100) as f64);
         assert_eq!(d.observe(base + 1_500, 2_000), (base + 1_500) as f64);
+    }
+
+    #[test]
+    fn a_resumed_discipline_goes_on_catching_up_instead_of_jumping() {
+        let base = 1_700_000_000_000_i64;
+        let step = 3_600_000;
+        let mut d = Discipline::default();
+        d.observe(base, 0);
+        // An hour's step forward, ten seconds into the catch-up.
+        d.observe(base + step + 1_000, 1_000);
+        let (now, mono) = {
+            let t = d.observe(base + step + 10_000, 10_000);
+            (t, 10_000)
+        };
+        assert_eq!(now, (base + 11_000) as f64);
+        // The daemon restarts; two seconds pass by the boot-time clock.
+        let mut resumed = Discipline::resumed(now, mono);
+        let t = resumed.observe(base + step + 12_000, 12_000);
+        assert_eq!(t, (base + 11_000 + 2_000 + 200) as f64, "the catch-up goes on at 1.1x");
+        // Without the saved reading it would have jumped the hour at once.
+        assert_eq!(
+            Discipline::default().observe(base + step + 12_000, 12_000),
+            (base + step + 12_000) as f64
+        );
+        // A resumed reading is never ahead of the host's clock.
+        let mut ahead = Discipline::resumed((base + 60_000) as f64, 0);
+        assert_eq!(ahead.observe(base + 1_000, 1_000), (base + 1_000) as f64);
+    }
+
+    #[test]
+    fn the_saved_reading_round_trips_and_another_boot_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = saved::path_for(&dir.path().join("cw.db"));
+        assert_eq!(path.file_name().unwrap(), "cw.db.clock");
+        let Some(boot_id) = saved::boot_id() else { return };
+        let reading = saved::Saved { boot_id, boot_ms: saved::boot_ms(), now_ms: 1.7e12 };
+        saved::store(&path, &reading).unwrap();
+        assert_eq!(saved::load(&path), Some(reading.clone()));
+        let other = saved::Saved { boot_id: "another-boot".into(), ..reading };
+        saved::store(&path, &other).unwrap();
+        assert_eq!(saved::load(&path), None);
+        std::fs::write(&path, "not json").unwrap();
+        assert_eq!(saved::load(&path), None);
+        assert_eq!(saved::load(&dir.path().join("missing.clock")), None);
     }
 
     #[tokio::test]

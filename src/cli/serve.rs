@@ -24,7 +24,12 @@ pub(super) async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
     drop(crate::store::Store::lock_database(&config.database).context("cannot start")?);
     let store = open(&config).await?;
     let shutdown = CancellationToken::new();
-    let clock = Clock::system();
+    // The clock goes on from where the last daemon of this boot left it
+    // (a restart in the middle of catching up with a clock step).
+    let clock_file = crate::clock::saved::path_for(&config.database);
+    let clock = Clock::system_resumed(crate::clock::saved::load(&clock_file));
+    let saving =
+        tokio::spawn(crate::clock::saved::save_periodically(clock.clone(), clock_file, shutdown.clone()));
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let (live, reloads) = crate::config::live::Live::new(config);
     tokio::spawn(crate::reload::watch_config(
@@ -34,7 +39,11 @@ pub(super) async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
         clock.clone(),
         shutdown.clone(),
     ));
-    crate::daemon::serve(live, store.clone(), clock, shutdown).await.context("daemon failed")?;
+    let served = crate::daemon::serve(live, store.clone(), clock, shutdown.clone()).await;
+    // The last reading is written even when the daemon failed.
+    shutdown.cancel();
+    let _ = saving.await;
+    served.context("daemon failed")?;
     store.close().await;
     Ok(())
 }

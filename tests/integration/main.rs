@@ -10,6 +10,7 @@ mod acs;
 mod acs_callbacks;
 mod audit_cli;
 mod cli;
+mod clock_restart;
 mod config;
 mod crash;
 mod db_faults;

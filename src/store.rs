@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::budget::{Budget, Standing};
 use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint, Head};
-use crate::domain::session::{Adopted, NewSession, Repeatability, Session, SessionRecord};
+use crate::domain::session::{Adopted, NewSession, Repeatability, Session, SessionCursor, SessionRecord};
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
 
 mod group_commit;
@@ -290,7 +290,9 @@ operations! {
     ) -> Result<Instant, StoreError>;
     fn session(&self, id: SessionId) -> Result<SessionRecord, StoreError>;
     /// Sessions in deadline order (then creation), optionally of one state.
-    fn list_sessions(&self, state: Option<SessionState>, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Sessions ordered by (deadline, created_at, id), rows not yet adopted
+    /// (no deadline) first; starting after `after`, at most `limit`.
+    fn list_sessions(&self, state: Option<SessionState>, after: Option<&SessionCursor>, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
     /// Sessions per state; the store keeps the counts as it writes, so this
     /// costs the same at a million sessions as at ten.
     fn state_counts(&self) -> Result<StateCounts, StoreError>;

@@ -64,7 +64,7 @@ pub(super) async fn session(path: &std::path::Path, cmd: SessionCommand) -> Resu
         }
         SessionCommand::List { state, format, limit } => {
             let store = open_existing(&config, false).await?;
-            let rows = store.list_sessions(state, limit).await.map_err(refusal)?;
+            let rows = store.list_sessions(state, None, limit).await.map_err(refusal)?;
             output::print_sessions(&rows, format).context("cannot write the list")?;
         }
     }

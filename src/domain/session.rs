@@ -108,6 +108,55 @@ impl Repeatability {
     }
 }
 
+/// Where a page of the session list ends: the last row's deadline (none
+/// for a row not yet adopted), creation time and id. The list is ordered by
+/// these three, so the next page starts strictly after it. Travels as an
+/// opaque token (`next` in the API, `after` to ask for the next page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCursor {
+    pub deadline: Option<String>,
+    pub created_at: String,
+    pub id: String,
+}
+
+impl SessionCursor {
+    /// The cursor after `row`.
+    pub fn after(row: &SessionRecord) -> SessionCursor {
+        SessionCursor {
+            deadline: row.deadline.clone(),
+            created_at: row.created_at.clone(),
+            id: row.id.clone(),
+        }
+    }
+
+    /// The token: base64url of the three fields, one per line.
+    pub fn token(&self) -> String {
+        use base64::Engine;
+        let text = format!("{}\n{}\n{}", self.deadline.as_deref().unwrap_or(""), self.created_at, self.id);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    /// Reads a token; `None` for anything [`SessionCursor::token`] did not make.
+    pub fn parse(token: &str) -> Option<SessionCursor> {
+        use base64::Engine;
+        if token.len() > 1024 {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let mut parts = text.split('\n');
+        let (deadline, created_at, id) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || created_at.is_empty() || id.is_empty() {
+            return None;
+        }
+        Some(SessionCursor {
+            deadline: (!deadline.is_empty()).then(|| deadline.to_string()),
+            created_at: created_at.to_string(),
+            id: id.to_string(),
+        })
+    }
+}
+
 /// A session row as stored, for listing: shown even when malformed.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionRecord {

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::domain::session::SessionRecord;
+use crate::domain::session::{SessionCursor, SessionRecord};
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId, parse_duration};
 use crate::intake::register::{self, RegisterError};
 use crate::policy::Registration;
@@ -281,9 +281,13 @@ pub(super) async fn get_one(
 pub(super) struct ListQuery {
     state: Option<String>,
     limit: Option<u32>,
+    /// The `next` token of the previous page.
+    after: Option<String>,
 }
 
-/// `GET /v1/sessions?state=active&limit=100`, earliest deadline first.
+/// `GET /v1/sessions?state=active&limit=100&after=<next>`, earliest deadline
+/// first, a page at a time: `next` is the token of the next page, absent on
+/// the last one.
 pub(super) async fn list(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -299,8 +303,21 @@ pub(super) async fn list(
     if limit == 0 || limit > LIST_LIMIT_MAX {
         return Err(ApiError::invalid("limit", format!("limit must be 1 to {LIST_LIMIT_MAX}")));
     }
-    let sessions = app.store.list_sessions(state, limit).await?;
-    Ok(axum::Json(json!({ "sessions": sessions })).into_response())
+    let after =
+        match &query.after {
+            Some(token) => Some(SessionCursor::parse(token).ok_or_else(|| {
+                ApiError::invalid("after", "after must be the next token of a previous page")
+            })?),
+            None => None,
+        };
+    let sessions = app.store.list_sessions(state, after.as_ref(), limit).await?;
+    let full = sessions.len() == limit as usize;
+    let next = sessions.last().filter(|_| full).map(|s| SessionCursor::after(s).token());
+    let mut body = json!({ "sessions": sessions });
+    if let Some(next) = next {
+        body["next"] = json!(next);
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -176,8 +176,20 @@ async fn the_session_api_registers_reads_lists_extends_and_ends_sessions() {
     // Listed by state, earliest deadline first.
     let active = schemas.list(&api.get("/v1/sessions?state=active").await, "list active sessions");
     assert_eq!(ids(&active), [text(&string, "id"), &numeric_id, text(&call, "id")], "{active:#?}");
-    let first = schemas.list(&api.get("/v1/sessions?state=active&limit=1").await, "list with a limit");
+    let first_page = api.get("/v1/sessions?state=active&limit=1").await;
+    let first = schemas.list(&first_page, "list with a limit");
     assert_eq!(ids(&first), [text(&string, "id")]);
+    // A page at a time: `next` leads to the following page, and the last
+    // page has none.
+    let mut paged = first.clone();
+    let mut next = first_page.json["next"].as_str().map(str::to_string);
+    while let Some(token) = next {
+        let page = api.get(&format!("/v1/sessions?state=active&limit=1&after={token}")).await;
+        paged.extend(schemas.list(&page, "the next page"));
+        next = page.json["next"].as_str().map(str::to_string);
+        assert!(paged.len() <= 3, "{paged:#?}");
+    }
+    assert_eq!(ids(&paged), ids(&active), "paging lost or repeated a session");
     let none = schemas.list(&api.get("/v1/sessions?state=cancelled").await, "list cancelled sessions");
     assert!(none.is_empty(), "{none:#?}");
     assert_eq!(schemas.list(&api.get("/v1/sessions").await, "list all").len(), 3);
@@ -386,6 +398,12 @@ async fn without_the_right_token_every_route_is_refused_and_bad_requests_name_th
         "list with too high a limit",
     );
     schemas.error(&api.get("/v1/sessions?limit=many").await, 400, None, "list with an unreadable limit");
+    schemas.error(
+        &api.get("/v1/sessions?after=bogus").await,
+        422,
+        Some("after"),
+        "list after a made-up token",
+    );
     assert_eq!(h.row_counts().await, counts, "a refused request changed the database");
 
     // The same bodies, fixed, are accepted: the checks above can fail.

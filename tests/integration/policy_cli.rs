@@ -83,7 +83,7 @@ async fn a_shadow_policy_records_what_it_would_do_and_calls_nothing() {
 
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let states = store.list_sessions(None, 10).await.unwrap();
+        let states = store.list_sessions(None, None, 10).await.unwrap();
         let state = |id: &str| states.iter().find(|s| s.id == id).map(|s| s.state.clone()).unwrap();
         if state(&shadow_due) == "shadowed" && state(&live) == "enforced" {
             assert_eq!(state(&shadow), "active", "the 30-minute shadow session is not due");

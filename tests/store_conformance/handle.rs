@@ -49,7 +49,7 @@ conformance! {
         wait_for_change(&mut watcher).await;
         assert!(!watcher.changed().await.unwrap(), "one commit is reported once");
         // Reads are not changes.
-        db.store.list_sessions(None, 10).await.unwrap();
+        db.store.list_sessions(None, None, 10).await.unwrap();
         other.audit_page(0, 10).await.unwrap();
         assert!(!watcher.changed().await.unwrap());
         other.close().await;

@@ -84,7 +84,7 @@ conformance! {
             }
         }
         assert_eq!((made.len(), answered.len()), (1, 9));
-        let rows = db.store.list_sessions(None, 100).await.unwrap();
+        let rows = db.store.list_sessions(None, None, 100).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert!(answered.iter().all(|id| *id == rows[0].id), "every retry names the one session");
         assert_eq!(rows[0].idempotency_key.as_deref(), Some("once"));

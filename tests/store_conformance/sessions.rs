@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use callwarden::domain::audit::AuditEntry;
-use callwarden::domain::session::SessionRecord;
+use callwarden::domain::session::{SessionCursor, SessionRecord};
 use callwarden::domain::{Room, SessionId, SessionState};
 use callwarden::store::StoreError;
 
@@ -172,14 +172,46 @@ conformance! {
         db.store.end_session(middle.id, at(1), "done").await.unwrap();
         let ids = |rows: Vec<SessionRecord>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
         let text = |s: &callwarden::domain::session::NewSession| s.id.to_string();
-        assert_eq!(ids(db.store.list_sessions(None, 10).await.unwrap()), [text(&early), text(&middle), text(&late)]);
-        assert_eq!(ids(db.store.list_sessions(None, 2).await.unwrap()), [text(&early), text(&middle)]);
+        assert_eq!(ids(db.store.list_sessions(None, None, 10).await.unwrap()), [text(&early), text(&middle), text(&late)]);
+        assert_eq!(ids(db.store.list_sessions(None, None, 2).await.unwrap()), [text(&early), text(&middle)]);
         assert_eq!(
-            ids(db.store.list_sessions(Some(SessionState::Active), 10).await.unwrap()),
+            ids(db.store.list_sessions(Some(SessionState::Active), None, 10).await.unwrap()),
             [text(&early), text(&late)]
         );
-        assert_eq!(ids(db.store.list_sessions(Some(SessionState::Cancelled), 10).await.unwrap()), [text(&middle)]);
-        assert!(db.store.list_sessions(Some(SessionState::Failed), 10).await.unwrap().is_empty());
+        assert_eq!(ids(db.store.list_sessions(Some(SessionState::Cancelled), None, 10).await.unwrap()), [text(&middle)]);
+        assert!(db.store.list_sessions(Some(SessionState::Failed), None, 10).await.unwrap().is_empty());
+    }
+
+    async fn the_session_list_pages_by_keyset_without_losing_or_repeating_a_row(db) {
+        // Twenty sessions, many sharing a deadline; one cancelled.
+        let all: Vec<_> = (0..20).map(|i| session(i + 1, at(10 + (i as i64 % 4) * 10))).collect();
+        let registered = register(&db.store, all, at(0)).await;
+        db.store.end_session(registered[5].id, at(1), "done").await.unwrap();
+        for (state, expected) in [(None, 20), (Some(SessionState::Active), 19)] {
+            let mut seen = Vec::new();
+            let mut after: Option<SessionCursor> = None;
+            loop {
+                let page = db.store.list_sessions(state, after.as_ref(), 3).await.unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                after = page.last().map(SessionCursor::after);
+                seen.extend(page);
+            }
+            assert_eq!(seen.len(), expected, "{state:?}");
+            let mut ids: Vec<&str> = seen.iter().map(|r| r.id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), expected, "a row came twice: {state:?}");
+            let keys: Vec<_> = seen.iter().map(|r| (r.deadline.clone(), r.created_at.clone(), r.id.clone())).collect();
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "out of order: {state:?}");
+        }
+        // The token round-trips; junk is not a token.
+        let first = db.store.list_sessions(None, None, 1).await.unwrap();
+        let cursor = SessionCursor::after(&first[0]);
+        assert_eq!(SessionCursor::parse(&cursor.token()), Some(cursor));
+        assert_eq!(SessionCursor::parse("not a token"), None);
+        assert_eq!(SessionCursor::parse(""), None);
     }
 
     async fn state_counts_count_sessions_per_state_in_state_order(db) {
@@ -215,7 +247,7 @@ conformance! {
             }
             by_state.into_iter().collect::<Vec<_>>()
         };
-        let expect = counted(db.store.list_sessions(None, 100).await.unwrap());
+        let expect = counted(db.store.list_sessions(None, None, 100).await.unwrap());
         assert_eq!(expect, [("active".to_string(), 3), ("cancelled".to_string(), 1), ("enforced".to_string(), 1)]);
         assert_eq!(db.store.state_counts().await.unwrap(), expect);
         assert_eq!(db.store.prune_sessions(at(60)).await.unwrap(), 2);

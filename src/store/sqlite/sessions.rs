@@ -12,7 +12,7 @@ use super::audit_log::{insert_audit, insert_audit_rows};
 use super::outbox::{self, insert_warnings, warnings_of};
 use super::{SESSION_COLUMNS, SqliteStore};
 use crate::domain::audit::AuditEntry;
-use crate::domain::session::{NewSession, SessionRecord};
+use crate::domain::session::{NewSession, SessionCursor, SessionRecord};
 use crate::domain::{Instant, SessionId, SessionState};
 use crate::store::{Inserted, Pending, StateCounts, StoreError};
 
@@ -220,25 +220,39 @@ impl SqliteStore {
     pub(in crate::store) async fn list_sessions(
         &self,
         state: Option<SessionState>,
+        after: Option<&SessionCursor>,
         limit: u32,
     ) -> Result<Vec<SessionRecord>, StoreError> {
-        let rows = match state {
-            Some(state) => sqlx::query(&format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE state = ? ORDER BY deadline, created_at LIMIT ?"
-            ))
-            .bind(state.as_str())
-            .bind(limit)
-            .fetch_all(&self.readers)
-            .await?,
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions ORDER BY deadline, created_at LIMIT ?"
-                ))
-                .bind(limit)
-                .fetch_all(&self.readers)
-                .await?
+        // Keyset pages in index order: sessions_state (state, deadline,
+        // created_at) with a state, sessions_by_deadline without; rows not
+        // yet adopted (deadline NULL) sort first, as SQLite sorts NULL.
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE 1 = 1"
+        ));
+        if let Some(state) = state {
+            q.push(" AND state = ").push_bind(state.as_str());
+        }
+        match after {
+            None => {}
+            Some(SessionCursor { deadline: None, created_at, id }) => {
+                q.push(" AND (deadline IS NOT NULL OR (created_at, id) > (")
+                    .push_bind(created_at.clone())
+                    .push(", ")
+                    .push_bind(id.clone())
+                    .push("))");
             }
-        };
+            Some(SessionCursor { deadline: Some(deadline), created_at, id }) => {
+                q.push(" AND (deadline, created_at, id) > (")
+                    .push_bind(deadline.clone())
+                    .push(", ")
+                    .push_bind(created_at.clone())
+                    .push(", ")
+                    .push_bind(id.clone())
+                    .push(")");
+            }
+        }
+        q.push(" ORDER BY deadline, created_at, id LIMIT ").push_bind(limit);
+        let rows = q.build().fetch_all(&self.readers).await?;
         Ok(rows.iter().map(SessionRecord::from_row).collect::<Result<_, _>>()?)
     }
 

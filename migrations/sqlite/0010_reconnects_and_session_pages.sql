@@ -4,3 +4,8 @@
 -- index over the sessions webhooks ended; the presence table records why a
 -- participant left (`left_timeout`), which needs no change of its own.
 CREATE INDEX sessions_room_cancelled ON sessions (room_id, room_kind, updated_at) WHERE state = 'cancelled';
+
+-- The session list (API and CLI) pages by (deadline, created_at, id)
+-- without a state filter too: an index in that order, so no page sorts the
+-- whole table. (With a state filter, sessions_state serves.)
+CREATE INDEX sessions_by_deadline ON sessions (deadline, created_at, id);

@@ -76,20 +76,30 @@ async fn sandbox_post(h: &Harness, path: &str, body: Value) {
     assert!(r.status().is_success(), "{path}: {}", r.status());
 }
 
+/// The application creates a call with callwarden's webhook as its
+/// callback URI; the sandbox (ACS) connects it and posts its roster there.
+async fn create_call(
+    h: &Harness,
+    daemon: &Daemon,
+    call: &str,
+    participants: &[&str],
+    sequence_numbers: bool,
+) {
+    let callback = format!("{}/webhooks/acs?token={ACS_WEBHOOK_SECRET}", daemon.http_url().await);
+    let body = json!({
+        "callConnectionId": call, "callbackUri": callback, "participants": participants,
+        "sequenceNumbers": sequence_numbers,
+    });
+    sandbox_post(h, "/_sandbox/acs/calls", body).await;
+}
+
 #[tokio::test]
 async fn call_events_reach_callwarden_through_the_call_callback_and_are_relayed_to_the_app() {
     let (app_url, app) = start_app().await;
     let h = harness(&app_url).await;
     let daemon = h.start_daemon().await;
-    let callback = format!("{}/webhooks/acs?token={ACS_WEBHOOK_SECRET}", daemon.http_url().await);
     let (a, b) = ("8:acs:res_a", "4:+15551230000");
-    // The application creates the call with callwarden as its callback URI.
-    sandbox_post(
-        &h,
-        "/_sandbox/acs/calls",
-        json!({ "callConnectionId": "people-1", "callbackUri": callback, "participants": [a, b] }),
-    )
-    .await;
+    create_call(&h, &daemon, "people-1", &[a, b], true).await;
     // The roster opens a session per participant; never one for the
     // application's own leg, which ACS lists too.
     wait_until("two participant sessions", SHORT, || async {
@@ -357,14 +367,8 @@ async fn rosters_without_sequence_numbers_are_ordered_by_time() {
     let (app_url, _app) = start_app().await;
     let h = harness(&app_url).await;
     let daemon = h.start_daemon().await;
-    let callback = format!("{}/webhooks/acs?token={ACS_WEBHOOK_SECRET}", daemon.http_url().await);
     let (a, b) = ("8:acs:res_a", "8:acs:res_b");
-    sandbox_post(
-        &h,
-        "/_sandbox/acs/calls",
-        json!({ "callConnectionId": "people-7", "callbackUri": callback, "participants": [a, b], "sequenceNumbers": false }),
-    )
-    .await;
+    create_call(&h, &daemon, "people-7", &[a, b], false).await;
     let active = |user: &'static str| {
         let h = &h;
         async move { h.sessions().await.iter().any(|r| r.user_id.as_deref() == Some(user) && r.state == "active") }

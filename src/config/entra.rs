@@ -56,44 +56,16 @@ impl FileCtx<'_> {
                 }
             }
         };
-        let authority_host = self.authority(
-            name,
-            "authority_host",
-            e.authority_host.as_deref(),
-            DEFAULT_ENTRA_AUTHORITY_HOST,
-        )?;
-        let imds_endpoint = match e.imds_endpoint.as_deref() {
-            None => DEFAULT_IMDS_ENDPOINT.to_string(),
-            Some(url) => self.authority(name, "imds_endpoint", Some(url), DEFAULT_IMDS_ENDPOINT)?,
-        };
-        Ok(EntraSettings { flow, authority_host, imds_endpoint })
-    }
-
-    /// A token service's base URL: https, or plain http on loopback (a
-    /// sandbox); the default is taken as given.
-    fn authority(
-        &self,
-        name: &str,
-        key: &str,
-        url: Option<&str>,
-        default: &str,
-    ) -> Result<String, ConfigError> {
-        let Some(url) = url else { return Ok(default.to_string()) };
-        let fine = match reqwest::Url::parse(url) {
-            Ok(u) if u.scheme() == "https" && u.host_str().is_some() => true,
+        let service = |key: &str, url: Option<&str>, default: &str| -> Result<String, ConfigError> {
+            let Some(url) = url else { return Ok(default.to_string()) };
+            let what = format!("provider {name:?}: entra: {key}");
             // Azure's instance metadata service is plain http on a link-local address.
-            Ok(u) => {
-                u.scheme() == "http"
-                    && (crate::http_client::is_loopback(&u) || u.host_str() == Some("169.254.169.254"))
-            }
-            Err(_) => false,
+            self.secure_url(&["providers", name, "entra", key], &what, url, &["169.254.169.254"])?;
+            Ok(url.trim_end_matches('/').to_string())
         };
-        if !fine {
-            return Err(self.error(
-                &["providers", name, "entra", key],
-                format!("provider {name:?}: entra: {key} {url:?} must be an https URL (plain http only on loopback)"),
-            ));
-        }
-        Ok(url.trim_end_matches('/').to_string())
+        let authority_host =
+            service("authority_host", e.authority_host.as_deref(), DEFAULT_ENTRA_AUTHORITY_HOST)?;
+        let imds_endpoint = service("imds_endpoint", e.imds_endpoint.as_deref(), DEFAULT_IMDS_ENDPOINT)?;
+        Ok(EntraSettings { flow, authority_host, imds_endpoint })
     }
 }

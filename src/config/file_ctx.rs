@@ -22,4 +22,35 @@ impl<'a> FileCtx<'a> {
     pub(super) fn error(&self, key_path: &[&str], reason: String) -> ConfigError {
         ConfigError { file: self.path.to_path_buf(), line: locate(self.text, key_path), reason }
     }
+
+    /// A URL that requests with secrets go to (signatures, tokens, callback
+    /// bodies): https, or plain http on this host (a sandbox, a local proxy)
+    /// or to one of `http_hosts`. `what` names it in the refusal
+    /// (`provider "acs": endpoint`).
+    pub(super) fn secure_url(
+        &self,
+        at: &[&str],
+        what: &str,
+        url: &str,
+        http_hosts: &[&str],
+    ) -> Result<(), ConfigError> {
+        match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "https" && u.host_str().is_some() => Ok(()),
+            Ok(u)
+                if u.scheme() == "http"
+                    && (crate::http_client::is_loopback(&u)
+                        || u.host_str().is_some_and(|h| http_hosts.contains(&h))) =>
+            {
+                Ok(())
+            }
+            Ok(u) if u.scheme() == "http" && u.host_str().is_some() => Err(self.error(
+                at,
+                format!(
+                    "{what} {} is plain http to another host; use https (plain http is accepted only on loopback)",
+                    crate::http_client::display_url(u.as_str())
+                ),
+            )),
+            _ => Err(self.error(at, format!("{what} {url:?} is not an http(s) URL"))),
+        }
+    }
 }

@@ -135,22 +135,6 @@ impl FileCtx<'_> {
         }
     }
 
-    /// An https URL, or plain http on this host (a sandbox, a local proxy):
-    /// requests carry signatures, and ACS bodies the callback token.
-    fn endpoint(&self, name: &str, endpoint: &str) -> Result<(), ConfigError> {
-        let err = |reason: String| self.error(&["providers", name, "endpoint"], reason);
-        match reqwest::Url::parse(endpoint) {
-            Ok(u) if u.scheme() == "https" && u.host_str().is_some() => Ok(()),
-            Ok(u) if u.scheme() == "http" && crate::http_client::is_loopback(&u) => Ok(()),
-            Ok(u) if u.scheme() == "http" && u.host_str().is_some() => Err(err(format!(
-                "provider {name:?}: endpoint {} is plain http to another host; use https (plain http is \
-                 accepted only on loopback)",
-                crate::http_client::display_url(u.as_str())
-            ))),
-            _ => Err(err(format!("provider {name:?}: endpoint {endpoint:?} is not an http(s) URL"))),
-        }
-    }
-
     fn trtc(
         &self,
         name: &str,
@@ -189,7 +173,12 @@ impl FileCtx<'_> {
             ));
         }
         let endpoint = t.endpoint.unwrap_or_else(|| DEFAULT_TRTC_ENDPOINT.to_string());
-        self.endpoint(name, &endpoint)?;
+        self.secure_url(
+            &["providers", name, "endpoint"],
+            &format!("provider {name:?}: endpoint"),
+            &endpoint,
+            &[],
+        )?;
         Ok(TrtcSettings { sdk_app_id, region, secret_id, secret_key, endpoint })
     }
 
@@ -205,7 +194,12 @@ impl FileCtx<'_> {
         let endpoint = a.endpoint.clone().ok_or_else(|| {
             err("kind", "endpoint is required (https://<resource>.communication.azure.com)".into())
         })?;
-        self.endpoint(name, &endpoint)?;
+        self.secure_url(
+            &["providers", name, "endpoint"],
+            &format!("provider {name:?}: endpoint"),
+            &endpoint,
+            &[],
+        )?;
         let has_key = a.access_key.is_some() || a.access_key_file.is_some();
         let auth = match &a.entra {
             Some(_) if has_key => {

@@ -119,9 +119,10 @@ impl FileCtx<'_> {
             .openid_configuration_url
             .clone()
             .unwrap_or_else(|| DEFAULT_ACS_OPENID_CONFIGURATION_URL.to_string());
-        self.https_or_loopback(&at("openid_configuration_url"), &openid_configuration_url)?;
+        let key = "webhooks.acs.openid_configuration_url";
+        self.secure_url(&at("openid_configuration_url"), key, &openid_configuration_url, &[])?;
         if let Some(url) = &forward_to {
-            self.https_or_loopback(&at("forward_to"), url)?;
+            self.secure_url(&at("forward_to"), "webhooks.acs.forward_to", url, &[])?;
         }
         let app_identities = w.app_identities.clone().unwrap_or_default();
         if let Some(bad) = app_identities.iter().find(|p| p.trim_end_matches('*').is_empty() || p.len() > 256)
@@ -132,23 +133,6 @@ impl FileCtx<'_> {
             ));
         }
         Ok(AcsWebhook { secret, jwt_audience, openid_configuration_url, forward_to, app_identities })
-    }
-
-    /// An https URL, or plain http on this host (a sandbox, a local proxy).
-    fn https_or_loopback(&self, at: &[&str], url: &str) -> Result<(), ConfigError> {
-        let key = at.join(".");
-        match reqwest::Url::parse(url) {
-            Ok(u) if u.scheme() == "https" && u.host_str().is_some() => Ok(()),
-            Ok(u) if u.scheme() == "http" && crate::http_client::is_loopback(&u) => Ok(()),
-            Ok(u) if u.scheme() == "http" => Err(self.error(
-                at,
-                format!(
-                    "{key} {} is plain http to another host; use https (plain http is accepted only on loopback)",
-                    crate::http_client::display_url(u.as_str())
-                ),
-            )),
-            _ => Err(self.error(at, format!("{key} {url:?} is not an http(s) URL"))),
-        }
     }
 
     /// An ACS provider with `callback_url` needs `webhooks.acs` (its

@@ -84,6 +84,10 @@ impl NewSession {
     }
 }
 
+/// How long ACS remembers a Repeatability-Request-ID (its repeatable-requests
+/// page): a send under an id first sent longer ago must use a new one.
+pub const REPEATABILITY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// ACS's idempotency key: chosen once per enforcement, stored before the
 /// first try, and sent unchanged on every retry and after a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +108,7 @@ impl Repeatability {
     /// new one. Safe, because a participant already removed or a call
     /// already ended answers 404/8522.
     pub fn expired(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
-        now - self.first_sent > chrono::TimeDelta::seconds(300)
+        (now - self.first_sent).to_std().is_ok_and(|age| age > REPEATABILITY_WINDOW)
     }
 }
 

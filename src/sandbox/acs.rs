@@ -19,10 +19,9 @@ use subtle::ConstantTimeEq;
 
 use super::header;
 use super::{SandboxState, StoredAnswer};
+use crate::domain::session::REPEATABILITY_WINDOW;
 use crate::providers::acs::{content_hash, signature, string_to_sign};
 
-/// How long ACS remembers a repeatability id.
-const REPEATABILITY_WINDOW: Duration = Duration::from_secs(300);
 /// The clock skew the sandbox accepts on `x-ms-date`.
 const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 

@@ -30,12 +30,8 @@ use crate::domain::{Room, SessionState, UserId};
 use crate::http::AppState;
 use crate::intake::presence::{self, Cause, PresenceEvent, RosterOrder};
 use crate::policy::Presence;
+use crate::providers::acs::GONE_SUBCODES;
 use crate::store::StoreError;
-
-/// `RemoveParticipantFailed` subcodes that mean the goal already holds:
-/// the participant or the call is gone (8522 not found, 8558 not in the
-/// call, 8543 call not found, 8528 call ended).
-const GONE_SUBCODES: [i64; 4] = [8522, 8558, 8543, 8528];
 
 /// The ACS webhook as configured: how callbacks are verified, where they
 /// are relayed, which legs are the application's own.
@@ -219,7 +215,11 @@ async fn apply_acs_event(state: &AppState, acs: &AcsCallbacks, event: &AcsEvent)
     let now = state.clock.now();
     match event {
         AcsEvent::RemoveParticipant { succeeded, session: Some(id), call, result } => {
-            let gone = result.sub_code.is_some_and(|s| GONE_SUBCODES.contains(&s));
+            // A subcode saying the participant or call is gone: the goal holds.
+            let gone = result
+                .sub_code
+                .and_then(|s| u32::try_from(s).ok())
+                .is_some_and(|s| GONE_SUBCODES.contains(&s));
             let (state_to, entry) = if *succeeded {
                 let e = AuditEntry::new("confirmed", *id)
                     .detail(format!("RemoveParticipantSucceeded on call {call}"));

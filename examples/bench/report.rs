@@ -4,23 +4,26 @@
 //! the targets, the explanations, and the hand-written notes file appended
 //! verbatim at the end.
 
+mod machine;
+mod table;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use clap::Args;
 
 use crate::args::{DrainArgs, LatenessArgs, ProviderKind, RegistrationsArgs, StartupArgs, System};
-use crate::figures::{PRINT_TO_STDERR, Runs};
+use crate::figures::PRINT_TO_STDERR;
 use crate::rig::BASELINE_RATE;
 use crate::scenarios::api_load::api_load;
 use crate::scenarios::drain::drain;
 use crate::scenarios::lateness::lateness;
 use crate::scenarios::registrations::{SQL_INSERT, registrations};
-use crate::scenarios::startup::target_dir;
 use crate::{repeat, run_startup};
+use machine::{busiest_processes, machine_table};
+use table::{Check, all_figures, row, thousands};
 
 #[derive(Args, Clone)]
 pub(crate) struct ReportArgs {
@@ -440,162 +443,4 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     }
     print!("{md}");
     Ok(())
-}
-
-type Check = Box<dyn Fn(f64) -> bool>;
-
-/// One row of the targets table.
-#[allow(clippy::too_many_arguments)]
-fn row(
-    w: &mut String,
-    label: &str,
-    target: String,
-    runs: &Runs,
-    name: &str,
-    baseline: Option<&str>,
-    unit: &str,
-    check: Option<Check>,
-) {
-    let Some(v) = runs.get(name) else {
-        let _ = writeln!(w, "| {label} | {target} | missing: {name} | | | | |");
-        return;
-    };
-    let each = runs.each(name);
-    let each_text = each.iter().map(|v| show(*v, unit)).collect::<Vec<_>>().join(", ");
-    let (b_text, ratio) = match baseline.and_then(|b| runs.get(b)) {
-        Some(b) => {
-            let ratio = if v != 0.0 { format!("{:.2}×", b / v) } else { "–".into() };
-            (show(b, unit), ratio)
-        }
-        None => (String::new(), String::new()),
-    };
-    let met = match check {
-        Some(c) => {
-            let ok = each.iter().filter(|x| c(**x)).count();
-            let median_ok = if c(v) { "**yes**" } else { "**no**" };
-            format!("{median_ok} (in {ok} of {} runs)", each.len())
-        }
-        None => String::new(),
-    };
-    let _ = writeln!(
-        w,
-        "| {label} | {target} | **{}** | {each_text} | {b_text} | {ratio} | {met} |",
-        show(v, unit)
-    );
-}
-
-fn all_figures(w: &mut String, runs: &Runs) {
-    let _ = writeln!(w, "| Figure | Median | Each run |\n|---|---|---|");
-    for (name, value, unit) in &runs.median.0 {
-        let each = runs.each(name).iter().map(|v| show(*v, unit)).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(w, "| {} | {} | {each} |", name.replace('|', "\\|"), show(*value, unit));
-    }
-    let _ = writeln!(w);
-}
-
-/// A value for a table: few significant digits, with its unit.
-fn show(v: f64, unit: &str) -> String {
-    let number = if v.abs() >= 1000.0 {
-        thousands(v)
-    } else if v.abs() >= 100.0 || v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    };
-    match unit {
-        "" => number,
-        "/s" => format!("{number}/s"),
-        "%" => format!("{number} %"),
-        u => format!("{number} {u}"),
-    }
-}
-
-fn thousands(v: f64) -> String {
-    let n = v.round() as i64;
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
-}
-
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn machine_table() -> Vec<(&'static str, String)> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim()))
-        .unwrap_or("unknown")
-        .to_string();
-    let mhz = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("cpu MHz").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim()))
-        .unwrap_or("?")
-        .to_string();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gb = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or("unknown".into(), |kb| format!("{:.1} GB", kb / 1024.0 / 1024.0));
-    let manifest = env!("CARGO_MANIFEST_DIR");
-    let commit = command_line("git", &["-C", manifest, "rev-parse", "--short", "HEAD"]);
-    let dirty = command_line("git", &["-C", manifest, "status", "--porcelain", "--untracked-files=no"]);
-    let dirty: Vec<&str> = dirty.lines().filter(|l| !l.ends_with("BENCHMARKS.md")).collect();
-    let source = if dirty.is_empty() || dirty == ["unknown"] {
-        format!("commit `{commit}`")
-    } else {
-        format!("commit `{commit}` plus uncommitted changes to {}", dirty.join(", "))
-    };
-    let fs = command_line("df", &["--output=fstype,source", &target_dir().display().to_string()]);
-    vec![
-        ("CPU", format!("{nproc} × {model} ({mhz} MHz); `nproc` = {nproc}")),
-        ("memory", mem_gb),
-        (
-            "disk (target dir)",
-            fs.lines().nth(1).unwrap_or("unknown").split_whitespace().collect::<Vec<_>>().join(" on "),
-        ),
-        ("kernel", command_line("uname", &["-r"])),
-        ("rustc", command_line("rustc", &["-V"])),
-        ("build", "release profile (`lto = true`, `codegen-units = 1`)".into()),
-        ("source", source),
-    ]
-}
-
-/// The processes using the most CPU right now, from `ps` (not counting this one).
-fn busiest_processes() -> String {
-    let me = std::process::id().to_string();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    let ps = command_line("ps", &["-eo", "pid=,pcpu=,comm=", "--sort=-pcpu"]);
-    let top: Vec<String> = ps
-        .lines()
-        .filter(|l| l.split_whitespace().next() != Some(me.as_str()))
-        .take(3)
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let (_, cpu, comm) = (it.next()?, it.next()?, it.next()?);
-            Some(format!("`{comm}` {cpu} %"))
-        })
-        .collect();
-    format!("load average {}; {}", load.join(" "), top.join(", "))
 }

@@ -267,6 +267,26 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     );
     row(
         w,
+        "signed TRTC webhook events/s (`POST /webhooks/trtc`, 32 clients)",
+        "≥ 5,000/s".into(),
+        &api_runs,
+        "TRTC webhook events/s",
+        None,
+        "/s",
+        Some(Box::new(|v| v >= 5000.0)),
+    );
+    row(
+        w,
+        "webhook answer time p99 (32 clients)",
+        "".into(),
+        &api_runs,
+        "TRTC webhook events: latency p99",
+        None,
+        "ms",
+        None,
+    );
+    row(
+        w,
         "registrations/s through plain SQL, one row per transaction",
         "".into(),
         &sql_runs,

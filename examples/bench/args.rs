@@ -29,6 +29,9 @@ pub(crate) enum Scenario {
     Startup(StartupArgs),
     /// Registrations per second through plain SQL inserts, and the daemon's adoption of them.
     Registrations(RegistrationsArgs),
+    /// Lateness and the watchdog while an application bulk-inserts plain-SQL rows.
+    #[command(name = "bulk_insert", alias = "bulk-insert")]
+    BulkInsert(BulkInsertArgs),
     /// Every scenario of issue 7, callwarden and the baseline side by side,
     /// `--runs` times each: writes BENCHMARKS.md (markdown) to stdout.
     Report(report::ReportArgs),
@@ -158,6 +161,23 @@ pub(crate) struct StartupArgs {
     /// Also start the baseline poller over the same database and measure it the same way.
     #[arg(long)]
     pub(crate) baseline: bool,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct BulkInsertArgs {
+    /// Plain-SQL rows the application inserts.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) rows: usize,
+    /// Rows per application transaction.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) batch: usize,
+    /// Sessions registered beforehand fall due at 10/s for this many
+    /// seconds, from the insert's start.
+    #[arg(long, default_value_t = 40.0)]
+    pub(crate) spread_secs: f64,
+    /// Longest wait, after the insert, for the daemon to adopt every row.
+    #[arg(long, default_value_t = 180.0)]
+    pub(crate) adopt_secs: f64,
 }
 
 #[derive(Args, Clone)]

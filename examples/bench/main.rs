@@ -6,6 +6,7 @@
 //! cargo run --release --example bench -- scheduler [--sessions 100000] [--spread-secs 100]
 //! cargo run --release --example bench -- drain     [--sessions 2000] [--provider acs]
 //! cargo run --release --example bench -- startup   [--sessions 1000000]
+//! cargo run --release --example bench -- bulk_insert [--rows 200000] [--batch 500] [--spread-secs 40]
 //! cargo run --release --example bench -- all       (every scenario at full size)
 //! ```
 //!
@@ -27,16 +28,21 @@
 //! This file is the driver: it parses the command line, builds the
 //! companion binaries and runs each scenario `--runs` times. The scenarios
 //! are in `scenarios/`; what they share is in `args`, `figures`, `rig`,
-//! `tap` and `monitors`; `report` writes BENCHMARKS.md.
+//! `tap` and `monitors`, and for the hardening scenarios `daemon_process`
+//! (the daemon as its own process, with systemd's watchdog), `due` (sessions
+//! due at 10/s meanwhile) and `writer_probe`; `report` writes BENCHMARKS.md.
 
 mod args;
 mod clk_tck;
+mod daemon_process;
+mod due;
 mod figures;
 mod monitors;
 mod report;
 mod rig;
 mod scenarios;
 mod tap;
+mod writer_probe;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -47,6 +53,7 @@ use clap::Parser;
 
 use args::{Cli, DrainArgs, LatenessArgs, ProviderKind, Scenario, SchedulerArgs, StartupArgs, System};
 use figures::{Figures, Runs, medians, out};
+use scenarios::bulk_insert::bulk_insert;
 use scenarios::drain::drain;
 use scenarios::lateness::lateness;
 use scenarios::registrations::registrations;
@@ -113,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Scenario::Startup(a) => drop(run_startup(&a, runs).await?),
         Scenario::Registrations(a) => drop(repeat("registrations", runs, || registrations(&a)).await?),
+        Scenario::BulkInsert(a) => drop(repeat("bulk_insert", runs, || bulk_insert(&a)).await?),
         Scenario::Report(a) => report::run(&a, runs).await?,
         Scenario::All(all) => {
             let l = LatenessArgs {

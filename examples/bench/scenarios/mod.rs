@@ -1,7 +1,8 @@
-//! The six scenarios, one file each; each entry point returns its figures
+//! The scenarios, one file each; each entry point returns its figures
 //! (one run's, or for api_load every run's).
 
 pub(crate) mod api_load;
+pub(crate) mod bulk_insert;
 pub(crate) mod drain;
 pub(crate) mod lateness;
 pub(crate) mod registrations;

@@ -32,6 +32,8 @@ pub(crate) enum Scenario {
     /// Lateness and the watchdog while an application bulk-inserts plain-SQL rows.
     #[command(name = "bulk_insert", alias = "bulk-insert")]
     BulkInsert(BulkInsertArgs),
+    /// The first retention prune over a large backlog: writer holds, duration, lateness.
+    Prune(PruneArgs),
     /// Every scenario of issue 7, callwarden and the baseline side by side,
     /// `--runs` times each: writes BENCHMARKS.md (markdown) to stdout.
     Report(report::ReportArgs),
@@ -178,6 +180,22 @@ pub(crate) struct BulkInsertArgs {
     /// Longest wait, after the insert, for the daemon to adopt every row.
     #[arg(long, default_value_t = 180.0)]
     pub(crate) adopt_secs: f64,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct PruneArgs {
+    /// Settled sessions older than the retention period (two audit rows each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) sessions: usize,
+    /// Settled sessions inside the retention period, which the prune keeps.
+    #[arg(long, default_value_t = 250_000)]
+    pub(crate) recent_sessions: usize,
+    /// Longest wait for the prune to finish, after it starts (60 s after the daemon).
+    #[arg(long, default_value_t = 150.0)]
+    pub(crate) max_secs: f64,
+    /// Where the database is kept between runs (default: $CARGO_TARGET_DIR/bench-cache).
+    #[arg(long)]
+    pub(crate) cache_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]

@@ -7,6 +7,7 @@
 //! cargo run --release --example bench -- drain     [--sessions 2000] [--provider acs]
 //! cargo run --release --example bench -- startup   [--sessions 1000000]
 //! cargo run --release --example bench -- bulk_insert [--rows 200000] [--batch 500] [--spread-secs 40]
+//! cargo run --release --example bench -- prune     [--sessions 1000000] [--recent-sessions 250000]
 //! cargo run --release --example bench -- all       (every scenario at full size)
 //! ```
 //!
@@ -56,6 +57,7 @@ use figures::{Figures, Runs, medians, out};
 use scenarios::bulk_insert::bulk_insert;
 use scenarios::drain::drain;
 use scenarios::lateness::lateness;
+use scenarios::prune::prune;
 use scenarios::registrations::registrations;
 use scenarios::scheduler::scheduler;
 use scenarios::startup::{release_binary, startup, startup_database, target_dir};
@@ -121,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Startup(a) => drop(run_startup(&a, runs).await?),
         Scenario::Registrations(a) => drop(repeat("registrations", runs, || registrations(&a)).await?),
         Scenario::BulkInsert(a) => drop(repeat("bulk_insert", runs, || bulk_insert(&a)).await?),
+        Scenario::Prune(a) => drop(repeat("prune", runs, || prune(&a)).await?),
         Scenario::Report(a) => report::run(&a, runs).await?,
         Scenario::All(all) => {
             let l = LatenessArgs {

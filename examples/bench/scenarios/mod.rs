@@ -1,10 +1,13 @@
 //! The scenarios, one file each; each entry point returns its figures
-//! (one run's, or for api_load every run's).
+//! (one run's, or for api_load every run's). `prune_db` builds the prune
+//! scenario's database.
 
 pub(crate) mod api_load;
 pub(crate) mod bulk_insert;
 pub(crate) mod drain;
 pub(crate) mod lateness;
+pub(crate) mod prune;
+pub(crate) mod prune_db;
 pub(crate) mod registrations;
 pub(crate) mod scheduler;
 pub(crate) mod startup;

@@ -34,6 +34,8 @@ pub(crate) enum Scenario {
     BulkInsert(BulkInsertArgs),
     /// The first retention prune over a large backlog: writer holds, duration, lateness.
     Prune(PruneArgs),
+    /// Idle and slow-loris connections on the listener: lateness, descriptors, health checks.
+    Connections(ConnectionsArgs),
     /// Every scenario of issue 7, callwarden and the baseline side by side,
     /// `--runs` times each: writes BENCHMARKS.md (markdown) to stdout.
     Report(report::ReportArgs),
@@ -196,6 +198,22 @@ pub(crate) struct PruneArgs {
     /// Where the database is kept between runs (default: $CARGO_TARGET_DIR/bench-cache).
     #[arg(long)]
     pub(crate) cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct ConnectionsArgs {
+    /// Clients that connect and send nothing.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) idle: usize,
+    /// Clients that send a request head one byte at a time and never finish it.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) slow: usize,
+    /// Seconds between two bytes of a slow client.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) slow_every: f64,
+    /// How long the flood lasts.
+    #[arg(long, default_value_t = 60.0)]
+    pub(crate) secs: f64,
 }
 
 #[derive(Args, Clone)]

@@ -7,6 +7,7 @@
 //! run it this way; the older ones run it in-process.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -107,6 +108,19 @@ impl DaemonProcess {
         }
     }
 
+    /// The listener's address, from the `http listening` line (the config
+    /// asks for port 0).
+    pub(crate) async fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        let (_, line) = self.wait_for("http listening", Duration::from_secs(10)).await?;
+        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).context("no addr= field")?;
+        addr.trim_matches('"').parse().with_context(|| format!("bad listen address in {line:?}"))
+    }
+
+    /// File descriptors the daemon holds now.
+    pub(crate) fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count())
+    }
+
     /// SIGTERM, then waits for the exit; after `TimeoutStopSec=` (30 s in
     /// the unit) it is killed, as systemd would.
     pub(crate) async fn stop(mut self) -> anyhow::Result<Stopped> {
@@ -145,6 +159,14 @@ pub(crate) struct Stopped {
 impl Stopped {
     pub(crate) fn warnings(&self) -> usize {
         self.lines.iter().filter(|(_, l)| l.contains(" WARN ") || l.contains(" ERROR ")).count()
+    }
+
+    /// Log lines that say a file descriptor was refused (EMFILE/ENFILE).
+    pub(crate) fn fd_errors(&self) -> usize {
+        let fd = |l: &str| {
+            l.contains("Too many open files") || l.contains("os error 24") || l.contains("os error 23")
+        };
+        self.lines.iter().filter(|(_, l)| fd(l)).count()
     }
 
     /// Keeps the daemon's log as `$CARGO_TARGET_DIR/bench-logs/<name>.log`

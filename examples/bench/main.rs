@@ -8,6 +8,7 @@
 //! cargo run --release --example bench -- startup   [--sessions 1000000]
 //! cargo run --release --example bench -- bulk_insert [--rows 200000] [--batch 500] [--spread-secs 40]
 //! cargo run --release --example bench -- prune     [--sessions 1000000] [--recent-sessions 250000]
+//! cargo run --release --example bench -- connections [--idle 5000] [--slow 1000] [--secs 60]
 //! cargo run --release --example bench -- all       (every scenario at full size)
 //! ```
 //!
@@ -55,6 +56,7 @@ use clap::Parser;
 use args::{Cli, DrainArgs, LatenessArgs, ProviderKind, Scenario, SchedulerArgs, StartupArgs, System};
 use figures::{Figures, Runs, medians, out};
 use scenarios::bulk_insert::bulk_insert;
+use scenarios::connections::connections;
 use scenarios::drain::drain;
 use scenarios::lateness::lateness;
 use scenarios::prune::prune;
@@ -124,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Registrations(a) => drop(repeat("registrations", runs, || registrations(&a)).await?),
         Scenario::BulkInsert(a) => drop(repeat("bulk_insert", runs, || bulk_insert(&a)).await?),
         Scenario::Prune(a) => drop(repeat("prune", runs, || prune(&a)).await?),
+        Scenario::Connections(a) => drop(repeat("connections", runs, || connections(&a)).await?),
         Scenario::Report(a) => report::run(&a, runs).await?,
         Scenario::All(all) => {
             let l = LatenessArgs {

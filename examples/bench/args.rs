@@ -165,6 +165,9 @@ pub(crate) struct StartupArgs {
     /// Also start the baseline poller over the same database and measure it the same way.
     #[arg(long)]
     pub(crate) baseline: bool,
+    /// Then start the daemon again with `listen:` and scrape `/metrics` this many times (0: not).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) scrapes: usize,
 }
 
 #[derive(Args, Clone)]

@@ -5,7 +5,7 @@
 //! cargo run --release --example bench -- lateness  [--sessions 1000] [--spread-secs 100] [--provider acs]
 //! cargo run --release --example bench -- scheduler [--sessions 100000] [--spread-secs 100]
 //! cargo run --release --example bench -- drain     [--sessions 2000] [--provider acs]
-//! cargo run --release --example bench -- startup   [--sessions 1000000]
+//! cargo run --release --example bench -- startup   [--sessions 1000000] [--scrapes 200]
 //! cargo run --release --example bench -- bulk_insert [--rows 200000] [--batch 500] [--spread-secs 40]
 //! cargo run --release --example bench -- prune     [--sessions 1000000] [--recent-sessions 250000]
 //! cargo run --release --example bench -- connections [--idle 5000] [--slow 1000] [--secs 60]
@@ -151,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 settle_secs: 3.0,
                 idle_secs: 10.0,
                 baseline: false,
+                scrapes: 200,
             };
             let results = [
                 ("lateness", repeat("lateness", runs, || lateness(&l)).await?),

@@ -85,6 +85,7 @@ impl Plan {
                 settle_secs: if a.quick { 1.0 } else { 3.0 },
                 idle_secs: if a.quick { 3.0 } else { 10.0 },
                 baseline: true,
+                scrapes: if a.quick { 50 } else { 200 },
             },
         }
     }
@@ -359,6 +360,18 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
         "%",
         None,
     );
+    for stat in ["p50", "p99"] {
+        row(
+            w,
+            &format!("`GET /metrics` answer time {stat} at {n} active sessions"),
+            "".into(),
+            &startup_runs,
+            &format!("GET /metrics: answer time {stat}"),
+            None,
+            "ms",
+            None,
+        );
+    }
     let _ = writeln!(w);
 
     // ---- commands ------------------------------------------------------------------
@@ -386,8 +399,8 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     let _ = writeln!(w, "api_load --seconds {} --runs {runs}", plan.api_seconds);
     let _ = writeln!(
         w,
-        "bench startup --sessions {} --settle-secs {} --idle-secs {} --baseline --runs {runs}",
-        st.sessions, st.settle_secs, st.idle_secs
+        "bench startup --sessions {} --settle-secs {} --idle-secs {} --baseline --scrapes {} --runs {runs}",
+        st.sessions, st.settle_secs, st.idle_secs, st.scrapes
     );
     let _ = writeln!(w, "```\n");
 
@@ -441,8 +454,10 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
         w,
         "### Startup, memory and idle CPU\n\n`bench startup --sessions {} --baseline`: the release daemon \
          over a cached database of {n} active sessions (deadlines in 2099), then the baseline over the same \
-         file. Startup is spawn → the ready line on stderr.\n",
-        st.sessions
+         file. Startup is spawn → the ready line on stderr. Then the daemon is started once more over the \
+         same file, with `listen:`, and `/metrics` is scraped {} times in a row over one kept-alive \
+         connection (the first scrape is also shown on its own).\n",
+        st.sessions, st.scrapes
     );
     all_figures(w, &startup_runs);
 

@@ -1,9 +1,11 @@
 //! `bench report`: every scenario of issue 7, callwarden and the baseline
-//! side by side, each run `--runs` times, written as BENCHMARKS.md to stdout.
+//! side by side, and those of issue 12 (hardening: `hardening`), each run
+//! `--runs` times, written as BENCHMARKS.md to stdout.
 //! Every figure in the output comes from this run; the only fixed text is
 //! the targets, the explanations, and the hand-written notes file appended
 //! verbatim at the end.
 
+mod hardening;
 mod machine;
 mod table;
 
@@ -22,6 +24,7 @@ use crate::scenarios::drain::drain;
 use crate::scenarios::lateness::lateness;
 use crate::scenarios::registrations::{SQL_INSERT, registrations};
 use crate::{repeat, run_startup};
+use hardening::Hardening;
 use machine::{busiest_processes, machine_table};
 use table::{Check, all_figures, row, thousands};
 
@@ -48,6 +51,7 @@ struct Plan {
     registrations: RegistrationsArgs,
     api_seconds: u64,
     startup: StartupArgs,
+    hardening: Hardening,
 }
 
 impl Plan {
@@ -87,6 +91,7 @@ impl Plan {
                 baseline: true,
                 scrapes: if a.quick { 50 } else { 200 },
             },
+            hardening: Hardening::new(a.quick, a.cache_dir.clone()),
         }
     }
 }
@@ -116,6 +121,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     let sql_runs = repeat("registrations (SQL)", runs, || registrations(&plan.registrations)).await?;
     let api_runs = api_load(plan.api_seconds, runs)?;
     let startup_runs = run_startup(&plan.startup, runs).await?;
+    let hard_runs = plan.hardening.run(runs).await?;
     let busy_after = busiest_processes();
     let finished = Utc::now();
 
@@ -157,7 +163,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     );
 
     // ---- the targets ------------------------------------------------------------
-    let _ = writeln!(w, "## Targets (issue 7) and the baseline\n");
+    let _ = writeln!(w, "## Targets (issues 7 and 12) and the baseline\n");
     let _ = writeln!(
         w,
         "\"Ratio\" is baseline ÷ callwarden. Each \"runs\" cell lists callwarden's value in every run.\n"
@@ -372,6 +378,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
             None,
         );
     }
+    plan.hardening.targets(w, &hard_runs);
     let _ = writeln!(w);
 
     // ---- commands ------------------------------------------------------------------
@@ -402,6 +409,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
         "bench startup --sessions {} --settle-secs {} --idle-secs {} --baseline --scrapes {} --runs {runs}",
         st.sessions, st.settle_secs, st.idle_secs, st.scrapes
     );
+    plan.hardening.commands(w, runs);
     let _ = writeln!(w, "```\n");
 
     // ---- every figure ----------------------------------------------------------------
@@ -460,6 +468,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
         st.sessions, st.scrapes
     );
     all_figures(w, &startup_runs);
+    plan.hardening.sections(w, &hard_runs, runs);
 
     // ---- notes ------------------------------------------------------------------------
     let notes_path = a

@@ -29,6 +29,13 @@ pub(crate) enum Scenario {
     Startup(StartupArgs),
     /// Registrations per second through plain SQL inserts, and the daemon's adoption of them.
     Registrations(RegistrationsArgs),
+    /// Lateness and the watchdog while an application bulk-inserts plain-SQL rows.
+    #[command(name = "bulk_insert", alias = "bulk-insert")]
+    BulkInsert(BulkInsertArgs),
+    /// The first retention prune over a large backlog: writer holds, duration, lateness.
+    Prune(PruneArgs),
+    /// Idle and slow-loris connections on the listener: lateness, descriptors, health checks.
+    Connections(ConnectionsArgs),
     /// Every scenario of issue 7, callwarden and the baseline side by side,
     /// `--runs` times each: writes BENCHMARKS.md (markdown) to stdout.
     Report(report::ReportArgs),
@@ -158,6 +165,58 @@ pub(crate) struct StartupArgs {
     /// Also start the baseline poller over the same database and measure it the same way.
     #[arg(long)]
     pub(crate) baseline: bool,
+    /// Then start the daemon again with `listen:` and scrape `/metrics` this many times (0: not).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) scrapes: usize,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct BulkInsertArgs {
+    /// Plain-SQL rows the application inserts.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) rows: usize,
+    /// Rows per application transaction.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) batch: usize,
+    /// Sessions registered beforehand fall due at 10/s for this many
+    /// seconds, from the insert's start.
+    #[arg(long, default_value_t = 40.0)]
+    pub(crate) spread_secs: f64,
+    /// Longest wait, after the insert, for the daemon to adopt every row.
+    #[arg(long, default_value_t = 180.0)]
+    pub(crate) adopt_secs: f64,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct PruneArgs {
+    /// Settled sessions older than the retention period (two audit rows each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) sessions: usize,
+    /// Settled sessions inside the retention period, which the prune keeps.
+    #[arg(long, default_value_t = 250_000)]
+    pub(crate) recent_sessions: usize,
+    /// Longest wait for the prune to finish, after it starts (60 s after the daemon).
+    #[arg(long, default_value_t = 150.0)]
+    pub(crate) max_secs: f64,
+    /// Where the database is kept between runs (default: $CARGO_TARGET_DIR/bench-cache).
+    #[arg(long)]
+    pub(crate) cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct ConnectionsArgs {
+    /// Clients that connect and send nothing.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) idle: usize,
+    /// Clients that send a request head one byte at a time and never finish it.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) slow: usize,
+    /// Seconds between two bytes of a slow client.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) slow_every: f64,
+    /// How long the flood lasts.
+    #[arg(long, default_value_t = 60.0)]
+    pub(crate) secs: f64,
 }
 
 #[derive(Args, Clone)]

@@ -5,7 +5,10 @@
 //! cargo run --release --example bench -- lateness  [--sessions 1000] [--spread-secs 100] [--provider acs]
 //! cargo run --release --example bench -- scheduler [--sessions 100000] [--spread-secs 100]
 //! cargo run --release --example bench -- drain     [--sessions 2000] [--provider acs]
-//! cargo run --release --example bench -- startup   [--sessions 1000000]
+//! cargo run --release --example bench -- startup   [--sessions 1000000] [--scrapes 200]
+//! cargo run --release --example bench -- bulk_insert [--rows 200000] [--batch 500] [--spread-secs 40]
+//! cargo run --release --example bench -- prune     [--sessions 1000000] [--recent-sessions 250000]
+//! cargo run --release --example bench -- connections [--idle 5000] [--slow 1000] [--secs 60]
 //! cargo run --release --example bench -- all       (every scenario at full size)
 //! ```
 //!
@@ -27,16 +30,21 @@
 //! This file is the driver: it parses the command line, builds the
 //! companion binaries and runs each scenario `--runs` times. The scenarios
 //! are in `scenarios/`; what they share is in `args`, `figures`, `rig`,
-//! `tap` and `monitors`; `report` writes BENCHMARKS.md.
+//! `tap` and `monitors`, and for the hardening scenarios `daemon_process`
+//! (the daemon as its own process, with systemd's watchdog), `due` (sessions
+//! due at 10/s meanwhile) and `writer_probe`; `report` writes BENCHMARKS.md.
 
 mod args;
 mod clk_tck;
+mod daemon_process;
+mod due;
 mod figures;
 mod monitors;
 mod report;
 mod rig;
 mod scenarios;
 mod tap;
+mod writer_probe;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -47,8 +55,11 @@ use clap::Parser;
 
 use args::{Cli, DrainArgs, LatenessArgs, ProviderKind, Scenario, SchedulerArgs, StartupArgs, System};
 use figures::{Figures, Runs, medians, out};
+use scenarios::bulk_insert::bulk_insert;
+use scenarios::connections::connections;
 use scenarios::drain::drain;
 use scenarios::lateness::lateness;
+use scenarios::prune::prune;
 use scenarios::registrations::registrations;
 use scenarios::scheduler::scheduler;
 use scenarios::startup::{release_binary, startup, startup_database, target_dir};
@@ -113,6 +124,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Scenario::Startup(a) => drop(run_startup(&a, runs).await?),
         Scenario::Registrations(a) => drop(repeat("registrations", runs, || registrations(&a)).await?),
+        Scenario::BulkInsert(a) => drop(repeat("bulk_insert", runs, || bulk_insert(&a)).await?),
+        Scenario::Prune(a) => drop(repeat("prune", runs, || prune(&a)).await?),
+        Scenario::Connections(a) => drop(repeat("connections", runs, || connections(&a)).await?),
         Scenario::Report(a) => report::run(&a, runs).await?,
         Scenario::All(all) => {
             let l = LatenessArgs {
@@ -137,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 settle_secs: 3.0,
                 idle_secs: 10.0,
                 baseline: false,
+                scrapes: 200,
             };
             let results = [
                 ("lateness", repeat("lateness", runs, || lateness(&l)).await?),

@@ -1,26 +1,32 @@
 //! `bench report`: every scenario of issue 7, callwarden and the baseline
-//! side by side, each run `--runs` times, written as BENCHMARKS.md to stdout.
+//! side by side, and those of issue 12 (hardening: `hardening`), each run
+//! `--runs` times, written as BENCHMARKS.md to stdout.
 //! Every figure in the output comes from this run; the only fixed text is
 //! the targets, the explanations, and the hand-written notes file appended
 //! verbatim at the end.
 
+mod hardening;
+mod machine;
+mod table;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use clap::Args;
 
 use crate::args::{DrainArgs, LatenessArgs, ProviderKind, RegistrationsArgs, StartupArgs, System};
-use crate::figures::{PRINT_TO_STDERR, Runs};
+use crate::figures::PRINT_TO_STDERR;
 use crate::rig::BASELINE_RATE;
 use crate::scenarios::api_load::api_load;
 use crate::scenarios::drain::drain;
 use crate::scenarios::lateness::lateness;
 use crate::scenarios::registrations::{SQL_INSERT, registrations};
-use crate::scenarios::startup::target_dir;
 use crate::{repeat, run_startup};
+use hardening::Hardening;
+use machine::{busiest_processes, machine_table};
+use table::{Check, all_figures, row, thousands};
 
 #[derive(Args, Clone)]
 pub(crate) struct ReportArgs {
@@ -45,6 +51,7 @@ struct Plan {
     registrations: RegistrationsArgs,
     api_seconds: u64,
     startup: StartupArgs,
+    hardening: Hardening,
 }
 
 impl Plan {
@@ -82,7 +89,9 @@ impl Plan {
                 settle_secs: if a.quick { 1.0 } else { 3.0 },
                 idle_secs: if a.quick { 3.0 } else { 10.0 },
                 baseline: true,
+                scrapes: if a.quick { 50 } else { 200 },
             },
+            hardening: Hardening::new(a.quick, a.cache_dir.clone()),
         }
     }
 }
@@ -112,6 +121,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     let sql_runs = repeat("registrations (SQL)", runs, || registrations(&plan.registrations)).await?;
     let api_runs = api_load(plan.api_seconds, runs)?;
     let startup_runs = run_startup(&plan.startup, runs).await?;
+    let hard_runs = plan.hardening.run(runs).await?;
     let busy_after = busiest_processes();
     let finished = Utc::now();
 
@@ -153,7 +163,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     );
 
     // ---- the targets ------------------------------------------------------------
-    let _ = writeln!(w, "## Targets (issue 7) and the baseline\n");
+    let _ = writeln!(w, "## Targets (issues 7 and 12) and the baseline\n");
     let _ = writeln!(
         w,
         "\"Ratio\" is baseline ÷ callwarden. Each \"runs\" cell lists callwarden's value in every run.\n"
@@ -264,6 +274,26 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     );
     row(
         w,
+        "signed TRTC webhook events/s (`POST /webhooks/trtc`, 32 clients)",
+        "≥ 5,000/s".into(),
+        &api_runs,
+        "TRTC webhook events/s",
+        None,
+        "/s",
+        Some(Box::new(|v| v >= 5000.0)),
+    );
+    row(
+        w,
+        "webhook answer time p99 (32 clients)",
+        "".into(),
+        &api_runs,
+        "TRTC webhook events: latency p99",
+        None,
+        "ms",
+        None,
+    );
+    row(
+        w,
         "registrations/s through plain SQL, one row per transaction",
         "".into(),
         &sql_runs,
@@ -336,6 +366,19 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
         "%",
         None,
     );
+    for stat in ["p50", "p99"] {
+        row(
+            w,
+            &format!("`GET /metrics` answer time {stat} at {n} active sessions"),
+            "".into(),
+            &startup_runs,
+            &format!("GET /metrics: answer time {stat}"),
+            None,
+            "ms",
+            None,
+        );
+    }
+    plan.hardening.targets(w, &hard_runs);
     let _ = writeln!(w);
 
     // ---- commands ------------------------------------------------------------------
@@ -363,9 +406,10 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     let _ = writeln!(w, "api_load --seconds {} --runs {runs}", plan.api_seconds);
     let _ = writeln!(
         w,
-        "bench startup --sessions {} --settle-secs {} --idle-secs {} --baseline --runs {runs}",
-        st.sessions, st.settle_secs, st.idle_secs
+        "bench startup --sessions {} --settle-secs {} --idle-secs {} --baseline --scrapes {} --runs {runs}",
+        st.sessions, st.settle_secs, st.idle_secs, st.scrapes
     );
+    plan.hardening.commands(w, runs);
     let _ = writeln!(w, "```\n");
 
     // ---- every figure ----------------------------------------------------------------
@@ -418,10 +462,13 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
         w,
         "### Startup, memory and idle CPU\n\n`bench startup --sessions {} --baseline`: the release daemon \
          over a cached database of {n} active sessions (deadlines in 2099), then the baseline over the same \
-         file. Startup is spawn → the ready line on stderr.\n",
-        st.sessions
+         file. Startup is spawn → the ready line on stderr. Then the daemon is started once more over the \
+         same file, with `listen:`, and `/metrics` is scraped {} times in a row over one kept-alive \
+         connection (the first scrape is also shown on its own).\n",
+        st.sessions, st.scrapes
     );
     all_figures(w, &startup_runs);
+    plan.hardening.sections(w, &hard_runs, runs);
 
     // ---- notes ------------------------------------------------------------------------
     let notes_path = a
@@ -440,162 +487,4 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     }
     print!("{md}");
     Ok(())
-}
-
-type Check = Box<dyn Fn(f64) -> bool>;
-
-/// One row of the targets table.
-#[allow(clippy::too_many_arguments)]
-fn row(
-    w: &mut String,
-    label: &str,
-    target: String,
-    runs: &Runs,
-    name: &str,
-    baseline: Option<&str>,
-    unit: &str,
-    check: Option<Check>,
-) {
-    let Some(v) = runs.get(name) else {
-        let _ = writeln!(w, "| {label} | {target} | missing: {name} | | | | |");
-        return;
-    };
-    let each = runs.each(name);
-    let each_text = each.iter().map(|v| show(*v, unit)).collect::<Vec<_>>().join(", ");
-    let (b_text, ratio) = match baseline.and_then(|b| runs.get(b)) {
-        Some(b) => {
-            let ratio = if v != 0.0 { format!("{:.2}×", b / v) } else { "–".into() };
-            (show(b, unit), ratio)
-        }
-        None => (String::new(), String::new()),
-    };
-    let met = match check {
-        Some(c) => {
-            let ok = each.iter().filter(|x| c(**x)).count();
-            let median_ok = if c(v) { "**yes**" } else { "**no**" };
-            format!("{median_ok} (in {ok} of {} runs)", each.len())
-        }
-        None => String::new(),
-    };
-    let _ = writeln!(
-        w,
-        "| {label} | {target} | **{}** | {each_text} | {b_text} | {ratio} | {met} |",
-        show(v, unit)
-    );
-}
-
-fn all_figures(w: &mut String, runs: &Runs) {
-    let _ = writeln!(w, "| Figure | Median | Each run |\n|---|---|---|");
-    for (name, value, unit) in &runs.median.0 {
-        let each = runs.each(name).iter().map(|v| show(*v, unit)).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(w, "| {} | {} | {each} |", name.replace('|', "\\|"), show(*value, unit));
-    }
-    let _ = writeln!(w);
-}
-
-/// A value for a table: few significant digits, with its unit.
-fn show(v: f64, unit: &str) -> String {
-    let number = if v.abs() >= 1000.0 {
-        thousands(v)
-    } else if v.abs() >= 100.0 || v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    };
-    match unit {
-        "" => number,
-        "/s" => format!("{number}/s"),
-        "%" => format!("{number} %"),
-        u => format!("{number} {u}"),
-    }
-}
-
-fn thousands(v: f64) -> String {
-    let n = v.round() as i64;
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
-}
-
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn machine_table() -> Vec<(&'static str, String)> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim()))
-        .unwrap_or("unknown")
-        .to_string();
-    let mhz = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("cpu MHz").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim()))
-        .unwrap_or("?")
-        .to_string();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gb = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or("unknown".into(), |kb| format!("{:.1} GB", kb / 1024.0 / 1024.0));
-    let manifest = env!("CARGO_MANIFEST_DIR");
-    let commit = command_line("git", &["-C", manifest, "rev-parse", "--short", "HEAD"]);
-    let dirty = command_line("git", &["-C", manifest, "status", "--porcelain", "--untracked-files=no"]);
-    let dirty: Vec<&str> = dirty.lines().filter(|l| !l.ends_with("BENCHMARKS.md")).collect();
-    let source = if dirty.is_empty() || dirty == ["unknown"] {
-        format!("commit `{commit}`")
-    } else {
-        format!("commit `{commit}` plus uncommitted changes to {}", dirty.join(", "))
-    };
-    let fs = command_line("df", &["--output=fstype,source", &target_dir().display().to_string()]);
-    vec![
-        ("CPU", format!("{nproc} × {model} ({mhz} MHz); `nproc` = {nproc}")),
-        ("memory", mem_gb),
-        (
-            "disk (target dir)",
-            fs.lines().nth(1).unwrap_or("unknown").split_whitespace().collect::<Vec<_>>().join(" on "),
-        ),
-        ("kernel", command_line("uname", &["-r"])),
-        ("rustc", command_line("rustc", &["-V"])),
-        ("build", "release profile (`lto = true`, `codegen-units = 1`)".into()),
-        ("source", source),
-    ]
-}
-
-/// The processes using the most CPU right now, from `ps` (not counting this one).
-fn busiest_processes() -> String {
-    let me = std::process::id().to_string();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    let ps = command_line("ps", &["-eo", "pid=,pcpu=,comm=", "--sort=-pcpu"]);
-    let top: Vec<String> = ps
-        .lines()
-        .filter(|l| l.split_whitespace().next() != Some(me.as_str()))
-        .take(3)
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let (_, cpu, comm) = (it.next()?, it.next()?, it.next()?);
-            Some(format!("`{comm}` {cpu} %"))
-        })
-        .collect();
-    format!("load average {}; {}", load.join(" "), top.join(", "))
 }

@@ -89,8 +89,20 @@ pub(crate) fn write_config(
     rate: u32,
     provider: ProviderKind,
 ) -> anyhow::Result<(PathBuf, Arc<Config>)> {
+    write_config_with(dir, db, endpoint, rate, provider, "")
+}
+
+/// [`write_config`] with `extra` top-level YAML appended (`listen:`, `retention:`).
+pub(crate) fn write_config_with(
+    dir: &Path,
+    db: &Path,
+    endpoint: &str,
+    rate: u32,
+    provider: ProviderKind,
+    extra: &str,
+) -> anyhow::Result<(PathBuf, Arc<Config>)> {
     let path = dir.join("bench.yaml");
-    std::fs::write(&path, config_text(db, endpoint, rate, provider))?;
+    std::fs::write(&path, config_text(db, endpoint, rate, provider) + extra)?;
     let config = Config::load(&path).context("the bench config does not load")?;
     Ok((path, Arc::new(config)))
 }
@@ -213,20 +225,38 @@ pub(crate) struct Rig {
     pub(crate) tap: Tap,
     pub(crate) store: Store,
     pub(crate) config: Arc<Config>,
+    /// The config file, for a daemon started as its own process.
+    pub(crate) config_path: PathBuf,
     shutdown: CancellationToken,
 }
 
 impl Rig {
     pub(crate) async fn new(rate: u32, provider: ProviderKind) -> anyhow::Result<Rig> {
+        Rig::with(rate, provider, "", None).await
+    }
+
+    /// A rig whose config has `extra` YAML appended, and whose database
+    /// starts as a copy of `seed` (synced to disk before anything is
+    /// measured, so its writeback does not land in the run).
+    pub(crate) async fn with(
+        rate: u32,
+        provider: ProviderKind,
+        extra: &str,
+        seed: Option<&Path>,
+    ) -> anyhow::Result<Rig> {
         let dir = tempfile::tempdir()?;
         let shutdown = CancellationToken::new();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let sandbox = Sandbox::start(listener, SandboxOptions::default(), shutdown.clone()).await?;
         let tap = Tap::start(sandbox.addr, shutdown.clone()).await?;
         let db = dir.path().join("callwarden.db");
-        let (_, config) = write_config(dir.path(), &db, &tap.url(), rate, provider)?;
+        if let Some(seed) = seed {
+            std::fs::copy(seed, &db).with_context(|| format!("cannot copy {}", seed.display()))?;
+            std::fs::File::open(&db)?.sync_all()?;
+        }
+        let (config_path, config) = write_config_with(dir.path(), &db, &tap.url(), rate, provider, extra)?;
         let store = Store::open(&config.database).await?;
-        Ok(Rig { dir, sandbox, tap, store, config, shutdown })
+        Ok(Rig { dir, sandbox, tap, store, config, config_path, shutdown })
     }
 
     pub(crate) fn start_daemon(
@@ -327,14 +357,36 @@ pub(crate) fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// How late each room's first call reached the tap (µs after its deadline),
+/// for the rooms in `deadline_of_room` that were called.
+pub(crate) fn tap_lateness(tap: &Tap, deadline_of_room: &HashMap<String, Instant>) -> HashMap<String, i64> {
+    let mut out = HashMap::new();
+    for s in tap.seen() {
+        if let Some(deadline) = deadline_of_room.get(&s.room) {
+            out.entry(s.room).or_insert_with(|| crate::figures::micros_after(s.at, *deadline));
+        }
+    }
+    out
+}
+
 /// The first answer recorded for each session (enforced, already_ended, retry
 /// or failed), keyed by session id.
 pub(crate) async fn first_answers(
     store: &Store,
 ) -> anyhow::Result<HashMap<String, callwarden::domain::audit::AuditRecord>> {
+    first_answers_since(store, None).await
+}
+
+/// [`first_answers`] among the audit rows written from `since` on (a
+/// database with a large history need not be read whole).
+pub(crate) async fn first_answers_since(
+    store: &Store,
+    since: Option<Instant>,
+) -> anyhow::Result<HashMap<String, callwarden::domain::audit::AuditRecord>> {
     let rows = store
         .audit(&AuditFilter {
             events: vec!["enforced".into(), "already_ended".into(), "retry".into(), "failed".into()],
+            since,
             ..AuditFilter::default()
         })
         .await?;

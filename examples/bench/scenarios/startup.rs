@@ -15,9 +15,10 @@ use callwarden::store::Store;
 
 use crate::args::{ProviderKind, StartupArgs};
 use crate::clk_tck::clock_ticks_per_second;
+use crate::daemon_process::DaemonProcess;
 use crate::figures::Figures;
 use crate::monitors::{cpu_ticks, mb, proc_memory_kb};
-use crate::rig::{dismiss, sibling_binary, write_config};
+use crate::rig::{dismiss, sibling_binary, write_config, write_config_with};
 
 pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"))
@@ -197,5 +198,39 @@ pub(crate) async fn startup(args: &StartupArgs, binary: &Path, db: &Path) -> any
         f.add("baseline: VmHWM at the end of the idle window", mb(b.hwm_end_kb), "MB");
         f.add(format!("baseline: idle CPU over {:.0} s (% of one core)", b.idle_wall), b.cpu_pct, "%");
     }
+    metrics_scrapes(args, db, &mut f).await?;
     Ok(f)
+}
+
+/// `/metrics` scraped `--scrapes` times, one after another over one
+/// kept-alive connection as Prometheus does, from a second start of the
+/// daemon over the same database (with `listen:`, as its own process).
+async fn metrics_scrapes(args: &StartupArgs, db: &Path, f: &mut Figures) -> anyhow::Result<()> {
+    if args.scrapes == 0 {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let listen = "listen: 127.0.0.1:0\n";
+    let (config_path, _) =
+        write_config_with(dir.path(), db, "http://127.0.0.1:9", 19, ProviderKind::Trtc, listen)?;
+    let daemon = DaemonProcess::start(&config_path, dir.path()).await?;
+    let url = format!("http://{}/metrics", daemon.http_addr().await?);
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let (mut us, mut bytes) = (Vec::with_capacity(args.scrapes), 0);
+    for _ in 0..args.scrapes {
+        let started = StdInstant::now();
+        let body = client.get(&url).send().await?.error_for_status()?.bytes().await?;
+        us.push(started.elapsed().as_micros() as i64);
+        bytes = body.len();
+    }
+    let stopped = daemon.stop().await?;
+    stopped.save_log("metrics");
+    let first = us.first().copied().unwrap_or(0);
+    us.sort_unstable();
+    f.add("GET /metrics: scrapes", us.len() as f64, "");
+    f.add("GET /metrics: body size", bytes as f64, "bytes");
+    f.add("GET /metrics: first scrape", first as f64 / 1000.0, "ms");
+    f.add_dist_us("GET /metrics: answer time", &us);
+    f.add("GET /metrics: daemon warnings and errors logged", stopped.warnings() as f64, "");
+    Ok(())
 }

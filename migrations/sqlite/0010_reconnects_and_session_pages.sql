@@ -9,3 +9,10 @@ CREATE INDEX sessions_room_cancelled ON sessions (room_id, room_kind, updated_at
 -- without a state filter too: an index in that order, so no page sorts the
 -- whole table. (With a state filter, sessions_state serves.)
 CREATE INDEX sessions_by_deadline ON sessions (deadline, created_at, id);
+
+-- Retention deletes settled sessions by age. Through sessions_state each
+-- chunk walked every settled session it keeps (by deadline) to find old
+-- ones; this index finds the oldest first, so a chunk reads only what it
+-- deletes.
+CREATE INDEX sessions_settled ON sessions (updated_at)
+    WHERE state IN ('enforced', 'already_ended', 'failed', 'cancelled', 'shadowed', 'expired');

@@ -45,7 +45,23 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rows deleted per transaction when pruning (retention): a few
 /// milliseconds of the writer each, so claims and outcomes between chunks
 /// wait no longer than that.
-pub(crate) const PRUNE_CHUNK: u32 = 1000;
+pub(crate) const PRUNE_CHUNK: u32 = 250;
+/// How long one chunk of a prune should hold the writer.
+pub(crate) const PRUNE_CHUNK_TIME: Duration = Duration::from_millis(20);
+
+/// The next chunk's size after one of `size` rows took `took`: halved when
+/// it held the writer well past [`PRUNE_CHUNK_TIME`], grown by half when
+/// well under; between 16 and 4,096 rows.
+fn next_chunk_size(size: u32, took: Duration) -> u32 {
+    let next = if took > PRUNE_CHUNK_TIME + PRUNE_CHUNK_TIME / 4 {
+        size / 2
+    } else if took < PRUNE_CHUNK_TIME / 2 {
+        size + size / 2
+    } else {
+        size
+    };
+    next.clamp(16, 4096)
+}
 /// How often opening is retried while another process creates the database
 /// (see `open`): 100 ms, 200 ms, ... about 5.5 s in all.
 const OPEN_RETRIES: u32 = 10;
@@ -213,21 +229,27 @@ impl SqliteStore {
         self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
-    /// Runs a `DELETE` of at most [`PRUNE_CHUNK`] rows again and again, each
-    /// its own transaction (the chunk size is bound last, after what `chunk`
-    /// binds), yielding between chunks so other writers get the writer, until
-    /// a chunk comes back short. Returns how many rows were deleted in all.
+    /// Runs a `DELETE` of a chunk of rows again and again, each its own
+    /// transaction (the chunk size is bound last, after what `chunk` binds),
+    /// yielding between chunks so other writers get the writer, until a
+    /// chunk comes back short. The chunk starts at [`PRUNE_CHUNK`] rows and
+    /// adapts so that each holds the writer about [`PRUNE_CHUNK_TIME`]:
+    /// sessions (many indexes, triggers) cost several times what audit rows
+    /// do, and machines differ. Returns how many rows were deleted in all.
     pub(super) async fn delete_in_chunks<F>(&self, chunk: F) -> Result<u64, StoreError>
     where
         F: Fn() -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'static>>,
     {
         let mut total = 0;
+        let mut size = PRUNE_CHUNK;
         loop {
-            let done = chunk().bind(PRUNE_CHUNK).execute(&self.writer).await?.rows_affected();
+            let started = std::time::Instant::now();
+            let done = chunk().bind(size).execute(&self.writer).await?.rows_affected();
             total += done;
-            if done < u64::from(PRUNE_CHUNK) {
+            if done < u64::from(size) {
                 return Ok(total);
             }
+            size = next_chunk_size(size, started.elapsed());
             tokio::task::yield_now().await;
         }
     }
@@ -369,5 +391,19 @@ impl DataVersionWatcher {
         let changed = v != self.version;
         self.version = v;
         Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prune_chunk_grows_when_quick_and_shrinks_when_it_holds_the_writer_long() {
+        assert_eq!(next_chunk_size(250, Duration::from_millis(2)), 375);
+        assert_eq!(next_chunk_size(250, Duration::from_millis(20)), 250);
+        assert_eq!(next_chunk_size(250, Duration::from_millis(80)), 125);
+        assert_eq!(next_chunk_size(16, Duration::from_secs(1)), 16);
+        assert_eq!(next_chunk_size(4096, Duration::ZERO), 4096);
     }
 }

@@ -215,19 +215,27 @@ impl SqliteStore {
         if let Some(previous) = self.audit_checkpoint().await? {
             self.delete_audit_through(previous.last_id).await?;
         }
+        // The newest row old enough (straight from the end of the `at`
+        // index: rows are appended in time order), then how many rows lead
+        // up to it. A count correlated with every old row, as this was, is
+        // quadratic in the backlog.
         let last = sqlx::query(
-            "SELECT id, hash, (SELECT count(*) FROM audit_log b WHERE b.id <= a.id) AS n \
-             FROM audit_log a WHERE at < ? AND hash IS NOT NULL ORDER BY id DESC LIMIT 1",
+            "SELECT id, hash FROM audit_log WHERE at < ? AND hash IS NOT NULL ORDER BY at DESC, id DESC LIMIT 1",
         )
         .bind(before.to_string())
         .fetch_optional(&self.readers)
         .await?;
         let Some(last) = last else { return Ok(None) };
+        let last_id: i64 = last.try_get("id")?;
+        let rows_pruned: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE id <= ?")
+            .bind(last_id)
+            .fetch_one(&self.readers)
+            .await?;
         let mut checkpoint = Checkpoint {
             at: now.to_string(),
-            last_id: last.try_get("id")?,
+            last_id,
             last_hash: last.try_get::<Option<String>, _>("hash")?.unwrap_or_default(),
-            rows_pruned: last.try_get("n")?,
+            rows_pruned,
             signature: None,
         };
         checkpoint.signature = sign(&checkpoint);

@@ -276,9 +276,9 @@ impl SqliteStore {
         let total = self
             .delete_in_chunks(|| {
                 sqlx::query(
-                    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions INDEXED BY sessions_state \
+                    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions INDEXED BY sessions_settled \
                      WHERE state IN ('enforced', 'already_ended', 'failed', 'cancelled', 'shadowed', 'expired') \
-                     AND updated_at < ? LIMIT ?)",
+                     AND updated_at < ? ORDER BY updated_at LIMIT ?)",
                 )
                 .bind(before.clone())
             })

@@ -198,6 +198,8 @@ impl AcsClient {
         let request = self.http.get(format!("{}{pq}", self.base)).timeout(self.timeout);
         let request = match self.authorize(request, "GET", &pq, b"").await {
             Ok(r) => r,
+            // No token yet (Entra unreachable) is no verdict on the credentials.
+            Err(Classified::Retryable { message, .. }) => return Probe::Unreachable(message),
             Err(c) => return Probe::Refused(c.message().unwrap_or_default().to_string()),
         };
         let response = match request.send().await {

@@ -65,9 +65,17 @@ async fn a_refused_client_fails_the_session_with_entras_reason_and_never_shows_t
 
 #[tokio::test]
 async fn a_token_endpoint_that_fails_is_retried() {
-    let h =
-        Harness::with_config(|db, url| entra_config(db, url, &client_secret(SANDBOX_ENTRA_CLIENT_SECRET)))
-            .await;
+    // Tokens that live 2 s, renewed after 1 s.
+    let sandbox = Sandbox::start_with(&["--entra-token-lifetime", "2s"]);
+    let h = Harness::with_sandbox(sandbox, |db, url| {
+        entra_config(db, url, &client_secret(SANDBOX_ENTRA_CLIENT_SECRET))
+    })
+    .await;
+    let daemon = h.start_daemon().await;
+    // The start-up probe fetched the first token; once it is due for
+    // renewal, the token endpoint fails twice.
+    wait_until("the start-up probe", SHORT, || async { daemon.logs().contains("ACS answers") }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     h.sandbox
         .inject(Fault {
             action: Some("EntraToken".into()),
@@ -76,7 +84,6 @@ async fn a_token_endpoint_that_fails_is_retried() {
             ..Fault::default()
         })
         .await;
-    let _daemon = h.start_daemon().await;
     let id = h.start_acs_session("acs-consultation", "entra-flaky", &[], Some("1s")).await.remove(0);
     let row = h.wait_for_state(&id, "enforced", SHORT).await;
     assert_eq!(row.attempts, 3, "{row:#?}");

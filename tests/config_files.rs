@@ -20,7 +20,6 @@ fn check(path: &Path) -> Output {
         .env("CALLWARDEN_CHECKPOINT_KEY", "example-checkpoint-key")
         .env("ACS_CALLBACK_SECRET", "example-acs-callback-secret")
         .env("CALLWARDEN_NOTIFY_SECRET", "example-notify-secret")
-        .env("ACS_IMMUTABLE_RESOURCE_ID", "6d0e3c46-2f5a-4b6e-9d1f-0b8c3a7e5f21")
         .output()
         .expect("the binary runs")
 }

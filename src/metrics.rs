@@ -27,6 +27,8 @@ pub const SESSIONS: &str = "callwarden_sessions";
 pub const CONFIG_RELOADS: &str = "callwarden_config_reloads_total";
 pub const NOTIFICATIONS: &str = "callwarden_notifications_total";
 pub const STORE_ERRORS: &str = "callwarden_store_errors_total";
+/// How long write transactions waited for the database's write lock.
+pub const STORE_LOCK_WAIT_SECONDS: &str = "callwarden_store_lock_wait_seconds";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -74,6 +76,10 @@ fn describe() {
         RATE_LIMIT_WAIT_SECONDS,
         "Time a call waited for its provider action's rate limit"
     );
+    metrics::describe_histogram!(
+        STORE_LOCK_WAIT_SECONDS,
+        "Time a write transaction waited for the database's write lock (another program writing)"
+    );
     metrics::describe_counter!(WEBHOOK_REQUESTS, "Webhook requests by source and result");
     metrics::describe_counter!(ACS_JWT_KEYS, "Fetches of ACS's callback signing keys by result");
     metrics::describe_counter!(ACS_RELAYS, "ACS callbacks relayed to the application by result");
@@ -114,6 +120,10 @@ pub fn provider_answer(
     .increment(1);
     metrics::histogram!(PROVIDER_CALL_SECONDS, &labels).record(latency.as_secs_f64());
     metrics::histogram!(LATENESS_SECONDS, &labels).record(lateness_ms.max(0) as f64 / 1000.0);
+}
+
+pub fn store_lock_wait(waited: Duration) {
+    metrics::histogram!(STORE_LOCK_WAIT_SECONDS).record(waited.as_secs_f64());
 }
 
 pub fn rate_limit_wait(provider: &str, action: &str, waited: Duration) {

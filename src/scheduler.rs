@@ -10,8 +10,9 @@
 //! the provider and, if missing, the deadline from the policy, or rejects the
 //! row with the reason.
 //!
-//! Sessions are claimed [`CLAIM_LEAD`] before their deadline, so that the
-//! claim and the attempt record are committed by the time the deadline comes;
+//! Sessions are claimed [`CLAIM_LEAD`] before their deadline (more while the
+//! database's write lock is contended: [`claim_lead`]), so that the claim
+//! and the attempt record are committed by the time the deadline comes;
 //! enforcement then holds each call until its deadline has passed by the
 //! injected clock. Invariant: no provider call leaves before its deadline.
 
@@ -30,13 +31,16 @@ use crate::policy::adoption::adoption;
 use crate::store::health::StoreRetry;
 use crate::store::{ChangeWatcher, Store, StoreError};
 
-/// How long before its deadline a session is claimed. Covers the database
-/// work between claiming and sending (two synced commits), with room for a
-/// slow or stalled disk, so the call still leaves on time; calls are held
-/// until their deadline anyway. With [`CLAIM_WINDOW`], a session is claimed
-/// up to 300 ms early, and a CLI or API `end` in that time is refused as
-/// already enforcing.
+/// How long before its deadline a session is claimed, at least. Covers the
+/// database work between claiming and sending (two synced commits), with
+/// room for a slow or stalled disk, so the call still leaves on time; calls
+/// are held until their deadline anyway. With [`CLAIM_WINDOW`], a session is
+/// claimed up to 300 ms early, and a CLI or API `end` in that time is
+/// refused as already enforcing. While writes wait long for the database's
+/// lock, the lead grows (see [`claim_lead`]).
 pub const CLAIM_LEAD: Duration = Duration::from_millis(200);
+/// The longest lead [`claim_lead`] takes.
+pub const MAX_CLAIM_LEAD: Duration = Duration::from_secs(2);
 /// When the scheduler wakes to claim, it also takes what falls due within
 /// this much more, so a steady stream of deadlines is claimed in batches
 /// rather than one commit per deadline.
@@ -51,6 +55,17 @@ pub const CLAIM_BATCH: u32 = 1024;
 pub const ADOPT_BATCH: u32 = 256;
 /// How often another connection's commits are looked for.
 pub const CHANGE_POLL: Duration = Duration::from_millis(50);
+
+/// How long before its deadline a session is claimed, given the longest
+/// recent wait for the database's write lock: [`CLAIM_LEAD`], or three such
+/// waits when that is longer (the claim and the attempt record each may
+/// wait once, and one more for margin), up to [`MAX_CLAIM_LEAD`]. Another
+/// program that inserts rows in a tight loop (a bulk import) makes each of
+/// the daemon's writes wait up to one of its transactions; claiming earlier
+/// keeps the calls on time, and they are still held until their deadline.
+pub fn claim_lead(recent_lock_wait: Duration) -> Duration {
+    recent_lock_wait.saturating_mul(3).clamp(CLAIM_LEAD, MAX_CLAIM_LEAD)
+}
 
 /// Sessions the scheduler claimed, with the in-flight permits they hold.
 #[derive(Debug)]
@@ -107,48 +122,47 @@ impl Scheduler {
         }
     }
 
-    /// One step: adopt new rows, then either claim what is due or sleep (at
-    /// most `max_sleep`, so the watchdog hears from the loop in time). Only
-    /// the sleep is ever cut short, never a database step.
+    /// One step: claim what is due, adopt a slice of new rows, and sleep if
+    /// there was neither (at most `max_sleep`, so the watchdog hears from
+    /// the loop in time). Claims go first: under a bulk insert each write
+    /// waits for the lock, and a due session must not wait behind a slice
+    /// of adoption too. Only a sleep is ever cut short, never a database
+    /// step.
     async fn turn(
         &self,
         shutdown: &CancellationToken,
         max_sleep: Option<Duration>,
     ) -> Result<(), StoreError> {
-        let nap = async {
+        let nap = || async move {
             match max_sleep {
                 Some(d) => tokio::time::sleep(d).await,
                 None => std::future::pending().await,
             }
         };
-        let more_to_adopt = self.adopt_new_rows().await?;
+        let lead = claim_lead(self.store.lock_waits().recent());
         let next = self.store.next_deadline().await?;
         let now = self.clock.now();
-        match next {
-            Some(deadline) if deadline <= now.saturating_add(CLAIM_LEAD) => {
-                self.claim(now.saturating_add(CLAIM_LEAD + CLAIM_WINDOW), shutdown, nap).await
-            }
-            // Nothing due: straight on to the next slice of rows.
-            _ if more_to_adopt => Ok(()),
-            Some(deadline) => {
-                let wake = deadline.saturating_sub(CLAIM_LEAD);
-                tokio::select! {
-                    () = self.clock.sleep_until(wake) => {}
-                    () = self.changed.notified() => {}
-                    () = shutdown.cancelled() => {}
-                    () = nap => {}
-                }
-                Ok(())
-            }
-            None => {
-                tokio::select! {
-                    () = self.changed.notified() => {}
-                    () = shutdown.cancelled() => {}
-                    () = nap => {}
-                }
-                Ok(())
-            }
+        let due = next.is_some_and(|deadline| deadline <= now.saturating_add(lead));
+        if due {
+            self.claim(now.saturating_add(lead + CLAIM_WINDOW), shutdown, nap()).await?;
         }
+        let more_to_adopt = self.adopt_new_rows().await?;
+        if due || more_to_adopt {
+            return Ok(());
+        }
+        let wake = async {
+            match next {
+                Some(deadline) => self.clock.sleep_until(deadline.saturating_sub(lead)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = wake => {}
+            () = self.changed.notified() => {}
+            () = shutdown.cancelled() => {}
+            () = nap() => {}
+        }
+        Ok(())
     }
 
     /// Claims sessions due by `horizon`.
@@ -298,5 +312,20 @@ pub async fn watch_changes(mut watcher: ChangeWatcher, changed: Arc<Notify>, shu
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the database's change counter"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_claim_lead_grows_with_recent_lock_waits_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(claim_lead(Duration::ZERO), CLAIM_LEAD);
+        assert_eq!(claim_lead(ms(50)), CLAIM_LEAD, "three short waits fit in the usual lead");
+        assert_eq!(claim_lead(ms(120)), ms(360));
+        assert_eq!(claim_lead(Duration::from_secs(5)), MAX_CLAIM_LEAD);
+        assert_eq!(claim_lead(Duration::MAX), MAX_CLAIM_LEAD);
     }
 }

@@ -58,6 +58,7 @@ mod store_conformance {
 
     mod audit;
     mod budgets;
+    mod contention;
     mod handle;
     mod outbox;
     mod presence;

@@ -25,6 +25,7 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use super::StoreError;
 use super::health::StoreHealth;
+use super::lock_waits::LockWaits;
 use crate::domain::session::{Repeatability, Session, SessionRecord};
 use crate::domain::{DomainError, Instant, Room, RoomKind, UserId};
 
@@ -37,7 +38,12 @@ mod sessions;
 
 pub use audit_log::audit_record;
 
+/// How long a connection waits for a lock another connection holds before
+/// the statement fails with "database is locked".
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the writer tries again for the write lock (see
+/// [`SqliteStore::write_tx`]).
+pub const LOCK_RETRY: Duration = Duration::from_millis(1);
 /// The longest wait for a pooled connection: a third of the unit's
 /// `WatchdogSec` (30 s), so a slow database step is retried and logged well
 /// before the watchdog would take the daemon for wedged.
@@ -84,6 +90,8 @@ pub struct SqliteStore {
     readers: SqlitePool,
     /// Whether the daemon's database steps are failing right now.
     pub(super) health: Arc<StoreHealth>,
+    /// How long [`SqliteStore::write_tx`] waited for the lock lately.
+    pub(super) lock_waits: Arc<LockWaits>,
 }
 
 impl StoreError {
@@ -166,12 +174,22 @@ impl SqliteStore {
                     Ok(true)
                 })
             })
-            .connect_with(Self::options(path))
+            .connect_with(Self::options(path).busy_timeout(Duration::ZERO))
             .await
             .map_err(open_err)?;
-        if let Err(source) = MIGRATOR.run(&writer).await {
+        // Migrations take locks of their own; they wait in SQLite's busy
+        // handler, on a connection of their own.
+        let migrated = match SqliteConnection::connect_with(&Self::options(path)).await {
+            Ok(mut conn) => {
+                let result = MIGRATOR.run(&mut conn).await;
+                let _ = conn.close().await;
+                result.map_err(|source| StoreError::Migrate { path: path.to_path_buf(), source })
+            }
+            Err(source) => Err(open_err(source)),
+        };
+        if let Err(e) = migrated {
             writer.close().await;
-            return Err(StoreError::Migrate { path: path.to_path_buf(), source });
+            return Err(e);
         }
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
@@ -179,7 +197,13 @@ impl SqliteStore {
             .connect_with(Self::options(path))
             .await
             .map_err(open_err)?;
-        Ok(SqliteStore { path: path.to_path_buf(), writer, readers, health: Default::default() })
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer,
+            readers,
+            health: Default::default(),
+            lock_waits: Default::default(),
+        })
     }
 
     /// Opens an existing database without migrating it; see
@@ -196,7 +220,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
+            .connect_with(options.clone().busy_timeout(Duration::ZERO))
             .await
             .map_err(open_err)?;
         let found: i64 = sqlx::query_scalar(
@@ -218,15 +242,57 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(open_err)?;
-        Ok(SqliteStore { path: path.to_path_buf(), writer, readers, health: Default::default() })
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer,
+            readers,
+            health: Default::default(),
+            lock_waits: Default::default(),
+        })
     }
 
     /// A write transaction on the writer, holding SQLite's write lock from
     /// its first statement (`BEGIN IMMEDIATE`): one that read first and
     /// wrote later could fail with SQLITE_BUSY_SNAPSHOT when the CLI or an
     /// app committed in between, which no busy timeout waits out.
+    ///
+    /// The writer connection has no busy timeout: a refused `BEGIN
+    /// IMMEDIATE` is tried again here every [`LOCK_RETRY`], up to
+    /// [`BUSY_TIMEOUT`]. SQLite's own busy handler sleeps 25 to 100 ms
+    /// between tries once a wait passes 50 ms, and SQLite's lock is not
+    /// fair: against another program that commits in a tight loop (a bulk
+    /// insert), a try lands in the moment between two of its transactions
+    /// so rarely that the daemon waited many seconds. Trying every
+    /// millisecond, it waits about one of the other program's
+    /// transactions. Each wait is recorded in [`LockWaits`].
     pub(super) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await
+        let started = std::time::Instant::now();
+        loop {
+            match self.writer.begin_with("BEGIN IMMEDIATE").await {
+                Ok(tx) => {
+                    let waited = started.elapsed();
+                    self.lock_waits.record(waited);
+                    crate::metrics::store_lock_wait(waited);
+                    return Ok(tx);
+                }
+                Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+                    tokio::time::sleep(LOCK_RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs one statement as a write transaction of its own (see
+    /// [`SqliteStore::write_tx`]).
+    pub(super) async fn write_one<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error> {
+        let mut tx = self.write_tx().await?;
+        let done = query.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Runs a `DELETE` of a chunk of rows again and again, each its own
@@ -244,7 +310,7 @@ impl SqliteStore {
         let mut size = PRUNE_CHUNK;
         loop {
             let started = std::time::Instant::now();
-            let done = chunk().bind(size).execute(&self.writer).await?.rows_affected();
+            let done = self.write_one(chunk().bind(size)).await?.rows_affected();
             total += done;
             if done < u64::from(size) {
                 return Ok(total);
@@ -269,6 +335,13 @@ impl SqliteStore {
         let version = data_version(&mut conn).await?;
         Ok(DataVersionWatcher { conn, version })
     }
+}
+
+/// SQLITE_BUSY, or one of its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT,
+/// BUSY_TIMEOUT): another connection holds a lock this one needs.
+fn is_busy(e: &sqlx::Error) -> bool {
+    let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i32>().ok());
+    code.is_some_and(|c| c & 0xff == 5)
 }
 
 /// The one daemon's hold on a database: an exclusive `flock` on

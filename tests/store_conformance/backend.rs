@@ -103,3 +103,91 @@ async fn sqlite_insert_plain_row(path: &Path, row: &PlainRow) -> String {
     conn.close().await.unwrap();
     row.id.to_string()
 }
+
+/// Another program writing to the database in a tight loop (a bulk import
+/// of plain-SQL rows: transactions of 500 rows, each synced, one after the
+/// other), on a thread of its own, until dropped.
+pub struct BusyWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BusyWriter {
+    /// How many transactions it committed so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops it.
+    pub fn finish(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for BusyWriter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Db {
+    /// Starts a [`BusyWriter`] and returns once its first transaction has
+    /// committed.
+    pub async fn busy_writer(&self) -> BusyWriter {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (started, first) = tokio::sync::oneshot::channel();
+        let path = match self.backend {
+            Backend::Sqlite => self.location.clone(),
+        };
+        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, count) = (std::sync::Arc::clone(&stop), std::sync::Arc::clone(&commits));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(sqlite_busy_writer(path, flag, count, started))
+        });
+        first.await.unwrap();
+        BusyWriter { stop, commits, thread: Some(thread) }
+    }
+}
+
+async fn sqlite_busy_writer(
+    path: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    started: tokio::sync::oneshot::Sender<()>,
+) {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+        .connect()
+        .await
+        .unwrap();
+    let mut started = Some(started);
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut tx = conn.begin().await.unwrap();
+        for _ in 0..500 {
+            n += 1;
+            // Rows of a policy the daemon does not know: they stay out of
+            // every query the tests make (never adopted here).
+            sqlx::query(
+                "INSERT INTO sessions (policy, room_id, room_kind) VALUES ('bulk-import', ?, 'numeric')",
+            )
+            .bind((1_000_000 + n).to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(s) = started.take() {
+            let _ = s.send(());
+        }
+    }
+}

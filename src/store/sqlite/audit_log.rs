@@ -166,13 +166,14 @@ impl SqliteStore {
             return Ok(None);
         }
         let head = sign(now.to_string(), id, hash);
-        sqlx::query("INSERT INTO audit_heads (at, last_id, last_hash, signature) VALUES (?, ?, ?, ?)")
-            .bind(&head.at)
-            .bind(head.last_id)
-            .bind(&head.last_hash)
-            .bind(&head.signature)
-            .execute(&self.writer)
-            .await?;
+        self.write_one(
+            sqlx::query("INSERT INTO audit_heads (at, last_id, last_hash, signature) VALUES (?, ?, ?, ?)")
+                .bind(&head.at)
+                .bind(head.last_id)
+                .bind(&head.last_hash)
+                .bind(&head.signature),
+        )
+        .await?;
         Ok(Some(head))
     }
 

@@ -77,10 +77,10 @@ impl SqliteStore {
     /// `notifications:` section is configured). Stored in the database so
     /// that outcomes recorded by the CLI are queued alike.
     pub(in crate::store) async fn set_outcome_notifications(&self, on: bool) -> Result<(), StoreError> {
-        sqlx::query("UPDATE notification_settings SET outcomes = ? WHERE id = 1")
-            .bind(i64::from(on))
-            .execute(&self.writer)
-            .await?;
+        self.write_one(
+            sqlx::query("UPDATE notification_settings SET outcomes = ? WHERE id = 1").bind(i64::from(on)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -174,12 +174,13 @@ impl SqliteStore {
         n: &Notification,
         now: Instant,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE notifications SET state = 'obsolete', updated_at = ? WHERE id = ? AND state = 'pending'",
+        self.write_one(
+            sqlx::query(
+                "UPDATE notifications SET state = 'obsolete', updated_at = ? WHERE id = ? AND state = 'pending'",
+            )
+            .bind(now.to_string())
+            .bind(n.id),
         )
-        .bind(now.to_string())
-        .bind(n.id)
-        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -192,14 +193,16 @@ impl SqliteStore {
         error: &str,
         now: Instant,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE notifications SET due_at = ?, last_error = ?, updated_at = ? WHERE id = ? AND state = 'pending'",
+        self.write_one(
+            sqlx::query(
+                "UPDATE notifications SET due_at = ?, last_error = ?, updated_at = ? \
+                 WHERE id = ? AND state = 'pending'",
+            )
+            .bind(at.to_string())
+            .bind(error)
+            .bind(now.to_string())
+            .bind(n.id),
         )
-        .bind(at.to_string())
-        .bind(error)
-        .bind(now.to_string())
-        .bind(n.id)
-        .execute(&self.writer)
         .await?;
         Ok(())
     }

@@ -125,17 +125,20 @@ impl SqliteStore {
         now: Instant,
         limit: u32,
     ) -> Result<Vec<Result<Session, (String, String)>>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "UPDATE sessions SET state = 'enforcing', updated_at = ? WHERE id IN ( \
                SELECT id FROM sessions INDEXED BY sessions_due \
                WHERE state = 'active' AND deadline <= ? AND provider IS NOT NULL \
                ORDER BY deadline LIMIT ?) RETURNING {SESSION_COLUMNS}"
-        ))
-        .bind(now.to_string())
-        .bind(horizon.to_string())
-        .bind(limit)
-        .fetch_all(&self.writer)
-        .await?;
+        );
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(&sql)
+            .bind(now.to_string())
+            .bind(horizon.to_string())
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             out.push(

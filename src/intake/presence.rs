@@ -84,19 +84,26 @@ pub async fn record_and_apply(intake: Intake<'_>, event: &PresenceEvent<'_>) -> 
         return Ok(0);
     }
     let at_ms = event.at.millis();
+    // What is recorded for the participant (or the room), and for the room:
+    // read once here, and handed on to the reconnect check.
+    let mut known: Vec<(&str, LastEvent)> = Vec::with_capacity(2);
+    let last = intake.store.last_event(event.provider, event.room, event.participant()).await?;
     // Seen cheaply here; the write checks again, for certain.
-    if seen(intake, event.provider, event.room, event.participant(), at_ms).await? {
+    if matches!(&last, Some((last, _)) if *last >= at_ms) {
         return Ok(0);
     }
+    known.push((event.participant(), last));
     // An entry older than the room's closing is stale: the participant left
     // with the room.
-    if let Presence::Entered(_) = event.presence
-        && call_closed_since(intake, event.provider, event.room, at_ms).await?
-    {
-        return Ok(0);
+    if let Presence::Entered(_) = event.presence {
+        let room_last = intake.store.last_event(event.provider, event.room, "").await?;
+        if matches!(&room_last, Some((closed_ms, last)) if last == "closed" && *closed_ms >= at_ms) {
+            return Ok(0);
+        }
+        known.push(("", room_last));
     }
     let now = intake.clock.now();
-    let (changes, _budgets) = changes_for(intake, std::slice::from_ref(event), now).await?;
+    let (changes, _budgets) = changes_for(intake, std::slice::from_ref(event), &known, now).await?;
     let mark = PresenceMark {
         provider: event.provider.to_string(),
         room: event.room.clone(),
@@ -170,7 +177,7 @@ pub async fn apply_roster(
         })
         .collect();
     let now = intake.clock.now();
-    let (changes, _budgets) = changes_for(intake, &events, now).await?;
+    let (changes, _budgets) = changes_for(intake, &events, &[], now).await?;
     let mark = PresenceMark {
         provider: provider.to_string(),
         room: room.clone(),
@@ -211,13 +218,19 @@ async fn call_closed_since(
     ))
 }
 
+/// What the presence table records last for a room or participant: when
+/// (milliseconds, or a roster's number) and what.
+type LastEvent = Option<(i64, String)>;
+
 /// What the policy decides for presence events of one room, as changes for
 /// the store; with the budget locks of the users whose entries spend a
 /// budget, to hold until the changes are stored (so two entries of one user
-/// at once cannot both spend the same remaining time).
+/// at once cannot both spend the same remaining time). `known`: last events
+/// the caller read already (by participant, `""` for the room).
 async fn changes_for(
     intake: Intake<'_>,
     events: &[PresenceEvent<'_>],
+    known: &[(&str, LastEvent)],
     now: Instant,
 ) -> Result<(Vec<PresenceChange>, Vec<OwnedMutexGuard<()>>), StoreError> {
     let config = intake.config.current();
@@ -263,6 +276,7 @@ async fn changes_for(
                     e.room,
                     (e.presence, e.at, e.cause),
                     &session,
+                    known,
                 )
                 .await?
                 {

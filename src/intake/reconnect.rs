@@ -41,17 +41,25 @@ pub struct Resumed {
 
 /// Whether an event in `room` (what it said, when, why), which is about to
 /// open `session`, is a reconnect, and if so the session it resumes.
+/// `known`: what the presence table records last for participants of the
+/// room (`""`: the room itself), where the caller read it already.
 pub async fn resumes(
     intake: Intake<'_>,
     provider: &str,
     room: &Room,
     (presence, at, cause): (&Presence, Instant, Cause),
     session: &NewSession,
+    known: &[(&str, Option<(i64, String)>)],
 ) -> Result<Option<Resumed>, StoreError> {
     let grace = intake.config.current().trtc_reconnect_grace;
     let user = session.user.as_ref().map(|u| u.as_str());
+    let key = user.unwrap_or("");
     // What the provider last said about this participant, or the room.
-    let Some((left_ms, left)) = intake.store.last_event(provider, room, user.unwrap_or("")).await? else {
+    let last = match known.iter().find(|(k, _)| *k == key) {
+        Some((_, last)) => last.clone(),
+        None => intake.store.last_event(provider, room, key).await?,
+    };
+    let Some((left_ms, left)) = last else {
         return Ok(None);
     };
     let reconnect = match (presence, user) {

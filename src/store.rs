@@ -27,6 +27,7 @@ use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
 
 mod group_commit;
 pub mod health;
+pub mod lock_waits;
 mod presence_writer;
 mod registrar;
 pub mod sqlite;
@@ -206,6 +207,13 @@ impl Store {
     pub fn health(&self) -> &Arc<health::StoreHealth> {
         match self {
             Store::Sqlite(s) => &s.health,
+        }
+    }
+
+    /// How long writes waited for the database's write lock lately.
+    pub fn lock_waits(&self) -> &Arc<lock_waits::LockWaits> {
+        match self {
+            Store::Sqlite(s) => &s.lock_waits,
         }
     }
 

@@ -53,6 +53,10 @@ pub const CLAIM_BATCH: u32 = 1024;
 /// of any size is adopted in slices of a few milliseconds of writer time,
 /// between which the scheduler claims what is due.
 pub const ADOPT_BATCH: u32 = 256;
+/// The shortest and the longest an adoption slice waits for the write lock
+/// (see [`Scheduler::turn`]): a slice close to a claim tries at least once,
+/// and one with nothing due waits as long as any other write would.
+pub const ADOPT_PATIENCE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(5));
 /// How often another connection's commits are looked for.
 pub const CHANGE_POLL: Duration = Duration::from_millis(50);
 
@@ -143,10 +147,20 @@ impl Scheduler {
         let next = self.store.next_deadline().await?;
         let now = self.clock.now();
         let due = next.is_some_and(|deadline| deadline <= now.saturating_add(lead));
-        if due {
-            self.claim(now.saturating_add(lead + CLAIM_WINDOW), shutdown, nap()).await?;
-        }
-        let more_to_adopt = self.adopt_new_rows().await?;
+        // Adoption waits for the write lock only until the next claim is
+        // due, so that a claim never waits behind a slice of adoption.
+        let patience = match next {
+            _ if due => {
+                self.claim(now.saturating_add(lead + CLAIM_WINDOW), shutdown, nap()).await?;
+                // Nothing more falls due within the window just claimed.
+                CLAIM_WINDOW
+            }
+            Some(deadline) => Duration::from_millis(
+                u64::try_from(deadline.saturating_sub(lead).millis_since(now)).unwrap_or(0),
+            ),
+            None => ADOPT_PATIENCE.1,
+        };
+        let more_to_adopt = self.adopt_new_rows(patience.clamp(ADOPT_PATIENCE.0, ADOPT_PATIENCE.1)).await?;
         if due || more_to_adopt {
             return Ok(());
         }
@@ -224,10 +238,11 @@ impl Scheduler {
     }
 
     /// Adopts one slice (up to [`ADOPT_BATCH`]) of the rows another program
-    /// inserted, in one transaction; returns whether there may be more. A row
-    /// the daemon cannot read (a BLOB where text belongs, text in a number
-    /// column) or cannot schedule is failed on its own, with the reason.
-    async fn adopt_new_rows(&self) -> Result<bool, StoreError> {
+    /// inserted, in one transaction, if the write lock comes within
+    /// `patience`; returns whether there may be more. A row the daemon
+    /// cannot read (a BLOB where text belongs, text in a number column) or
+    /// cannot schedule is failed on its own, with the reason.
+    async fn adopt_new_rows(&self, patience: Duration) -> Result<bool, StoreError> {
         let rows = self.store.unadopted(ADOPT_BATCH).await?;
         if rows.is_empty() {
             return Ok(false);
@@ -258,11 +273,16 @@ impl Scheduler {
                 }
             }
         }
-        let n = self.store.adopt_batch(&adopted, &rejected, now).await?;
-        if n > 0 {
-            tracing::info!(sessions = n, "adopted sessions inserted with SQL");
+        match self.store.adopt_batch(&adopted, &rejected, now, patience).await? {
+            // The lock stayed taken: the slice is tried again next turn.
+            None => Ok(true),
+            Some(n) => {
+                if n > 0 {
+                    tracing::info!(sessions = n, "adopted sessions inserted with SQL");
+                }
+                Ok(full)
+            }
         }
-        Ok(full)
     }
 }
 

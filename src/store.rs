@@ -335,8 +335,10 @@ operations! {
     /// Rows inserted with plain SQL that the daemon has not adopted yet; a
     /// row that cannot be read comes back as its id and the reason.
     fn unadopted(&self, limit: u32) -> Result<Vec<Result<SessionRecord, (String, String)>>, StoreError>;
-    /// Fills in adopted rows and fails rejected ones, in one transaction.
-    fn adopt_batch(&self, adopted: &[Adopted], rejected: &[(String, String)], now: Instant) -> Result<usize, StoreError>;
+    /// Fills in adopted rows and fails rejected ones, in one transaction,
+    /// if the database lets it write within `patience`; returns how many
+    /// were adopted, or `None` (nothing written) when it did not.
+    fn adopt_batch(&self, adopted: &[Adopted], rejected: &[(String, String)], now: Instant, patience: Duration) -> Result<Option<usize>, StoreError>;
     /// Fails one row that cannot be scheduled, with the reason.
     fn reject(&self, id: &str, reason: &str, now: Instant) -> Result<(), StoreError>;
     /// The earliest deadline of an active session.

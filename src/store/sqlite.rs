@@ -266,19 +266,28 @@ impl SqliteStore {
     /// millisecond, it waits about one of the other program's
     /// transactions. Each wait is recorded in [`LockWaits`].
     pub(super) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.write_tx_within(BUSY_TIMEOUT).await
+    }
+
+    /// [`SqliteStore::write_tx`], waiting at most `patience` for the lock;
+    /// after that, the error is SQLITE_BUSY ([`is_busy`]). A wait that ends
+    /// either way is recorded.
+    pub(super) async fn write_tx_within(
+        &self,
+        patience: Duration,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         let started = std::time::Instant::now();
         loop {
-            match self.writer.begin_with("BEGIN IMMEDIATE").await {
-                Ok(tx) => {
-                    let waited = started.elapsed();
+            let result = self.writer.begin_with("BEGIN IMMEDIATE").await;
+            let waited = started.elapsed();
+            match result {
+                Err(e) if is_busy(&e) && waited < patience => tokio::time::sleep(LOCK_RETRY).await,
+                Err(e) if !is_busy(&e) => return Err(e),
+                result => {
                     self.lock_waits.record(waited);
                     crate::metrics::store_lock_wait(waited);
-                    return Ok(tx);
+                    return result;
                 }
-                Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
-                    tokio::time::sleep(LOCK_RETRY).await;
-                }
-                Err(e) => return Err(e),
             }
         }
     }
@@ -339,7 +348,7 @@ impl SqliteStore {
 
 /// SQLITE_BUSY, or one of its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT,
 /// BUSY_TIMEOUT): another connection holds a lock this one needs.
-fn is_busy(e: &sqlx::Error) -> bool {
+pub(super) fn is_busy(e: &sqlx::Error) -> bool {
     let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i32>().ok());
     code.is_some_and(|c| c & 0xff == 5)
 }

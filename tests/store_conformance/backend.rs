@@ -191,3 +191,26 @@ async fn sqlite_busy_writer(
         }
     }
 }
+
+/// Another connection that holds the database's write lock until dropped.
+pub struct LockHolder {
+    _conn: sqlx::SqliteConnection,
+}
+
+impl Db {
+    /// Takes the write lock on another connection, as a program in the
+    /// middle of a write transaction holds it.
+    pub async fn hold_write_lock(&self) -> LockHolder {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.location.display()))
+                        .await
+                        .unwrap();
+                sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
+                LockHolder { _conn: conn }
+            }
+        }
+    }
+}

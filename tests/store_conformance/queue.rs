@@ -13,6 +13,9 @@ use callwarden::store::{Store, StoreError};
 use super::backend::PlainRow;
 use super::support::*;
 
+/// How long the tests let `adopt_batch` wait for the write lock.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn adopted(id: &str, deadline: Instant) -> Adopted {
     Adopted {
         id: id.to_string(),
@@ -63,7 +66,7 @@ conformance! {
         let good = db.insert_plain_row(&plain_row("41", at(-2))).await;
         let bad = db.insert_plain_row(&plain_row("42", at(-1))).await;
         let reason = "unknown policy \"nope\"";
-        let count = db.store.adopt_batch(&[adopted(&good, at(30))], &[(bad.clone(), reason.into())], at(0)).await.unwrap();
+        let count = db.store.adopt_batch(&[adopted(&good, at(30))], &[(bad.clone(), reason.into())], at(0), PATIENCE).await.unwrap().unwrap();
         assert_eq!(count, 1);
 
         let row = db.store.session(id_of(&good)).await.unwrap();
@@ -93,16 +96,28 @@ conformance! {
 
     async fn a_row_is_adopted_once(db) {
         let id = db.insert_plain_row(&plain_row("41", at(-1))).await;
-        assert_eq!(db.store.adopt_batch(&[adopted(&id, at(30))], &[], at(0)).await.unwrap(), 1);
-        assert_eq!(db.store.adopt_batch(&[adopted(&id, at(90))], &[], at(1)).await.unwrap(), 0);
+        assert_eq!(db.store.adopt_batch(&[adopted(&id, at(30))], &[], at(0), PATIENCE).await.unwrap().unwrap(), 1);
+        assert_eq!(db.store.adopt_batch(&[adopted(&id, at(90))], &[], at(1), PATIENCE).await.unwrap().unwrap(), 0);
         let registered = register(&db.store, vec![session(2, at(30))], at(0)).await.remove(0);
         let again = adopted(&registered.id.to_string(), at(90));
-        assert_eq!(db.store.adopt_batch(&[again], &[], at(1)).await.unwrap(), 0, "a registered session is adopted already");
+        assert_eq!(db.store.adopt_batch(&[again], &[], at(1), PATIENCE).await.unwrap().unwrap(), 0, "a registered session is adopted already");
 
         assert_eq!(db.store.session(id_of(&id)).await.unwrap().deadline, Some(at(30).to_string()));
         assert_eq!(db.store.session(registered.id).await.unwrap().deadline, Some(at(30).to_string()));
         assert_eq!(events_of(&db.store, id_of(&id)).await, ["registered"]);
         assert_eq!(events_of(&db.store, registered.id).await, ["registered"]);
+    }
+
+    async fn adopt_batch_gives_up_after_its_patience_and_writes_nothing(db) {
+        let id = db.insert_plain_row(&plain_row("43", at(-1))).await;
+        let holder = db.hold_write_lock().await;
+        let patience = std::time::Duration::from_millis(50);
+        assert_eq!(db.store.adopt_batch(&[adopted(&id, at(30))], &[], at(0), patience).await.unwrap(), None);
+        assert!(db.store.lock_waits().recent() >= patience, "the wait is recorded");
+        drop(holder);
+        assert_eq!(db.store.unadopted(10).await.unwrap().len(), 1, "nothing was written");
+        assert_eq!(db.store.adopt_batch(&[adopted(&id, at(30))], &[], at(0), PATIENCE).await.unwrap(), Some(1));
+        assert!(db.store.unadopted(10).await.unwrap().is_empty());
     }
 
     async fn reject_fails_a_row_with_its_reason(db) {
@@ -122,7 +137,7 @@ conformance! {
         let s = register(&db.store, vec![session(1, at(30))], at(0)).await.remove(0);
         db.store.end_session(s.id, at(1), "the app ended it").await.unwrap();
         db.store.reject(&s.id.to_string(), "too late", at(2)).await.unwrap();
-        db.store.adopt_batch(&[], &[(s.id.to_string(), "too late".into())], at(3)).await.unwrap();
+        db.store.adopt_batch(&[], &[(s.id.to_string(), "too late".into())], at(3), PATIENCE).await.unwrap().unwrap();
         let row = db.store.session(s.id).await.unwrap();
         assert_eq!((row.state.as_str(), row.detail), ("cancelled", None));
         assert_eq!(events_of(&db.store, s.id).await, ["registered", "cancelled"]);

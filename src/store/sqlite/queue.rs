@@ -31,14 +31,21 @@ impl SqliteStore {
     /// row gets its provider, deadline and grace (and its warnings, and a
     /// `registered` row); each rejected one becomes `failed` with its reason.
     /// One commit per batch, so a stream of inserts does not hold the write
-    /// lock once per row. Returns how many were adopted.
+    /// lock once per row. Waits at most `patience` for the write lock;
+    /// returns how many were adopted, or `None` when the lock stayed taken
+    /// (nothing was written).
     pub(in crate::store) async fn adopt_batch(
         &self,
         adopted: &[Adopted],
         rejected: &[(String, String)],
         now: Instant,
-    ) -> Result<usize, StoreError> {
-        let mut tx = self.write_tx().await?;
+        patience: std::time::Duration,
+    ) -> Result<Option<usize>, StoreError> {
+        let mut tx = match self.write_tx_within(patience).await {
+            Ok(tx) => tx,
+            Err(e) if super::is_busy(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         let mut audit = Vec::with_capacity(adopted.len() + rejected.len());
         let mut count = 0;
         for a in adopted {
@@ -78,7 +85,7 @@ impl SqliteStore {
         }
         insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
-        Ok(count)
+        Ok(Some(count))
     }
 
     /// Refuses a row that cannot be scheduled (unknown policy, bad room...):

@@ -110,11 +110,9 @@ pub async fn serve(
     // before re-queuing anything another daemon may still be sending.
     let _instance = Store::lock_database(store.path())?;
     let listener = match config.listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Listen { addr, source })?,
-        ),
+        Some(addr) => {
+            Some(crate::http::listener::bind(addr).map_err(|source| DaemonError::Listen { addr, source })?)
+        }
         None => None,
     };
     store.set_outcome_notifications(config.notifications.is_some()).await?;

@@ -23,6 +23,8 @@ const ACS_RELAYS: &str = "callwarden_acs_relays_total";
 /// ACS events in an accepted batch that could not be acted on.
 const ACS_EVENTS_SKIPPED: &str = "callwarden_acs_events_skipped_total";
 pub const API_REQUESTS: &str = "callwarden_api_requests_total";
+/// Idle connections the listener closed to make room for a new one.
+pub const CONNECTIONS_CLOSED_FOR_ROOM: &str = "callwarden_http_connections_closed_for_room_total";
 pub const SESSIONS: &str = "callwarden_sessions";
 pub const CONFIG_RELOADS: &str = "callwarden_config_reloads_total";
 pub const NOTIFICATIONS: &str = "callwarden_notifications_total";
@@ -80,6 +82,10 @@ fn describe() {
         STORE_LOCK_WAIT_SECONDS,
         "Time a write transaction waited for the database's write lock (another program writing)"
     );
+    metrics::describe_counter!(
+        CONNECTIONS_CLOSED_FOR_ROOM,
+        "Idle connections closed to make room for a new one while every slot was taken"
+    );
     metrics::describe_counter!(WEBHOOK_REQUESTS, "Webhook requests by source and result");
     metrics::describe_counter!(ACS_JWT_KEYS, "Fetches of ACS's callback signing keys by result");
     metrics::describe_counter!(ACS_RELAYS, "ACS callbacks relayed to the application by result");
@@ -120,6 +126,10 @@ pub fn provider_answer(
     .increment(1);
     metrics::histogram!(PROVIDER_CALL_SECONDS, &labels).record(latency.as_secs_f64());
     metrics::histogram!(LATENESS_SECONDS, &labels).record(lateness_ms.max(0) as f64 / 1000.0);
+}
+
+pub fn connections_closed_for_room(n: u64) {
+    metrics::counter!(CONNECTIONS_CLOSED_FOR_ROOM).increment(n);
 }
 
 pub fn store_lock_wait(waited: Duration) {

@@ -4,9 +4,11 @@
 //! from the internet) can open connections. Each costs a file descriptor,
 //! and file descriptors are also what provider calls and the database need,
 //! so the loop bounds them:
-//! - at most [`max_connections`] at once; past that, new connections wait
-//!   in the kernel's backlog (they hold no descriptor of ours) until one
-//!   closes;
+//! - at most [`max_connections`] at once; past that, the connection idle
+//!   longest (at least [`EVICTABLE_AFTER`]) is closed to make room (see
+//!   `slots`); when none is, the connection just accepted waits for the
+//!   first slot given back, and the ones after it wait in the kernel's
+//!   backlog (they hold no descriptor of ours);
 //! - a connection must send a complete request head within
 //!   [`HEADER_READ_TIMEOUT`] of opening or of its previous response (hyper
 //!   runs the same timer while a kept-alive connection idles), so idle and
@@ -15,7 +17,6 @@
 //!   (`REQUEST_TIMEOUT`), and by the session API only after the bearer token
 //!   was checked.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -23,12 +24,16 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+mod slots;
 
 /// A connection that has not sent a full request head this long after it
 /// opened, or after its last response, is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connection must have been idle (no request under way) before
+/// it may be closed to make room for a new one when every slot is taken.
+pub const EVICTABLE_AFTER: Duration = Duration::from_millis(500);
 /// Connections served at once, at most (fewer when the file descriptor
 /// limit is low; see [`max_connections`]).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -37,6 +42,22 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const RESERVED_FDS: u64 = 512;
 /// How long shutdown waits for requests under way before closing.
 pub const DRAIN: Duration = Duration::from_secs(11);
+
+/// Connections the kernel queues, handshake done, until the accept loop
+/// takes them (capped by `net.core.somaxconn`, 4096 by default). The
+/// standard library's and mio's 128 overflow at once under a connection
+/// flood, and a dropped handshake is retried by the client only after 1 s,
+/// then 3 s, then 7 s.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the daemon's listener, with [`LISTEN_BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// How many client connections to serve at once: [`MAX_CONNECTIONS`], or
 /// fewer if the process may open few files, so that [`RESERVED_FDS`] stay
@@ -53,12 +74,19 @@ pub fn max_connections() -> usize {
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// See [`EVICTABLE_AFTER`].
+    pub evictable_after: Duration,
 }
 
 impl Limits {
-    /// The daemon's limits: [`HEADER_READ_TIMEOUT`] and [`max_connections`].
+    /// The daemon's limits: [`HEADER_READ_TIMEOUT`], [`max_connections`]
+    /// and [`EVICTABLE_AFTER`].
     pub fn daemon() -> Limits {
-        Limits { header_read_timeout: HEADER_READ_TIMEOUT, max_connections: max_connections() }
+        Limits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: max_connections(),
+            evictable_after: EVICTABLE_AFTER,
+        }
     }
 }
 
@@ -70,17 +98,10 @@ pub async fn serve_connections(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let slots = slots::Slots::new(limits.max_connections, limits.evictable_after);
     let graceful = GracefulShutdown::new();
     let mut accept_errors = AcceptErrors::default();
     loop {
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
-        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -93,16 +114,45 @@ pub async fn serve_connections(
             },
             () = shutdown.cancelled() => break,
         };
+        // At most this one accepted connection waits for a slot; the rest
+        // wait in the kernel's backlog.
+        let slot = tokio::select! {
+            (slot, evicted) = slots.take() => {
+                if evicted > 0 {
+                    crate::metrics::connections_closed_for_room(evicted);
+                }
+                slot
+            }
+            () = shutdown.cancelled() => break,
+        };
         let _ = stream.set_nodelay(true);
+        // The app, with each request marking the connection busy while it
+        // is under way (a busy connection is never closed to make room).
+        let (inner, tracker) = (TowerToHyperService::new(app.clone()), slot.tracker());
+        let service = hyper::service::service_fn(move |request| {
+            let busy = tracker.busy();
+            let call = hyper::service::Service::call(&inner, request);
+            async move {
+                let response = call.await;
+                drop(busy);
+                response
+            }
+        });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
+        let closing = slot.closing();
         tokio::spawn(async move {
-            // Errors here are the client's (a reset, a timeout, a bad
-            // request line); hyper answered what could be answered.
-            let _ = connection.await;
+            tokio::select! {
+                // Errors here are the client's (a reset, a timeout, a bad
+                // request line); hyper answered what could be answered.
+                _ = connection => {}
+                // Idle longest while every slot is taken: dropping the
+                // connection closes it.
+                () = closing.cancelled() => {}
+            }
             drop(slot);
         });
     }
@@ -161,7 +211,12 @@ mod tests {
     #[tokio::test]
     async fn idle_and_slow_connections_are_closed() {
         let timeout = Duration::from_millis(300);
-        let (addr, stop) = serving(Limits { header_read_timeout: timeout, max_connections: 8 }).await;
+        let (addr, stop) = serving(Limits {
+            header_read_timeout: timeout,
+            max_connections: 8,
+            evictable_after: Duration::from_secs(3600),
+        })
+        .await;
         let started = std::time::Instant::now();
         let mut idle = TcpStream::connect(addr).await.unwrap();
         let mut slow = TcpStream::connect(addr).await.unwrap();
@@ -177,12 +232,47 @@ mod tests {
         stop.cancel();
     }
 
-    /// Past the cap, a new connection waits (in the kernel's backlog) until
-    /// one closes, and is then served.
+    /// Past the cap, the connection idle longest is closed for a new one,
+    /// which is served at once; one with a request under way is not.
+    #[tokio::test]
+    async fn past_the_cap_an_idle_connection_makes_room_for_a_new_one() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 2,
+            evictable_after: Duration::from_millis(100),
+        };
+        let (addr, stop) = serving(limits).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let started = std::time::Instant::now();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let answer = until_closed(&mut c).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(10), "served only after {:?}", started.elapsed());
+        // The one idle longest was closed for it; the other is still open.
+        assert_eq!(until_closed(&mut idle).await, "");
+        let mut byte = [0u8; 1];
+        let still_open = tokio::time::timeout(Duration::from_millis(200), slow.read(&mut byte)).await;
+        assert!(still_open.is_err(), "the newer connection was closed too");
+        stop.cancel();
+    }
+
+    /// Past the cap, with no connection idle long enough to be closed, a
+    /// new connection waits (in the kernel's backlog) until one closes, and
+    /// is then served.
     #[tokio::test]
     async fn connections_past_the_cap_wait_for_a_free_slot() {
         let timeout = Duration::from_millis(400);
-        let (addr, stop) = serving(Limits { header_read_timeout: timeout, max_connections: 2 }).await;
+        let (addr, stop) = serving(Limits {
+            header_read_timeout: timeout,
+            max_connections: 2,
+            evictable_after: Duration::from_secs(3600),
+        })
+        .await;
         let started = std::time::Instant::now();
         let _a = TcpStream::connect(addr).await.unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();

@@ -191,12 +191,22 @@ impl SqliteStore {
             writer.close().await;
             return Err(e);
         }
+        Self::with_writer(path, Self::options(path), writer).await
+    }
+
+    /// The handle around a `writer` just opened: the reader pool (on
+    /// `options`) and fresh health and lock-wait records.
+    async fn with_writer(
+        path: &Path,
+        options: SqliteConnectOptions,
+        writer: SqlitePool,
+    ) -> Result<SqliteStore, StoreError> {
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(Self::options(path))
+            .connect_with(options)
             .await
-            .map_err(open_err)?;
+            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer,
@@ -236,19 +246,7 @@ impl SqliteStore {
             writer.close().await;
             return Err(StoreError::Schema { path: path.to_path_buf(), found, ours });
         }
-        let readers = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
-        Ok(SqliteStore {
-            path: path.to_path_buf(),
-            writer,
-            readers,
-            health: Default::default(),
-            lock_waits: Default::default(),
-        })
+        Self::with_writer(path, options, writer).await
     }
 
     /// A write transaction on the writer, holding SQLite's write lock from

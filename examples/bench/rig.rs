@@ -286,6 +286,22 @@ impl Rig {
             .with_context(|| format!("cannot start {}", bin.display()))
     }
 
+    /// An application's own connection to the rig's database, as durable
+    /// as the daemon's (`synchronous=FULL`), with SQLite's busy handler and
+    /// a 5 s busy timeout, as an app would open it.
+    pub(crate) async fn app_connection(&self) -> anyhow::Result<sqlx::SqlitePool> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
+        Ok(SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&self.config.database)
+                    .busy_timeout(std::time::Duration::from_secs(5))
+                    .synchronous(SqliteSynchronous::Full),
+            )
+            .await?)
+    }
+
     /// Stops the rig when no daemon ran on it.
     pub(crate) async fn stop_store(self) {
         self.shutdown.cancel();

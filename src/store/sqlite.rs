@@ -36,7 +36,7 @@ mod presence;
 mod queue;
 mod sessions;
 
-pub use audit_log::audit_record;
+pub use audit_log::{audit_record, insert_audit_records};
 
 /// How long a connection waits for a lock another connection holds before
 /// the statement fails with "database is locked".

@@ -8,8 +8,6 @@
 
 use std::time::{Duration, Instant as StdInstant};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
-
 use callwarden::clock::Clock;
 use callwarden::domain::Instant;
 
@@ -38,15 +36,7 @@ pub(crate) async fn bulk_insert(args: &BulkInsertArgs) -> anyhow::Result<Figures
     let wakes = WakeMonitor::start();
     let daemon = DaemonProcess::start(&rig.config_path, rig.dir.path()).await?;
     // The application's own connection, as durable as the daemon's.
-    let app = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&rig.config.database)
-                .busy_timeout(Duration::from_secs(5))
-                .synchronous(SqliteSynchronous::Full),
-        )
-        .await?;
+    let app = rig.app_connection().await?;
     clock.sleep_until(first).await;
     // An outside writer that retries every 0.5 ms: how long a writer that
     // polls the lock closely waits, next to the daemon's (SQLite's busy

@@ -18,8 +18,9 @@ use sqlx::{ConnectOptions, Connection, SqliteConnection};
 
 use callwarden::clock::Clock;
 use callwarden::domain::Instant;
-use callwarden::domain::audit::{AUDIT_COLUMNS, AuditRecord, chain_hash};
+use callwarden::domain::audit::{AuditRecord, chain_hash};
 use callwarden::store::Store;
+use callwarden::store::sqlite::insert_audit_records;
 
 /// The retention periods the scenario's daemon runs with.
 pub(crate) const RETENTION_DAYS: u64 = 30;
@@ -184,31 +185,7 @@ async fn write_batch(
             records.push(r);
         }
     }
-    for chunk in records.chunks(1000) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-            "INSERT INTO audit_log ({}) ",
-            AUDIT_COLUMNS.join(", ")
-        ));
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.id)
-                .push_bind(r.at.clone())
-                .push_bind(r.session_id.clone())
-                .push_bind(r.event.clone())
-                .push_bind(r.provider.clone())
-                .push_bind(r.action.clone())
-                .push_bind(r.attempt)
-                .push_bind(r.outcome.clone())
-                .push_bind(r.http_status)
-                .push_bind(r.provider_request_id.clone())
-                .push_bind(r.error_code.clone())
-                .push_bind(r.detail.clone())
-                .push_bind(r.latency_ms)
-                .push_bind(r.lateness_ms)
-                .push_bind(r.prev_hash.clone())
-                .push_bind(r.hash.clone());
-        });
-        q.build().execute(&mut *tx).await.context("cannot insert the prune scenario's audit rows")?;
-    }
+    insert_audit_records(&mut tx, &records).await.context("cannot insert the prune scenario's audit rows")?;
     tx.commit().await?;
     Ok(())
 }

@@ -13,19 +13,10 @@ pub(crate) const SQL_INSERT: &str =
     "INSERT INTO sessions (policy, room_id, room_kind) VALUES ('end', ?, 'numeric')";
 
 pub(crate) async fn registrations(args: &RegistrationsArgs) -> anyhow::Result<Figures> {
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
     let rig = Rig::new(19, ProviderKind::Trtc).await?;
     let daemon = rig.start_daemon();
     // The application's own connection, as durable as the daemon's.
-    let app = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&rig.config.database)
-                .busy_timeout(Duration::from_secs(5))
-                .synchronous(SqliteSynchronous::Full),
-        )
-        .await?;
+    let app = rig.app_connection().await?;
     let phase = Duration::from_secs_f64(args.seconds);
     let started = StdInstant::now();
     let mut room = 0u64;

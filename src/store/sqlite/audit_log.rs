@@ -4,8 +4,8 @@
 
 use std::sync::LazyLock;
 
-use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
 
 use super::SqliteStore;
 use crate::domain::Instant;
@@ -336,6 +336,17 @@ pub(super) async fn insert_audit_rows(
         prev_hash = hash;
         records.push(record);
     }
+    insert_audit_records(tx, &records).await
+}
+
+/// Inserts audit records that are chained already (their ids, `prev_hash`
+/// and `hash` set), in order, as multi-row INSERTs of 1,000 rows. For
+/// [`insert_audit_rows`], and for tools that build a database directly
+/// (the benchmark's prune database).
+pub async fn insert_audit_records(
+    conn: &mut SqliteConnection,
+    records: &[AuditRecord],
+) -> Result<(), sqlx::Error> {
     // SQLite takes at most 32,766 bound values per statement: 16 a row.
     for chunk in records.chunks(1000) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
@@ -360,7 +371,7 @@ pub(super) async fn insert_audit_rows(
                 .push_bind(r.prev_hash.clone())
                 .push_bind(r.hash.clone());
         });
-        q.build().execute(&mut **tx).await?;
+        q.build().execute(&mut *conn).await?;
     }
     Ok(())
 }

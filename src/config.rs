@@ -215,6 +215,8 @@ pub struct TrtcSettings {
     pub secret_id: String,
     pub secret_key: Secret,
     pub endpoint: String,
+    /// The application's own callback key; `None`: `webhooks.trtc`'s.
+    pub callback_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,7 +329,44 @@ pub enum Scope {
     Participant,
 }
 
+/// The keys TRTC room callbacks are verified with: an application's own
+/// (`providers.<name>.callback_key`), else `webhooks.trtc.callback_key`.
+/// TRTC sets one callback key per application (SDKAppID) in its console,
+/// and the `SdkAppId` header that names the application is not signed: with
+/// one key per application, a callback signed for one cannot be passed off
+/// as another's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrtcCallbackKeys {
+    shared: Option<Secret>,
+    by_app: std::collections::BTreeMap<u64, Secret>,
+}
+
+impl TrtcCallbackKeys {
+    /// The key callbacks of application `sdk_app_id` are signed with.
+    pub fn for_app(&self, sdk_app_id: u64) -> Option<&Secret> {
+        self.by_app.get(&sdk_app_id).or(self.shared.as_ref())
+    }
+
+    /// Whether there is no key at all (the TRTC webhook is off).
+    pub fn is_empty(&self) -> bool {
+        self.shared.is_none() && self.by_app.is_empty()
+    }
+}
+
 impl Config {
+    /// The TRTC callback keys of this configuration.
+    pub fn trtc_callback_keys(&self) -> TrtcCallbackKeys {
+        let by_app = self
+            .providers
+            .values()
+            .filter_map(|p| match &p.settings {
+                ProviderSettings::Trtc(t) => t.callback_key.clone().map(|key| (t.sdk_app_id, key)),
+                ProviderSettings::Acs(_) => None,
+            })
+            .collect();
+        TrtcCallbackKeys { shared: self.trtc_callback_key.clone(), by_app }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         if let Some(reason) = trust::untrusted(path) {

@@ -147,7 +147,7 @@ pub async fn serve(
                 tasks.spawn(async move { fetching.prefetch_keys().await });
                 acs
             }),
-            trtc_callback_key: config.trtc_callback_key.clone(),
+            trtc_callback_keys: config.trtc_callback_keys(),
         };
         tasks.spawn(crate::http::serve(listener, state, shutdown.clone()));
     }

@@ -29,7 +29,8 @@ pub const SESSIONS: &str = "callwarden_sessions";
 pub const CONFIG_RELOADS: &str = "callwarden_config_reloads_total";
 pub const NOTIFICATIONS: &str = "callwarden_notifications_total";
 pub const STORE_ERRORS: &str = "callwarden_store_errors_total";
-/// How long write transactions waited for the database's write lock.
+/// How long write transactions waited to begin: for the daemon's writer
+/// connection, then for the database's write lock.
 pub const STORE_LOCK_WAIT_SECONDS: &str = "callwarden_store_lock_wait_seconds";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -80,7 +81,7 @@ fn describe() {
     );
     metrics::describe_histogram!(
         STORE_LOCK_WAIT_SECONDS,
-        "Time a write transaction waited for the database's write lock (another program writing)"
+        "Time a write transaction waited to begin: for the writer connection, then the database's write lock"
     );
     metrics::describe_counter!(
         CONNECTIONS_CLOSED_FOR_ROOM,

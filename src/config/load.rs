@@ -11,7 +11,10 @@ use super::file_ctx::FileCtx;
 use super::raw::{RawConfig, RawNotifications, RawProvider, RawRetention, RawSecret};
 use super::secrets::expand_env;
 use super::yaml::syntax_error;
-use super::{Config, ConfigError, MIN_SHARED_SECRET_LEN, Notifications, Policy, ProviderConfig, Retention};
+use super::{
+    Config, ConfigError, MIN_SHARED_SECRET_LEN, Notifications, Policy, ProviderConfig, ProviderSettings,
+    Retention,
+};
 use crate::domain::parse_duration;
 use crate::domain::secret::Secret;
 
@@ -85,9 +88,26 @@ impl FileCtx<'_> {
         raw: IndexMap<String, RawProvider>,
         warnings: &mut Vec<String>,
     ) -> Result<IndexMap<String, ProviderConfig>, ConfigError> {
-        let mut providers = IndexMap::new();
+        let mut providers: IndexMap<String, ProviderConfig> = IndexMap::new();
         for (name, raw) in raw {
             let provider = self.provider(&name, raw, warnings)?;
+            // One TRTC application, one callback key: two sections of the
+            // same application must not disagree on it.
+            if let ProviderSettings::Trtc(t) = &provider.settings
+                && let Some(other) = providers.values().find(|p| {
+                    matches!(&p.settings, ProviderSettings::Trtc(o)
+                        if o.sdk_app_id == t.sdk_app_id && o.callback_key != t.callback_key)
+                })
+            {
+                return Err(self.error(
+                    &["providers", &name, "callback_key"],
+                    format!(
+                        "provider {name:?}: providers {:?} and {name:?} are both TRTC application {} but give \
+                         different callback keys (TRTC signs an application's callbacks with one key)",
+                        other.name, t.sdk_app_id
+                    ),
+                ));
+            }
             providers.insert(name, provider);
         }
         if providers.is_empty() {
@@ -133,7 +153,12 @@ impl FileCtx<'_> {
     /// A secret shared with a peer (a bearer token, a callback key, a
     /// signing key): guessable if short, so at least
     /// [`MIN_SHARED_SECRET_LEN`] characters.
-    fn shared_secret(&self, path: &[&str], key: &str, secret: Secret) -> Result<Secret, ConfigError> {
+    pub(super) fn shared_secret(
+        &self,
+        path: &[&str],
+        key: &str,
+        secret: Secret,
+    ) -> Result<Secret, ConfigError> {
         if secret.expose().chars().count() < MIN_SHARED_SECRET_LEN {
             return Err(self.error(
                 path,

@@ -39,6 +39,8 @@ impl FileCtx<'_> {
                 ("secret_id", raw.secret_id.is_some()),
                 ("secret_key", raw.secret_key.is_some()),
                 ("secret_key_file", raw.secret_key_file.is_some()),
+                ("callback_key", raw.callback_key.is_some()),
+                ("callback_key_file", raw.callback_key_file.is_some()),
             ],
         };
         if let Some((key, _)) = foreign.iter().find(|(_, present)| *present) {
@@ -154,6 +156,22 @@ impl FileCtx<'_> {
             ("secret_key_file", t.secret_key_file.as_ref()),
             "the TRTC API key's SecretKey",
         )?;
+        let callback_key = match (&t.callback_key, &t.callback_key_file) {
+            (None, None) => None,
+            (inline, file) => {
+                let key = self.secret(
+                    name,
+                    ("callback_key", inline.as_ref()),
+                    ("callback_key_file", file.as_ref()),
+                    "the callback key set in the TRTC console for this application",
+                )?;
+                Some(self.shared_secret(
+                    &["providers", name, "callback_key"],
+                    &format!("provider {name:?}: callback_key"),
+                    key,
+                )?)
+            }
+        };
         let secret_id = expand_env(&secret_id)
             .map_err(|var| err("secret_id", format!("secret_id refers to ${{{var}}}, which is not set")))?;
         if secret_id.trim().is_empty() {
@@ -179,7 +197,7 @@ impl FileCtx<'_> {
             &endpoint,
             &[],
         )?;
-        Ok(TrtcSettings { sdk_app_id, region, secret_id, secret_key, endpoint })
+        Ok(TrtcSettings { sdk_app_id, region, secret_id, secret_key, endpoint, callback_key })
     }
 
     fn acs(

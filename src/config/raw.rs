@@ -102,6 +102,9 @@ pub(super) struct RawProvider {
     pub(super) secret_id: Option<String>,
     pub(super) secret_key: Option<RawSecret>,
     pub(super) secret_key_file: Option<String>,
+    /// TRTC: this application's own callback key (else `webhooks.trtc`'s).
+    pub(super) callback_key: Option<RawSecret>,
+    pub(super) callback_key_file: Option<String>,
     pub(super) endpoint: Option<String>,
     pub(super) access_key: Option<RawSecret>,
     pub(super) access_key_file: Option<String>,

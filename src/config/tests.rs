@@ -116,3 +116,24 @@ fn notifications_keep_their_secret_out_of_debug_output() {
     assert!(!format!("{c:?}").contains("hush-hush"));
     assert_eq!(c.time_zone, chrono_tz::Tz::UTC);
 }
+
+#[test]
+fn a_trtc_application_with_its_own_callback_key_uses_it_and_the_rest_the_shared_one() {
+    let text = GOOD.replace(
+        "    secret_key: not-a-real-key\n",
+        "    secret_key: not-a-real-key\n    callback_key: key-of-app-1400000001\n  \
+         other:\n    kind: tencent-trtc\n    sdk_app_id: 1400000002\n    region: ap-guangzhou\n    \
+         secret_id: AKIDtest\n    secret_key: not-a-real-key\n",
+    ) + "listen: 127.0.0.1:8720\nwebhooks:\n  trtc:\n    callback_key: the-shared-callback-key\n";
+    let keys = parse(&text).unwrap().trtc_callback_keys();
+    let key = |app| keys.for_app(app).map(|k| k.expose().to_string());
+    assert_eq!(key(1_400_000_001).as_deref(), Some("key-of-app-1400000001"));
+    assert_eq!(key(1_400_000_002).as_deref(), Some("the-shared-callback-key"));
+    assert_eq!(key(1_400_000_099).as_deref(), Some("the-shared-callback-key"));
+    assert!(!keys.is_empty());
+    // Without the shared key, only the application with its own key is taken.
+    let alone = text.split("webhooks:").next().unwrap().to_string();
+    let keys = parse(&alone).unwrap().trtc_callback_keys();
+    assert!(keys.for_app(1_400_000_002).is_none() && keys.for_app(1_400_000_001).is_some());
+    assert!(parse(GOOD).unwrap().trtc_callback_keys().is_empty());
+}

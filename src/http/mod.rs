@@ -57,8 +57,8 @@ pub struct AppState {
     /// How ACS callbacks are verified and relayed; `None` turns the ACS
     /// webhook off.
     pub acs: Option<Arc<webhooks::AcsCallbacks>>,
-    /// The key TRTC callbacks are signed with; `None` turns the TRTC webhook off.
-    pub trtc_callback_key: Option<Secret>,
+    /// The keys TRTC callbacks are signed with; none turns the TRTC webhook off.
+    pub trtc_callback_keys: crate::config::TrtcCallbackKeys,
 }
 
 impl AppState {

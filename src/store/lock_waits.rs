@@ -1,5 +1,6 @@
 //! How long the daemon's writes have been waiting for the database's write
-//! lock lately.
+//! lock lately (measured from when a write asks for the writer connection,
+//! so a queue of the daemon's own writes counts too).
 //!
 //! SQLite has one write lock for the whole file. When another program
 //! writes in a tight loop (a bulk insert of plain-SQL rows), each of the

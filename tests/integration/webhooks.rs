@@ -451,3 +451,41 @@ async fn an_entry_under_a_budget_gets_what_is_left_and_an_exhausted_user_is_remo
         assert!(registered.detail.unwrap().contains("budget exhausted"));
     }
 }
+
+/// A second TRTC application, with its own callback key.
+const APP_B: u64 = 1_400_000_002;
+const APP_B_KEY: &str = "app-b-callback-key-0123456789";
+
+#[tokio::test]
+async fn a_trtc_application_with_its_own_key_takes_only_callbacks_signed_with_it() {
+    let h = Harness::with_config(|db, url| {
+        let policy = "  b-rooms: { provider: trtc-b, match: { room: '77*' }, max_duration: 30m, action: dismiss_room }\n";
+        let text = crate::helpers::http_config_text(db, url, Listener { trtc: true, ..Listener::default() }, policy);
+        let app_b = format!(
+            "providers:\n  trtc-b:\n    kind: tencent-trtc\n    sdk_app_id: {APP_B}\n    region: ap-guangzhou\n    \
+             secret_id: AKIDappb\n    secret_key: app-b-secret-key\n    endpoint: {url}\n    callback_key: {APP_B_KEY}\n"
+        );
+        text.replacen("providers:\n", &app_b, 1)
+    })
+    .await;
+    let daemon = h.start_daemon().await;
+    let hooks = Client::new(&daemon.http_url().await).with_token(None);
+    let (app_a, app_b) = (SANDBOX_SDK_APP_ID.to_string(), APP_B.to_string());
+    let t0 = now_ms();
+    let created = trtc_event(101, json!(7701), t0, None);
+    let signed_b = callwarden::providers::trtc::callback_signature(APP_B_KEY, created.as_bytes());
+
+    // Signed with the shared key (application A's) but naming B: B has a
+    // key of its own, so this is not B's callback. And B's signature naming
+    // A is not A's. Both 401, nothing stored.
+    trtc_raw(&hooks, &created, Some(&sign(&created)), Some(&app_b)).await.expect(401, "A's key, B's header");
+    trtc_raw(&hooks, &created, Some(&signed_b), Some(&app_a)).await.expect(401, "B's key, A's header");
+    assert_eq!(h.row_counts().await, (0, 0), "a callback under the wrong key changed the database");
+
+    // B's own callback opens B's session.
+    trtc_raw(&hooks, &created, Some(&signed_b), Some(&app_b)).await.expect(200, "B's key, B's header");
+    let rows = h.sessions().await;
+    let opened = in_room(&rows, "7701");
+    assert_eq!(opened.len(), 1, "{rows:#?}");
+    assert_eq!((opened[0].policy.as_str(), opened[0].state.as_str()), ("b-rooms", "active"));
+}

@@ -116,12 +116,17 @@ pub fn verify_trtc_callback(
         return Err(GateRefusal::Unauthorized);
     }
     let event = parse_trtc_event(body).map_err(GateRefusal::Malformed)?;
-    let sdk_app_id = headers
+    Ok((event, sdk_app_id(headers)?))
+}
+
+/// The application a TRTC callback names in its `SdkAppId` header (which
+/// the signature does not cover).
+fn sdk_app_id(headers: &HeaderMap) -> Result<u64, GateRefusal> {
+    headers
         .get("sdkappid")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .ok_or_else(|| GateRefusal::Malformed("the SdkAppId header is missing".into()))?;
-    Ok((event, sdk_app_id))
+        .ok_or_else(|| GateRefusal::Malformed("the SdkAppId header is missing".into()))
 }
 
 /// `POST /webhooks/trtc`: TRTC room callbacks open and end sessions.
@@ -130,8 +135,17 @@ pub(in crate::http) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(key) = &state.trtc_callback_key else {
+    if state.trtc_callback_keys.is_empty() {
         return (StatusCode::NOT_FOUND, "the TRTC webhook is not configured\n").into_response();
+    }
+    // The application's own key: a body signed for one application is not
+    // taken for another's by changing the (unsigned) SdkAppId header.
+    let key = match sdk_app_id(&headers) {
+        Ok(app) => state.trtc_callback_keys.for_app(app),
+        Err(refusal) => return refusal_response("trtc", "Sign", refusal),
+    };
+    let Some(key) = key else {
+        return refusal_response("trtc", "Sign", GateRefusal::Unauthorized);
     };
     let (event, sdk_app_id) = match verify_trtc_callback(key.expose(), &headers, &body) {
         Ok((event, sdk_app_id)) => (event, Some(sdk_app_id)),

@@ -14,7 +14,11 @@ deb=$(ls -t target/debian/callwarden_*.deb | head -1)
 echo "built $deb"
 
 fail() { echo "check-deb: $*" >&2; exit 1; }
-dpkg-deb -c "$deb" | grep -q 'usr/lib/sysusers.d/callwarden.conf' || fail "the sysusers file is not in the package"
+# The listing is read whole first: `dpkg-deb -c | grep -q` fails under
+# pipefail whenever grep finds the line and exits while tar still writes
+# (SIGPIPE), which made this check fail now and then.
+listing=$(dpkg-deb -c "$deb")
+grep -q 'usr/lib/sysusers.d/callwarden.conf' <<<"$listing" || fail "the sysusers file is not in the package"
 scripts=$(mktemp -d)
 trap 'rm -rf "$scripts"; dpkg --purge callwarden >/dev/null 2>&1 || true' EXIT
 dpkg-deb -e "$deb" "$scripts"

@@ -23,6 +23,8 @@ use chrono::{DateTime, Utc};
 use sqlx::ConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
 
+use callwarden::store::sqlite::is_busy;
+
 use crate::figures::Figures;
 
 /// How long one wait may last before the probe reports the database stuck.
@@ -45,12 +47,6 @@ fn options(db: &Path) -> SqliteConnectOptions {
         .filename(db)
         .busy_timeout(Duration::ZERO)
         .synchronous(SqliteSynchronous::Normal)
-}
-
-fn is_busy(e: &sqlx::Error) -> bool {
-    let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i32>().ok());
-    // SQLITE_BUSY and its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, ...).
-    code.is_some_and(|c| c & 0xff == 5)
 }
 
 impl WriterProbe {

@@ -18,6 +18,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::Intake;
 pub use super::reconnect::Cause;
+use super::reconnect::LastEvent;
 use crate::domain::{Instant, Room, UserId};
 use crate::policy::{Effect, Presence};
 use crate::store::{PresenceChange, PresenceMark, PresenceWrite, StoreError};
@@ -89,7 +90,7 @@ pub async fn record_and_apply(intake: Intake<'_>, event: &PresenceEvent<'_>) -> 
     let mut known: Vec<(&str, LastEvent)> = Vec::with_capacity(2);
     let last = intake.store.last_event(event.provider, event.room, event.participant()).await?;
     // Seen cheaply here; the write checks again, for certain.
-    if matches!(&last, Some((last, _)) if *last >= at_ms) {
+    if seen(&last, at_ms) {
         return Ok(0);
     }
     known.push((event.participant(), last));
@@ -97,7 +98,7 @@ pub async fn record_and_apply(intake: Intake<'_>, event: &PresenceEvent<'_>) -> 
     // with the room.
     if let Presence::Entered(_) = event.presence {
         let room_last = intake.store.last_event(event.provider, event.room, "").await?;
-        if matches!(&room_last, Some((closed_ms, last)) if last == "closed" && *closed_ms >= at_ms) {
+        if closed_since(&room_last, at_ms) {
             return Ok(0);
         }
         known.push(("", room_last));
@@ -143,12 +144,12 @@ pub async fn apply_roster(
         RosterOrder::Time => (ROSTER_BY_TIME, at.millis()),
     };
     // The roster is whole, not a delta; an older one is stale.
-    if seen(intake, provider, room, key, sequence).await? {
+    if seen(&intake.store.last_event(provider, room, key).await?, sequence) {
         return Ok(0);
     }
     // A roster from before the call ended, delivered after it, opens
     // nothing on the dead call.
-    if call_closed_since(intake, provider, room, at.millis()).await? {
+    if closed_since(&intake.store.last_event(provider, room, "").await?, at.millis()) {
         return Ok(0);
     }
     let present: HashSet<&str> = participants.iter().map(UserId::as_str).collect();
@@ -193,34 +194,17 @@ const ROSTER: &str = "#roster";
 /// The key of rosters without a number, ordered by time.
 const ROSTER_BY_TIME: &str = "#roster@time";
 
-/// Whether an event at `ms` (a roster's sequence) or later is recorded for
-/// the room or participant already.
-async fn seen(
-    intake: Intake<'_>,
-    provider: &str,
-    room: &Room,
-    participant: &str,
-    ms: i64,
-) -> Result<bool, StoreError> {
-    Ok(matches!(intake.store.last_event(provider, room, participant).await?, Some((last, _)) if last >= ms))
+/// Whether `last` (what is recorded for the room or participant) is at `ms`
+/// (a roster's sequence) or later.
+fn seen(last: &LastEvent, ms: i64) -> bool {
+    matches!(last, Some((at, _)) if *at >= ms)
 }
 
-/// Whether the room's last recorded event is its closing, at or after `ms`.
-async fn call_closed_since(
-    intake: Intake<'_>,
-    provider: &str,
-    room: &Room,
-    ms: i64,
-) -> Result<bool, StoreError> {
-    Ok(matches!(
-        intake.store.last_event(provider, room, "").await?,
-        Some((closed_ms, last)) if last == "closed" && closed_ms >= ms
-    ))
+/// Whether `room_last` (what is recorded for the room) is its closing, at
+/// or after `ms`.
+fn closed_since(room_last: &LastEvent, ms: i64) -> bool {
+    matches!(room_last, Some((at, what)) if what == "closed" && *at >= ms)
 }
-
-/// What the presence table records last for a room or participant: when
-/// (milliseconds, or a roster's number) and what.
-type LastEvent = Option<(i64, String)>;
 
 /// What the policy decides for presence events of one room, as changes for
 /// the store; with the budget locks of the users whose entries spend a

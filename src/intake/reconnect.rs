@@ -32,6 +32,10 @@ pub enum Cause {
 /// The presence mark of an exit the provider timed out.
 pub const LEFT_TIMED_OUT: &str = "left_timeout";
 
+/// What the presence table records last for a room or participant: when
+/// (milliseconds, or a roster's number) and what.
+pub type LastEvent = Option<(i64, String)>;
+
 /// What a reconnect resumes: the session the exit ended and its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resumed {
@@ -49,7 +53,7 @@ pub async fn resumes(
     room: &Room,
     (presence, at, cause): (&Presence, Instant, Cause),
     session: &NewSession,
-    known: &[(&str, Option<(i64, String)>)],
+    known: &[(&str, LastEvent)],
 ) -> Result<Option<Resumed>, StoreError> {
     let grace = intake.config.current().trtc_reconnect_grace;
     let user = session.user.as_ref().map(|u| u.as_str());

@@ -346,7 +346,7 @@ impl SqliteStore {
 
 /// SQLITE_BUSY, or one of its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT,
 /// BUSY_TIMEOUT): another connection holds a lock this one needs.
-pub(super) fn is_busy(e: &sqlx::Error) -> bool {
+pub fn is_busy(e: &sqlx::Error) -> bool {
     let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i32>().ok());
     code.is_some_and(|c| c & 0xff == 5)
 }

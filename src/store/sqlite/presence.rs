@@ -7,7 +7,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::SqliteStore;
 use super::audit_log::{insert_audit, insert_audit_rows};
-use super::outbox::{insert_warnings, warnings_of};
+use super::outbox::{WarningRow, insert_warnings, warnings_of};
 use super::sessions::{NEW_SESSION_COLUMNS, push_new_session};
 use crate::domain::audit::AuditEntry;
 use crate::domain::session::NewSession;
@@ -15,33 +15,43 @@ use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
 use crate::store::{PresenceChange, PresenceWrite, StoreError};
 
 impl SqliteStore {
-    /// Applies a batch of presence events in one transaction, each under a
-    /// savepoint of its own: an event that fails is rolled back alone (its
-    /// mark too, so a retry of it is applied) and the others commit.
+    /// Applies a batch of presence events in one transaction. Each event
+    /// costs the writer two statements (its mark, its change); the audit
+    /// rows and warnings of the whole batch go in at the end, one chained
+    /// insert for all. When an event fails, the batch is rolled back and
+    /// tried again one event per transaction, so the failing event is
+    /// rolled back alone (its mark too, so a retry of it is applied) and the
+    /// others commit.
     pub(in crate::store) async fn apply_presence(
         &self,
         batch: &[PresenceWrite],
     ) -> Result<Vec<Result<Option<u32>, StoreError>>, StoreError> {
         let mut tx = self.write_tx().await?;
+        let failed = match apply_all(&mut tx, batch).await {
+            Ok(answers) => {
+                tx.commit().await?;
+                return Ok(answers.into_iter().map(Ok).collect());
+            }
+            Err(e) => e,
+        };
+        tx.rollback().await?;
+        if batch.len() == 1 {
+            return Ok(vec![Err(failed)]);
+        }
         let mut answers = Vec::with_capacity(batch.len());
         for write in batch {
-            let mut one = sqlx::Acquire::begin(&mut *tx).await?;
-            match apply_one(&mut one, write).await {
-                Ok(Some(changed)) => {
-                    one.commit().await?;
-                    answers.push(Ok(Some(changed)));
-                }
-                Ok(None) => {
-                    one.rollback().await?;
-                    answers.push(Ok(None));
+            let mut tx = self.write_tx().await?;
+            match apply_all(&mut tx, std::slice::from_ref(write)).await {
+                Ok(mut one) => {
+                    tx.commit().await?;
+                    answers.push(Ok(one.pop().flatten()));
                 }
                 Err(e) => {
-                    one.rollback().await?;
+                    tx.rollback().await?;
                     answers.push(Err(e));
                 }
             }
         }
-        tx.commit().await?;
         Ok(answers)
     }
 
@@ -260,10 +270,38 @@ impl SqliteStore {
 
 type Tx<'c> = sqlx::Transaction<'c, Sqlite>;
 
+/// Applies every event of `batch` in `tx`, then their deferred rows; the
+/// answer per event (see [`apply_one`]).
+async fn apply_all(tx: &mut Tx<'_>, batch: &[PresenceWrite]) -> Result<Vec<Option<u32>>, StoreError> {
+    let mut rows = Deferred::default();
+    let mut answers = Vec::with_capacity(batch.len());
+    for write in batch {
+        answers.push(apply_one(tx, write, &mut rows).await?);
+    }
+    for (warnings, now) in &rows.warnings {
+        insert_warnings(tx, warnings, *now).await?;
+    }
+    insert_audit_rows(tx, &rows.audit).await?;
+    Ok(answers)
+}
+
+/// The rows a batch of presence events adds besides its sessions, written
+/// after the last event: audit rows in the order the events made them, and
+/// each opened session's warnings with the time they were armed.
+#[derive(Default)]
+struct Deferred {
+    audit: Vec<(AuditEntry, Instant)>,
+    warnings: Vec<(Vec<WarningRow>, Instant)>,
+}
+
 /// One presence event: its mark first (a write, so the write lock is taken
 /// before anything is read), then its changes. `None`: not newer than what
 /// is recorded, so nothing is to change.
-async fn apply_one(tx: &mut Tx<'_>, w: &PresenceWrite) -> Result<Option<u32>, StoreError> {
+async fn apply_one(
+    tx: &mut Tx<'_>,
+    w: &PresenceWrite,
+    rows: &mut Deferred,
+) -> Result<Option<u32>, StoreError> {
     let m = &w.mark;
     let marked = sqlx::query(
         "INSERT INTO presence (provider, room_kind, room_id, participant, last_event_ms, last_event) \
@@ -286,10 +324,10 @@ async fn apply_one(tx: &mut Tx<'_>, w: &PresenceWrite) -> Result<Option<u32>, St
     for change in &w.changes {
         changed += match change {
             PresenceChange::Open { session, detail } => {
-                u32::from(open_unless_active(tx, session, w.now, detail).await?)
+                u32::from(open_unless_active(tx, session, w.now, detail, rows).await?)
             }
             PresenceChange::End { user, detail } => {
-                end_active(tx, &m.provider, &m.room, user.as_ref(), w.now, detail).await? as u32
+                end_active(tx, &m.provider, &m.room, user.as_ref(), w.now, detail, rows).await? as u32
             }
         };
     }
@@ -298,12 +336,14 @@ async fn apply_one(tx: &mut Tx<'_>, w: &PresenceWrite) -> Result<Option<u32>, St
 
 /// Registers a session opened by a webhook, unless the same policy already
 /// has an active session for that room and participant (an event delivered
-/// twice, or a second entry). Returns whether it was added.
+/// twice, or a second entry). Returns whether it was added; its warnings
+/// and audit row go to `rows`.
 async fn open_unless_active(
     tx: &mut Tx<'_>,
     s: &NewSession,
     now: Instant,
     detail: &str,
+    rows: &mut Deferred,
 ) -> Result<bool, StoreError> {
     let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO sessions ({NEW_SESSION_COLUMNS}) SELECT "));
     push_new_session(&mut q.separated(", "), s, now);
@@ -323,15 +363,18 @@ async fn open_unless_active(
     if done.rows_affected() == 0 {
         return Ok(false);
     }
-    insert_warnings(tx, &warnings_of(s, now), now).await?;
-    insert_audit(tx, &s.registered_entry(detail), now).await?;
+    let warnings = warnings_of(s, now);
+    if !warnings.is_empty() {
+        rows.warnings.push((warnings, now));
+    }
+    rows.audit.push((s.registered_entry(detail), now));
     Ok(true)
 }
 
 /// Ends the active sessions of a room (`user` None: all of them; Some: that
 /// participant's) of one provider, because the provider reported the room
-/// closed or the participant gone. No provider call; audit event `ended`.
-/// Returns how many.
+/// closed or the participant gone. No provider call; audit event `ended`
+/// (to `rows`). Returns how many.
 async fn end_active(
     tx: &mut Tx<'_>,
     provider: &str,
@@ -339,8 +382,9 @@ async fn end_active(
     user: Option<&UserId>,
     now: Instant,
     detail: &str,
+    rows: &mut Deferred,
 ) -> Result<usize, StoreError> {
-    let rows = sqlx::query(
+    let ended = sqlx::query(
         "UPDATE sessions INDEXED BY sessions_active_room SET state = 'cancelled', detail = ?, updated_at = ? \
          WHERE state = 'active' AND room_id = ? AND room_kind = ? AND provider = ? \
          AND (? IS NULL OR user_id = ?) RETURNING id",
@@ -354,14 +398,12 @@ async fn end_active(
     .bind(user.map(|u| u.as_str().to_string()))
     .fetch_all(&mut **tx)
     .await?;
-    let mut audit = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in &ended {
         let id: String = row.try_get("id")?;
         if let Ok(id) = id.parse::<SessionId>() {
             let entry = AuditEntry { provider: Some(provider.to_string()), ..AuditEntry::new("ended", id) };
-            audit.push((entry.detail(detail), now));
+            rows.audit.push((entry.detail(detail), now));
         }
     }
-    insert_audit_rows(tx, &audit).await?;
-    Ok(rows.len())
+    Ok(ended.len())
 }

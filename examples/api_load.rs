@@ -237,7 +237,7 @@ async fn start_server() -> anyhow::Result<Server> {
     let path = dir.path().join("cw.yaml");
     std::fs::write(&path, config(&dir.path().join("cw.db"), &sandbox.url(), &listen))?;
     let config = Arc::new(Config::load(&path)?);
-    let store = Store::open(&config.database).await?;
+    let store = Store::connect(&config.database).await?;
     let daemon =
         tokio::spawn(callwarden::daemon::serve(config, store.clone(), Clock::system(), shutdown.clone()));
     Ok(Server { _dir: dir, shutdown, sandbox, store, daemon, base: format!("http://{listen}") })

@@ -18,6 +18,7 @@ use crate::store::{Store, StoreError};
 mod args;
 mod audit;
 mod check;
+mod db;
 pub mod output;
 mod serve;
 mod session;
@@ -77,6 +78,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Audit(args) => audit::audit_command(&cli.config, args).await,
         Command::Budget(args) => session::budget(&cli.config, args).await,
         Command::Backup { path } => audit::backup(&cli.config, &path).await,
+        Command::Db(cmd) => db::db(&cli.config, cmd).await,
         Command::Sandbox(args) => serve::sandbox(args).await,
         Command::Demo(args) => {
             crate::demo::run(args.provider, args.spread, args.burst).await.map_err(Failure::Other)
@@ -93,13 +95,13 @@ fn load(path: &std::path::Path) -> Result<Config, Failure> {
 }
 
 async fn open(config: &Config) -> Result<Store, Failure> {
-    Ok(Store::open(&config.database).await.context("cannot open the database")?)
+    Ok(Store::connect(&config.database).await.context("cannot open the database")?)
 }
 
 /// For commands that only read: the database must exist and have this
 /// build's schema (`backup`: or an older one); nothing is migrated.
 async fn open_existing(config: &Config, older_ok: bool) -> Result<Store, Failure> {
-    Ok(Store::open_existing(&config.database, older_ok).await.context("cannot open the database")?)
+    Ok(Store::connect_existing(&config.database, older_ok).await.context("cannot open the database")?)
 }
 
 fn parse_id(id: &str) -> Result<SessionId, Failure> {

@@ -15,6 +15,7 @@ use crate::budget::Budget;
 use crate::domain::secret::Secret;
 use crate::domain::{Action, RetryPolicy, RoomKind};
 
+pub mod database;
 mod entra;
 mod file_ctx;
 pub mod live;
@@ -28,6 +29,7 @@ mod tests;
 mod trust;
 mod yaml;
 
+pub use database::{Database, PostgresUrl};
 pub use policy::session_duration;
 pub use secrets::expand_env;
 use secrets::mask_secrets;
@@ -75,9 +77,10 @@ pub struct ConfigError {
 pub struct Config {
     /// The file this was loaded from.
     pub path: PathBuf,
-    /// The SQLite file; relative paths are taken from the config file's
-    /// folder, so the daemon and the CLI always agree on it.
-    pub database: PathBuf,
+    /// Where the state lives: a SQLite file (relative paths are taken from
+    /// the config file's folder, so the daemon and the CLI always agree on
+    /// it) or a PostgreSQL URL.
+    pub database: Database,
     pub providers: IndexMap<String, ProviderConfig>,
     /// In file order, which later decides webhook matching.
     pub policies: IndexMap<String, Policy>,

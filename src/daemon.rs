@@ -108,7 +108,7 @@ pub async fn serve(
     let providers = build_providers(&config)?;
     // First of all: be the one daemon on this database, and hold the port,
     // before re-queuing anything another daemon may still be sending.
-    let _instance = Store::lock_database(store.path())?;
+    let instance = store.lock_daemon().await?;
     let listener = match config.listen {
         Some(addr) => {
             Some(crate::http::listener::bind(addr).map_err(|source| DaemonError::Listen { addr, source })?)
@@ -169,7 +169,7 @@ pub async fn serve(
         claims_tx,
     );
     tracing::info!(
-        database = %store.path().display(),
+        database = %store.location(),
         providers = config.providers.len(),
         policies = config.policies.len(),
         "callwarden running"
@@ -206,6 +206,18 @@ pub async fn serve(
             key,
             shutdown.clone(),
         ));
+    }
+    {
+        // The lock is kept for as long as the daemon runs; on PostgreSQL a
+        // connection lost with the server is made again and the lock
+        // re-taken. Lost to another daemon meanwhile, this one stops.
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = instance.keep(&shutdown).await {
+                tracing::error!(error = %e, "the database is no longer this daemon's alone; stopping");
+                shutdown.cancel();
+            }
+        });
     }
     crate::systemd::ready("enforcing deadlines");
     {

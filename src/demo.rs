@@ -247,7 +247,7 @@ pub async fn run(provider: DemoProvider, spread: u32, burst: u32) -> anyhow::Res
     };
     std::fs::write(&config_path, config_text).context("cannot write the demo config")?;
     let config = Arc::new(Config::load(&config_path)?);
-    let store = Store::open(&config.database).await?;
+    let store = Store::connect(&config.database).await?;
     let clock = Clock::system();
 
     let api = match provider {

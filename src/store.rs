@@ -5,9 +5,9 @@
 //! [`Store`] is an enum over the backends; each operation is declared once
 //! in the `operations!` list below (that list *is* the interface) and forwarded to
 //! the backend, which holds the SQL, the pragmas or settings, the migrations
-//! and the change watcher. SQLite ([`sqlite`]) is the one backend today;
-//! `tests/store_conformance.rs` runs the same tests against the interface,
-//! so a second backend is proven by running it against that one too.
+//! and the change watcher: SQLite ([`sqlite`]), the embedded default, and
+//! PostgreSQL ([`postgres`]). `tests/store_conformance.rs` runs the same
+//! tests against the interface for both.
 //!
 //! The `sessions` table *is* the scheduler's queue; nothing else keeps a copy
 //! of it. Every state change is a conditional write (`WHERE state = …`), so
@@ -25,16 +25,19 @@ use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint, Head};
 use crate::domain::session::{Adopted, NewSession, Repeatability, Session, SessionCursor, SessionRecord};
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
 
+pub mod copy;
 mod group_commit;
 pub mod health;
 pub mod lock_waits;
+pub mod postgres;
 mod presence_writer;
 mod registrar;
 pub mod sqlite;
+mod warnings;
 
+use crate::config::Database;
 pub use presence_writer::{PresenceChange, PresenceMark, PresenceWrite, PresenceWriter};
 pub use registrar::{Pending, Registrar};
-pub use sqlite::DaemonLock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +46,19 @@ pub enum StoreError {
         path: PathBuf,
         #[source]
         source: sqlx::Error,
+    },
+    /// A PostgreSQL database that cannot be reached or refused the login.
+    #[error("database {location}: {source}")]
+    Connect {
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database {location}: migration failed: {source}")]
+    MigrateAt {
+        location: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
     },
     #[error("database {path}: migration failed: {source}")]
     Migrate {
@@ -70,6 +86,16 @@ pub enum StoreError {
     BackupExists(PathBuf),
     #[error("database {}: no such file (the daemon or `callwarden session start` creates it)", .0.display())]
     Missing(PathBuf),
+    #[error(
+        "database {0}: callwarden's tables are not there yet (`callwarden run` or `callwarden session start` creates them)"
+    )]
+    Uninitialised(String),
+    /// `backup` of a PostgreSQL database.
+    #[error(
+        "database {0}: PostgreSQL is backed up with its own tools: `pg_dump --format=custom` for a copy, \
+         or the server's base backups and WAL archiving for point-in-time recovery"
+    )]
+    NoFileBackup(String),
     /// A command that only reads found another schema than its own.
     #[error(
         "database {}: schema v{found} is {} this callwarden's v{ours}; {}",
@@ -82,6 +108,17 @@ pub enum StoreError {
         }
     )]
     Schema { path: PathBuf, found: i64, ours: i64 },
+    /// As `Schema`, for a database named by URL.
+    #[error(
+        "database {location}: schema v{found} is {} this callwarden's v{ours}; {}",
+        if .found > .ours { "newer than" } else { "older than" },
+        if .found > .ours {
+            "use the callwarden that upgraded it, or upgrade this one"
+        } else {
+            "`callwarden run` upgrades it (take a `pg_dump` first); reading commands leave the schema alone"
+        }
+    )]
+    SchemaAt { location: String, found: i64, ours: i64 },
     /// Another daemon runs on this database (see [`Store::lock_database`]).
     #[error(
         "database {}: another callwarden daemon is running on it{holder} (it holds {}); one daemon \
@@ -89,11 +126,22 @@ pub enum StoreError {
         .path.display(), .lock.display()
     )]
     InUse { path: PathBuf, lock: PathBuf, holder: String },
+    /// Another daemon runs on this PostgreSQL database.
+    #[error(
+        "database {location}: another callwarden daemon is running on it{holder}; one daemon per database \
+         for now: stop the other one first"
+    )]
+    InUseAt { location: String, holder: String },
     #[error(
         "session {id} cannot be extended by {asked_ms} ms: it has been extended by {used_ms} ms and its policy \
          allows {max_ms} ms in all"
     )]
     ExtensionLimit { id: SessionId, used_ms: i64, asked_ms: i64, max_ms: i64 },
+    /// `db copy` from anything but SQLite, or into anything but PostgreSQL.
+    #[error("db copy copies a SQLite database into a PostgreSQL one (PostgreSQL to PostgreSQL: pg_dump)")]
+    CopyUnsupported,
+    #[error("database {0}: it holds callwarden data already; db copy fills an empty database only")]
+    CopyTargetNotEmpty(String),
     #[error("session {id} in the database is malformed: {reason}")]
     Malformed { id: String, reason: String },
 }
@@ -171,12 +219,60 @@ pub struct Notification {
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// The one daemon's hold on its database (see [`Store::lock_database`]),
+/// released when dropped or when the process exits.
+#[derive(Debug)]
+pub enum DaemonLock {
+    Sqlite(sqlite::DaemonLock),
+    Postgres(Box<postgres::PgDaemonLock>),
+}
+
+impl DaemonLock {
+    /// Holds the lock until `shutdown`. A file lock needs nothing more; a
+    /// PostgreSQL lock lives on a connection, which a server restart or a
+    /// network cut ends: it is then made again and the lock re-taken. An
+    /// error means another daemon took the lock meanwhile.
+    pub async fn keep(self, shutdown: &tokio_util::sync::CancellationToken) -> Result<(), StoreError> {
+        match self {
+            DaemonLock::Sqlite(lock) => {
+                shutdown.cancelled().await;
+                drop(lock);
+                Ok(())
+            }
+            DaemonLock::Postgres(lock) => lock.keep(shutdown).await,
+        }
+    }
 }
 
 impl Store {
     /// Opens (creating if missing) and migrates the SQLite database at `path`.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         Ok(Store::Sqlite(sqlite::SqliteStore::open(path).await?))
+    }
+
+    /// Opens and migrates the configured database, whichever backend:
+    /// a SQLite file is created if missing; a PostgreSQL database must
+    /// exist (its tables are created).
+    pub async fn connect(db: &Database) -> Result<Store, StoreError> {
+        match db {
+            Database::Sqlite(path) => Store::open(path).await,
+            Database::Postgres(url) => {
+                Ok(Store::Postgres(postgres::PgStore::open(url.expose(), url.password()).await?))
+            }
+        }
+    }
+
+    /// [`Store::open_existing`] for the configured database.
+    pub async fn connect_existing(db: &Database, older_ok: bool) -> Result<Store, StoreError> {
+        match db {
+            Database::Sqlite(path) => Store::open_existing(path, older_ok).await,
+            Database::Postgres(url) => Ok(Store::Postgres(
+                postgres::PgStore::open_existing(url.expose(), url.password(), older_ok).await?,
+            )),
+        }
     }
 
     /// Opens an existing database for a command that only reads (`audit`,
@@ -192,14 +288,38 @@ impl Store {
     /// calls under way and send them again, and double the provider's rate.
     /// Held until the returned lock is dropped or the process exits, however
     /// it exits (the kernel releases it).
-    pub fn lock_database(path: &Path) -> Result<DaemonLock, StoreError> {
-        sqlite::lock_database(path)
+    pub async fn lock_database(db: &Database) -> Result<DaemonLock, StoreError> {
+        match db {
+            Database::Sqlite(path) => Ok(DaemonLock::Sqlite(sqlite::lock_database(path)?)),
+            Database::Postgres(url) => {
+                let lock = postgres::PgStore::lock_unopened(url.expose(), url.password()).await?;
+                Ok(DaemonLock::Postgres(Box::new(lock)))
+            }
+        }
     }
 
-    /// Where the data lives, for messages.
-    pub fn path(&self) -> &Path {
+    /// [`Store::lock_database`] for the database this handle is on.
+    pub async fn lock_daemon(&self) -> Result<DaemonLock, StoreError> {
         match self {
-            Store::Sqlite(s) => s.path(),
+            Store::Sqlite(s) => Ok(DaemonLock::Sqlite(sqlite::lock_database(s.path())?)),
+            Store::Postgres(s) => Ok(DaemonLock::Postgres(Box::new(s.lock_database().await?))),
+        }
+    }
+
+    /// Where the data lives, for messages: the file, or the URL without
+    /// its password.
+    pub fn location(&self) -> String {
+        match self {
+            Store::Sqlite(s) => s.path().display().to_string(),
+            Store::Postgres(s) => s.location().to_string(),
+        }
+    }
+
+    /// The SQLite file, when that is the backend.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Store::Sqlite(s) => Some(s.path()),
+            Store::Postgres(_) => None,
         }
     }
 
@@ -207,6 +327,7 @@ impl Store {
     pub fn health(&self) -> &Arc<health::StoreHealth> {
         match self {
             Store::Sqlite(s) => &s.health,
+            Store::Postgres(s) => &s.health,
         }
     }
 
@@ -214,12 +335,14 @@ impl Store {
     pub fn lock_waits(&self) -> &Arc<lock_waits::LockWaits> {
         match self {
             Store::Sqlite(s) => &s.lock_waits,
+            Store::Postgres(s) => &s.lock_waits,
         }
     }
 
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 
@@ -241,6 +364,7 @@ impl Store {
     pub async fn change_watcher(&self) -> Result<ChangeWatcher, StoreError> {
         match self {
             Store::Sqlite(s) => Ok(ChangeWatcher::Sqlite(s.change_watcher().await?)),
+            Store::Postgres(s) => Ok(ChangeWatcher::Postgres(s.change_watcher().await?)),
         }
     }
 }
@@ -249,6 +373,7 @@ impl Store {
 #[derive(Debug)]
 pub enum ChangeWatcher {
     Sqlite(sqlite::DataVersionWatcher),
+    Postgres(postgres::PgChangeWatcher),
 }
 
 impl ChangeWatcher {
@@ -256,6 +381,7 @@ impl ChangeWatcher {
     pub async fn changed(&mut self) -> Result<bool, StoreError> {
         match self {
             ChangeWatcher::Sqlite(w) => w.changed().await,
+            ChangeWatcher::Postgres(w) => w.changed().await,
         }
     }
 }
@@ -269,6 +395,7 @@ macro_rules! operations {
                 pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     match self {
                         Store::Sqlite(s) => s.$name($($arg),*).await,
+                        Store::Postgres(s) => s.$name($($arg),*).await,
                     }
                 }
             )*

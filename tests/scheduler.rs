@@ -41,7 +41,7 @@ async fn start_scheduler(capacity: usize) -> Harness {
 async fn start_scheduler_with(capacity: usize, clock: Clock) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let config = Arc::new(Config::parse(&dir.path().join("cw.yaml"), CONFIG).unwrap());
-    let store = Store::open(&config.database).await.unwrap();
+    let store = Store::connect(&config.database).await.unwrap();
     let changed = Arc::new(Notify::new());
     let (tx, rx) = mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
@@ -193,7 +193,7 @@ async fn a_row_without_deadline_inserted_by_sql_is_adopted_from_its_policy() {
     let mut h = start_scheduler(64).await;
     // The store's own API cannot leave the provider and deadline empty, so
     // write the row the way another program would.
-    let db = h.store.path().to_path_buf();
+    let db = h.store.sqlite_path().unwrap().to_path_buf();
     let mut conn =
         <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", db.display()))
             .await

@@ -7,9 +7,9 @@
 //! Every test is written once, as `async fn name(db) { … }` inside
 //! [`conformance!`], and instantiated once per backend by [`backends!`]: the
 //! test `store_conformance::queue::a_claimed_session_is_not_claimed_twice`
-//! runs as `…::sqlite`, and a second backend is one more line there (and its
-//! plain-SQL helper in `store_conformance/backend.rs`). `cargo test --test
-//! store_conformance sqlite` runs one backend's instances.
+//! runs as `…::sqlite` and `…::postgres` (see `store_conformance/backend.rs`
+//! for what each backend supplies). `cargo test --test store_conformance
+//! sqlite` runs one backend's instances.
 //!
 //! No SQL appears in the tests: the one behaviour that is about SQL ("rows an
 //! app inserts with plain SQL" are adopted, rejected or fail to parse) goes
@@ -28,8 +28,18 @@ macro_rules! backends {
         $($attr)*
         #[tokio::test]
         async fn sqlite() {
-            $test(crate::store_conformance::backend::Db::open(crate::store_conformance::backend::Backend::Sqlite).await)
-                .await
+            let db = crate::store_conformance::backend::Db::open(crate::store_conformance::backend::Backend::Sqlite);
+            $test(db.await.expect("SQLite runs everywhere")).await
+        }
+
+        $($attr)*
+        #[tokio::test]
+        async fn postgres() {
+            // None: PostgreSQL is not installed here, and not required.
+            let db = crate::store_conformance::backend::Db::open(crate::store_conformance::backend::Backend::Postgres);
+            if let Some(db) = db.await {
+                $test(db).await
+            }
         }
     };
 }

@@ -225,6 +225,8 @@ pub(crate) struct Rig {
     pub(crate) tap: Tap,
     pub(crate) store: Store,
     pub(crate) config: Arc<Config>,
+    /// The SQLite file the config names.
+    pub(crate) db: PathBuf,
     /// The config file, for a daemon started as its own process.
     pub(crate) config_path: PathBuf,
     shutdown: CancellationToken,
@@ -255,8 +257,8 @@ impl Rig {
             std::fs::File::open(&db)?.sync_all()?;
         }
         let (config_path, config) = write_config_with(dir.path(), &db, &tap.url(), rate, provider, extra)?;
-        let store = Store::open(&config.database).await?;
-        Ok(Rig { dir, sandbox, tap, store, config, config_path, shutdown })
+        let store = Store::connect(&config.database).await?;
+        Ok(Rig { dir, sandbox, tap, store, config, db, config_path, shutdown })
     }
 
     pub(crate) fn start_daemon(
@@ -275,7 +277,7 @@ impl Rig {
         let bin = sibling_binary("baseline_poller")?;
         Command::new(&bin)
             .arg("--database")
-            .arg(&self.config.database)
+            .arg(&self.db)
             .arg("--endpoint")
             .arg(self.tap.url())
             .arg("--rate")
@@ -295,7 +297,7 @@ impl Rig {
             .max_connections(1)
             .connect_with(
                 SqliteConnectOptions::new()
-                    .filename(&self.config.database)
+                    .filename(&self.db)
                     .busy_timeout(std::time::Duration::from_secs(5))
                     .synchronous(SqliteSynchronous::Full),
             )

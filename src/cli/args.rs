@@ -40,10 +40,25 @@ pub enum Command {
     Budget(BudgetArgs),
     /// Write a consistent copy of the live database to PATH (safe while the daemon runs).
     Backup { path: PathBuf },
+    /// Move the database: copy a SQLite deployment into PostgreSQL.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Serve a local stand-in for the TRTC and ACS APIs (for tests and trying things out).
     Sandbox(SandboxArgs),
     /// Run the daemon against an in-process sandbox with a realistic load and summarise.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Copy the configured SQLite database whole (sessions, the audit log and its chain, checkpoints,
+    /// notifications, webhook history) into an empty PostgreSQL database, then verify the copy's chain.
+    /// Stop the daemon first.
+    Copy {
+        /// The target, postgres://USER@HOST/DATABASE (password in the URL or PGPASSWORD).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

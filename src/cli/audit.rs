@@ -18,11 +18,11 @@ pub(super) async fn backup(config_path: &std::path::Path, to: &std::path::Path) 
     let config = load(config_path)?;
     let store = open_existing(&config, true).await?;
     store.backup(to).await.with_context(|| format!("cannot back up to {}", to.display()))?;
-    eprintln!("backed up {} to {}", config.database.display(), to.display());
+    eprintln!("backed up {} to {}", config.database, to.display());
     Ok(())
 }
 
-async fn verify_audit(store: &Store, config: &Config) -> Result<(), Failure> {
+pub(super) async fn verify_audit(store: &Store, config: &Config) -> Result<(), Failure> {
     const PAGE: u32 = 10_000;
     let checkpoint = store.audit_checkpoint().await.map_err(refusal)?;
     if let Some(cp) = &checkpoint {

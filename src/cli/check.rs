@@ -8,7 +8,7 @@ use crate::http_client::display_url;
 pub(super) fn check(path: &std::path::Path) -> Result<(), Failure> {
     let config = load(path)?;
     println!("configuration {} is valid", config.path.display());
-    println!("database: {}", config.database.display());
+    println!("database: {}", config.database);
     for p in config.providers.values() {
         match &p.settings {
             ProviderSettings::Trtc(t) => println!(

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Failure, SandboxArgs, load, open};
 use crate::clock::Clock;
+use crate::config::Database;
 use crate::sandbox::{Sandbox, SandboxOptions};
 
 pub(super) async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
@@ -21,15 +22,16 @@ pub(super) async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
     }
     // Checked before opening: a second daemon must not even migrate the
     // database under the one running (the lock is taken for good in serve).
-    drop(crate::store::Store::lock_database(&config.database).context("cannot start")?);
+    drop(crate::store::Store::lock_database(&config.database).await.context("cannot start")?);
     let store = open(&config).await?;
     let shutdown = CancellationToken::new();
     // The clock goes on from where the last daemon of this boot left it
     // (a restart in the middle of catching up with a clock step).
-    let clock_file = crate::clock::saved::path_for(&config.database);
-    let clock = Clock::system_resumed(crate::clock::saved::load(&clock_file));
-    let saving =
-        tokio::spawn(crate::clock::saved::save_periodically(clock.clone(), clock_file, shutdown.clone()));
+    let clock_file = clock_file(&config.database);
+    let clock = Clock::system_resumed(clock_file.as_deref().and_then(crate::clock::saved::load));
+    let saving = clock_file.map(|file| {
+        tokio::spawn(crate::clock::saved::save_periodically(clock.clone(), file, shutdown.clone()))
+    });
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let (live, reloads) = crate::config::live::Live::new(config);
     tokio::spawn(crate::reload::watch_config(
@@ -42,10 +44,24 @@ pub(super) async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
     let served = crate::daemon::serve(live, store.clone(), clock, shutdown.clone()).await;
     // The last reading is written even when the daemon failed.
     shutdown.cancel();
-    let _ = saving.await;
+    if let Some(saving) = saving {
+        let _ = saving.await;
+    }
     served.context("daemon failed")?;
     store.close().await;
     Ok(())
+}
+
+/// Where the clock's last reading is kept between runs of one boot: beside
+/// a SQLite file; for PostgreSQL, in systemd's `StateDirectory` when the
+/// unit has one (else the clock starts afresh, as after a reboot).
+fn clock_file(database: &Database) -> Option<std::path::PathBuf> {
+    match database {
+        Database::Sqlite(path) => Some(crate::clock::saved::path_for(path)),
+        Database::Postgres(_) => std::env::var_os("STATE_DIRECTORY")
+            .and_then(|dirs| std::env::split_paths(&dirs).next())
+            .map(|dir| dir.join("callwarden.clock")),
+    }
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -2,18 +2,18 @@
 //! policy files it names, and the checks that span sections.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use indexmap::IndexMap;
 
 use super::file_ctx::FileCtx;
 use super::raw::{RawConfig, RawNotifications, RawProvider, RawRetention, RawSecret};
-use super::secrets::expand_env;
+use super::secrets::{expand_env, read_secret_file};
 use super::yaml::syntax_error;
 use super::{
-    Config, ConfigError, MIN_SHARED_SECRET_LEN, Notifications, Policy, ProviderConfig, ProviderSettings,
-    Retention,
+    Config, ConfigError, Database, MIN_SHARED_SECRET_LEN, Notifications, Policy, PostgresUrl, ProviderConfig,
+    ProviderSettings, Retention,
 };
 use crate::domain::parse_duration;
 use crate::domain::secret::Secret;
@@ -32,7 +32,7 @@ pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigEr
     let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
     let mut warnings = Vec::new();
 
-    let database = ctx.database(&raw.database)?;
+    let database = ctx.database(&raw.database, raw.database_password_file.as_ref())?;
     let providers = ctx.providers(raw.providers, &mut warnings)?;
     let Policies { policies, defined_at, sources, policy_globs } = ctx.policies(
         raw.policies,
@@ -71,15 +71,33 @@ pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigEr
 }
 
 impl FileCtx<'_> {
-    /// `database`: a file, relative to the config file's folder.
-    fn database(&self, raw: &str) -> Result<PathBuf, ConfigError> {
+    /// `database`: a file, relative to the config file's folder, or a
+    /// PostgreSQL URL (with `database_password_file`, if given).
+    fn database(&self, raw: &str, password_file: Option<&String>) -> Result<Database, ConfigError> {
         let database = expand_env(raw).map_err(|var| {
             self.error(&["database"], format!("database refers to ${{{var}}}, which is not set"))
         })?;
         if database.trim().is_empty() {
-            return Err(self.error(&["database"], "database must name a file".into()));
+            return Err(self.error(&["database"], "database must name a file or a postgres:// URL".into()));
         }
-        Ok(self.folder().join(database.trim()))
+        if !Database::is_postgres_url(&database) {
+            if password_file.is_some() {
+                return Err(self.error(
+                    &["database_password_file"],
+                    "database_password_file is for a PostgreSQL database; database names a SQLite file"
+                        .into(),
+                ));
+            }
+            return Ok(Database::Sqlite(self.folder().join(database.trim())));
+        }
+        let password = password_file
+            .map(|file| {
+                read_secret_file(self.folder(), file).map_err(|r| self.error(&["database_password_file"], r))
+            })
+            .transpose()?;
+        let url = PostgresUrl::parse(&database, password)
+            .map_err(|reason| self.error(&["database"], format!("database: {reason}")))?;
+        Ok(Database::Postgres(url))
     }
 
     /// `providers`: each section in file order; at least one.

@@ -10,6 +10,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     pub(super) database: String,
+    pub(super) database_password_file: Option<String>,
     pub(super) listen: Option<String>,
     pub(super) api_token: Option<RawSecret>,
     pub(super) api_token_file: Option<String>,

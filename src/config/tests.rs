@@ -26,7 +26,7 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
 #[test]
 fn a_good_file_loads_with_defaults() {
     let c = parse(GOOD).unwrap();
-    assert_eq!(c.database, PathBuf::from("/etc/cw/cw.db"));
+    assert_eq!(c.database, crate::config::Database::Sqlite(PathBuf::from("/etc/cw/cw.db")));
     let p = &c.providers["trtc"];
     assert_eq!(p.max_requests_per_second, 19);
     assert_eq!(p.retry, RetryPolicy::default());

@@ -327,6 +327,11 @@ impl SqliteStore {
         }
     }
 
+    /// The reader pool (the copy to PostgreSQL reads through it).
+    pub(super) fn readers(&self) -> &SqlitePool {
+        &self.readers
+    }
+
     pub(in crate::store) fn path(&self) -> &Path {
         &self.path
     }

@@ -165,7 +165,7 @@ async fn retention_prunes_behind_a_signed_checkpoint_and_verification_still_hold
     let dir =
         Workdir::with_config(|db| format!("{}{RETENTION}", config_text(db, NOWHERE, SANDBOX_SECRET_KEY)));
     let config = callwarden::config::Config::load(&dir.config).unwrap();
-    let store = Store::open(&config.database).await.unwrap();
+    let store = Store::connect(&config.database).await.unwrap();
     // Two months ago: sessions registered and ended. Yesterday: more.
     let session = |room: u32, at: Instant| NewSession {
         id: SessionId::new(),
@@ -233,7 +233,7 @@ async fn headed_log() -> Workdir {
     std::fs::write(&dir.config, format!("{text}retention:\n  checkpoint_key: test-checkpoint-key\n"))
         .unwrap();
     let config = callwarden::config::Config::load(&dir.config).unwrap();
-    let store = callwarden::store::Store::open(&config.database).await.unwrap();
+    let store = callwarden::store::Store::connect(&config.database).await.unwrap();
     let key = config.retention.checkpoint_key.clone().unwrap();
     let clock = callwarden::clock::Clock::system();
     let head = callwarden::retention::record_head(&store, &clock, &key).await.unwrap().expect("a head");

@@ -22,6 +22,7 @@ mod http;
 mod kill_loop;
 mod policies;
 mod policy_cli;
+mod postgres;
 mod provider_faults;
 mod reconnects;
 mod sql;

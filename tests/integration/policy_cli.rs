@@ -65,7 +65,7 @@ async fn a_shadow_policy_records_what_it_would_do_and_calls_nothing() {
             .text()
     });
     let config = std::sync::Arc::new(callwarden::config::Config::load(&dir.config).unwrap());
-    let store = callwarden::store::Store::open(&config.database).await.unwrap();
+    let store = callwarden::store::Store::connect(&config.database).await.unwrap();
     let daemon = tokio::spawn(callwarden::daemon::serve(
         config.clone(),
         store.clone(),

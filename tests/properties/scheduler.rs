@@ -229,7 +229,7 @@ impl Life {
     fn start(config: &Arc<Config>, clock: &Clock, held: bool) -> Life {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let store = runtime.block_on(Store::open(&config.database)).unwrap();
+        let store = runtime.block_on(Store::connect(&config.database)).unwrap();
         let mut life = Life { runtime, store, shutdown: CancellationToken::new(), daemon: None };
         if held {
             // What the daemon does first when it starts; holding it there

@@ -6,7 +6,10 @@ use super::support::*;
 
 conformance! {
     async fn writes_go_through_while_another_program_inserts_in_a_tight_loop(db) {
-        let sessions: Vec<_> = (0..200).map(|i| session(100 + i, at(30))).collect();
+        // Enough to go on writing until the other program has committed a
+        // few times, however fast our writes go (on PostgreSQL, which has no
+        // database-wide write lock, they do not wait for its transactions).
+        let sessions: Vec<_> = (0..2000).map(|i| session(100 + i, at(30))).collect();
         let registered = register(&db.store, sessions, at(0)).await;
         let writer = db.busy_writer().await;
         let before = writer.commits();

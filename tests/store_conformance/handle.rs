@@ -23,8 +23,8 @@ async fn wait_for_change(watcher: &mut ChangeWatcher) {
 
 conformance! {
     async fn path_names_where_the_data_lives(db) {
-        assert_eq!(db.store.path(), db.location.as_path());
-        assert_eq!(db.store.clone().path(), db.location.as_path());
+        assert_eq!(db.store.location(), db.location);
+        assert_eq!(db.store.clone().location(), db.location);
     }
 
     async fn a_fresh_store_is_healthy_and_clones_share_its_health(db) {

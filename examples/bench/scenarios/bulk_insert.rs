@@ -31,7 +31,7 @@ pub(crate) async fn bulk_insert(args: &BulkInsertArgs) -> anyhow::Result<Figures
     let first = Instant::from_millis(now.millis() + 3000);
     let due = Due::new(first, args.spread_secs, 1_000_000, now)?;
     insert_all(&rig.store, &due.sessions, 1000).await?;
-    WriterProbe::prepare(&rig.config.database).await?;
+    WriterProbe::prepare(&rig.db).await?;
     let monitor = FsyncMonitor::start(rig.dir.path())?;
     let wakes = WakeMonitor::start();
     let daemon = DaemonProcess::start(&rig.config_path, rig.dir.path()).await?;
@@ -41,7 +41,7 @@ pub(crate) async fn bulk_insert(args: &BulkInsertArgs) -> anyhow::Result<Figures
     // An outside writer that retries every 0.5 ms: how long a writer that
     // polls the lock closely waits, next to the daemon's (SQLite's busy
     // handler, which sleeps up to 100 ms between tries).
-    let probe = WriterProbe::start(rig.config.database.clone());
+    let probe = WriterProbe::start(rig.db.clone());
 
     let insert_started = clock.now();
     let started = StdInstant::now();

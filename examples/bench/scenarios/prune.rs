@@ -49,7 +49,7 @@ pub(crate) async fn prune(args: &PruneArgs) -> anyhow::Result<Figures> {
     let copy_started = StdInstant::now();
     let rig = Rig::with(19, ProviderKind::Trtc, &retention_config(), Some(&seed)).await?;
     let copy_secs = copy_started.elapsed().as_secs_f64();
-    WriterProbe::prepare(&rig.config.database).await?;
+    WriterProbe::prepare(&rig.db).await?;
     let clock = Clock::system();
     let now = clock.now();
     // Due from 10 s after start (well before the prune) for as long as the
@@ -62,7 +62,7 @@ pub(crate) async fn prune(args: &PruneArgs) -> anyhow::Result<Figures> {
     let monitor = FsyncMonitor::start(rig.dir.path())?;
     let wakes = WakeMonitor::start();
     let daemon = DaemonProcess::start(&rig.config_path, rig.dir.path()).await?;
-    let probe = WriterProbe::start(rig.config.database.clone());
+    let probe = WriterProbe::start(rig.db.clone());
     let ready = daemon.ready;
     // The prune task's first tick is FIRST_PRUNE_AFTER after the task is
     // spawned, right after the ready line.
@@ -87,7 +87,7 @@ pub(crate) async fn prune(args: &PruneArgs) -> anyhow::Result<Figures> {
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stop_at = clock.now();
-    let wal = format!("{}-wal", rig.config.database.display());
+    let wal = format!("{}-wal", rig.db.display());
     let wal_mb = std::fs::metadata(wal).map_or(0, |m| m.len()) as f64 / 1e6;
     let rooms = due.rooms_in(first, Instant::from_millis(stop_at.millis() - 1000));
     let seen = wait_seen(&rig.tap, &rooms, stop_at, Duration::from_secs(30)).await;

@@ -40,7 +40,7 @@ pub(crate) async fn scheduler(args: &SchedulerArgs) -> anyhow::Result<Figures> {
     let db = dir.path().join("callwarden.db");
     let (_, config) = write_config(dir.path(), &db, "http://127.0.0.1:9", 19, ProviderKind::Trtc)?;
     let probe_us = commit_probe(dir.path(), 100).await?;
-    let store = Store::open(&config.database).await?;
+    let store = Store::connect(&config.database).await?;
     let clock = Clock::system();
     let n = args.sessions.max(1);
     let spread_ms = (args.spread_secs * 1000.0) as i64;

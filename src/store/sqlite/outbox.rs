@@ -12,41 +12,11 @@ use sqlx::Row;
 
 use super::audit_log::insert_audit;
 use super::{SESSION_COLUMNS, SqliteStore};
+use crate::domain::Instant;
 use crate::domain::audit::AuditEntry;
-use crate::domain::session::NewSession;
 use crate::domain::session::SessionRecord;
-use crate::domain::{Instant, SessionId, duration_millis_ceil};
+use crate::store::warnings::WarningRow;
 use crate::store::{Notification, StoreError};
-
-/// A warning to arm: due `offset` before the end of the booked time.
-#[derive(Debug, Clone)]
-pub(super) struct WarningRow {
-    session: SessionId,
-    offset_ms: i64,
-    due: Instant,
-}
-
-/// The warnings of a session whose booked time ends at `booked_end`; points
-/// already past at `now` are skipped.
-pub(super) fn warning_points(
-    session: SessionId,
-    booked_end: Instant,
-    warn_before: &[Duration],
-    now: Instant,
-) -> Vec<WarningRow> {
-    warn_before
-        .iter()
-        .map(|w| {
-            let offset_ms = duration_millis_ceil(*w);
-            WarningRow { session, offset_ms, due: Instant::from_millis(booked_end.millis() - offset_ms) }
-        })
-        .filter(|w| w.due > now)
-        .collect()
-}
-
-pub(super) fn warnings_of(s: &NewSession, now: Instant) -> Vec<WarningRow> {
-    warning_points(s.id, s.booked_end(), &s.warn_before, now)
-}
 
 pub(super) async fn insert_warnings(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,

@@ -7,11 +7,12 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::SqliteStore;
 use super::audit_log::{insert_audit, insert_audit_rows};
-use super::outbox::{WarningRow, insert_warnings, warnings_of};
+use super::outbox::insert_warnings;
 use super::sessions::{NEW_SESSION_COLUMNS, push_new_session};
 use crate::domain::audit::AuditEntry;
 use crate::domain::session::NewSession;
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
+use crate::store::warnings::{WarningRow, warnings_of};
 use crate::store::{PresenceChange, PresenceWrite, StoreError};
 
 impl SqliteStore {

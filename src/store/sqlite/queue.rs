@@ -6,12 +6,13 @@
 use sqlx::Row;
 
 use super::audit_log::{insert_audit, insert_audit_rows};
-use super::outbox::{self, insert_warnings};
+use super::outbox::insert_warnings;
 use super::{SESSION_COLUMNS, SqliteStore};
 use crate::domain::audit::AuditEntry;
 use crate::domain::session::{Adopted, Repeatability, Session, SessionRecord};
 use crate::domain::{Instant, SessionId, SessionState};
 use crate::store::StoreError;
+use crate::store::warnings::warning_points;
 
 impl SqliteStore {
     /// Rows inserted with plain SQL that still need a provider or a deadline;
@@ -66,8 +67,7 @@ impl SqliteStore {
             count += 1;
             if let Ok(sid) = a.id.parse::<SessionId>() {
                 let booked_end = a.deadline.saturating_sub(a.grace);
-                insert_warnings(&mut tx, &outbox::warning_points(sid, booked_end, &a.warn_before, now), now)
-                    .await?;
+                insert_warnings(&mut tx, &warning_points(sid, booked_end, &a.warn_before, now), now).await?;
             }
             let entry = AuditEntry {
                 session_id: a.id.parse().ok(),

@@ -9,11 +9,12 @@ use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::audit_log::{insert_audit, insert_audit_rows};
-use super::outbox::{self, insert_warnings, warnings_of};
+use super::outbox::insert_warnings;
 use super::{SESSION_COLUMNS, SqliteStore};
 use crate::domain::audit::AuditEntry;
 use crate::domain::session::{NewSession, SessionCursor, SessionRecord};
 use crate::domain::{Instant, SessionId, SessionState};
+use crate::store::warnings::{warning_points, warnings_of};
 use crate::store::{Inserted, Pending, StateCounts, StoreError};
 
 impl SqliteStore {
@@ -171,7 +172,7 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         let booked_end = Instant::from_millis(deadline.millis() - grace_ms);
-        insert_warnings(&mut tx, &outbox::warning_points(id, booked_end, warn_before, now), now).await?;
+        insert_warnings(&mut tx, &warning_points(id, booked_end, warn_before, now), now).await?;
         insert_audit(
             &mut tx,
             &AuditEntry::new("extended", id)

@@ -14,6 +14,8 @@ mod faults;
 mod harness;
 mod http;
 mod invariants;
+#[path = "../../support/pg_cluster.rs"]
+pub mod pg_cluster;
 mod process;
 mod rows;
 mod sandbox;

@@ -1,0 +1,402 @@
+//! The PostgreSQL backend: for operators who already run (and replicate)
+//! PostgreSQL.
+//!
+//! It owns the connection pool, the embedded migrations
+//! (`migrations/postgres/`), the `LISTEN` change watcher, and the SQL of
+//! every store operation, one concern per file below, mirroring
+//! `store/sqlite/`. The tables and columns are SQLite's, with PostgreSQL's
+//! types: times are `timestamptz`, kept in whole milliseconds by a trigger
+//! (a deadline rounded up, never early), and read back as the same UTC text
+//! SQLite stores (`callwarden_text(t)`), so the rows the store hands up are
+//! the same from either backend.
+//!
+//! Writes are transactions on the pool. Two writers (this daemon, the CLI,
+//! an app's own SQL) are kept apart by PostgreSQL's row locks and by the
+//! conditional writes every backend makes (`WHERE state = …`); appends to
+//! the audit chain lock its tip row (`audit_tip`), so they never fork it.
+//! One daemon per database, for now: [`PgDaemonLock`] is a session advisory
+//! lock held by a connection of its own.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+
+use super::StoreError;
+use super::health::StoreHealth;
+use super::lock_waits::LockWaits;
+use crate::config::database::redacted;
+use crate::domain::session::SessionRecord;
+
+mod audit_log;
+mod budget;
+mod outbox;
+mod presence;
+mod queue;
+mod sessions;
+
+pub use audit_log::{audit_record, insert_audit_records};
+
+/// The longest wait for a pooled connection (as for SQLite: a third of the
+/// unit's watchdog).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections in the pool: the scheduler, enforcement, the registrar, the
+/// API's reads and the notifier share them.
+pub const POOL_SIZE: u32 = 8;
+/// The longest a statement may run before the server cancels it: a claim or
+/// an insert batch takes milliseconds; anything near this is stuck.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The channel `sessions_changed()` notifies on (migration 0001).
+pub const CHANGES_CHANNEL: &str = "callwarden_changed";
+/// The advisory lock key the one daemon holds: "cw" and "rn" in ASCII.
+const DAEMON_LOCK_KEY: i64 = 0x6377_726e;
+/// Rows deleted per transaction when pruning.
+pub(crate) const PRUNE_CHUNK: i64 = 1_000;
+
+/// The schema's migrations, embedded in the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The columns of `sessions` as the store reads them (times as UTC text), in
+/// the order [`session_record`] reads.
+pub(super) const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_kind, user_id, \
+     callwarden_text(started_at) AS started_at, callwarden_text(deadline) AS deadline, state, attempts, \
+     extended_ms, detail, repeatability_id, callwarden_text(first_sent_at) AS first_sent_at, idempotency_key, \
+     callwarden_text(created_at) AS created_at, callwarden_text(updated_at) AS updated_at, grace_ms, \
+     callwarden_text(ended_at) AS ended_at";
+
+/// Handle on one PostgreSQL database. Cheap to clone. Its `Debug` names
+/// the database without the password the connection options hold.
+#[derive(Clone)]
+pub struct PgStore {
+    /// The URL without its password, for messages.
+    location: String,
+    /// Shared by clones (it is large): for connections of their own.
+    options: std::sync::Arc<PgConnectOptions>,
+    pool: PgPool,
+    /// Whether the daemon's database steps are failing right now.
+    pub(super) health: std::sync::Arc<StoreHealth>,
+    /// How long writes waited for a connection and `BEGIN` lately.
+    pub(super) lock_waits: std::sync::Arc<LockWaits>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+/// The connection options for `url`, with the password from
+/// `password_file` if given (else the URL's, else `PGPASSWORD`), and the
+/// settings every connection of the daemon gets.
+pub fn connect_options(url: &str, password: Option<&str>) -> Result<PgConnectOptions, StoreError> {
+    let location = redacted(url);
+    let mut options: PgConnectOptions =
+        url.parse().map_err(|source| StoreError::Connect { location: location.clone(), source })?;
+    if let Some(password) = password {
+        options = options.password(password);
+    }
+    Ok(options
+        .application_name("callwarden")
+        // Notices ("relation … already exists, skipping" at every start) are
+        // not the operator's business; warnings are.
+        .options([
+            ("statement_timeout", format!("{}", STATEMENT_TIMEOUT.as_millis())),
+            ("client_min_messages", "warning".to_string()),
+        ]))
+}
+
+impl PgStore {
+    /// Connects and migrates.
+    pub(in crate::store) async fn open(url: &str, password: Option<&str>) -> Result<PgStore, StoreError> {
+        let store = Self::connect(url, password).await?;
+        let mut conn = store.pool.acquire().await.map_err(|e| store.connect_error(e))?;
+        // Two processes migrating at once: sqlx takes an advisory lock
+        // around the migrations, so the second waits and finds them applied.
+        MIGRATOR
+            .run(&mut *conn)
+            .await
+            .map_err(|source| StoreError::MigrateAt { location: store.location.clone(), source })?;
+        Ok(store)
+    }
+
+    /// Connects without migrating, for commands that only read; refuses a
+    /// schema other than this build's (or, with `older_ok`, a newer one).
+    pub(in crate::store) async fn open_existing(
+        url: &str,
+        password: Option<&str>,
+        older_ok: bool,
+    ) -> Result<PgStore, StoreError> {
+        let store = Self::connect(url, password).await?;
+        let migrated: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&store.pool)
+            .await
+            .map_err(|e| store.connect_error(e))?;
+        let found: i64 = if migrated {
+            sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&store.pool)
+                .await
+                .map_err(|e| store.connect_error(e))?
+        } else {
+            0
+        };
+        if found == 0 {
+            store.pool.close().await;
+            return Err(StoreError::Uninitialised(store.location.clone()));
+        }
+        let ours = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        if found > ours || (found < ours && !older_ok) {
+            store.pool.close().await;
+            return Err(StoreError::SchemaAt { location: store.location.clone(), found, ours });
+        }
+        Ok(store)
+    }
+
+    async fn connect(url: &str, password: Option<&str>) -> Result<PgStore, StoreError> {
+        let location = redacted(url);
+        let options = connect_options(url, password)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(|source| StoreError::Connect { location: location.clone(), source })?;
+        Ok(PgStore {
+            location,
+            options: std::sync::Arc::new(options),
+            pool,
+            health: Default::default(),
+            lock_waits: Default::default(),
+        })
+    }
+
+    fn connect_error(&self, source: sqlx::Error) -> StoreError {
+        StoreError::Connect { location: self.location.clone(), source }
+    }
+
+    /// The database, for messages (the URL without its password).
+    pub(in crate::store) fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// A write transaction; the time it took to get is recorded like
+    /// SQLite's lock waits (a busy pool delays writes the same way).
+    pub(super) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let tx = self.pool.begin().await?;
+        let waited = started.elapsed();
+        self.lock_waits.record(waited);
+        crate::metrics::store_lock_wait(waited);
+        Ok(tx)
+    }
+
+    /// The pool, for reads.
+    pub(super) fn readers(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs a `DELETE` of up to `limit` rows (bound last, as `$n` where the
+    /// statement says) again and again, each its own transaction, until a
+    /// chunk comes back short. Returns how many rows were deleted in all.
+    pub(super) async fn delete_in_chunks<F>(&self, chunk: F) -> Result<u64, StoreError>
+    where
+        F: Fn() -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    {
+        let mut total = 0;
+        loop {
+            let done = chunk().bind(PRUNE_CHUNK).execute(&self.pool).await?.rows_affected();
+            total += done;
+            if done < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    pub(in crate::store) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A connection of its own that `LISTEN`s for changes.
+    pub(in crate::store) async fn change_watcher(&self) -> Result<PgChangeWatcher, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(PgChangeWatcher::start(listener))
+    }
+
+    /// Makes this process the one daemon on the database: a session
+    /// advisory lock, held by a connection of its own until the returned
+    /// lock is dropped (or the connection dies with the process).
+    pub(in crate::store) async fn lock_database(&self) -> Result<PgDaemonLock, StoreError> {
+        take_daemon_lock(&self.options, &self.location).await
+    }
+
+    /// [`PgStore::lock_database`] before opening (and migrating) the store.
+    pub(in crate::store) async fn lock_unopened(
+        url: &str,
+        password: Option<&str>,
+    ) -> Result<PgDaemonLock, StoreError> {
+        take_daemon_lock(&connect_options(url, password)?, &redacted(url)).await
+    }
+}
+
+async fn take_daemon_lock(options: &PgConnectOptions, location: &str) -> Result<PgDaemonLock, StoreError> {
+    let connect_error = |source| StoreError::Connect { location: location.to_string(), source };
+    let mut conn = options.connect().await.map_err(connect_error)?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(DAEMON_LOCK_KEY)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(connect_error)?;
+    if got {
+        return Ok(PgDaemonLock { conn, options: options.clone(), location: location.to_string() });
+    }
+    // The key fits in the lock's low 32 bits (objid), the high ones are 0.
+    let holder: Option<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid::bigint = $1 \
+         AND objsubid = 1 AND granted LIMIT 1",
+    )
+    .bind(DAEMON_LOCK_KEY)
+    .fetch_optional(&mut conn)
+    .await
+    .ok()
+    .flatten();
+    let _ = conn.close().await;
+    Err(StoreError::InUseAt {
+        location: location.to_string(),
+        holder: holder.map(|pid| format!(" (its connection is server process {pid})")).unwrap_or_default(),
+    })
+}
+
+/// The one daemon's hold on a PostgreSQL database (see
+/// [`PgStore::lock_database`]): a session advisory lock, which lives as long
+/// as its connection.
+pub struct PgDaemonLock {
+    conn: PgConnection,
+    options: PgConnectOptions,
+    location: String,
+}
+
+impl std::fmt::Debug for PgDaemonLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgDaemonLock").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+/// How often the lock's connection is checked.
+const LOCK_CHECK: Duration = Duration::from_secs(1);
+
+impl PgDaemonLock {
+    /// Checks the lock's connection every [`LOCK_CHECK`] until `shutdown`;
+    /// when the connection is gone (a server restart), connects again and
+    /// takes the lock again. Fails when another daemon holds it by then.
+    pub async fn keep(mut self, shutdown: &tokio_util::sync::CancellationToken) -> Result<(), StoreError> {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(LOCK_CHECK) => {}
+            }
+            let alive =
+                tokio::time::timeout(LOCK_CHECK, sqlx::query("SELECT 1").execute(&mut self.conn)).await;
+            if matches!(alive, Ok(Ok(_))) {
+                continue;
+            }
+            tracing::warn!(database = %self.location, "the connection holding the daemon's lock was lost; taking it again");
+            loop {
+                match take_daemon_lock(&self.options, &self.location).await {
+                    Ok(again) => {
+                        tracing::info!(database = %self.location, "the daemon's lock is held again");
+                        self = again;
+                        break;
+                    }
+                    Err(e @ StoreError::InUseAt { .. }) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot take the daemon's lock yet");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(LOCK_CHECK) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Notices commits to `sessions` and `notifications` by anyone, through
+/// `LISTEN` on a connection of its own, read by a task of its own. When
+/// that connection is lost, notifications sent meanwhile are gone: the
+/// watcher then reports a change, so the scheduler looks again, and the
+/// listener reconnects.
+#[derive(Debug)]
+pub struct PgChangeWatcher {
+    changed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PgChangeWatcher {
+    fn start(mut listener: PgListener) -> PgChangeWatcher {
+        use std::sync::atomic::Ordering;
+        // Listening already: a commit from now on is reported.
+        let changed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&changed);
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(_)) => flag.store(true, Ordering::Release),
+                    // The connection was lost; the next call reconnects.
+                    Ok(None) => {
+                        tracing::warn!("the database's change notifications were cut off; listening again");
+                        flag.store(true, Ordering::Release);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for the database's changes; trying again in 1 s");
+                        flag.store(true, Ordering::Release);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        PgChangeWatcher { changed, task }
+    }
+
+    /// True when something was committed since the last call.
+    pub async fn changed(&mut self) -> Result<bool, StoreError> {
+        Ok(self.changed.swap(false, std::sync::atomic::Ordering::AcqRel))
+    }
+}
+
+impl Drop for PgChangeWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads a `sessions` row selected with [`SESSION_COLUMNS`].
+pub(super) fn session_record(row: &PgRow) -> Result<SessionRecord, sqlx::Error> {
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        policy: row.try_get("policy")?,
+        provider: row.try_get("provider")?,
+        room_id: row.try_get("room_id")?,
+        room_kind: row.try_get("room_kind")?,
+        user_id: row.try_get("user_id")?,
+        started_at: row.try_get("started_at")?,
+        deadline: row.try_get("deadline")?,
+        state: row.try_get("state")?,
+        attempts: row.try_get("attempts")?,
+        extended_ms: row.try_get("extended_ms")?,
+        detail: row.try_get("detail")?,
+        repeatability_id: row.try_get("repeatability_id")?,
+        first_sent_at: row.try_get("first_sent_at")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        grace_ms: row.try_get("grace_ms")?,
+        ended_at: row.try_get("ended_at")?,
+    })
+}
+
+/// An instant as PostgreSQL takes it (`timestamptz`).
+pub(super) fn ts(at: crate::domain::Instant) -> chrono::DateTime<chrono::Utc> {
+    at.to_datetime()
+}

@@ -32,6 +32,7 @@ pub mod lock_waits;
 pub mod postgres;
 mod presence_writer;
 mod registrar;
+pub mod rows;
 pub mod sqlite;
 mod warnings;
 

@@ -152,6 +152,45 @@ pub fn canonical(r: &AuditRecord) -> String {
     .to_string()
 }
 
+/// The rows `entries` (each with the time it was written) become when
+/// appended after the chain's last row `(last_id, last_hash)` (`(0, "")`
+/// for an empty log): ids counting on from `last_id`, each row chained to
+/// the one before. Every backend appends through this.
+pub fn chain_after(
+    last_id: i64,
+    last_hash: &str,
+    entries: &[(AuditEntry, super::Instant)],
+) -> Vec<AuditRecord> {
+    let (mut id, mut prev_hash) = (last_id, last_hash.to_string());
+    let mut records = Vec::with_capacity(entries.len());
+    for (e, at) in entries {
+        id += 1;
+        let mut record = AuditRecord {
+            id,
+            at: at.to_string(),
+            session_id: e.session_id.map(|id| id.to_string()),
+            event: e.event.to_string(),
+            provider: e.provider.clone(),
+            action: e.action.clone(),
+            attempt: e.attempt.map(i64::from),
+            outcome: e.outcome.map(str::to_string),
+            http_status: e.http_status.map(i64::from),
+            provider_request_id: e.provider_request_id.clone(),
+            error_code: e.error_code.clone(),
+            detail: e.detail.clone(),
+            latency_ms: e.latency_ms,
+            lateness_ms: e.lateness_ms,
+            prev_hash: Some(prev_hash.clone()),
+            hash: None,
+        };
+        let hash = chain_hash(&prev_hash, &record);
+        record.hash = Some(hash.clone());
+        prev_hash = hash;
+        records.push(record);
+    }
+    records
+}
+
 pub fn chain_hash(prev_hash: &str, r: &AuditRecord) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();

@@ -19,14 +19,13 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use super::StoreError;
 use super::health::StoreHealth;
 use super::lock_waits::LockWaits;
 use crate::config::database::redacted;
-use crate::domain::session::SessionRecord;
 
 mod audit_log;
 mod budget;
@@ -371,30 +370,7 @@ impl Drop for PgChangeWatcher {
     }
 }
 
-/// Reads a `sessions` row selected with [`SESSION_COLUMNS`].
-pub(super) fn session_record(row: &PgRow) -> Result<SessionRecord, sqlx::Error> {
-    Ok(SessionRecord {
-        id: row.try_get("id")?,
-        policy: row.try_get("policy")?,
-        provider: row.try_get("provider")?,
-        room_id: row.try_get("room_id")?,
-        room_kind: row.try_get("room_kind")?,
-        user_id: row.try_get("user_id")?,
-        started_at: row.try_get("started_at")?,
-        deadline: row.try_get("deadline")?,
-        state: row.try_get("state")?,
-        attempts: row.try_get("attempts")?,
-        extended_ms: row.try_get("extended_ms")?,
-        detail: row.try_get("detail")?,
-        repeatability_id: row.try_get("repeatability_id")?,
-        first_sent_at: row.try_get("first_sent_at")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        grace_ms: row.try_get("grace_ms")?,
-        ended_at: row.try_get("ended_at")?,
-    })
-}
+pub(super) use super::rows::session_record;
 
 /// An instant as PostgreSQL takes it (`timestamptz`).
 pub(super) fn ts(at: crate::domain::Instant) -> chrono::DateTime<chrono::Utc> {

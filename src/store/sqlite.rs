@@ -21,7 +21,7 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
+use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use super::StoreError;
 use super::health::StoreHealth;
@@ -404,27 +404,7 @@ impl SessionRecord {
     /// Reads a `sessions` row (all of [`SESSION_COLUMNS`]). Public so that
     /// tests reading the file directly, as an app would, use the same types.
     pub fn from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
-        Ok(SessionRecord {
-            id: row.try_get("id")?,
-            policy: row.try_get("policy")?,
-            provider: row.try_get("provider")?,
-            room_id: row.try_get("room_id")?,
-            room_kind: row.try_get("room_kind")?,
-            user_id: row.try_get("user_id")?,
-            started_at: row.try_get("started_at")?,
-            deadline: row.try_get("deadline")?,
-            state: row.try_get("state")?,
-            attempts: row.try_get("attempts")?,
-            extended_ms: row.try_get("extended_ms")?,
-            detail: row.try_get("detail")?,
-            repeatability_id: row.try_get("repeatability_id")?,
-            first_sent_at: row.try_get("first_sent_at")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-            grace_ms: row.try_get("grace_ms")?,
-            ended_at: row.try_get("ended_at")?,
-        })
+        super::rows::session_record(row)
     }
 
     /// Parses the stored text into a schedulable session.

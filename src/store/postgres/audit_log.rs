@@ -11,11 +11,11 @@
 use std::sync::LazyLock;
 
 use sqlx::Row;
-use sqlx::postgres::PgRow;
 
 use super::{PgStore, ts};
 use crate::domain::Instant;
 use crate::domain::audit::{AUDIT_COLUMNS, AuditEntry, AuditRecord, Checkpoint, Head};
+pub use crate::store::rows::audit_record;
 use crate::store::{AuditFilter, AuditSummary, StoreError};
 
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
@@ -313,37 +313,13 @@ pub(super) async fn insert_audit_rows(
     let tip = sqlx::query("SELECT last_id, last_hash FROM audit_tip WHERE id = 1 FOR UPDATE")
         .fetch_one(&mut **tx)
         .await?;
-    let (mut id, mut prev_hash): (i64, String) = (tip.try_get("last_id")?, tip.try_get("last_hash")?);
-    let mut records = Vec::with_capacity(entries.len());
-    for (e, now) in entries {
-        id += 1;
-        let mut record = AuditRecord {
-            id,
-            at: now.to_string(),
-            session_id: e.session_id.map(|id| id.to_string()),
-            event: e.event.to_string(),
-            provider: e.provider.clone(),
-            action: e.action.clone(),
-            attempt: e.attempt.map(i64::from),
-            outcome: e.outcome.map(str::to_string),
-            http_status: e.http_status.map(i64::from),
-            provider_request_id: e.provider_request_id.clone(),
-            error_code: e.error_code.clone(),
-            detail: e.detail.clone(),
-            latency_ms: e.latency_ms,
-            lateness_ms: e.lateness_ms,
-            prev_hash: Some(prev_hash.clone()),
-            hash: None,
-        };
-        let hash = crate::domain::audit::chain_hash(&prev_hash, &record);
-        record.hash = Some(hash.clone());
-        prev_hash = hash;
-        records.push(record);
-    }
+    let (last_id, last_hash): (i64, String) = (tip.try_get("last_id")?, tip.try_get("last_hash")?);
+    let records = crate::domain::audit::chain_after(last_id, &last_hash, entries);
     insert_audit_records(tx, &records).await?;
+    let Some(last) = records.last() else { return Ok(()) };
     sqlx::query("UPDATE audit_tip SET last_id = $1, last_hash = $2 WHERE id = 1")
-        .bind(id)
-        .bind(&prev_hash)
+        .bind(last.id)
+        .bind(&last.hash)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -385,27 +361,4 @@ pub async fn insert_audit_records(
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-/// Reads an `audit_log` row selected with the store's column list (`at` as
-/// text).
-pub fn audit_record(r: &PgRow) -> Result<AuditRecord, sqlx::Error> {
-    Ok(AuditRecord {
-        id: r.try_get("id")?,
-        at: r.try_get("at")?,
-        session_id: r.try_get("session_id")?,
-        event: r.try_get("event")?,
-        provider: r.try_get("provider")?,
-        action: r.try_get("action")?,
-        attempt: r.try_get("attempt")?,
-        outcome: r.try_get("outcome")?,
-        http_status: r.try_get("http_status")?,
-        provider_request_id: r.try_get("provider_request_id")?,
-        error_code: r.try_get("error_code")?,
-        detail: r.try_get("detail")?,
-        latency_ms: r.try_get("latency_ms")?,
-        lateness_ms: r.try_get("lateness_ms")?,
-        prev_hash: r.try_get("prev_hash")?,
-        hash: r.try_get("hash")?,
-    })
 }

@@ -4,12 +4,12 @@
 
 use std::sync::LazyLock;
 
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use super::SqliteStore;
 use crate::domain::Instant;
 use crate::domain::audit::{AUDIT_COLUMNS, AuditEntry, AuditRecord, Checkpoint, Head};
+pub use crate::store::rows::audit_record;
 use crate::store::{AuditFilter, AuditSummary, StoreError};
 
 /// [`AUDIT_COLUMNS`] as SQL, joined once: the INSERT is on enforcement's path.
@@ -304,38 +304,13 @@ pub(super) async fn insert_audit_rows(
     let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
         .fetch_optional(&mut **tx)
         .await?;
-    let (mut id, mut prev_hash) = match last {
+    let (last_id, last_hash) = match last {
         Some(row) => {
             (row.try_get::<i64, _>("id")?, row.try_get::<Option<String>, _>("hash")?.unwrap_or_default())
         }
         None => (0, String::new()),
     };
-    let mut records = Vec::with_capacity(entries.len());
-    for (e, now) in entries {
-        id += 1;
-        let mut record = AuditRecord {
-            id,
-            at: now.to_string(),
-            session_id: e.session_id.map(|id| id.to_string()),
-            event: e.event.to_string(),
-            provider: e.provider.clone(),
-            action: e.action.clone(),
-            attempt: e.attempt.map(i64::from),
-            outcome: e.outcome.map(str::to_string),
-            http_status: e.http_status.map(i64::from),
-            provider_request_id: e.provider_request_id.clone(),
-            error_code: e.error_code.clone(),
-            detail: e.detail.clone(),
-            latency_ms: e.latency_ms,
-            lateness_ms: e.lateness_ms,
-            prev_hash: Some(prev_hash.clone()),
-            hash: None,
-        };
-        let hash = crate::domain::audit::chain_hash(&prev_hash, &record);
-        record.hash = Some(hash.clone());
-        prev_hash = hash;
-        records.push(record);
-    }
+    let records = crate::domain::audit::chain_after(last_id, &last_hash, entries);
     insert_audit_records(tx, &records).await
 }
 
@@ -374,26 +349,4 @@ pub async fn insert_audit_records(
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-/// Reads an `audit_log` row (all of `AUDIT_COLUMNS`).
-pub fn audit_record(r: &SqliteRow) -> Result<AuditRecord, sqlx::Error> {
-    Ok(AuditRecord {
-        id: r.try_get("id")?,
-        at: r.try_get("at")?,
-        session_id: r.try_get("session_id")?,
-        event: r.try_get("event")?,
-        provider: r.try_get("provider")?,
-        action: r.try_get("action")?,
-        attempt: r.try_get("attempt")?,
-        outcome: r.try_get("outcome")?,
-        http_status: r.try_get("http_status")?,
-        provider_request_id: r.try_get("provider_request_id")?,
-        error_code: r.try_get("error_code")?,
-        detail: r.try_get("detail")?,
-        latency_ms: r.try_get("latency_ms")?,
-        lateness_ms: r.try_get("lateness_ms")?,
-        prev_hash: r.try_get("prev_hash")?,
-        hash: r.try_get("hash")?,
-    })
 }

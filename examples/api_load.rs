@@ -6,8 +6,12 @@
 //! against the in-process sandbox.
 //!
 //! ```text
-//! cargo run --release --example api_load -- [--seconds 10] [--clients 32] [--runs 3]
+//! cargo run --release --example api_load -- [--seconds 10] [--clients 32] [--runs 3] [--postgres URL]
 //! ```
+//!
+//! With `--postgres postgres://USER@HOST:PORT` (a server the user may
+//! create databases on), each run uses a fresh PostgreSQL database there
+//! (created, then dropped) instead of a SQLite file.
 //!
 //! Prints each run's figures and the medians. Everything runs on loopback in
 //! one process against a real SQLite file with `synchronous=FULL`, so the
@@ -45,10 +49,12 @@ struct Args {
     seconds: u64,
     clients: usize,
     runs: usize,
+    /// A PostgreSQL server to run against instead of SQLite.
+    postgres: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { seconds: 10, clients: 32, runs: 3 };
+    let mut a = Args { seconds: 10, clients: 32, runs: 3, postgres: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -56,13 +62,30 @@ fn args() -> anyhow::Result<Args> {
             "--seconds" => a.seconds = value.parse()?,
             "--clients" => a.clients = value.parse()?,
             "--runs" => a.runs = value.parse()?,
+            "--postgres" => a.postgres = Some(value.trim_end_matches('/').to_string()),
             other => anyhow::bail!("unknown option {other}"),
         }
     }
     Ok(a)
 }
 
-fn config(db: &std::path::Path, sandbox: &str, listen: &str) -> String {
+/// A new, empty database on the PostgreSQL server `server`; its name.
+async fn fresh_postgres_database(server: &str) -> anyhow::Result<String> {
+    let name = format!("cw_api_load_{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    postgres_admin(server, &format!("CREATE DATABASE {name}")).await?;
+    Ok(name)
+}
+
+/// Runs `sql` on the server's `postgres` database.
+async fn postgres_admin(server: &str, sql: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+    sqlx::query(sql).execute(&mut admin).await?;
+    admin.close().await?;
+    Ok(())
+}
+
+fn config(db: &str, sandbox: &str, listen: &str) -> String {
     format!(
         "database: {db}\nlisten: {listen}\napi_token: {TOKEN}\nwebhooks:\n  trtc:\n    callback_key: {CALLBACK_KEY}\n\
          providers:\n  trtc:\n    kind: tencent-trtc\n    sdk_app_id: {SANDBOX_SDK_APP_ID}\n    region: ap-guangzhou\n\
@@ -71,7 +94,6 @@ fn config(db: &std::path::Path, sandbox: &str, listen: &str) -> String {
          \x20 short: {{ provider: trtc, max_duration: 1s, action: dismiss_room }}\n\
          \x20 chat: {{ provider: trtc, match: {{ room: 'chat-*' }}, scope: participant, max_duration: 6h,\n\
          \x20         budget: {{ per: user, window: day, limit: 60m }}, action: remove_user }}\n",
-        db = db.display()
     )
 }
 
@@ -221,10 +243,12 @@ struct Server {
     store: Store,
     daemon: tokio::task::JoinHandle<Result<(), callwarden::daemon::DaemonError>>,
     base: String,
+    /// The PostgreSQL server and the run's database on it, to drop after.
+    postgres: Option<(String, String)>,
 }
 
 /// Sandbox, database and daemon, all on the daemon runtime.
-async fn start_server() -> anyhow::Result<Server> {
+async fn start_server(postgres: Option<&str>) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let shutdown = CancellationToken::new();
     let sandbox = Sandbox::start(
@@ -235,16 +259,23 @@ async fn start_server() -> anyhow::Result<Server> {
     .await?;
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
     let path = dir.path().join("cw.yaml");
-    std::fs::write(&path, config(&dir.path().join("cw.db"), &sandbox.url(), &listen))?;
+    let (database, postgres) = match postgres {
+        Some(server) => {
+            let name = fresh_postgres_database(server).await?;
+            (format!("{server}/{name}"), Some((server.to_string(), name)))
+        }
+        None => (dir.path().join("cw.db").display().to_string(), None),
+    };
+    std::fs::write(&path, config(&database, &sandbox.url(), &listen))?;
     let config = Arc::new(Config::load(&path)?);
     let store = Store::connect(&config.database).await?;
     let daemon =
         tokio::spawn(callwarden::daemon::serve(config, store.clone(), Clock::system(), shutdown.clone()));
-    Ok(Server { _dir: dir, shutdown, sandbox, store, daemon, base: format!("http://{listen}") })
+    Ok(Server { _dir: dir, shutdown, sandbox, store, daemon, base: format!("http://{listen}"), postgres })
 }
 
 fn one_run(a: &Args, daemon_rt: &Runtime, load: &Runtime) -> anyhow::Result<(Phase, Phase)> {
-    let server = daemon_rt.block_on(start_server())?;
+    let server = daemon_rt.block_on(start_server(a.postgres.as_deref()))?;
     let base = server.base.clone();
     load.block_on(async {
         let client = reqwest::Client::new();
@@ -304,6 +335,9 @@ fn one_run(a: &Args, daemon_rt: &Runtime, load: &Runtime) -> anyhow::Result<(Pha
     print_phase("webhook events", &events);
     println!("  enforced meanwhile: {} calls, quota errors {}", stats.requests, stats.rate_limited);
     daemon_rt.block_on(server.store.close());
+    if let Some((postgres, name)) = &server.postgres {
+        daemon_rt.block_on(postgres_admin(postgres, &format!("DROP DATABASE {name} WITH (FORCE)")))?;
+    }
     Ok((registrations, events))
 }
 

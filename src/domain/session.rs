@@ -140,7 +140,9 @@ impl SessionCursor {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
     }
 
-    /// Reads a token; `None` for anything [`SessionCursor::token`] did not make.
+    /// Reads a token; `None` for anything [`SessionCursor::token`] did not
+    /// make, a token whose times are not times included (a database that
+    /// compares them as times would refuse the query, not the token).
     pub fn parse(token: &str) -> Option<SessionCursor> {
         use base64::Engine;
         if token.len() > 1024 {
@@ -151,6 +153,10 @@ impl SessionCursor {
         let mut parts = text.split('\n');
         let (deadline, created_at, id) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() || created_at.is_empty() || id.is_empty() {
+            return None;
+        }
+        if Instant::parse(created_at).is_err() || (!deadline.is_empty() && Instant::parse(deadline).is_err())
+        {
             return None;
         }
         Some(SessionCursor {

@@ -210,9 +210,15 @@ conformance! {
         // The token round-trips; junk is not a token.
         let first = db.store.list_sessions(None, None, 1).await.unwrap();
         let cursor = SessionCursor::after(&first[0]);
-        assert_eq!(SessionCursor::parse(&cursor.token()), Some(cursor));
+        assert_eq!(SessionCursor::parse(&cursor.token()), Some(cursor.clone()));
         assert_eq!(SessionCursor::parse("not a token"), None);
         assert_eq!(SessionCursor::parse(""), None);
+        // A well-formed token with a time that is not one is refused, not
+        // handed to the database (PostgreSQL would fail the whole query).
+        let forged = SessionCursor { created_at: "yesterday".into(), ..cursor.clone() };
+        assert_eq!(SessionCursor::parse(&forged.token()), None);
+        let forged = SessionCursor { deadline: Some("2026-13-45T99:00:00Z".into()), ..cursor };
+        assert_eq!(SessionCursor::parse(&forged.token()), None);
     }
 
     async fn state_counts_count_sessions_per_state_in_state_order(db) {

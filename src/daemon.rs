@@ -174,6 +174,8 @@ pub async fn serve(
         policies = config.policies.len(),
         "callwarden running"
     );
+    // A database with a clock of its own (PostgreSQL): how far it is from ours.
+    tasks.spawn(crate::skew::watch(store.clone(), clock.clone(), shutdown.clone()));
     // Always: webhook history (`presence`) is pruned even without `retention:`.
     {
         tasks.spawn(crate::retention::prune_periodically(

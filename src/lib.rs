@@ -1,7 +1,8 @@
 //! callwarden: enforces time limits on real-time calls.
 //!
 //! Sessions (a room, or one participant in it) arrive with a deadline; a
-//! durable scheduler keeps every deadline in SQLite and, when one passes,
+//! durable scheduler keeps every deadline in the database (SQLite, or
+//! PostgreSQL) and, when one passes,
 //! calls the provider's server API to end the call or remove the participant,
 //! within the provider's rate limit, retrying what can be retried, and
 //! recording every outcome in an audit log.
@@ -16,10 +17,12 @@
 //! - configuration: [`config`], the YAML files → a typed, validated
 //!   [`config::Config`], and [`config::live`], the configuration in force.
 //! - decisions: [`policy`], pure: registrations, presence, adoption.
-//! - adapters: [`store`] (the interface; [`store::sqlite`] holds the SQL)
+//! - adapters: [`store`] (the interface; [`store::sqlite`] and
+//!   [`store::postgres`] hold the SQL)
 //!   and [`providers`] (signed provider requests and answer classification).
 //! - services: [`intake`] (registration and presence use cases),
-//!   [`scheduler`], [`enforce`], [`notify`], [`retention`], [`reload`].
+//!   [`scheduler`], [`enforce`], [`notify`], [`retention`], [`reload`],
+//!   [`skew`] (the database's clock against the daemon's).
 //! - edges: [`http`] (session API, webhooks, health, metrics), [`sandbox`]
 //!   (a local stand-in for the provider APIs), [`daemon`] (the wiring).
 //! - applications: [`demo`], [`cli`].
@@ -43,6 +46,7 @@ pub mod reload;
 pub mod retention;
 pub mod sandbox;
 pub mod scheduler;
+pub mod skew;
 pub mod stats;
 pub mod store;
 pub mod systemd;

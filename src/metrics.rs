@@ -32,6 +32,7 @@ pub const STORE_ERRORS: &str = "callwarden_store_errors_total";
 /// How long write transactions waited to begin: for the daemon's writer
 /// connection, then for the database's write lock.
 pub const STORE_LOCK_WAIT_SECONDS: &str = "callwarden_store_lock_wait_seconds";
+pub const DATABASE_CLOCK_OFFSET_SECONDS: &str = "callwarden_database_clock_offset_seconds";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -102,6 +103,10 @@ fn describe() {
         "Failed database steps (locked, full, read-only) by task; each is retried"
     );
     metrics::describe_gauge!(
+        DATABASE_CLOCK_OFFSET_SECONDS,
+        "The database server's clock minus the daemon's, last measured (PostgreSQL only)"
+    );
+    metrics::describe_gauge!(
         SESSIONS,
         "Sessions in the database by state (counts the store keeps as it writes)"
     );
@@ -169,6 +174,10 @@ pub fn api_request(status: u16) {
 
 pub fn store_error(task: &'static str) {
     metrics::counter!(STORE_ERRORS, "task" => task).increment(1);
+}
+
+pub fn database_clock_offset(offset_ms: f64) {
+    metrics::gauge!(DATABASE_CLOCK_OFFSET_SECONDS).set(offset_ms / 1000.0);
 }
 
 pub fn sessions(state: &str, count: i64) {

@@ -535,6 +535,12 @@ operations! {
     fn notification_obsolete(&self, n: &Notification, now: Instant) -> Result<(), StoreError>;
     fn notification_retry(&self, n: &Notification, at: Instant, error: &str, now: Instant) -> Result<(), StoreError>;
 
+    // ---- the database's clock
+    /// The database server's clock now, where it has one of its own
+    /// (PostgreSQL); `None` for an embedded database, which runs on the
+    /// daemon's host.
+    fn database_time(&self) -> Result<Option<Instant>, StoreError>;
+
     // ---- budgets
     /// Time a user spent under a policy within a window.
     fn budget_used(&self, policy: &str, user: &UserId, window: (Instant, Instant), now: Instant) -> Result<Duration, StoreError>;

@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("configuration", &["config"]),
     ("decisions", &["policy"]),
     ("adapters", &["store", "providers"]),
-    ("services", &["intake", "scheduler", "enforce", "notify", "retention", "reload"]),
+    ("services", &["intake", "scheduler", "enforce", "notify", "retention", "reload", "skew"]),
     ("edges", &["http", "sandbox", "daemon"]),
     ("applications", &["demo", "cli"]),
 ];

@@ -188,6 +188,15 @@ impl PgStore {
         Ok(tx)
     }
 
+    /// The server's clock (`clock_timestamp()`, which moves during a
+    /// transaction, unlike `now()`), in milliseconds.
+    pub(in crate::store) async fn database_time(&self) -> Result<Option<crate::domain::Instant>, StoreError> {
+        let ms: i64 = sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(crate::domain::Instant::from_millis(ms)))
+    }
+
     /// The pool, for reads.
     pub(super) fn readers(&self) -> &PgPool {
         &self.pool

@@ -327,6 +327,11 @@ impl SqliteStore {
         }
     }
 
+    /// SQLite runs on the daemon's own host and clock.
+    pub(in crate::store) async fn database_time(&self) -> Result<Option<crate::domain::Instant>, StoreError> {
+        Ok(None)
+    }
+
     /// The reader pool (the copy to PostgreSQL reads through it).
     pub(super) fn readers(&self) -> &SqlitePool {
         &self.readers

@@ -192,3 +192,27 @@ async fn the_daemon_rides_out_a_postgresql_restart() {
     let logs = daemon.logs();
     assert!(logs.contains("callwarden running"), "{logs}");
 }
+
+#[tokio::test]
+async fn the_database_clock_offset_is_measured_and_served_as_a_metric() {
+    let Some(cluster) = pg_cluster::shared() else { return };
+    let url = cluster.fresh_database().await;
+    let config_url = url.clone();
+    let listener = crate::helpers::Listener { api: false, trtc: false, acs: false };
+    let h = Harness::with_config(move |_, sandbox| {
+        crate::helpers::ConfigYaml::new(Path::new(&config_url), sandbox).listen(listener).text()
+    })
+    .await;
+    let daemon = h.start_daemon().await;
+    let client = crate::helpers::Client::new(&daemon.http_url().await);
+    // Measured at start: the cluster runs on this host, so within 50 ms.
+    let offset = wait_for("the offset gauge", SHORT, || async {
+        let metrics = crate::helpers::parse_metrics(&client.get("/metrics").await.text);
+        metrics
+            .iter()
+            .any(|m| m.name == "callwarden_database_clock_offset_seconds")
+            .then(|| crate::helpers::metric_sum(&metrics, "callwarden_database_clock_offset_seconds", &[]))
+    })
+    .await;
+    assert!(offset.abs() < 0.05, "offset {offset} s");
+}

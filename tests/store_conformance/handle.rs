@@ -85,3 +85,19 @@ conformance! {
         assert!(matches!(write, Ok(Err(_))), "a write after close fails promptly: {write:?}");
     }
 }
+
+conformance! {
+    async fn database_time_is_the_servers_clock_or_none_for_an_embedded_database(db) {
+        let before = chrono::Utc::now().timestamp_millis();
+        let read = db.store.database_time().await.unwrap();
+        let after = chrono::Utc::now().timestamp_millis();
+        match db.backend {
+            crate::store_conformance::backend::Backend::Sqlite => assert_eq!(read, None, "SQLite shares the host's clock"),
+            // The throwaway cluster runs on this host: the same clock.
+            crate::store_conformance::backend::Backend::Postgres => {
+                let ms = read.expect("PostgreSQL has a clock of its own").millis();
+                assert!((before - 5..=after + 5).contains(&ms), "{before} <= {ms} <= {after}");
+            }
+        }
+    }
+}

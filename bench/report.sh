@@ -13,6 +13,11 @@ cd "$(dirname "$0")/.."
 runs=${1:-3}
 [ $# -gt 0 ] && shift
 target=${CARGO_TARGET_DIR:-target}
+# The source as built, for the report's machine table: the tree may change
+# while the report runs (an hour), and what is measured is what was built.
+CALLWARDEN_BENCH_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+CALLWARDEN_BENCH_DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -v 'BENCHMARKS.md$' | paste -sd, - || true)
+export CALLWARDEN_BENCH_COMMIT CALLWARDEN_BENCH_DIRTY
 cargo build --release --bin callwarden \
     --example bench --example baseline_poller --example api_load
 log="$target/bench-report.log"

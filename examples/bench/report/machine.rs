@@ -34,10 +34,21 @@ pub(crate) fn machine_table() -> Vec<(&'static str, String)> {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or("unknown".into(), |kb| format!("{:.1} GB", kb / 1024.0 / 1024.0));
+    // bench/report.sh records the tree before it builds (it may change
+    // while the report runs); run by hand, the tree now.
     let manifest = env!("CARGO_MANIFEST_DIR");
-    let commit = command_line("git", &["-C", manifest, "rev-parse", "--short", "HEAD"]);
-    let dirty = command_line("git", &["-C", manifest, "status", "--porcelain", "--untracked-files=no"]);
-    let dirty: Vec<&str> = dirty.lines().filter(|l| !l.ends_with("BENCHMARKS.md")).collect();
+    let (commit, dirty) =
+        match (std::env::var("CALLWARDEN_BENCH_COMMIT"), std::env::var("CALLWARDEN_BENCH_DIRTY")) {
+            (Ok(commit), Ok(dirty)) => {
+                (commit, dirty.split(',').map(str::to_string).collect::<Vec<_>>().join("\n"))
+            }
+            _ => (
+                command_line("git", &["-C", manifest, "rev-parse", "--short", "HEAD"]),
+                command_line("git", &["-C", manifest, "status", "--porcelain", "--untracked-files=no"]),
+            ),
+        };
+    let dirty: Vec<&str> =
+        dirty.lines().map(str::trim).filter(|l| !l.is_empty() && !l.ends_with("BENCHMARKS.md")).collect();
     let source = if dirty.is_empty() || dirty == ["unknown"] {
         format!("commit `{commit}`")
     } else {

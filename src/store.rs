@@ -316,6 +316,21 @@ impl Store {
         }
     }
 
+    /// Where a user stands against a policy's budget now: its window (in
+    /// `tz`) that contains `now`, and the time used in it.
+    pub async fn budget_standing(
+        &self,
+        policy: &str,
+        budget: Budget,
+        tz: chrono_tz::Tz,
+        user: &UserId,
+        now: Instant,
+    ) -> Result<Standing, StoreError> {
+        let (start, end) = budget.window.bounds(tz, now);
+        let used = self.budget_used(policy, user, (start, end), now).await?;
+        Ok(Standing { window_start: start, window_end: end, used, limit: budget.limit })
+    }
+
     /// The SQLite file, when that is the backend.
     pub fn sqlite_path(&self) -> Option<&Path> {
         match self {
@@ -544,6 +559,4 @@ operations! {
     // ---- budgets
     /// Time a user spent under a policy within a window.
     fn budget_used(&self, policy: &str, user: &UserId, window: (Instant, Instant), now: Instant) -> Result<Duration, StoreError>;
-    /// Where a user stands against a policy's budget now.
-    fn budget_standing(&self, policy: &str, budget: Budget, tz: chrono_tz::Tz, user: &UserId, now: Instant) -> Result<Standing, StoreError>;
 }

@@ -3,10 +3,14 @@
 //! backend selects the same columns under the same names, times as UTC
 //! text.
 
+use std::time::Duration;
+
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
+use crate::domain::Instant;
 use crate::domain::audit::AuditRecord;
 use crate::domain::session::SessionRecord;
+use crate::store::StoreError;
 
 /// Reads a `sessions` row selected with all of its columns (the backend's
 /// `SESSION_COLUMNS`).
@@ -66,4 +70,33 @@ where
         prev_hash: r.try_get("prev_hash")?,
         hash: r.try_get("hash")?,
     })
+}
+
+/// The time sessions spent inside `window` (settled ones up to when they
+/// ended, running ones up to `now`), from rows of their `id`, `started_at`
+/// and `ended_at` (times as text): a user's budget use.
+pub fn time_used<'r, R>(
+    rows: &'r [R],
+    window: (Instant, Instant),
+    now: Instant,
+) -> Result<Duration, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let mut used = Duration::ZERO;
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let malformed =
+            |e: crate::domain::DomainError| StoreError::Malformed { id: id.clone(), reason: e.to_string() };
+        let started = Instant::parse(&row.try_get::<String, _>("started_at")?).map_err(malformed)?;
+        let ended = row
+            .try_get::<Option<String>, _>("ended_at")?
+            .map(|t| Instant::parse(&t))
+            .transpose()
+            .map_err(malformed)?;
+        used += crate::budget::overlap(started, ended, window, now);
+    }
+    Ok(used)
 }

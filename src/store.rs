@@ -316,6 +316,30 @@ impl Store {
         }
     }
 
+    /// Applies a batch of presence events in one transaction: each event is
+    /// recorded and applied, or (a duplicate or stale event) changes nothing
+    /// and answers `None`. When an event fails, the batch is tried again
+    /// one event per transaction, so the failing event is rolled back alone
+    /// (its mark too, so a retry of it is applied) and answers its error,
+    /// and the others commit. See [`PresenceWriter`].
+    pub async fn apply_presence(
+        &self,
+        batch: &[PresenceWrite],
+    ) -> Result<Vec<Result<Option<u32>, StoreError>>, StoreError> {
+        match self.apply_presence_all(batch).await {
+            Ok(answers) => Ok(answers.into_iter().map(Ok).collect()),
+            Err(e) if batch.len() == 1 => Ok(vec![Err(e)]),
+            Err(_) => {
+                let mut answers = Vec::with_capacity(batch.len());
+                for write in batch {
+                    let one = self.apply_presence_all(std::slice::from_ref(write)).await;
+                    answers.push(one.map(|mut answer| answer.pop().flatten()));
+                }
+                Ok(answers)
+            }
+        }
+    }
+
     /// Where a user stands against a policy's budget now: its window (in
     /// `tz`) that contains `now`, and the time used in it.
     pub async fn budget_standing(
@@ -514,11 +538,10 @@ operations! {
     ) -> Result<(), StoreError>;
 
     // ---- presence and outcome reports
-    /// One transaction for a batch of presence events: each event is
-    /// recorded and applied, or (a duplicate or stale event) changes nothing
-    /// and answers `None`; an event that fails is rolled back alone and
-    /// answers its error. See [`PresenceWriter`].
-    fn apply_presence(&self, batch: &[PresenceWrite]) -> Result<Vec<Result<Option<u32>, StoreError>>, StoreError>;
+    /// One transaction for a batch of presence events, all or nothing: each
+    /// event is recorded and applied, or (a duplicate or stale event)
+    /// changes nothing and answers `None`. See [`Store::apply_presence`].
+    fn apply_presence_all(&self, batch: &[PresenceWrite]) -> Result<Vec<Option<u32>>, StoreError>;
     /// Forgets the webhook history (the last event per room and participant)
     /// older than `before_ms`, in short transactions; returns how many rows.
     fn prune_presence(&self, before_ms: i64) -> Result<u64, StoreError>;

@@ -21,44 +21,28 @@ use crate::store::{PresenceChange, PresenceWrite, StoreError};
 const OPEN_LOCK_CLASS: i32 = 0x6377;
 
 impl PgStore {
-    /// Applies a batch of presence events in one transaction. Each event
-    /// costs two statements (its mark, its change; an opening takes one
-    /// more, its lock, see [`open_unless_active`]); the audit rows and
-    /// warnings of the whole batch go in at the end, one chained insert for
-    /// all. When an event fails, the batch is rolled back and tried again
-    /// one event per transaction, so the failing event is rolled back alone
-    /// (its mark too, so a retry of it is applied) and the others commit.
-    pub(in crate::store) async fn apply_presence(
+    /// Applies a batch of presence events in one transaction, all or
+    /// nothing. Each event costs two statements (its mark, its change; an
+    /// opening takes one more, its lock, see [`open_unless_active`]); the
+    /// audit rows and warnings of the whole batch go in at the end, one
+    /// chained insert for all. If any event fails, nothing is written and
+    /// its error is returned (`Store::apply_presence` then tries the events
+    /// one by one).
+    pub(in crate::store) async fn apply_presence_all(
         &self,
         batch: &[PresenceWrite],
-    ) -> Result<Vec<Result<Option<u32>, StoreError>>, StoreError> {
+    ) -> Result<Vec<Option<u32>>, StoreError> {
         let mut tx = self.write_tx().await?;
-        let failed = match apply_all(&mut tx, batch).await {
+        match apply_all(&mut tx, batch).await {
             Ok(answers) => {
                 tx.commit().await?;
-                return Ok(answers.into_iter().map(Ok).collect());
+                Ok(answers)
             }
-            Err(e) => e,
-        };
-        tx.rollback().await?;
-        if batch.len() == 1 {
-            return Ok(vec![Err(failed)]);
-        }
-        let mut answers = Vec::with_capacity(batch.len());
-        for write in batch {
-            let mut tx = self.write_tx().await?;
-            match apply_all(&mut tx, std::slice::from_ref(write)).await {
-                Ok(mut one) => {
-                    tx.commit().await?;
-                    answers.push(Ok(one.pop().flatten()));
-                }
-                Err(e) => {
-                    tx.rollback().await?;
-                    answers.push(Err(e));
-                }
+            Err(e) => {
+                tx.rollback().await?;
+                Err(e)
             }
         }
-        Ok(answers)
     }
 
     /// Deletes presence rows whose last event is older than `before_ms`,

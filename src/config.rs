@@ -81,6 +81,11 @@ pub struct Config {
     /// the config file's folder, so the daemon and the CLI always agree on
     /// it) or a PostgreSQL URL.
     pub database: Database,
+    /// `database_listen`: whether the daemon `LISTEN`s for the database's
+    /// change notifications (PostgreSQL; default true). Off behind a
+    /// transaction-mode pooler, where a session cannot listen: new work is
+    /// then found by the scheduler's 1 s poll.
+    pub database_listen: bool,
     pub providers: IndexMap<String, ProviderConfig>,
     /// In file order, which later decides webhook matching.
     pub policies: IndexMap<String, Policy>,

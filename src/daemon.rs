@@ -19,8 +19,10 @@ use crate::config::live::Live;
 use crate::config::{Config, ProviderSettings};
 use crate::enforce::Enforcer;
 use crate::enforce::pacer::ProviderSlot;
+use crate::lead::Leadership;
 use crate::providers::{Provider, acs::AcsClient, trtc::TrtcClient};
 use crate::scheduler::{Scheduler, watch_changes};
+use crate::skew::ClockOffset;
 use crate::store::{Store, StoreError};
 
 /// Sessions claimed and not yet settled, at most. Bounds memory and tasks in
@@ -106,8 +108,10 @@ pub async fn serve(
     let live: Live = config.into();
     let config = live.current();
     let providers = build_providers(&config)?;
-    // First of all: be the one daemon on this database, and hold the port,
-    // before re-queuing anything another daemon may still be sending.
+    // First of all: be the one daemon on this database (SQLite), and hold
+    // the port, before re-queuing anything another daemon may still be
+    // sending. A database several daemons share holds nothing here: leases
+    // decide who enforces what.
     let instance = store.lock_daemon().await?;
     let listener = match config.listen {
         Some(addr) => {
@@ -116,12 +120,41 @@ pub async fn serve(
         None => None,
     };
     store.set_outcome_notifications(config.notifications.is_some()).await?;
-    let requeued = store
-        .requeue_interrupted(clock.now(), "enforcement was interrupted by a stop or crash; resuming")
-        .await?;
-    if requeued > 0 {
-        tracing::warn!(requeued, "resuming enforcements that were under way when the daemon last stopped");
-    }
+    let changed = Arc::new(Notify::new());
+    let shared = store.sqlite_path().is_none();
+    let lead = if shared {
+        // Each bucket's work left `enforcing` is re-queued by whoever
+        // takes its lease next (`Store::take_over`), not here: another
+        // instance may be sending it right now.
+        // The instance's name, as its audit chain knows it when it has one.
+        let holder = store.instance().map_or_else(crate::lead::instance_id, str::to_string);
+        Leadership::shared(holder, Arc::clone(&changed))
+    } else {
+        let requeued = store
+            .requeue_interrupted(clock.now(), "enforcement was interrupted by a stop or crash; resuming")
+            .await?;
+        if requeued > 0 {
+            tracing::warn!(
+                requeued,
+                "resuming enforcements that were under way when the daemon last stopped"
+            );
+        }
+        Leadership::sole()
+    };
+    let offset = ClockOffset::default();
+    // The leases outlive the shutdown signal: calls under way are answered
+    // and recorded first, then the leases are given up.
+    let leases_stop = CancellationToken::new();
+    // Returning early (an error below) gives the leases up too.
+    let _leases_stop_on_return = leases_stop.clone().drop_guard();
+    let leases = tokio::spawn(crate::lead::keep_leases(
+        lead.clone(),
+        store.clone(),
+        clock.clone(),
+        offset.clone(),
+        config.providers.keys().cloned().collect(),
+        leases_stop.clone(),
+    ));
 
     let tasks = TaskTracker::new();
     for (name, slot) in &providers {
@@ -129,14 +162,17 @@ pub async fn serve(
             tasks.spawn(probe_acs(name.clone(), client.clone()));
         }
     }
-    let changed = Arc::new(Notify::new());
     if let Some(listener) = listener {
         let state = crate::http::AppState {
             store: store.clone(),
             registrar: store.registrar(),
             clock: clock.clone(),
             config: live.clone(),
-            budget_lock: crate::intake::BudgetLock::default(),
+            budget_lock: if shared {
+                crate::intake::BudgetLock::across_instances(store.clone())
+            } else {
+                crate::intake::BudgetLock::default()
+            },
             presence: store.presence_writer(),
             api_token: config.api_token.clone(),
             changed: Some(Arc::clone(&changed)),
@@ -151,11 +187,25 @@ pub async fn serve(
         };
         tasks.spawn(crate::http::serve(listener, state, shutdown.clone()));
     }
-    let watcher = store.change_watcher().await?;
-    tasks.spawn(watch_changes(watcher, Arc::clone(&changed), shutdown.clone()));
+    if config.database_listen {
+        let watcher = store.change_watcher().await?;
+        tasks.spawn(watch_changes(watcher, Arc::clone(&changed), shutdown.clone()));
+    } else {
+        tracing::info!(
+            "database_listen is off: another instance's or program's new work is found by polling every second"
+        );
+    }
 
     let (claims_tx, claims_rx) = mpsc::unbounded_channel();
-    let enforcer = Enforcer::new(store.clone(), clock.clone(), providers, live.clone(), shutdown.clone());
+    let enforcer = Enforcer::new(
+        store.clone(),
+        clock.clone(),
+        providers,
+        live.clone(),
+        lead.clone(),
+        offset.clone(),
+        shutdown.clone(),
+    );
     tasks.spawn(enforcer.run(claims_rx, SHUTDOWN_GRACE));
     let notifier = crate::notify::Notifier::new(store.clone(), clock.clone(), live.clone());
     tasks.spawn(notifier.run(shutdown.clone()));
@@ -167,21 +217,25 @@ pub async fn serve(
         Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         changed,
         claims_tx,
-    );
+    )
+    .led_by(lead.clone());
     tracing::info!(
+        instance = %lead.holder(),
+        shared,
         database = %store.location(),
         providers = config.providers.len(),
         policies = config.policies.len(),
         "callwarden running"
     );
     // A database with a clock of its own (PostgreSQL): how far it is from ours.
-    tasks.spawn(crate::skew::watch(store.clone(), clock.clone(), shutdown.clone()));
+    tasks.spawn(crate::skew::watch(store.clone(), clock.clone(), offset.clone(), shutdown.clone()));
     // Always: webhook history (`presence`) is pruned even without `retention:`.
     {
         tasks.spawn(crate::retention::prune_periodically(
             store.clone(),
             clock.clone(),
             config.retention.clone(),
+            lead.clone(),
             shutdown.clone(),
         ));
     }
@@ -210,16 +264,9 @@ pub async fn serve(
         ));
     }
     {
-        // The lock is kept for as long as the daemon runs; on PostgreSQL a
-        // connection lost with the server is made again and the lock
-        // re-taken. Lost to another daemon meanwhile, this one stops.
+        // The lock (SQLite) is kept for as long as the daemon runs.
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = instance.keep(&shutdown).await {
-                tracing::error!(error = %e, "the database is no longer this daemon's alone; stopping");
-                shutdown.cancel();
-            }
-        });
+        tasks.spawn(async move { instance.keep(&shutdown).await });
     }
     crate::systemd::ready("enforcing deadlines");
     {
@@ -234,6 +281,10 @@ pub async fn serve(
     scheduler.run(shutdown).await;
     tasks.close();
     tasks.wait().await;
+    leases_stop.cancel();
+    if let Err(e) = leases.await {
+        tracing::error!(error = %e, "the lease keeper failed; its leases expire on their own");
+    }
     tracing::info!("callwarden stopped");
     Ok(())
 }

@@ -5,7 +5,8 @@
 //!
 //! Its children hold the larger domain types: [`session`] (sessions to
 //! register, to schedule, adopted), [`audit`] (audit rows and their hash
-//! chain) and [`secret`] (values that mask themselves).
+//! chain), [`lease`] (buckets, terms: what an instance leads) and [`secret`]
+//! (values that mask themselves).
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod audit;
+pub mod lease;
 pub mod secret;
 pub mod session;
 

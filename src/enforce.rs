@@ -16,7 +16,13 @@
 //!   [`Pacer`](pacer::Pacer) right before it is sent, so no sliding second ever carries more
 //!   than `max_requests_per_second` calls for one action; waiting calls go
 //!   out earliest deadline first;
-//! - calls run concurrently: a slow provider costs latency, not throughput.
+//! - calls run concurrently: a slow provider costs latency, not throughput;
+//! - with several instances, a call leaves only while this instance's lease
+//!   on the provider's bucket is trusted ([`Leadership::trusts`], checked
+//!   right before the send), and every write about it is fenced by the
+//!   term its sessions were claimed under (`writes.rs`);
+//! - no call leaves before its deadline by the daemon's clock, nor by the
+//!   database's when the daemon's runs ahead of it.
 //!
 //! The pacing itself is [`pacer`]'s.
 
@@ -31,17 +37,20 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::live::Live;
 use crate::domain::audit::AuditEntry;
+use crate::domain::lease::SOLE_TERM;
 use crate::domain::session::{Repeatability, Session};
 use crate::domain::{Action, Instant, Room, SessionState};
+use crate::lead::Leadership;
 use crate::policy::{PolicyAction, policy_actions};
 use crate::providers::{CallContext, CallReport, Classified, Target};
 use crate::scheduler::Claimed;
-use crate::store::health::StoreRetry;
-use crate::store::{Store, StoreError};
+use crate::skew::ClockOffset;
+use crate::store::Store;
 
 pub mod pacer;
 mod stale;
 pub mod unconfirmed;
+mod writes;
 
 use pacer::{PacerPlace, ProviderSlot};
 
@@ -75,6 +84,10 @@ struct EnforcerState {
     /// What each policy did when last seen, for sessions whose policy a
     /// reload removed: they are enforced as their policy last said.
     known: std::sync::Mutex<HashMap<String, PolicyAction>>,
+    /// Which buckets this instance may send for.
+    lead: Leadership,
+    /// The database's clock against ours: a deadline is waited for by both.
+    offset: ClockOffset,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -85,6 +98,8 @@ impl Enforcer {
         clock: Clock,
         providers: HashMap<String, ProviderSlot>,
         live: Live,
+        lead: Leadership,
+        offset: ClockOffset,
         shutdown: CancellationToken,
     ) -> Enforcer {
         let known = std::sync::Mutex::new(policy_actions(&live.current()));
@@ -95,6 +110,8 @@ impl Enforcer {
                 providers,
                 live,
                 known,
+                lead,
+                offset,
                 tasks: TaskTracker::new(),
                 shutdown,
             }),
@@ -161,10 +178,22 @@ impl Enforcer {
                 };
                 let state = Arc::clone(&self.state);
                 let ids: Vec<_> = job.sessions.iter().map(|s| s.id).collect();
+                let term = job.term();
                 let job_state = Arc::clone(&state);
-                self.state.tasks.spawn(state.supervise(ids, async move { job_state.enforce(job).await }));
+                self.state.tasks.spawn(state.supervise(
+                    term,
+                    ids,
+                    async move { job_state.enforce(job).await },
+                ));
             }
         }
+    }
+}
+
+impl Job {
+    /// The term its sessions were claimed under: one claim, one bucket.
+    fn term(&self) -> i64 {
+        self.sessions.first().map_or(SOLE_TERM, |s| s.term)
     }
 }
 
@@ -222,6 +251,7 @@ fn group_sessions(
 impl EnforcerState {
     async fn enforce(&self, mut job: Job) {
         let ids: Vec<_> = job.sessions.iter().map(|s| s.id).collect();
+        let term = job.term();
         let slot = self.providers.get(&job.provider);
         let api_action = slot.and_then(|slot| slot.provider.api_action(job.target.action, &job.target.room));
         let (Some(slot), Some(api_action)) = (slot, api_action) else {
@@ -239,7 +269,8 @@ impl EnforcerState {
             let entries: Vec<_> =
                 ids.iter().map(|id| AuditEntry::new("failed", *id).detail(reason.clone())).collect();
             self.persist(|| {
-                self.store.record_outcome(
+                self.store.record_outcome_as(
+                    term,
                     &entries,
                     Some((SessionState::Failed, Some(&reason))),
                     self.clock.now(),
@@ -300,7 +331,9 @@ impl EnforcerState {
                 ..AuditEntry::default()
             };
             if !self
-                .persist(|| self.store.record_attempt(&ids, &attempt_entry, new_pair, self.clock.now()))
+                .persist(|| {
+                    self.store.record_attempt_as(term, &ids, &attempt_entry, new_pair, self.clock.now())
+                })
                 .await
             {
                 return;
@@ -308,7 +341,7 @@ impl EnforcerState {
             tokio::select! {
                 () = self.wait_for_deadline(latest_deadline) => {}
                 () = self.shutdown.cancelled() => {
-                    self.release(&ids, true, "stopped before the deadline; the attempt was not sent").await;
+                    self.release(term, &ids, true, "stopped before the deadline; the attempt was not sent").await;
                     return;
                 }
             }
@@ -321,12 +354,22 @@ impl EnforcerState {
                     crate::metrics::rate_limit_wait(&job.provider, api_action, queued.elapsed());
                 }
                 () = self.shutdown.cancelled() => {
-                    self.release(&ids, true, "stopped while waiting for the rate limit; the attempt was not sent").await;
+                    self.release(term, &ids, true, "stopped while waiting for the rate limit; the attempt was not sent").await;
                     return;
                 }
             }
             // A long backlog can make a call stale while it waits its turn.
             if try_no == 1 && self.settle_if_unwanted(&job, api_action, false).await {
+                return;
+            }
+            // The last moment to find out that this instance no longer
+            // leads the bucket (paused, cut off from the database): then
+            // nothing is sent, and the rows are the next leader's.
+            if !self.lead.trusts(&job.provider, term) {
+                tracing::warn!(
+                    provider = %job.provider, room = %job.target.room, sessions = ids.len(), term,
+                    "not sent: this instance no longer trusts its lease on the bucket; the next leader resumes it"
+                );
                 return;
             }
             let sent_at = self.clock.now();
@@ -356,7 +399,8 @@ impl EnforcerState {
             log_outcome(&job, api_action, attempt, &report, sent_at, event);
             if !self
                 .persist(|| {
-                    self.store.record_outcome(
+                    self.store.record_outcome_as(
+                        term,
                         &entries,
                         settled.map(|state| (state, detail.as_deref())),
                         self.clock.now(),
@@ -383,7 +427,7 @@ impl EnforcerState {
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = self.shutdown.cancelled() => {
-                    self.release(&ids, false, "stopped while waiting to retry").await;
+                    self.release(term, &ids, false, "stopped while waiting to retry").await;
                     return;
                 }
             }
@@ -394,11 +438,12 @@ impl EnforcerState {
     /// settle the sessions `shadowed`, without calling or using the quota.
     async fn shadow(&self, job: &Job, api_action: &str) {
         let ids: Vec<_> = job.sessions.iter().map(|s| s.id).collect();
+        let term = job.term();
         let latest = job.sessions.iter().map(|s| s.deadline).max().unwrap_or(Instant::from_millis(0));
         tokio::select! {
             () = self.wait_for_deadline(latest) => {}
             () = self.shutdown.cancelled() => {
-                self.release(&ids, false, "stopped before the deadline (shadow mode)").await;
+                self.release(term, &ids, false, "stopped before the deadline (shadow mode)").await;
                 return;
             }
         }
@@ -432,76 +477,22 @@ impl EnforcerState {
         );
         tracing::info!(provider = %job.provider, action = api_action, room = %job.target.room, "{detail}");
         self.persist(|| {
-            self.store.record_outcome(&entries, Some((SessionState::Shadowed, Some(&detail))), now)
+            self.store.record_outcome_as(term, &entries, Some((SessionState::Shadowed, Some(&detail))), now)
         })
         .await;
     }
 
-    /// Returns once the clock reads `deadline` or later. Re-checks after each
-    /// sleep, so a stepped wall clock cannot make a call leave early.
+    /// Returns once the clock reads `deadline` or later, and the
+    /// database's clock too (as last measured) when ours runs ahead of it.
+    /// Re-checks after each sleep, so a stepped wall clock cannot make a
+    /// call leave early.
     async fn wait_for_deadline(&self, deadline: Instant) {
-        while self.clock.now() < deadline {
-            self.clock.sleep_until(deadline).await;
-        }
-    }
-
-    /// Runs a job's `work` in a task of its own. A panic is a bug; if one
-    /// happens anyway, the job's sessions (`ids`) are settled failed instead
-    /// of staying `enforcing` until a restart.
-    async fn supervise(
-        self: Arc<Self>,
-        ids: Vec<crate::domain::SessionId>,
-        work: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
-        if let Err(e) = tokio::spawn(work).await
-            && e.is_panic()
-        {
-            self.fail_after_panic(&ids).await;
-        }
-    }
-
-    /// Settles the sessions of a job whose task panicked: `failed`, with the
-    /// reason, so nothing stays `enforcing` until a restart.
-    async fn fail_after_panic(&self, ids: &[crate::domain::SessionId]) {
-        let reason = "the enforcement task panicked (a bug: see the log); the call may not have been made";
-        tracing::error!(sessions = ids.len(), "{reason}");
-        let entries: Vec<_> = ids.iter().map(|id| AuditEntry::new("failed", *id).detail(reason)).collect();
-        self.persist(|| {
-            self.store.record_outcome(&entries, Some((SessionState::Failed, Some(reason))), self.clock.now())
-        })
-        .await;
-    }
-
-    /// Puts sessions back in the queue when shutdown interrupts them between
-    /// calls, so a stopped daemon leaves nothing `enforcing`.
-    async fn release(&self, ids: &[crate::domain::SessionId], unsent: bool, why: &str) {
-        if let Err(e) = self.store.release(ids, unsent, self.clock.now(), why).await {
-            tracing::warn!(error = %e, "could not hand sessions back at shutdown; the next start re-queues them");
-        }
-    }
-
-    /// Runs a store write until it succeeds, backing off while the database is
-    /// unavailable (locked, disk full). Gives up only at shutdown, leaving the
-    /// sessions `enforcing` for the next start to re-queue. Returns whether
-    /// the write happened.
-    async fn persist<F, Fut>(&self, mut write: F) -> bool
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), StoreError>>,
-    {
-        let mut retry = StoreRetry::new(self.store.health(), "enforcement");
         loop {
-            match write().await {
-                Ok(()) => return true,
-                Err(e) => {
-                    let wait = retry.failed(&e);
-                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write enforcement record");
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = self.shutdown.cancelled() => return false,
-                    }
-                }
+            let until = deadline.saturating_add(self.offset.daemon_ahead());
+            if self.clock.now() >= until {
+                return;
             }
+            self.clock.sleep_until(until).await;
         }
     }
 }

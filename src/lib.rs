@@ -21,8 +21,9 @@
 //!   [`store::postgres`] hold the SQL)
 //!   and [`providers`] (signed provider requests and answer classification).
 //! - services: [`intake`] (registration and presence use cases),
-//!   [`scheduler`], [`enforce`], [`notify`], [`retention`], [`reload`],
-//!   [`skew`] (the database's clock against the daemon's).
+//!   [`skew`] (the database's clock against the daemon's), [`lead`] (which
+//!   buckets this instance enforces: leases), [`scheduler`], [`enforce`],
+//!   [`notify`], [`retention`], [`reload`].
 //! - edges: [`http`] (session API, webhooks, health, metrics), [`sandbox`]
 //!   (a local stand-in for the provider APIs), [`daemon`] (the wiring).
 //! - applications: [`demo`], [`cli`].
@@ -38,6 +39,7 @@ pub mod enforce;
 pub mod http;
 pub mod http_client;
 pub mod intake;
+pub mod lead;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

@@ -33,6 +33,10 @@ pub const STORE_ERRORS: &str = "callwarden_store_errors_total";
 /// connection, then for the database's write lock.
 pub const STORE_LOCK_WAIT_SECONDS: &str = "callwarden_store_lock_wait_seconds";
 pub const DATABASE_CLOCK_OFFSET_SECONDS: &str = "callwarden_database_clock_offset_seconds";
+/// 1 for each bucket this instance leads (PostgreSQL), by bucket.
+pub const LEADING: &str = "callwarden_leading";
+/// Leases this instance was granted, by bucket.
+pub const LEASES_GRANTED: &str = "callwarden_leases_granted_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -106,6 +110,8 @@ fn describe() {
         DATABASE_CLOCK_OFFSET_SECONDS,
         "The database server's clock minus the daemon's, last measured (PostgreSQL only)"
     );
+    metrics::describe_gauge!(LEADING, "1 for each bucket (provider, or maintenance) this instance leads now");
+    metrics::describe_counter!(LEASES_GRANTED, "Leases granted to this instance, by bucket");
     metrics::describe_gauge!(
         SESSIONS,
         "Sessions in the database by state (counts the store keeps as it writes)"
@@ -178,6 +184,14 @@ pub fn store_error(task: &'static str) {
 
 pub fn database_clock_offset(offset_ms: f64) {
     metrics::gauge!(DATABASE_CLOCK_OFFSET_SECONDS).set(offset_ms / 1000.0);
+}
+
+/// Whether this instance leads `bucket` now; `granted`: it just took it.
+pub fn leading(bucket: &str, leads: bool, granted: bool) {
+    metrics::gauge!(LEADING, "bucket" => bucket.to_string()).set(if leads { 1.0 } else { 0.0 });
+    if granted {
+        metrics::counter!(LEASES_GRANTED, "bucket" => bucket.to_string()).increment(1);
+    }
 }
 
 pub fn sessions(state: &str, count: i64) {

@@ -35,7 +35,7 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// Settings a reload cannot apply, named as in the file, that differ.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    if old.database != new.database {
+    if old.database != new.database || old.database_listen != new.database_listen {
         changed.push("database");
     }
     if old.listen != new.listen {

@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::Retention;
 use crate::domain::audit::{Checkpoint, Head, checkpoint_signature};
 use crate::domain::secret::Secret;
+use crate::lead::Leadership;
 use crate::store::{Store, StoreError};
 
 /// How often retention runs.
@@ -22,11 +23,13 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub const FIRST_PRUNE_AFTER: Duration = Duration::from_secs(60);
 
 /// Applies `retention:`: settled sessions and audit rows older than their
-/// periods are deleted, the audit log behind a signed checkpoint.
+/// periods are deleted, the audit log behind a signed checkpoint. With
+/// several instances, only the one leading maintenance prunes.
 pub async fn prune_periodically(
     store: Store,
     clock: Clock,
     retention: Retention,
+    lead: Leadership,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + FIRST_PRUNE_AFTER, PRUNE_EVERY);
@@ -35,6 +38,9 @@ pub async fn prune_periodically(
         tokio::select! {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
+        }
+        if !lead.maintains() {
+            continue;
         }
         // A stop does not wait for a long prune: it ends after the chunk in
         // hand (each chunk is its own transaction; an audit prune stopped

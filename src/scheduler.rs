@@ -10,6 +10,10 @@
 //! the provider and, if missing, the deadline from the policy, or rejects the
 //! row with the reason.
 //!
+//! With several instances on one database, it claims only the sessions of
+//! the buckets this instance leads ([`Leadership::led`]), under their
+//! terms, and adopts only while it holds the maintenance lease.
+//!
 //! Sessions are claimed [`CLAIM_LEAD`] before their deadline (more while the
 //! database's write lock is contended: [`claim_lead`]), so that the claim
 //! and the attempt record are committed by the time the deadline comes;
@@ -25,8 +29,10 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::config::live::Live;
+use crate::domain::lease::Led;
 use crate::domain::session::{Adopted, Session, SessionRecord};
 use crate::domain::{Instant, UserId};
+use crate::lead::Leadership;
 use crate::policy::adoption::adoption;
 use crate::store::health::StoreRetry;
 use crate::store::{ChangeWatcher, Store, StoreError};
@@ -57,6 +63,10 @@ pub const ADOPT_BATCH: u32 = 256;
 /// (see [`Scheduler::turn`]): a slice close to a claim tries at least once,
 /// and one with nothing due waits as long as any other write would.
 pub const ADOPT_PATIENCE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(5));
+/// With several instances on one database, the longest the scheduler
+/// sleeps without looking at the queue again: the safety net under the
+/// database's change notifications.
+pub const SHARED_POLL: Duration = Duration::from_secs(1);
 /// How often another connection's commits are looked for.
 pub const CHANGE_POLL: Duration = Duration::from_millis(50);
 
@@ -87,6 +97,7 @@ pub struct Scheduler {
     capacity: Arc<Semaphore>,
     changed: Arc<Notify>,
     out: mpsc::UnboundedSender<Claimed>,
+    lead: Leadership,
 }
 
 impl Scheduler {
@@ -98,7 +109,13 @@ impl Scheduler {
         changed: Arc<Notify>,
         out: mpsc::UnboundedSender<Claimed>,
     ) -> Scheduler {
-        Scheduler { store, clock, config: config.into(), capacity, changed, out }
+        Scheduler { store, clock, config: config.into(), capacity, changed, out, lead: Leadership::sole() }
+    }
+
+    /// Claims and adopts as `lead` allows (the one daemon leads everything).
+    pub fn led_by(mut self, lead: Leadership) -> Scheduler {
+        self.lead = lead;
+        self
     }
 
     /// Runs until `shutdown`. Database errors are logged and retried: a locked
@@ -143,15 +160,16 @@ impl Scheduler {
                 None => std::future::pending().await,
             }
         };
+        let led = self.lead.led();
         let lead = claim_lead(self.store.lock_waits().recent());
-        let next = self.store.next_deadline().await?;
+        let next = self.store.next_deadline_for(&led).await?;
         let now = self.clock.now();
         let due = next.is_some_and(|deadline| deadline <= now.saturating_add(lead));
         // Adoption waits for the write lock only until the next claim is
         // due, so that a claim never waits behind a slice of adoption.
         let patience = match next {
             _ if due => {
-                self.claim(now.saturating_add(lead + CLAIM_WINDOW), shutdown, nap()).await?;
+                self.claim(&led, now.saturating_add(lead + CLAIM_WINDOW), shutdown, nap()).await?;
                 // Nothing more falls due within the window just claimed.
                 CLAIM_WINDOW
             }
@@ -160,7 +178,9 @@ impl Scheduler {
             ),
             None => ADOPT_PATIENCE.1,
         };
-        let more_to_adopt = self.adopt_new_rows(patience.clamp(ADOPT_PATIENCE.0, ADOPT_PATIENCE.1)).await?;
+        // Adoption is done once per deployment: by the maintenance leader.
+        let more_to_adopt = self.lead.maintains()
+            && self.adopt_new_rows(patience.clamp(ADOPT_PATIENCE.0, ADOPT_PATIENCE.1)).await?;
         if due || more_to_adopt {
             return Ok(());
         }
@@ -170,18 +190,28 @@ impl Scheduler {
                 None => std::future::pending().await,
             }
         };
+        // Sharing the database: a leadership that lapsed or a notification
+        // lost with the listener's connection is noticed within a poll.
+        let poll = async {
+            match self.lead.is_sole() {
+                true => std::future::pending().await,
+                false => tokio::time::sleep(SHARED_POLL).await,
+            }
+        };
         tokio::select! {
             () = wake => {}
             () = self.changed.notified() => {}
             () = shutdown.cancelled() => {}
             () = nap() => {}
+            () = poll => {}
         }
         Ok(())
     }
 
-    /// Claims sessions due by `horizon`.
+    /// Claims sessions of what `led` covers due by `horizon`.
     async fn claim(
         &self,
+        led: &Led,
         horizon: Instant,
         shutdown: &CancellationToken,
         nap: impl std::future::Future<Output = ()>,
@@ -203,7 +233,8 @@ impl Scheduler {
         {
             permit.merge(extra);
         }
-        let claimed = self.store.claim_due(horizon, self.clock.now(), permit.num_permits() as u32).await?;
+        let claimed =
+            self.store.claim_for(led, horizon, self.clock.now(), permit.num_permits() as u32).await?;
         let mut sessions = Vec::with_capacity(claimed.len());
         let mut unreadable = Vec::new();
         for result in claimed {

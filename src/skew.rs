@@ -11,6 +11,8 @@
 //! shortest trip the tightest. An embedded database (SQLite) shares the
 //! host's clock and is not measured.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,49 @@ pub const WARN_ABOVE: Duration = Duration::from_millis(50);
 pub const EVERY: Duration = Duration::from_secs(60);
 /// Readings per measurement.
 pub const SAMPLES: usize = 3;
+
+/// Above this offset an instance refuses to lead (see `lead`): with
+/// several instances, deadlines are compared in the database's time, and a
+/// leader a second off would fire a second early or late (Quartz's rule of
+/// thumb for clustered schedulers).
+pub const REFUSE_TO_LEAD_ABOVE: Duration = Duration::from_secs(1);
+
+/// The last offset measured, shared with those who act on it: the lease
+/// keeper (refuses to lead above [`REFUSE_TO_LEAD_ABOVE`]) and enforcement
+/// (waits for a deadline by the database's clock when the daemon's runs
+/// ahead). Unknown until measured, and always for an embedded database:
+/// read as 0.
+#[derive(Debug, Clone)]
+pub struct ClockOffset(Arc<AtomicI64>);
+
+impl Default for ClockOffset {
+    fn default() -> Self {
+        ClockOffset(Arc::new(AtomicI64::new(0)))
+    }
+}
+
+impl ClockOffset {
+    /// The database's clock minus the daemon's, in whole milliseconds.
+    pub fn millis(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// How far the daemon's clock runs ahead of the database's (0 when it
+    /// does not): what a wait for a deadline adds, so that no call leaves
+    /// before the deadline by the database's clock either.
+    pub fn daemon_ahead(&self) -> Duration {
+        Duration::from_millis(u64::try_from(-self.millis()).unwrap_or(0))
+    }
+
+    /// Whether the offset allows leading.
+    pub fn fit_to_lead(&self) -> bool {
+        self.millis().unsigned_abs() <= REFUSE_TO_LEAD_ABOVE.as_millis() as u64
+    }
+
+    pub fn set(&self, offset_ms: f64) {
+        self.0.store(offset_ms.round() as i64, Ordering::Relaxed);
+    }
+}
 
 /// One reading: the daemon's clock before and after the query, and the
 /// database's clock it returned.
@@ -56,14 +101,15 @@ pub async fn measure(store: &Store, clock: &Clock) -> Result<Option<(f64, i64)>,
 }
 
 /// Measures now and every [`EVERY`] until `shutdown`; logs each offset
-/// beyond [`WARN_ABOVE`] and sets the gauge. Returns at once for an
+/// beyond [`WARN_ABOVE`], sets the gauge and `last`. Returns at once for an
 /// embedded database.
-pub async fn watch(store: Store, clock: Clock, shutdown: CancellationToken) {
+pub async fn watch(store: Store, clock: Clock, last: ClockOffset, shutdown: CancellationToken) {
     loop {
         match measure(&store, &clock).await {
             Ok(None) => return,
             Ok(Some((offset_ms, rtt_ms))) => {
                 crate::metrics::database_clock_offset(offset_ms);
+                last.set(offset_ms);
                 if offset_ms.abs() > WARN_ABOVE.as_millis() as f64 {
                     tracing::warn!(
                         offset_ms = offset_ms.round(),
@@ -109,5 +155,24 @@ mod tests {
         let behind = [reading(1_000, 700, 1_000)];
         assert_eq!(offset(&behind), Some((-300.0, 0)));
         assert_eq!(offset(&[]), None);
+    }
+
+    #[test]
+    fn a_daemon_ahead_of_the_database_waits_the_difference_and_a_far_one_may_not_lead() {
+        let offset = ClockOffset::default();
+        assert_eq!(
+            (offset.daemon_ahead(), offset.fit_to_lead()),
+            (Duration::ZERO, true),
+            "unknown reads as 0"
+        );
+        offset.set(-40.4);
+        assert_eq!(offset.daemon_ahead(), Duration::from_millis(40), "the database is behind by 40 ms");
+        offset.set(25.0);
+        assert_eq!(offset.daemon_ahead(), Duration::ZERO, "a daemon behind waits for its own clock");
+        offset.set(1_000.0);
+        assert!(offset.fit_to_lead());
+        offset.set(-1_001.0);
+        assert!(!offset.fit_to_lead());
+        assert_eq!(offset.clone().millis(), -1_001, "clones share the value");
     }
 }

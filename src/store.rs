@@ -14,7 +14,7 @@
 //! two writers (the daemon, the CLI, an app's own SQL) never undo each
 //! other's work.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,10 +22,12 @@ use serde::Serialize;
 
 use crate::budget::{Budget, Standing};
 use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint, Head};
+use crate::domain::lease::{Led, SOLE_TERM};
 use crate::domain::session::{Adopted, NewSession, Repeatability, Session, SessionCursor, SessionRecord};
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
 
 pub mod copy;
+mod error;
 mod group_commit;
 pub mod health;
 pub mod lock_waits;
@@ -37,126 +39,9 @@ pub mod sqlite;
 mod warnings;
 
 use crate::config::Database;
+pub use error::StoreError;
 pub use presence_writer::{PresenceChange, PresenceMark, PresenceWrite, PresenceWriter};
 pub use registrar::{Pending, Registrar};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: sqlx::Error,
-    },
-    /// A PostgreSQL database that cannot be reached or refused the login.
-    #[error("database {location}: {source}")]
-    Connect {
-        location: String,
-        #[source]
-        source: sqlx::Error,
-    },
-    #[error("database {location}: migration failed: {source}")]
-    MigrateAt {
-        location: String,
-        #[source]
-        source: sqlx::migrate::MigrateError,
-    },
-    #[error("database {path}: migration failed: {source}")]
-    Migrate {
-        path: PathBuf,
-        #[source]
-        source: sqlx::migrate::MigrateError,
-    },
-    #[error("database: {0}")]
-    Sql(#[from] sqlx::Error),
-    #[error("no session {0}")]
-    NotFound(SessionId),
-    #[error("session {id} is {state}; only an active session can be {verb}")]
-    NotActive { id: SessionId, state: String, verb: &'static str },
-    /// Active again after a restart, but a call for it was sent: the
-    /// provider may have acted already, so the session's end is no longer
-    /// the caller's to move.
-    #[error(
-        "session {id} is being enforced: a call for it was sent before the daemon restarted; it can no longer be {verb}"
-    )]
-    AlreadyCalled { id: SessionId, verb: &'static str },
-    /// The group-commit writer failed a whole batch, or has stopped.
-    #[error("database: {0}")]
-    Batch(String),
-    #[error("database: {} exists; choose a new file", .0.display())]
-    BackupExists(PathBuf),
-    #[error("database {}: no such file (the daemon or `callwarden session start` creates it)", .0.display())]
-    Missing(PathBuf),
-    #[error(
-        "database {0}: callwarden's tables are not there yet (`callwarden run` or `callwarden session start` creates them)"
-    )]
-    Uninitialised(String),
-    /// `backup` of a PostgreSQL database.
-    #[error(
-        "database {0}: PostgreSQL is backed up with its own tools: `pg_dump --format=custom` for a copy, \
-         or the server's base backups and WAL archiving for point-in-time recovery"
-    )]
-    NoFileBackup(String),
-    /// A command that only reads found another schema than its own.
-    #[error(
-        "database {}: schema v{found} is {} this callwarden's v{ours}; {}",
-        .path.display(),
-        if .found > .ours { "newer than" } else { "older than" },
-        if .found > .ours {
-            "use the callwarden that upgraded it, or upgrade this one"
-        } else {
-            "`callwarden run` upgrades it (take `callwarden backup` first); reading commands leave the schema alone"
-        }
-    )]
-    Schema { path: PathBuf, found: i64, ours: i64 },
-    /// As `Schema`, for a database named by URL.
-    #[error(
-        "database {location}: schema v{found} is {} this callwarden's v{ours}; {}",
-        if .found > .ours { "newer than" } else { "older than" },
-        if .found > .ours {
-            "use the callwarden that upgraded it, or upgrade this one"
-        } else {
-            "`callwarden run` upgrades it (take a `pg_dump` first); reading commands leave the schema alone"
-        }
-    )]
-    SchemaAt { location: String, found: i64, ours: i64 },
-    /// Another daemon runs on this database (see [`Store::lock_database`]).
-    #[error(
-        "database {}: another callwarden daemon is running on it{holder} (it holds {}); one daemon \
-         per SQLite database: stop the other one first",
-        .path.display(), .lock.display()
-    )]
-    InUse { path: PathBuf, lock: PathBuf, holder: String },
-    /// Another daemon runs on this PostgreSQL database.
-    #[error(
-        "database {location}: another callwarden daemon is running on it{holder}; one daemon per database \
-         for now: stop the other one first"
-    )]
-    InUseAt { location: String, holder: String },
-    #[error(
-        "session {id} cannot be extended by {asked_ms} ms: it has been extended by {used_ms} ms and its policy \
-         allows {max_ms} ms in all"
-    )]
-    ExtensionLimit { id: SessionId, used_ms: i64, asked_ms: i64, max_ms: i64 },
-    /// `db copy` from anything but SQLite, or into anything but PostgreSQL.
-    #[error("db copy copies a SQLite database into a PostgreSQL one (PostgreSQL to PostgreSQL: pg_dump)")]
-    CopyUnsupported,
-    #[error("database {0}: it holds callwarden data already; db copy fills an empty database only")]
-    CopyTargetNotEmpty(String),
-    #[error("session {id} in the database is malformed: {reason}")]
-    Malformed { id: String, reason: String },
-}
-
-impl StoreError {
-    /// The database refused the row itself (a constraint it breaks), as
-    /// opposed to being unavailable: the caller's input is at fault, and
-    /// trying again cannot help.
-    pub fn is_refusal(&self) -> bool {
-        use sqlx::error::ErrorKind;
-        matches!(self, StoreError::Sql(sqlx::Error::Database(db))
-            if matches!(db.kind(), ErrorKind::CheckViolation | ErrorKind::NotNullViolation | ErrorKind::ForeignKeyViolation))
-    }
-}
 
 /// What registering under an idempotency key did.
 #[derive(Debug, Clone)]
@@ -228,23 +113,16 @@ pub enum Store {
 #[derive(Debug)]
 pub enum DaemonLock {
     Sqlite(sqlite::DaemonLock),
-    Postgres(Box<postgres::PgDaemonLock>),
+    /// A database several daemons share (PostgreSQL): nothing is held;
+    /// leases decide who enforces what.
+    Shared,
 }
 
 impl DaemonLock {
-    /// Holds the lock until `shutdown`. A file lock needs nothing more; a
-    /// PostgreSQL lock lives on a connection, which a server restart or a
-    /// network cut ends: it is then made again and the lock re-taken. An
-    /// error means another daemon took the lock meanwhile.
-    pub async fn keep(self, shutdown: &tokio_util::sync::CancellationToken) -> Result<(), StoreError> {
-        match self {
-            DaemonLock::Sqlite(lock) => {
-                shutdown.cancelled().await;
-                drop(lock);
-                Ok(())
-            }
-            DaemonLock::Postgres(lock) => lock.keep(shutdown).await,
-        }
+    /// Holds the lock until `shutdown`.
+    pub async fn keep(self, shutdown: &tokio_util::sync::CancellationToken) {
+        shutdown.cancelled().await;
+        drop(self);
     }
 }
 
@@ -258,11 +136,28 @@ impl Store {
     /// a SQLite file is created if missing; a PostgreSQL database must
     /// exist (its tables are created).
     pub async fn connect(db: &Database) -> Result<Store, StoreError> {
+        Store::connect_as(db, None).await
+    }
+
+    /// [`Store::connect`] for a daemon instance named `instance`: on a
+    /// database several daemons share, its audit rows go to a chain of its
+    /// own (PostgreSQL), so that instances never wait for each other to
+    /// append. An embedded database has one chain.
+    pub async fn connect_as(db: &Database, instance: Option<&str>) -> Result<Store, StoreError> {
         match db {
             Database::Sqlite(path) => Store::open(path).await,
             Database::Postgres(url) => {
-                Ok(Store::Postgres(postgres::PgStore::open(url.expose(), url.password()).await?))
+                Ok(Store::Postgres(postgres::PgStore::open(url.expose(), url.password(), instance).await?))
             }
+        }
+    }
+
+    /// The instance name this handle was connected as, on a database
+    /// several daemons share ([`Store::connect_as`]).
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => s.chain(),
         }
     }
 
@@ -284,18 +179,16 @@ impl Store {
         Ok(Store::Sqlite(sqlite::SqliteStore::open_existing(path, older_ok).await?))
     }
 
-    /// Makes this process the one daemon on the database at `path`, before
-    /// anything touches it: a second daemon would re-queue the first one's
-    /// calls under way and send them again, and double the provider's rate.
-    /// Held until the returned lock is dropped or the process exits, however
-    /// it exits (the kernel releases it).
+    /// Makes this process the one daemon on the SQLite database at `path`,
+    /// before anything touches it: a second daemon would re-queue the first
+    /// one's calls under way and send them again, and double the provider's
+    /// rate. Held until the returned lock is dropped or the process exits,
+    /// however it exits (the kernel releases it). A PostgreSQL database is
+    /// shared by several daemons: nothing to hold ([`DaemonLock::Shared`]).
     pub async fn lock_database(db: &Database) -> Result<DaemonLock, StoreError> {
         match db {
             Database::Sqlite(path) => Ok(DaemonLock::Sqlite(sqlite::lock_database(path)?)),
-            Database::Postgres(url) => {
-                let lock = postgres::PgStore::lock_unopened(url.expose(), url.password()).await?;
-                Ok(DaemonLock::Postgres(Box::new(lock)))
-            }
+            Database::Postgres(_) => Ok(DaemonLock::Shared),
         }
     }
 
@@ -303,8 +196,80 @@ impl Store {
     pub async fn lock_daemon(&self) -> Result<DaemonLock, StoreError> {
         match self {
             Store::Sqlite(s) => Ok(DaemonLock::Sqlite(sqlite::lock_database(s.path())?)),
-            Store::Postgres(s) => Ok(DaemonLock::Postgres(Box::new(s.lock_database().await?))),
+            Store::Postgres(_) => Ok(DaemonLock::Shared),
         }
+    }
+
+    /// A connection for leases, on a database several daemons share
+    /// (PostgreSQL); `None` for an embedded one, whose one daemon leads
+    /// everything.
+    pub async fn lease_connection(&self) -> Result<Option<postgres::LeaseConn>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(s) => Ok(Some(s.lease_connection().await?)),
+        }
+    }
+
+    /// Locks `users`' budgets under `policy` for every daemon on a shared
+    /// database until the guard is dropped (see
+    /// [`postgres::PgBudgetGuard`]); `None` on an embedded one, whose one
+    /// daemon's own lock suffices.
+    pub async fn hold_budgets(
+        &self,
+        policy: &str,
+        users: &[&str],
+    ) -> Result<Option<postgres::PgBudgetGuard>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(s) => Ok(Some(s.hold_budgets(policy, users).await?)),
+        }
+    }
+
+    /// [`Store::next_deadline_for`] everything (the one daemon).
+    pub async fn next_deadline(&self) -> Result<Option<Instant>, StoreError> {
+        self.next_deadline_for(&Led::Sole).await
+    }
+
+    /// [`Store::claim_for`] everything, under [`SOLE_TERM`] (the one daemon).
+    pub async fn claim_due(
+        &self,
+        horizon: Instant,
+        now: Instant,
+        limit: u32,
+    ) -> Result<Vec<Result<Session, (String, String)>>, StoreError> {
+        self.claim_for(&Led::Sole, horizon, now, limit).await
+    }
+
+    /// [`Store::release_as`] under [`SOLE_TERM`].
+    pub async fn release(
+        &self,
+        ids: &[SessionId],
+        unsent: bool,
+        now: Instant,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        self.release_as(SOLE_TERM, ids, unsent, now, why).await
+    }
+
+    /// [`Store::record_attempt_as`] under [`SOLE_TERM`].
+    pub async fn record_attempt(
+        &self,
+        ids: &[SessionId],
+        entry: &AuditEntry,
+        repeatability: Option<Repeatability>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        self.record_attempt_as(SOLE_TERM, ids, entry, repeatability, now).await
+    }
+
+    /// [`Store::record_outcome_as`] under [`SOLE_TERM`].
+    pub async fn record_outcome(
+        &self,
+        entries: &[AuditEntry],
+        final_state: Option<(SessionState, Option<&str>)>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        self.record_outcome_as(SOLE_TERM, entries, final_state, now).await
     }
 
     /// Where the data lives, for messages: the file, or the URL without
@@ -483,6 +448,11 @@ operations! {
     fn audit_summary(&self, since: Instant, until: Instant) -> Result<AuditSummary, StoreError>;
     /// Rows after `after` in id order, for verifying the chain page by page.
     fn audit_page(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// [`Store::audit_page`] with each row's chain ('' on an embedded
+    /// database, which has one).
+    fn audit_chain_page(&self, after: i64, limit: u32) -> Result<Vec<(String, AuditRecord)>, StoreError>;
+    /// Each chain's last retention checkpoint.
+    fn audit_checkpoints(&self) -> Result<Vec<(String, Checkpoint)>, StoreError>;
     /// The last retention checkpoint, where the chain now starts.
     fn audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
     /// Records a signed head of the chain (`sign` makes it from the time,
@@ -508,30 +478,40 @@ operations! {
     fn adopt_batch(&self, adopted: &[Adopted], rejected: &[(String, String)], now: Instant, patience: Duration) -> Result<Option<usize>, StoreError>;
     /// Fails one row that cannot be scheduled, with the reason.
     fn reject(&self, id: &str, reason: &str, now: Instant) -> Result<(), StoreError>;
-    /// The earliest deadline of an active session.
-    fn next_deadline(&self) -> Result<Option<Instant>, StoreError>;
-    /// Claims (`active` → `enforcing`) up to `limit` sessions due by
-    /// `horizon`, most overdue first; a row that cannot be read comes back
-    /// as its id and the reason.
-    fn claim_due(&self, horizon: Instant, now: Instant, limit: u32) -> Result<Vec<Result<Session, (String, String)>>, StoreError>;
-    /// At start: every `enforcing` session back to `active`, with a
-    /// `recovered` audit row.
+    /// The earliest deadline of an active session of what `led` covers.
+    fn next_deadline_for(&self, led: &Led) -> Result<Option<Instant>, StoreError>;
+    /// Claims (`active` → `enforcing`) up to `limit` sessions of what `led`
+    /// covers, due by `horizon`, most overdue first, each stamped with its
+    /// bucket's term (a bucket whose lease has run out, by the database's
+    /// clock, is not claimed); a row that cannot be read comes back as its
+    /// id and the reason.
+    fn claim_for(&self, led: &Led, horizon: Instant, now: Instant, limit: u32) -> Result<Vec<Result<Session, (String, String)>>, StoreError>;
+    /// At start, the one daemon: every `enforcing` session back to
+    /// `active`, with a `recovered` audit row.
     fn requeue_interrupted(&self, now: Instant, why: &str) -> Result<u64, StoreError>;
+    /// A lease on `bucket` granted under `term`: the bucket's sessions
+    /// `enforcing` under an older term back to `active`, stamped with
+    /// `term`, each with a `recovered` audit row.
+    fn take_over(&self, bucket: &str, term: i64, now: Instant, why: &str) -> Result<u64, StoreError>;
     /// Gives claimed sessions back to the queue (shutdown, or a provider
-    /// that is gone); `unsent`: no call for them left.
-    fn release(&self, ids: &[SessionId], unsent: bool, now: Instant, why: &str) -> Result<(), StoreError>;
+    /// that is gone); `unsent`: no call for them left. Fenced by `term`.
+    fn release_as(&self, term: i64, ids: &[SessionId], unsent: bool, now: Instant, why: &str) -> Result<(), StoreError>;
     /// Records an attempt (and a newly chosen repeatability pair) before
-    /// the call, in one commit.
-    fn record_attempt(
+    /// the call, in one commit. Fenced: [`StoreError::Fenced`], and nothing
+    /// written, when a session no longer carries `term`.
+    fn record_attempt_as(
         &self,
+        term: i64,
         ids: &[SessionId],
         entry: &AuditEntry,
         repeatability: Option<Repeatability>,
         now: Instant,
     ) -> Result<(), StoreError>;
-    /// Records an answer: its audit rows, and the final state when it settles.
-    fn record_outcome(
+    /// Records an answer: its audit rows, and the final state when it
+    /// settles. Fenced by `term`, as [`Store::record_attempt_as`].
+    fn record_outcome_as(
         &self,
+        term: i64,
         entries: &[AuditEntry],
         final_state: Option<(SessionState, Option<&str>)>,
         now: Instant,

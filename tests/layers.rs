@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("configuration", &["config"]),
     ("decisions", &["policy"]),
     ("adapters", &["store", "providers"]),
-    ("services", &["intake", "scheduler", "enforce", "notify", "retention", "reload", "skew"]),
+    ("services", &["intake", "skew", "lead", "scheduler", "enforce", "notify", "retention", "reload"]),
     ("edges", &["http", "sandbox", "daemon"]),
     ("applications", &["demo", "cli"]),
 ];

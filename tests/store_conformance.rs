@@ -69,7 +69,9 @@ mod store_conformance {
     mod audit;
     mod budgets;
     mod contention;
+    mod fencing;
     mod handle;
+    mod leases;
     mod outbox;
     mod presence;
     mod queue;

@@ -2,6 +2,7 @@
 //! audit log, verify its hash chain against the retention checkpoint, and
 //! back the database up.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +12,7 @@ use super::{AuditArgs, AuditCommand, Failure, load, open_existing, parse_id, ref
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::Instant;
-use crate::domain::audit::{ChainCheck, Verdict, checkpoint_signature};
+use crate::domain::audit::{ChainCheck, Chains, Verdict, checkpoint_signature};
 use crate::store::{AuditFilter, Store};
 
 pub(super) async fn backup(config_path: &std::path::Path, to: &std::path::Path) -> Result<(), Failure> {
@@ -24,30 +25,38 @@ pub(super) async fn backup(config_path: &std::path::Path, to: &std::path::Path) 
 
 pub(super) async fn verify_audit(store: &Store, config: &Config) -> Result<(), Failure> {
     const PAGE: u32 = 10_000;
-    let checkpoint = store.audit_checkpoint().await.map_err(refusal)?;
-    if let Some(cp) = &checkpoint {
+    // Each chain's checkpoint (one chain on SQLite; one per daemon instance
+    // and one for the rest on PostgreSQL), each signature checked.
+    let checkpoints = store.audit_checkpoints().await.map_err(refusal)?;
+    for (chain, cp) in &checkpoints {
+        let of = if chain.is_empty() { String::new() } else { format!(" of chain {chain}") };
         match (&config.retention.checkpoint_key, &cp.signature) {
             (Some(key), Some(sig)) if checkpoint_signature(key, cp) == *sig => {
                 println!(
-                    "retention checkpoint at row {} ({} rows pruned) is signed and valid",
+                    "retention checkpoint{of} at row {} ({} rows pruned) is signed and valid",
                     cp.last_id, cp.rows_pruned
                 )
             }
             (Some(_), _) => {
                 return Err(Failure::Other(anyhow::anyhow!(
-                    "audit log broken at row {}: the retention checkpoint's signature is missing or wrong (forged?)",
+                    "audit log broken at row {}: the retention checkpoint{of}'s signature is missing or wrong (forged?)",
                     cp.last_id
                 )));
             }
             (None, Some(_)) => println!(
-                "retention checkpoint at row {} is signed, but no retention.checkpoint_key is configured to check it",
+                "retention checkpoint{of} at row {} is signed, but no retention.checkpoint_key is configured to check it",
                 cp.last_id
             ),
-            (None, None) => println!("retention checkpoint at row {} is unsigned", cp.last_id),
+            (None, None) => println!("retention checkpoint{of} at row {} is unsigned", cp.last_id),
         }
     }
-    let start = checkpoint.map(|cp| (cp.last_id, cp.last_hash));
-    let mut after = start.as_ref().map_or(0, |(id, _)| *id);
+    let starts: HashMap<String, (i64, String)> =
+        checkpoints.into_iter().map(|(chain, cp)| (chain, (cp.last_id, cp.last_hash))).collect();
+    // One chain (SQLite): its ids follow one another, and reading starts
+    // after its checkpoint. Several: every row is read, each chain checked
+    // from its own checkpoint.
+    let single = store.sqlite_path().is_some();
+    let mut after = if single { starts.get("").map_or(0, |(id, _)| *id) } else { 0 };
     let heads = store.audit_heads(after).await.map_err(refusal)?;
     match &config.retention.checkpoint_key {
         Some(key) => {
@@ -66,19 +75,38 @@ pub(super) async fn verify_audit(store: &Store, config: &Config) -> Result<(), F
         ),
         None => {}
     }
-    let mut check = ChainCheck::new(start).with_heads(heads);
-    let verdict = loop {
-        let page = store.audit_page(after, PAGE).await.map_err(refusal)?;
-        let Some(last) = page.last() else { break check.finish() };
-        after = last.id;
-        if let Some(Err(broken)) = page.iter().map(|r| check.push(r)).find(Result::is_err) {
-            break broken;
+    let (verdict, chains) = if single {
+        let mut check = ChainCheck::new(starts.get("").cloned()).with_heads(heads);
+        let verdict = loop {
+            let page = store.audit_page(after, PAGE).await.map_err(refusal)?;
+            let Some(last) = page.last() else { break check.finish() };
+            after = last.id;
+            if let Some(Err(broken)) = page.iter().map(|r| check.push(r)).find(Result::is_err) {
+                break broken;
+            }
+        };
+        (verdict, 1)
+    } else {
+        let mut check = Chains::new(starts, heads);
+        loop {
+            let page = store.audit_chain_page(after, PAGE).await.map_err(refusal)?;
+            let Some((_, last)) = page.last() else { break check.finish() };
+            after = last.id;
+            if let Some(Err(broken)) = page.iter().map(|(chain, r)| check.push(chain, r)).find(Result::is_err)
+            {
+                break (broken, 0);
+            }
         }
     };
     match verdict {
         Verdict::Intact { checked, unchained, head } => {
             println!(
-                "audit log intact: {checked} rows chained{}",
+                "audit log intact: {checked} rows chained{}{}",
+                if chains > 1 {
+                    format!(" in {chains} chains (one per daemon instance)")
+                } else {
+                    String::new()
+                },
                 if unchained > 0 {
                     format!(", {unchained} older rows from before the chain")
                 } else {

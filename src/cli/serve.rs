@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::{Failure, SandboxArgs, load, open};
+use super::{Failure, SandboxArgs, load};
 use crate::clock::Clock;
 use crate::config::Database;
 use crate::sandbox::{Sandbox, SandboxOptions};
@@ -23,7 +23,12 @@ pub(super) async fn run_daemon(path: &std::path::Path) -> Result<(), Failure> {
     // Checked before opening: a second daemon must not even migrate the
     // database under the one running (the lock is taken for good in serve).
     drop(crate::store::Store::lock_database(&config.database).await.context("cannot start")?);
-    let store = open(&config).await?;
+    // Named, so that on a database several daemons share its audit rows
+    // form a chain of its own, and its leases say who holds them.
+    let instance = crate::lead::instance_id();
+    let store = crate::store::Store::connect_as(&config.database, Some(&instance))
+        .await
+        .context("cannot open the database")?;
     let shutdown = CancellationToken::new();
     // The clock goes on from where the last daemon of this boot left it
     // (a restart in the middle of catching up with a clock step).

@@ -33,6 +33,12 @@ pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigEr
     let mut warnings = Vec::new();
 
     let database = ctx.database(&raw.database, raw.database_password_file.as_ref())?;
+    if raw.database_listen.is_some() && !matches!(database, Database::Postgres(_)) {
+        return Err(ctx.error(
+            &["database_listen"],
+            "database_listen is for a PostgreSQL database; database names a SQLite file".into(),
+        ));
+    }
     let providers = ctx.providers(raw.providers, &mut warnings)?;
     let Policies { policies, defined_at, sources, policy_globs } = ctx.policies(
         raw.policies,
@@ -54,6 +60,7 @@ pub(super) fn parse_unmasked(path: &Path, text: &str) -> Result<Config, ConfigEr
     Ok(Config {
         path: path.to_path_buf(),
         database,
+        database_listen: raw.database_listen.unwrap_or(true),
         providers,
         policies,
         listen,

@@ -11,6 +11,7 @@ use serde::Deserialize;
 pub(super) struct RawConfig {
     pub(super) database: String,
     pub(super) database_password_file: Option<String>,
+    pub(super) database_listen: Option<bool>,
     pub(super) listen: Option<String>,
     pub(super) api_token: Option<RawSecret>,
     pub(super) api_token_file: Option<String>,

@@ -161,10 +161,21 @@ pub fn chain_after(
     last_hash: &str,
     entries: &[(AuditEntry, super::Instant)],
 ) -> Vec<AuditRecord> {
-    let (mut id, mut prev_hash) = (last_id, last_hash.to_string());
+    let ids: Vec<i64> = (1..=entries.len() as i64).map(|n| last_id + n).collect();
+    chain_with_ids(&ids, last_hash, entries)
+}
+
+/// As [`chain_after`], with the rows' ids given (`ids[i]` for
+/// `entries[i]`, increasing): for a log where several chains share one id
+/// sequence (PostgreSQL, one chain per daemon instance).
+pub fn chain_with_ids(
+    ids: &[i64],
+    last_hash: &str,
+    entries: &[(AuditEntry, super::Instant)],
+) -> Vec<AuditRecord> {
+    let mut prev_hash = last_hash.to_string();
     let mut records = Vec::with_capacity(entries.len());
-    for (e, at) in entries {
-        id += 1;
+    for (&id, (e, at)) in ids.iter().zip(entries) {
         let mut record = AuditRecord {
             id,
             at: at.to_string(),
@@ -231,6 +242,14 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct ChainCheck {
     expected_id: Option<i64>,
+    /// Ids follow one another (one chain per log). Otherwise (several
+    /// chains share the ids) only links and hashes say what is missing.
+    linked_only: bool,
+    /// Linked only: what the first chained row must link to (the
+    /// checkpoint's hash, or "" at the chain's beginning).
+    first_link: Option<String>,
+    /// The last chained row: its id and hash.
+    last: Option<(i64, String)>,
     prev: Option<String>,
     checked: u64,
     unchained: u64,
@@ -248,6 +267,19 @@ impl ChainCheck {
                 ChainCheck { expected_id: Some(id + 1), prev: Some(hash), ..ChainCheck::default() }
             }
             None => ChainCheck { expected_id: Some(1), ..ChainCheck::default() },
+        }
+    }
+
+    /// A chain whose ids are not consecutive (several chains share the log's
+    /// ids): its first chained row must link to `start`'s hash (a retention
+    /// checkpoint), or to nothing at the chain's beginning, and every other
+    /// row to the row before it in the chain.
+    pub fn linked(start: Option<(i64, String)>) -> ChainCheck {
+        ChainCheck {
+            linked_only: true,
+            first_link: Some(start.as_ref().map_or(String::new(), |(_, hash)| hash.clone())),
+            last: start,
+            ..ChainCheck::default()
         }
     }
 
@@ -289,13 +321,24 @@ impl ChainCheck {
                 return broken("row has no hash inside the chain (inserted by hand?)");
             }
             self.unchained += 1;
-            self.expected_id = Some(r.id + 1);
+            if !self.linked_only {
+                self.expected_id = Some(r.id + 1);
+            }
             return Ok(());
         };
         let link = r.prev_hash.clone().unwrap_or_default();
         if self.prev.as_ref().is_some_and(|prev| *prev != link) {
             return broken(
                 "its link does not match the previous row's hash (a row before it was changed, deleted or inserted)",
+            );
+        }
+        if self.prev.is_none()
+            && let Some(first) = &self.first_link
+            && *first != link
+        {
+            return broken(
+                "the chain's first row links to a row that is not there (rows before it were deleted, and no \
+                 retention checkpoint says so)",
             );
         }
         if chain_hash(&link, r) != *hash {
@@ -315,7 +358,10 @@ impl ChainCheck {
             }
         }
         self.prev = Some(hash.clone());
-        self.expected_id = Some(r.id + 1);
+        self.last = Some((r.id, hash.clone()));
+        if !self.linked_only {
+            self.expected_id = Some(r.id + 1);
+        }
         self.checked += 1;
         Ok(())
     }
@@ -331,7 +377,192 @@ impl ChainCheck {
                 ),
             };
         }
-        let head = self.expected_id.zip(self.prev).map(|(next, hash)| (next - 1, hash));
+        let head = match self.linked_only {
+            true => self.last,
+            false => self.expected_id.zip(self.prev).map(|(next, hash)| (next - 1, hash)),
+        };
         Verdict::Intact { checked: self.checked, unchained: self.unchained, head }
+    }
+}
+
+/// Several chains in one log, read in id order: PostgreSQL keeps one per
+/// daemon instance (and one for everything else: the CLI, a copy), so that
+/// appends never wait for another instance's. Each chain is checked as a
+/// [`ChainCheck::linked`] chain from its own retention checkpoint; every
+/// signed head, whichever chain it names a row of, must find that row with
+/// that hash, and no head may name a row past the end of the log.
+#[derive(Debug, Default)]
+pub struct Chains {
+    /// Each chain's retention checkpoint: its last pruned row.
+    starts: std::collections::HashMap<String, (i64, String)>,
+    chains: std::collections::BTreeMap<String, ChainCheck>,
+    /// Signed heads still to meet, latest first (popped from the end).
+    heads: Vec<Head>,
+    last_id: i64,
+}
+
+impl Chains {
+    /// `starts`: each chain's checkpoint; `heads`: signed heads (whose
+    /// signatures the caller checked), none naming a pruned row.
+    pub fn new(starts: std::collections::HashMap<String, (i64, String)>, mut heads: Vec<Head>) -> Chains {
+        heads.sort_by_key(|h| std::cmp::Reverse(h.last_id));
+        Chains { starts, heads, ..Chains::default() }
+    }
+
+    /// Checks the next row (of `chain`); `Err` is the verdict at the first
+    /// break. A row at or before its chain's checkpoint (pruned, and not
+    /// deleted yet: a prune cut short) is passed over.
+    pub fn push(&mut self, chain: &str, r: &AuditRecord) -> Result<(), Verdict> {
+        let start = self.starts.get(chain).cloned();
+        if start.as_ref().is_some_and(|(id, _)| r.id <= *id) {
+            return Ok(());
+        }
+        if let Some(head) = self.heads.last()
+            && head.last_id < r.id
+        {
+            return Err(Verdict::Broken {
+                id: head.last_id,
+                reason: format!("the row the head signed at {} names is missing", head.at),
+            });
+        }
+        self.chains.entry(chain.to_string()).or_insert_with(|| ChainCheck::linked(start)).push(r)?;
+        while self.heads.last().is_some_and(|h| h.last_id == r.id) {
+            if let Some(head) = self.heads.pop()
+                && Some(&head.last_hash) != r.hash.as_ref()
+            {
+                return Err(Verdict::Broken {
+                    id: r.id,
+                    reason: format!(
+                        "its hash differs from the head signed at {}: the chain was rewritten up to here",
+                        head.at
+                    ),
+                });
+            }
+        }
+        self.last_id = r.id;
+        Ok(())
+    }
+
+    /// The verdict over every chain, and how many chains there were.
+    pub fn finish(self) -> (Verdict, usize) {
+        if let Some(head) = self.heads.first() {
+            return (
+                Verdict::Broken {
+                    id: head.last_id,
+                    reason: format!(
+                        "the log ends at row {}, but the head signed at {} names row {}: rows were cut off the end",
+                        self.last_id, head.at, head.last_id
+                    ),
+                },
+                self.chains.len(),
+            );
+        }
+        let count = self.chains.len();
+        let (mut checked, mut unchained, mut head) = (0, 0, None);
+        for check in self.chains.into_values() {
+            match check.finish() {
+                Verdict::Intact { checked: c, unchained: u, head: h } => {
+                    checked += c;
+                    unchained += u;
+                    head = head.max(h);
+                }
+                broken => return (broken, count),
+            }
+        }
+        (Verdict::Intact { checked, unchained, head }, count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Instant;
+
+    /// `n` rows of one chain, with the given ids, linked from `after`.
+    fn rows(ids: &[i64], after: &str) -> Vec<AuditRecord> {
+        let entries: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                (
+                    AuditEntry {
+                        event: "registered",
+                        detail: Some(format!("row {id}")),
+                        ..AuditEntry::default()
+                    },
+                    Instant::from_millis(*id),
+                )
+            })
+            .collect();
+        chain_with_ids(ids, after, &entries)
+    }
+
+    /// Two chains interleaved by id, as one instance and another append.
+    fn two_chains() -> Vec<(&'static str, AuditRecord)> {
+        let a = rows(&[1, 2, 5, 6], "");
+        let b = rows(&[3, 4, 7], "");
+        let mut all: Vec<_> =
+            a.into_iter().map(|r| ("a", r)).chain(b.into_iter().map(|r| ("b", r))).collect();
+        all.sort_by_key(|(_, r)| r.id);
+        all
+    }
+
+    fn verdict(rows: &[(&str, AuditRecord)], starts: &[(&str, (i64, String))], heads: Vec<Head>) -> Verdict {
+        let starts = starts.iter().map(|(c, s)| (c.to_string(), s.clone())).collect();
+        let mut check = Chains::new(starts, heads);
+        for (chain, r) in rows {
+            if let Err(broken) = check.push(chain, r) {
+                return broken;
+            }
+        }
+        check.finish().0
+    }
+
+    #[test]
+    fn interleaved_chains_verify_each_on_its_own_links() {
+        let all = two_chains();
+        let Verdict::Intact { checked, head, .. } = verdict(&all, &[], vec![]) else { panic!("broken") };
+        assert_eq!(checked, 7);
+        assert_eq!(head.map(|(id, _)| id), Some(7));
+    }
+
+    #[test]
+    fn a_row_deleted_from_one_chain_breaks_it_and_only_a_checkpoint_excuses_a_missing_start() {
+        let mut all = two_chains();
+        all.retain(|(_, r)| r.id != 4);
+        assert!(matches!(verdict(&all, &[], vec![]), Verdict::Broken { id: 7, .. }), "b's link after a gap");
+
+        let mut all = two_chains();
+        all.retain(|(_, r)| r.id != 1);
+        assert!(matches!(verdict(&all, &[], vec![]), Verdict::Broken { id: 2, .. }), "a's first row gone");
+        // Pruned behind a checkpoint, it is excused.
+        let first = two_chains().into_iter().find(|(_, r)| r.id == 1).unwrap().1;
+        let checkpoint = (1, first.hash.clone().unwrap());
+        assert!(matches!(
+            verdict(&all, &[("a", checkpoint.clone())], vec![]),
+            Verdict::Intact { checked: 6, .. }
+        ));
+        // A row behind its chain's checkpoint, not deleted yet, is passed over.
+        assert!(matches!(
+            verdict(&two_chains(), &[("a", checkpoint)], vec![]),
+            Verdict::Intact { checked: 6, .. }
+        ));
+    }
+
+    #[test]
+    fn a_head_finds_its_row_in_whichever_chain_and_a_cut_tail_shows() {
+        let all = two_chains();
+        let of = |id: i64| all.iter().find(|(_, r)| r.id == id).and_then(|(_, r)| r.hash.clone()).unwrap();
+        let key = Secret::new("a-checkpoint-key-of-some-length");
+        let head = |id: i64, hash: String| Head::signed(&key, "2026-11-29T00:00:00.000Z".into(), id, hash);
+        assert!(matches!(verdict(&all, &[], vec![head(4, of(4)), head(6, of(6))]), Verdict::Intact { .. }));
+        assert!(
+            matches!(verdict(&all, &[], vec![head(4, of(5))]), Verdict::Broken { id: 4, .. }),
+            "rewritten"
+        );
+        let cut: Vec<_> = all.iter().filter(|(_, r)| r.id <= 5).cloned().collect();
+        assert!(
+            matches!(verdict(&cut, &[], vec![head(7, of(7))]), Verdict::Broken { id: 7, .. }),
+            "tail cut"
+        );
     }
 }

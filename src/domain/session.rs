@@ -24,6 +24,10 @@ pub struct Session {
     pub attempts: u32,
     /// The ACS repeatability pair of this enforcement, once chosen.
     pub repeatability: Option<Repeatability>,
+    /// The term of the lease it was claimed under (see
+    /// [`lease`](super::lease)): every write about its enforcement is made
+    /// only while the row still carries it.
+    pub term: i64,
 }
 
 /// A plain-SQL row as the scheduler decided to schedule it.

@@ -76,7 +76,9 @@ impl EnforcerState {
             std::time::Duration::ZERO,
             0,
         );
-        self.persist(|| self.store.record_outcome(&entries, Some((state, Some(&detail))), now)).await;
+        let term = job.term();
+        self.persist(|| self.store.record_outcome_as(term, &entries, Some((state, Some(&detail))), now))
+            .await;
         true
     }
 

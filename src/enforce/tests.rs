@@ -15,6 +15,7 @@ fn session(room: u32, user: Option<&str>, policy: &str, deadline_ms: i64) -> Ses
         state: SessionState::Enforcing,
         attempts: 0,
         repeatability: None,
+        term: 0,
     }
 }
 
@@ -85,9 +86,16 @@ async fn a_panicking_job_fails_its_sessions_instead_of_stranding_them() {
     };
     store.insert_sessions(std::slice::from_ref(&s), now, "test").await.unwrap();
     assert_eq!(store.claim_due(now, now, 10).await.unwrap().len(), 1);
-    let enforcer =
-        Enforcer::new(store.clone(), clock, HashMap::new(), config.into(), CancellationToken::new());
-    Arc::clone(&enforcer.state).supervise(vec![s.id], async { panic!("a bug") }).await;
+    let enforcer = Enforcer::new(
+        store.clone(),
+        clock,
+        HashMap::new(),
+        config.into(),
+        crate::lead::Leadership::sole(),
+        crate::skew::ClockOffset::default(),
+        CancellationToken::new(),
+    );
+    Arc::clone(&enforcer.state).supervise(0, vec![s.id], async { panic!("a bug") }).await;
     let row = store.session(s.id).await.unwrap();
     assert_eq!(row.state, "failed");
     assert!(row.detail.unwrap_or_default().contains("panicked"));

@@ -201,7 +201,8 @@ pub(super) async fn create(State(app): State<Arc<AppState>>, headers: HeaderMap,
     let config = app.config.current();
     // Under a budget, the user's remaining time is read and spent under one
     // lock, so two registrations at once cannot both spend it.
-    let _budget_guard = register::lock_budget(&app.budget_lock, &config, &registration).await;
+    let _budget_guard =
+        register::lock_budget(&app.budget_lock, &config, &registration).await.map_err(ApiError::from)?;
     let mut sessions =
         register::decide(&app.store, &config, &registration, now).await.map_err(|e| match e {
             RegisterError::Store(e) => ApiError::from(e),

@@ -14,11 +14,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tokio::sync::OwnedMutexGuard;
-
-use super::Intake;
 pub use super::reconnect::Cause;
 use super::reconnect::LastEvent;
+use super::{BudgetHold, Intake};
 use crate::domain::{Instant, Room, UserId};
 use crate::policy::{Effect, Presence};
 use crate::store::{PresenceChange, PresenceMark, PresenceWrite, StoreError};
@@ -216,9 +214,9 @@ async fn changes_for(
     events: &[PresenceEvent<'_>],
     known: &[(&str, LastEvent)],
     now: Instant,
-) -> Result<(Vec<PresenceChange>, Vec<OwnedMutexGuard<()>>), StoreError> {
+) -> Result<(Vec<PresenceChange>, Option<BudgetHold>), StoreError> {
     let config = intake.config.current();
-    let mut budgets = Vec::new();
+    let mut budgets = None;
     let mut standings = HashMap::new();
     let entered: Vec<(&UserId, Instant)> = events
         .iter()
@@ -235,7 +233,7 @@ async fn changes_for(
         && let Some(budget) = policy.budget
     {
         let users: Vec<&UserId> = entered.iter().map(|(user, _)| *user).collect();
-        budgets = intake.budget_lock.hold_all(&policy.name, &users).await;
+        budgets = Some(intake.budget_lock.hold_all(&policy.name, &users).await?);
         for (user, at) in entered {
             let standing = intake
                 .store

@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 
-use tokio::sync::OwnedMutexGuard;
-
-use super::BudgetLock;
+use super::{BudgetHold, BudgetLock};
 use crate::budget::Standing;
 use crate::config::Config;
 use crate::domain::session::NewSession;
@@ -46,11 +44,17 @@ pub async fn standings(
 }
 
 /// The budget locks of the registration's users, when it spends a budget;
-/// keep the guards until its sessions are stored.
-pub async fn lock_budget(lock: &BudgetLock, config: &Config, r: &Registration) -> Vec<OwnedMutexGuard<()>> {
+/// keep the hold until its sessions are stored.
+pub async fn lock_budget(
+    lock: &BudgetLock,
+    config: &Config,
+    r: &Registration,
+) -> Result<Option<BudgetHold>, StoreError> {
     match budget_users(config, r) {
-        Some((policy, users)) => lock.hold_all(&policy.name, &users.iter().collect::<Vec<_>>()).await,
-        None => Vec::new(),
+        Some((policy, users)) => {
+            Ok(Some(lock.hold_all(&policy.name, &users.iter().collect::<Vec<_>>()).await?))
+        }
+        None => Ok(None),
     }
 }
 

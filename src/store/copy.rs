@@ -8,7 +8,7 @@
 //! snapshot, even with the CLI writing meanwhile); the target is written
 //! in one transaction, so a copy that fails leaves it empty. The target's
 //! triggers keep `session_counts` as the rows go in, and its chain tip
-//! (`audit_tip`) is set to the last row copied, so appends continue the
+//! (the chain '' in `audit_tips`) is set to the last row copied, so appends continue the
 //! same chain and `audit verify` passes on the copy.
 //!
 //! The one place that reads one backend's tables and writes another's.
@@ -119,11 +119,17 @@ async fn copy_sqlite_to_postgres(from: &SqliteStore, to: &PgStore) -> Result<Cop
         copied.audit_rows += records.len() as u64;
     }
     if let Some((id, hash)) = tip {
-        sqlx::query("UPDATE audit_tip SET last_id = $1, last_hash = $2 WHERE id = 1")
-            .bind(id)
-            .bind(hash)
-            .execute(&mut *target)
-            .await?;
+        // The copy is the chain '' (`db copy` names no chain of its own);
+        // the log's ids go on after the last one copied.
+        sqlx::query(
+            "INSERT INTO audit_tips (chain, last_id, last_hash) VALUES ('', $1, $2) \
+             ON CONFLICT (chain) DO UPDATE SET last_id = EXCLUDED.last_id, last_hash = EXCLUDED.last_hash",
+        )
+        .bind(id)
+        .bind(hash)
+        .execute(&mut *target)
+        .await?;
+        sqlx::query("SELECT setval('audit_log_ids', $1)").bind(id).execute(&mut *target).await?;
     }
 
     for row in sqlx::query(

@@ -13,14 +13,15 @@
 //! Writes are transactions on the pool. Two writers (this daemon, the CLI,
 //! an app's own SQL) are kept apart by PostgreSQL's row locks and by the
 //! conditional writes every backend makes (`WHERE state = …`); appends to
-//! the audit chain lock its tip row (`audit_tip`), so they never fork it.
-//! One daemon per database, for now: [`PgDaemonLock`] is a session advisory
-//! lock held by a connection of its own.
+//! an audit chain lock its tip row (`audit_tips`), so they never fork it;
+//! each daemon instance appends to a chain of its own (`callwarden.chain`).
+//! Several daemons may share the database: each quota bucket is enforced
+//! by the holder of its lease (`lease.rs`, on a connection of its own), and
+//! every write about an enforcement is fenced by the lease's term.
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use super::StoreError;
 use super::health::StoreHealth;
@@ -29,12 +30,15 @@ use crate::config::database::redacted;
 
 mod audit_log;
 mod budget;
+mod lease;
 mod outbox;
 mod presence;
 mod queue;
 mod sessions;
 
 pub use audit_log::{audit_record, insert_audit_records};
+pub use budget::PgBudgetGuard;
+pub use lease::LeaseConn;
 
 /// The longest wait for a pooled connection (as for SQLite: a third of the
 /// unit's watchdog).
@@ -42,13 +46,18 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections in the pool: the scheduler, enforcement, the registrar, the
 /// API's reads and the notifier share them.
 pub const POOL_SIZE: u32 = 8;
+/// Connections that hold budget locks across instances (made when first
+/// needed): this many budgeted registrations or entries hold their users'
+/// budgets at once, per instance; more wait their turn. Apart from the
+/// main pool, so that holders waiting for their write to commit never
+/// take the connections the write needs.
+pub const BUDGET_POOL_SIZE: u32 = 4;
 /// The longest a statement may run before the server cancels it: a claim or
 /// an insert batch takes milliseconds; anything near this is stuck.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The channel `sessions_changed()` notifies on (migration 0001).
+/// The channel `sessions_due_soon()` notifies on (migration 0003): a
+/// transaction that leaves a session to adopt, or one due within 2 s.
 pub const CHANGES_CHANNEL: &str = "callwarden_changed";
-/// The advisory lock key the one daemon holds: "cw" and "rn" in ASCII.
-const DAEMON_LOCK_KEY: i64 = 0x6377_726e;
 /// Rows deleted per transaction when pruning.
 pub(crate) const PRUNE_CHUNK: i64 = 1_000;
 
@@ -69,9 +78,13 @@ pub(super) const SESSION_COLUMNS: &str = "id, policy, provider, room_id, room_ki
 pub struct PgStore {
     /// The URL without its password, for messages.
     location: String,
+    /// The audit chain this handle appends to, when not ''.
+    chain: Option<String>,
     /// Shared by clones (it is large): for connections of their own.
     options: std::sync::Arc<PgConnectOptions>,
     pool: PgPool,
+    /// For budget locks ([`PgStore::hold_budgets`]); connects lazily.
+    budget_pool: PgPool,
     /// Whether the daemon's database steps are failing right now.
     pub(super) health: std::sync::Arc<StoreHealth>,
     /// How long writes waited for a connection and `BEGIN` lately.
@@ -105,9 +118,14 @@ pub fn connect_options(url: &str, password: Option<&str>) -> Result<PgConnectOpt
 }
 
 impl PgStore {
-    /// Connects and migrates.
-    pub(in crate::store) async fn open(url: &str, password: Option<&str>) -> Result<PgStore, StoreError> {
-        let store = Self::connect(url, password).await?;
+    /// Connects and migrates. `chain`: the audit chain this handle appends
+    /// to (a daemon instance's name); none for the chain ''.
+    pub(in crate::store) async fn open(
+        url: &str,
+        password: Option<&str>,
+        chain: Option<&str>,
+    ) -> Result<PgStore, StoreError> {
+        let store = Self::connect(url, password, chain).await?;
         let mut conn = store.pool.acquire().await.map_err(|e| store.connect_error(e))?;
         // Two processes migrating at once: sqlx takes an advisory lock
         // around the migrations, so the second waits and finds them applied.
@@ -125,7 +143,7 @@ impl PgStore {
         password: Option<&str>,
         older_ok: bool,
     ) -> Result<PgStore, StoreError> {
-        let store = Self::connect(url, password).await?;
+        let store = Self::connect(url, password, None).await?;
         let migrated: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(&store.pool)
             .await
@@ -150,19 +168,30 @@ impl PgStore {
         Ok(store)
     }
 
-    async fn connect(url: &str, password: Option<&str>) -> Result<PgStore, StoreError> {
+    async fn connect(url: &str, password: Option<&str>, chain: Option<&str>) -> Result<PgStore, StoreError> {
         let location = redacted(url);
-        let options = connect_options(url, password)?;
+        let mut options = connect_options(url, password)?;
+        if let Some(chain) = chain {
+            // Read by callwarden_chain() (migration 0004).
+            options = options.options([("callwarden.chain", chain)]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await
             .map_err(|source| StoreError::Connect { location: location.clone(), source })?;
+        let budget_pool = PgPoolOptions::new()
+            .max_connections(BUDGET_POOL_SIZE)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
         Ok(PgStore {
             location,
+            chain: chain.map(str::to_string),
             options: std::sync::Arc::new(options),
             pool,
+            budget_pool,
             health: Default::default(),
             lock_waits: Default::default(),
         })
@@ -222,6 +251,7 @@ impl PgStore {
 
     pub(in crate::store) async fn close(&self) {
         self.pool.close().await;
+        self.budget_pool.close().await;
     }
 
     /// A connection of its own that `LISTEN`s for changes.
@@ -231,106 +261,20 @@ impl PgStore {
         Ok(PgChangeWatcher::start(listener))
     }
 
-    /// Makes this process the one daemon on the database: a session
-    /// advisory lock, held by a connection of its own until the returned
-    /// lock is dropped (or the connection dies with the process).
-    pub(in crate::store) async fn lock_database(&self) -> Result<PgDaemonLock, StoreError> {
-        take_daemon_lock(&self.options, &self.location).await
+    /// The audit chain this handle appends to, when not ''.
+    pub(in crate::store) fn chain(&self) -> Option<&str> {
+        self.chain.as_deref()
     }
 
-    /// [`PgStore::lock_database`] before opening (and migrating) the store.
-    pub(in crate::store) async fn lock_unopened(
-        url: &str,
-        password: Option<&str>,
-    ) -> Result<PgDaemonLock, StoreError> {
-        take_daemon_lock(&connect_options(url, password)?, &redacted(url)).await
+    /// A connection of its own for the leases (see [`LeaseConn`]): renewals
+    /// never wait for a pooled connection, however busy the pool is.
+    pub(in crate::store) async fn lease_connection(&self) -> Result<LeaseConn, StoreError> {
+        LeaseConn::connect(&self.options, &self.location).await
     }
 }
 
-async fn take_daemon_lock(options: &PgConnectOptions, location: &str) -> Result<PgDaemonLock, StoreError> {
-    let connect_error = |source| StoreError::Connect { location: location.to_string(), source };
-    let mut conn = options.connect().await.map_err(connect_error)?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(DAEMON_LOCK_KEY)
-        .fetch_one(&mut conn)
-        .await
-        .map_err(connect_error)?;
-    if got {
-        return Ok(PgDaemonLock { conn, options: options.clone(), location: location.to_string() });
-    }
-    // The key fits in the lock's low 32 bits (objid), the high ones are 0.
-    let holder: Option<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid::bigint = $1 \
-         AND objsubid = 1 AND granted LIMIT 1",
-    )
-    .bind(DAEMON_LOCK_KEY)
-    .fetch_optional(&mut conn)
-    .await
-    .ok()
-    .flatten();
-    let _ = conn.close().await;
-    Err(StoreError::InUseAt {
-        location: location.to_string(),
-        holder: holder.map(|pid| format!(" (its connection is server process {pid})")).unwrap_or_default(),
-    })
-}
-
-/// The one daemon's hold on a PostgreSQL database (see
-/// [`PgStore::lock_database`]): a session advisory lock, which lives as long
-/// as its connection.
-pub struct PgDaemonLock {
-    conn: PgConnection,
-    options: PgConnectOptions,
-    location: String,
-}
-
-impl std::fmt::Debug for PgDaemonLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgDaemonLock").field("location", &self.location).finish_non_exhaustive()
-    }
-}
-
-/// How often the lock's connection is checked.
-const LOCK_CHECK: Duration = Duration::from_secs(1);
-
-impl PgDaemonLock {
-    /// Checks the lock's connection every [`LOCK_CHECK`] until `shutdown`;
-    /// when the connection is gone (a server restart), connects again and
-    /// takes the lock again. Fails when another daemon holds it by then.
-    pub async fn keep(mut self, shutdown: &tokio_util::sync::CancellationToken) -> Result<(), StoreError> {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(LOCK_CHECK) => {}
-            }
-            let alive =
-                tokio::time::timeout(LOCK_CHECK, sqlx::query("SELECT 1").execute(&mut self.conn)).await;
-            if matches!(alive, Ok(Ok(_))) {
-                continue;
-            }
-            tracing::warn!(database = %self.location, "the connection holding the daemon's lock was lost; taking it again");
-            loop {
-                match take_daemon_lock(&self.options, &self.location).await {
-                    Ok(again) => {
-                        tracing::info!(database = %self.location, "the daemon's lock is held again");
-                        self = again;
-                        break;
-                    }
-                    Err(e @ StoreError::InUseAt { .. }) => return Err(e),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot take the daemon's lock yet");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return Ok(()),
-                            () = tokio::time::sleep(LOCK_CHECK) => {}
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Notices commits to `sessions` and `notifications` by anyone, through
+/// Notices commits by anyone that leave work due soon (see
+/// [`CHANGES_CHANNEL`]), through
 /// `LISTEN` on a connection of its own, read by a task of its own. When
 /// that connection is lost, notifications sent meanwhile are gone: the
 /// watcher then reports a change, so the scheduler looks again, and the

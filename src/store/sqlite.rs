@@ -438,6 +438,7 @@ impl SessionRecord {
                 }),
                 _ => None,
             },
+            term: crate::domain::lease::SOLE_TERM,
         })
     }
 }

@@ -19,6 +19,7 @@ mod entra;
 mod hardening;
 mod helpers;
 mod http;
+mod instances;
 mod kill_loop;
 mod policies;
 mod policy_cli;

@@ -10,7 +10,7 @@ use callwarden::domain::SessionId;
 use callwarden::store::Store;
 
 use crate::helpers::RoomArg::Num;
-use crate::helpers::{Harness, SHORT, config_text, pg_cluster, run_cli, wait_for};
+use crate::helpers::{Harness, SHORT, config_text, pg_cluster, wait_for};
 
 /// A harness whose config names a fresh PostgreSQL database, and a store on
 /// it for reading outcomes; `None` where PostgreSQL cannot run.
@@ -73,20 +73,6 @@ async fn a_row_an_app_inserts_with_plain_sql_is_adopted_and_enforced() {
     let row = store.session(id.parse().unwrap()).await.unwrap();
     assert_eq!(row.provider.as_deref(), Some("trtc"), "adopted: the provider filled in from the policy");
     assert_eq!(h.sandbox.api_requests().await.len(), 1);
-}
-
-#[tokio::test]
-async fn a_second_daemon_on_the_same_database_refuses_to_start_and_touches_nothing() {
-    let Some((h, store, _)) = on_postgres().await else { return };
-    let _first = h.start_daemon().await;
-    let ids = h.start_session("consultation", Num(1), &[], Some("20m")).await;
-    let audit_before = store.audit_page(0, 1000).await.unwrap().len();
-    let out = run_cli(&h.config, &["run"]).await;
-    assert!(!out.ok(), "a second daemon started: {out:?}");
-    assert!(out.stderr.contains("another callwarden daemon is running on it"), "{}", out.stderr);
-    assert!(out.stderr.contains("server process "), "the holder is named: {}", out.stderr);
-    assert_eq!(store.audit_page(0, 1000).await.unwrap().len(), audit_before, "the second daemon wrote");
-    assert_eq!(store.session(ids[0].parse().unwrap()).await.unwrap().state, "active");
 }
 
 #[tokio::test]

@@ -95,10 +95,29 @@ pub async fn state_of(store: &Store, id: SessionId) -> String {
     store.session(id).await.unwrap().state
 }
 
-/// Verifies the audit chain as `callwarden audit verify` does: from the
-/// last checkpoint, page by page.
+/// Verifies the audit chain as `callwarden audit verify` does: one chain
+/// from its checkpoint on SQLite; every chain, each from its own
+/// checkpoint, on PostgreSQL; page by page.
 pub async fn verify_chain(store: &Store) -> Verdict {
-    let start = store.audit_checkpoint().await.unwrap().map(|c| (c.last_id, c.last_hash));
+    let checkpoints = store.audit_checkpoints().await.unwrap();
+    let starts: std::collections::HashMap<String, (i64, String)> =
+        checkpoints.into_iter().map(|(chain, c)| (chain, (c.last_id, c.last_hash))).collect();
+    if store.sqlite_path().is_none() {
+        let mut check = callwarden::domain::audit::Chains::new(starts, Vec::new());
+        let mut after = 0;
+        loop {
+            let page = store.audit_chain_page(after, 7).await.unwrap();
+            let Some((_, last)) = page.last() else { break };
+            after = last.id;
+            for (chain, r) in &page {
+                if let Err(broken) = check.push(chain, r) {
+                    return broken;
+                }
+            }
+        }
+        return check.finish().0;
+    }
+    let start = starts.get("").cloned();
     let mut after = start.as_ref().map_or(0, |(id, _)| *id);
     let mut check = ChainCheck::new(start);
     loop {

@@ -2,11 +2,15 @@
 //! format is `domain::audit`'s), querying, summarising, paging for
 //! verification, and pruning behind a signed checkpoint.
 //!
-//! An append locks the chain's tip (`audit_tip`, one row) for the rest of
-//! its transaction: it reads the last id and hash from there, chains its
-//! rows to them in memory and moves the tip on. A second writer (the CLI,
-//! another connection of the pool) waits for the first to commit, so the
-//! chain never forks, and the tip lock is the only thing appends share.
+//! Each daemon instance appends to a chain of its own (migration 0004): its
+//! connections name it in the setting `callwarden.chain`, which SQL reads
+//! as `callwarden_chain()`; the CLI and anything else append to the chain
+//! ''. An append locks its chain's tip (a row of `audit_tips`) for the rest
+//! of its transaction, draws the rows' ids from the log's sequence after
+//! the lock (so a chain's ids grow in the order its rows are appended),
+//! chains its rows to the tip's hash in memory and moves the tip on. Two
+//! writers of one chain wait for each other, so it never forks; writers of
+//! different chains share nothing but the sequence.
 
 use std::sync::LazyLock;
 
@@ -130,6 +134,35 @@ impl PgStore {
         Ok(summary)
     }
 
+    /// [`PgStore::audit_page`] with each row's chain.
+    pub(in crate::store) async fn audit_chain_page(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, AuditRecord)>, StoreError> {
+        let sql =
+            format!("SELECT chain, {} FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2", &*AUDIT_SELECT);
+        let rows = sqlx::query(&sql).bind(after).bind(i64::from(limit)).fetch_all(self.readers()).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("chain")?, audit_record(r)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Each chain's last retention checkpoint, by chain.
+    pub(in crate::store) async fn audit_checkpoints(&self) -> Result<Vec<(String, Checkpoint)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (chain) chain, callwarden_text(at) AS at, last_id, last_hash, rows_pruned, signature \
+             FROM audit_checkpoints ORDER BY chain, id DESC",
+        )
+        .fetch_all(self.readers())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("chain")?, checkpoint(r)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// Audit rows with an id above `after`, oldest first, at most `limit`:
     /// for walking the whole log in pages.
     pub(in crate::store) async fn audit_page(
@@ -142,29 +175,21 @@ impl PgStore {
         rows.iter().map(audit_record).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
     }
 
-    /// The last retention checkpoint: where verification of the remaining
-    /// audit rows starts.
+    /// The last retention checkpoint of this connection's chain: where
+    /// verification of its remaining rows starts.
     pub(in crate::store) async fn audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         let row = sqlx::query(
             "SELECT callwarden_text(at) AS at, last_id, last_hash, rows_pruned, signature \
-             FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+             FROM audit_checkpoints WHERE chain = callwarden_chain() ORDER BY id DESC LIMIT 1",
         )
         .fetch_optional(self.readers())
         .await?;
-        Ok(match row {
-            Some(r) => Some(Checkpoint {
-                at: r.try_get("at")?,
-                last_id: r.try_get("last_id")?,
-                last_hash: r.try_get("last_hash")?,
-                rows_pruned: r.try_get("rows_pruned")?,
-                signature: r.try_get("signature")?,
-            }),
-            None => None,
-        })
+        Ok(row.as_ref().map(checkpoint).transpose()?)
     }
 
-    /// Records a signed head of the chain (its last row), unless the last
-    /// head names that row already. Returns the head recorded.
+    /// Records a signed head of this connection's chain (its last row),
+    /// unless the chain's last head names that row already. Returns the
+    /// head recorded.
     pub(in crate::store) async fn record_audit_head(
         &self,
         now: Instant,
@@ -173,18 +198,21 @@ impl PgStore {
         let mut tx = self.write_tx().await?;
         // The tip, locked: no row is appended behind the head meanwhile.
         let tip = sqlx::query(
-            "SELECT last_id, last_hash, (SELECT max(last_id) FROM audit_heads) AS headed \
-             FROM audit_tip WHERE id = 1 FOR UPDATE",
+            "SELECT last_id, last_hash, \
+                 (SELECT max(last_id) FROM audit_heads WHERE chain = callwarden_chain()) AS headed \
+             FROM audit_tips WHERE chain = callwarden_chain() FOR UPDATE",
         )
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(tip) = tip else { return Ok(None) };
         let (id, hash): (i64, String) = (tip.try_get("last_id")?, tip.try_get("last_hash")?);
         if id == 0 || tip.try_get::<Option<i64>, _>("headed")? >= Some(id) {
             return Ok(None);
         }
         let head = sign(now.to_string(), id, hash);
         sqlx::query(
-            "INSERT INTO audit_heads (at, last_id, last_hash, signature) VALUES ($1::timestamptz, $2, $3, $4)",
+            "INSERT INTO audit_heads (at, last_id, last_hash, signature, chain) \
+             VALUES ($1::timestamptz, $2, $3, $4, callwarden_chain())",
         )
         .bind(&head.at)
         .bind(head.last_id)
@@ -196,11 +224,14 @@ impl PgStore {
         Ok(Some(head))
     }
 
-    /// The signed heads naming rows after `after_id`, in id order.
+    /// The signed heads naming rows after `after_id`, in id order, of
+    /// every chain; none that names a row behind its chain's checkpoint.
     pub(in crate::store) async fn audit_heads(&self, after_id: i64) -> Result<Vec<Head>, StoreError> {
         let rows = sqlx::query(
-            "SELECT callwarden_text(at) AS at, last_id, last_hash, signature FROM audit_heads \
-             WHERE last_id > $1 ORDER BY last_id",
+            "SELECT callwarden_text(at) AS at, last_id, last_hash, signature FROM audit_heads h \
+             WHERE last_id > $1 AND last_id > coalesce( \
+                 (SELECT max(c.last_id) FROM audit_checkpoints c WHERE c.chain = h.chain), 0) \
+             ORDER BY last_id",
         )
         .bind(after_id)
         .fetch_all(self.readers())
@@ -218,34 +249,59 @@ impl PgStore {
             .map_err(StoreError::from)
     }
 
-    /// Prunes audit rows written before `before`: records a checkpoint with
-    /// the last pruned row's id and hash (signed by `sign`) and a `pruned`
-    /// row in the chain, in one short transaction; then deletes the rows up
-    /// to the checkpoint a chunk at a time, each chunk its own transaction.
-    /// Verification starts at the checkpoint, so rows not yet deleted (a
-    /// crash mid-way) change nothing; the next prune deletes them first.
-    /// Returns the checkpoint, or `None` when nothing was old enough.
+    /// Prunes audit rows written before `before`, chain by chain: for each,
+    /// records a checkpoint with its last pruned row's id and hash (signed
+    /// by `sign`) and a `pruned` row (in this connection's chain), in one
+    /// short transaction; then deletes the rows up to the checkpoint a
+    /// chunk at a time, each chunk its own transaction. Verification starts
+    /// each chain at its checkpoint, so rows not yet deleted (a crash
+    /// mid-way) change nothing; the next prune deletes them first. Returns
+    /// the last checkpoint recorded, or `None` when nothing was old enough.
     pub(in crate::store) async fn prune_audit(
         &self,
         before: Instant,
         now: Instant,
         sign: impl Fn(&Checkpoint) -> Option<String>,
     ) -> Result<Option<Checkpoint>, StoreError> {
-        if let Some(previous) = self.audit_checkpoint().await? {
-            self.delete_audit_through(previous.last_id).await?;
+        for (chain, previous) in self.audit_checkpoints().await? {
+            self.delete_audit_through(&chain, previous.last_id).await?;
         }
+        let chains: Vec<String> = sqlx::query_scalar("SELECT chain FROM audit_tips ORDER BY chain")
+            .fetch_all(self.readers())
+            .await?;
+        let mut made = None;
+        for chain in chains {
+            if let Some(checkpoint) = self.prune_chain(&chain, before, now, &sign).await? {
+                made = Some(checkpoint);
+            }
+        }
+        Ok(made)
+    }
+
+    /// [`PgStore::prune_audit`] for one chain.
+    async fn prune_chain(
+        &self,
+        chain: &str,
+        before: Instant,
+        now: Instant,
+        sign: &impl Fn(&Checkpoint) -> Option<String>,
+    ) -> Result<Option<Checkpoint>, StoreError> {
         let last = sqlx::query(
-            "SELECT id, hash FROM audit_log WHERE at < $1 AND hash IS NOT NULL ORDER BY at DESC, id DESC LIMIT 1",
+            "SELECT id, hash FROM audit_log WHERE chain = $1 AND at < $2 AND hash IS NOT NULL \
+             ORDER BY at DESC, id DESC LIMIT 1",
         )
+        .bind(chain)
         .bind(ts(before))
         .fetch_optional(self.readers())
         .await?;
         let Some(last) = last else { return Ok(None) };
         let last_id: i64 = last.try_get("id")?;
-        let rows_pruned: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE id <= $1")
-            .bind(last_id)
-            .fetch_one(self.readers())
-            .await?;
+        let rows_pruned: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE chain = $1 AND id <= $2")
+                .bind(chain)
+                .bind(last_id)
+                .fetch_one(self.readers())
+                .await?;
         let mut checkpoint = Checkpoint {
             at: now.to_string(),
             last_id,
@@ -256,20 +312,22 @@ impl PgStore {
         checkpoint.signature = sign(&checkpoint);
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "INSERT INTO audit_checkpoints (at, last_id, last_hash, rows_pruned, signature) \
-             VALUES ($1::timestamptz, $2, $3, $4, $5)",
+            "INSERT INTO audit_checkpoints (at, last_id, last_hash, rows_pruned, signature, chain) \
+             VALUES ($1::timestamptz, $2, $3, $4, $5, $6)",
         )
         .bind(&checkpoint.at)
         .bind(checkpoint.last_id)
         .bind(&checkpoint.last_hash)
         .bind(checkpoint.rows_pruned)
         .bind(&checkpoint.signature)
+        .bind(chain)
         .execute(&mut *tx)
         .await?;
+        let of_chain = if chain.is_empty() { String::new() } else { format!(" of chain {chain}") };
         let entry = AuditEntry {
             event: "pruned",
             detail: Some(format!(
-                "{} audit rows written before {before} pruned; checkpoint at row {} ({})",
+                "{} audit rows{of_chain} written before {before} pruned; checkpoint at row {} ({})",
                 checkpoint.rows_pruned,
                 checkpoint.last_id,
                 if checkpoint.signature.is_some() { "signed" } else { "unsigned" }
@@ -278,16 +336,21 @@ impl PgStore {
         };
         insert_audit(&mut tx, &entry, now).await?;
         tx.commit().await?;
-        self.delete_audit_through(checkpoint.last_id).await?;
+        self.delete_audit_through(chain, checkpoint.last_id).await?;
         Ok(Some(checkpoint))
     }
 
-    /// Deletes the audit rows up to `last_id` (behind a checkpoint), a
-    /// chunk per transaction.
-    async fn delete_audit_through(&self, last_id: i64) -> Result<(), StoreError> {
+    /// Deletes `chain`'s audit rows up to `last_id` (behind its
+    /// checkpoint), a chunk per transaction.
+    async fn delete_audit_through(&self, chain: &str, last_id: i64) -> Result<(), StoreError> {
+        let chain = chain.to_string();
         self.delete_in_chunks(|| {
-            sqlx::query("DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE id <= $1 ORDER BY id LIMIT $2)")
-                .bind(last_id)
+            sqlx::query(
+                "DELETE FROM audit_log WHERE id IN \
+                 (SELECT id FROM audit_log WHERE chain = $1 AND id <= $2 ORDER BY id LIMIT $3)",
+            )
+            .bind(chain.clone())
+            .bind(last_id)
         })
         .await?;
         Ok(())
@@ -310,14 +373,11 @@ pub(super) async fn insert_audit_rows(
     if entries.is_empty() {
         return Ok(());
     }
-    let tip = sqlx::query("SELECT last_id, last_hash FROM audit_tip WHERE id = 1 FOR UPDATE")
-        .fetch_one(&mut **tx)
-        .await?;
-    let (last_id, last_hash): (i64, String) = (tip.try_get("last_id")?, tip.try_get("last_hash")?);
-    let records = crate::domain::audit::chain_after(last_id, &last_hash, entries);
+    let (last_hash, ids) = lock_tip(tx, entries.len()).await?;
+    let records = crate::domain::audit::chain_with_ids(&ids, &last_hash, entries);
     insert_audit_records(tx, &records).await?;
     let Some(last) = records.last() else { return Ok(()) };
-    sqlx::query("UPDATE audit_tip SET last_id = $1, last_hash = $2 WHERE id = 1")
+    sqlx::query("UPDATE audit_tips SET last_id = $1, last_hash = $2 WHERE chain = callwarden_chain()")
         .bind(last.id)
         .bind(&last.hash)
         .execute(&mut **tx)
@@ -325,10 +385,51 @@ pub(super) async fn insert_audit_rows(
     Ok(())
 }
 
+/// Locks this connection's chain's tip (made on its first append) for the
+/// rest of `tx`, and draws `n` ids for its next rows: its last hash, and
+/// the ids in increasing order. The ids are drawn in the same statement,
+/// after the lock (an UPDATE's RETURNING is computed once the row is
+/// locked), so a chain's rows get increasing ids in the order they are
+/// chained.
+async fn lock_tip(tx: &mut Tx<'_>, n: usize) -> Result<(String, Vec<i64>), sqlx::Error> {
+    for _ in 0..2 {
+        let row = sqlx::query(
+            "UPDATE audit_tips SET last_id = last_id WHERE chain = callwarden_chain() \
+             RETURNING last_hash, ARRAY(SELECT nextval('audit_log_ids') FROM generate_series(1, $1)) AS ids",
+        )
+        .bind(n as i64)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = row {
+            let mut ids: Vec<i64> = row.try_get("ids")?;
+            ids.sort_unstable();
+            return Ok((row.try_get("last_hash")?, ids));
+        }
+        sqlx::query(
+            "INSERT INTO audit_tips (chain, last_id, last_hash) VALUES (callwarden_chain(), 0, '') \
+             ON CONFLICT (chain) DO NOTHING",
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    Err(sqlx::Error::RowNotFound)
+}
+
+/// A row of `audit_checkpoints`.
+fn checkpoint(r: &sqlx::postgres::PgRow) -> Result<Checkpoint, sqlx::Error> {
+    Ok(Checkpoint {
+        at: r.try_get("at")?,
+        last_id: r.try_get("last_id")?,
+        last_hash: r.try_get("last_hash")?,
+        rows_pruned: r.try_get("rows_pruned")?,
+        signature: r.try_get("signature")?,
+    })
+}
+
 /// Inserts audit records that are chained already (their ids, `prev_hash`
-/// and `hash` set), in order, as multi-row INSERTs of 1,000 rows; the
-/// caller moves `audit_tip` (a copy of another database moves it once, at
-/// the end).
+/// and `hash` set), in order, as multi-row INSERTs of 1,000 rows, into the
+/// connection's chain; the caller moves the chain's tip (a copy of another
+/// database moves it once, at the end).
 pub async fn insert_audit_records(
     conn: &mut sqlx::PgConnection,
     records: &[AuditRecord],

@@ -3,6 +3,7 @@
 //! deadline, claiming what is due (row locks keep two claimers apart),
 //! recording attempts and outcomes, and re-queuing what a crash interrupted.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::Row;
@@ -12,6 +13,7 @@ use super::audit_log::{insert_audit, insert_audit_rows};
 use super::outbox::insert_warnings;
 use super::{PgStore, SESSION_COLUMNS, session_record, ts};
 use crate::domain::audit::AuditEntry;
+use crate::domain::lease::{Led, SOLE_TERM};
 use crate::domain::session::{Adopted, Repeatability, Session, SessionRecord};
 use crate::domain::{Instant, SessionId, SessionState};
 use crate::store::StoreError;
@@ -96,14 +98,31 @@ impl PgStore {
         Ok(())
     }
 
-    /// The earliest deadline among adopted active sessions.
-    pub(in crate::store) async fn next_deadline(&self) -> Result<Option<Instant>, StoreError> {
-        let row = sqlx::query(
-            "SELECT callwarden_text(deadline) AS deadline FROM sessions WHERE state = 'active' \
-             AND deadline IS NOT NULL AND provider IS NOT NULL ORDER BY deadline LIMIT 1",
-        )
-        .fetch_optional(self.readers())
-        .await?;
+    /// The earliest deadline among adopted active sessions of what `led`
+    /// covers.
+    pub(in crate::store) async fn next_deadline_for(&self, led: &Led) -> Result<Option<Instant>, StoreError> {
+        let row = match led.columns() {
+            None => {
+                sqlx::query(
+                    "SELECT callwarden_text(deadline) AS deadline FROM sessions WHERE state = 'active' \
+                     AND deadline IS NOT NULL AND provider IS NOT NULL ORDER BY deadline LIMIT 1",
+                )
+                .fetch_optional(self.readers())
+                .await?
+            }
+            Some((buckets, _)) if buckets.is_empty() => return Ok(None),
+            // One index probe per bucket (sessions_due_by_bucket), the
+            // earliest of them.
+            Some((buckets, _)) => sqlx::query(
+                "SELECT callwarden_text(min(next.deadline)) AS deadline FROM unnest($1::text[]) AS b(bucket) \
+                     CROSS JOIN LATERAL (SELECT deadline FROM sessions WHERE state = 'active' \
+                       AND provider = b.bucket AND deadline IS NOT NULL ORDER BY deadline LIMIT 1) AS next \
+                     HAVING min(next.deadline) IS NOT NULL",
+            )
+            .bind(buckets)
+            .fetch_optional(self.readers())
+            .await?,
+        };
         match row {
             None => Ok(None),
             Some(row) => {
@@ -115,41 +134,43 @@ impl PgStore {
         }
     }
 
-    /// Claims up to `limit` sessions due by `horizon`, most overdue first,
-    /// moving them from `active` to `enforcing` in one statement. Rows that
-    /// fail to parse are returned as errors for the caller to reject.
+    /// Claims up to `limit` sessions of what `led` covers due by
+    /// `horizon`, most overdue first, moving them from `active` to
+    /// `enforcing` in one statement, each stamped with its bucket's term.
+    /// Rows that fail to parse are returned as errors for the caller to
+    /// reject.
     ///
-    /// Two claimers (this daemon's, the CLI's) never claim one row: the
-    /// rows are chosen and locked in one step (`FOR UPDATE SKIP LOCKED`, in
-    /// a CTE materialized so it runs once), a row another claimer holds is
-    /// passed over, and one it settled meanwhile no longer matches.
-    pub(in crate::store) async fn claim_due(
+    /// Two claimers never claim one row: the rows are chosen and locked in
+    /// one step (`FOR UPDATE SKIP LOCKED`, in a CTE materialized so it runs
+    /// once), a row another claimer holds is passed over, and one it
+    /// settled meanwhile no longer matches. A bucket is claimed only while
+    /// its lease, by the database's clock, is still valid under the term
+    /// given: a leader whose lease ran out claims nothing, whatever its own
+    /// clock says.
+    pub(in crate::store) async fn claim_for(
         &self,
+        led: &Led,
         horizon: Instant,
         now: Instant,
         limit: u32,
     ) -> Result<Vec<Result<Session, (String, String)>>, StoreError> {
-        let sql = format!(
-            "WITH due AS MATERIALIZED ( \
-               SELECT id AS due_id FROM sessions \
-               WHERE state = 'active' AND deadline <= $2 AND provider IS NOT NULL \
-               ORDER BY deadline LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE sessions SET state = 'enforcing', updated_at = $1 FROM due WHERE id = due.due_id \
-             RETURNING {SESSION_COLUMNS}"
-        );
+        let query = match led.columns() {
+            None => sqlx::query(&CLAIM_SOLE),
+            Some((buckets, _)) if buckets.is_empty() => return Ok(Vec::new()),
+            Some((buckets, terms)) => sqlx::query(&CLAIM_LED).bind(buckets).bind(terms),
+        };
         let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(&sql)
-            .bind(ts(now))
-            .bind(ts(horizon))
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = query.bind(ts(now)).bind(ts(horizon)).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             out.push(
                 read_row(row)
-                    .and_then(|record| record.to_session().map_err(|e| (record.id.clone(), e.to_string()))),
+                    .and_then(|record| record.to_session().map_err(|e| (record.id.clone(), e.to_string())))
+                    .map(|mut session| {
+                        session.term = row.try_get("claim_term").unwrap_or(SOLE_TERM);
+                        session
+                    }),
             );
         }
         // RETURNING has no order; restore deadline order.
@@ -173,18 +194,35 @@ impl PgStore {
         .bind(ts(now))
         .fetch_all(&mut *tx)
         .await?;
-        let mut audit = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            let entry = AuditEntry {
-                session_id: id.parse().ok(),
-                provider: row.try_get("provider")?,
-                event: "recovered",
-                detail: Some(why.to_string()),
-                ..AuditEntry::default()
-            };
-            audit.push((entry, now));
-        }
+        let audit = recovered_rows(&rows, now, why)?;
+        insert_audit_rows(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// A new lease on `bucket` under `term`: its sessions still
+    /// `enforcing` under an older term (a leader that died or was cut off
+    /// left them) go back to the queue, stamped with `term` so that the
+    /// old leader's writes about them match nothing; each gets a
+    /// `recovered` row. Returns how many.
+    pub(in crate::store) async fn take_over(
+        &self,
+        bucket: &str,
+        term: i64,
+        now: Instant,
+        why: &str,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(
+            "UPDATE sessions SET state = 'active', claim_term = $1, updated_at = $2 \
+             WHERE state = 'enforcing' AND provider = $3 AND claim_term < $1 RETURNING id, provider",
+        )
+        .bind(term)
+        .bind(ts(now))
+        .bind(bucket)
+        .fetch_all(&mut *tx)
+        .await?;
+        let audit = recovered_rows(&rows, now, why)?;
         insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -193,14 +231,21 @@ impl PgStore {
     /// Hands claimed sessions back to the queue (shutdown while they waited).
     /// `unsent`: the last recorded attempt never left (it was waiting for its
     /// deadline or the rate limit), so it is taken off the attempt count.
-    pub(in crate::store) async fn release(
+    pub(in crate::store) async fn release_as(
         &self,
+        term: i64,
         ids: &[SessionId],
         unsent: bool,
         now: Instant,
         why: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        // A fenced-off write rolls back at once: its row locks must not
+        // outlive it (a rollback on drop waits for the pool).
+        if let Err(e) = fence(&mut tx, ids, term).await {
+            tx.rollback().await?;
+            return Err(e);
+        }
         let mut audit = Vec::new();
         for id in ids {
             let done = sqlx::query(
@@ -228,14 +273,21 @@ impl PgStore {
     /// is a newly chosen ACS Repeatability-Request-ID and First-Sent pair,
     /// stored in the same commit, so a call is never sent under a pair a
     /// restart would not find again.
-    pub(in crate::store) async fn record_attempt(
+    pub(in crate::store) async fn record_attempt_as(
         &self,
+        term: i64,
         ids: &[SessionId],
         entry: &AuditEntry,
         repeatability: Option<Repeatability>,
         now: Instant,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        // A fenced-off write rolls back at once: its row locks must not
+        // outlive it (a rollback on drop waits for the pool).
+        if let Err(e) = fence(&mut tx, ids, term).await {
+            tx.rollback().await?;
+            return Err(e);
+        }
         let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
             sqlx::query(
@@ -259,13 +311,21 @@ impl PgStore {
     /// Records a provider answer, and when `final_state` is given, settles the
     /// sessions in it. `entries` pairs each session with its own row (their
     /// lateness differs).
-    pub(in crate::store) async fn record_outcome(
+    pub(in crate::store) async fn record_outcome_as(
         &self,
+        term: i64,
         entries: &[AuditEntry],
         final_state: Option<(SessionState, Option<&str>)>,
         now: Instant,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        let ids: Vec<SessionId> = entries.iter().filter_map(|e| e.session_id).collect();
+        // A fenced-off write rolls back at once: its row locks must not
+        // outlive it (a rollback on drop waits for the pool).
+        if let Err(e) = fence(&mut tx, &ids, term).await {
+            tx.rollback().await?;
+            return Err(e);
+        }
         for entry in entries {
             if let (Some((state, detail)), Some(id)) = (final_state, entry.session_id) {
                 sqlx::query(
@@ -286,6 +346,38 @@ impl PgStore {
         Ok(())
     }
 }
+
+/// The one daemon's claim (no leases): `$1` now, `$2` the horizon, `$3`
+/// the limit.
+static CLAIM_SOLE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH due AS MATERIALIZED ( \
+           SELECT id AS due_id FROM sessions \
+           WHERE state = 'active' AND deadline <= $2 AND provider IS NOT NULL \
+           ORDER BY deadline LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE sessions SET state = 'enforcing', claim_term = 0, updated_at = $1 FROM due WHERE id = due.due_id \
+         RETURNING {SESSION_COLUMNS}, claim_term"
+    )
+});
+
+/// A leader's claim: `$1` its buckets and `$2` their terms (as columns),
+/// `$3` now, `$4` the horizon, `$5` the limit. Only the buckets whose lease
+/// is valid under that term, by the server's clock, take part.
+static CLAIM_LED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH led AS ( \
+           SELECT l.bucket, l.term FROM unnest($1::text[], $2::bigint[]) AS g(bucket, term) \
+           JOIN leases l ON l.bucket = g.bucket AND l.term = g.term \
+           WHERE l.expires_at > clock_timestamp()), \
+         due AS MATERIALIZED ( \
+           SELECT s.id AS due_id, led.term AS due_term FROM sessions s JOIN led ON s.provider = led.bucket \
+           WHERE s.state = 'active' AND s.deadline <= $4 \
+           ORDER BY s.deadline LIMIT $5 FOR UPDATE OF s SKIP LOCKED) \
+         UPDATE sessions SET state = 'enforcing', claim_term = due.due_term, updated_at = $3 \
+         FROM due WHERE id = due.due_id \
+         RETURNING {SESSION_COLUMNS}, claim_term"
+    )
+});
 
 /// The writes of [`PgStore::adopt_batch`] in `tx`, no lock waited for longer
 /// than `patience`; how many rows were adopted.
@@ -341,6 +433,50 @@ async fn adopt_in(
     }
     insert_audit_rows(tx, &audit).await?;
     Ok(count)
+}
+
+/// Refuses a write about sessions that no longer carry `term` (another
+/// instance took them over): [`StoreError::Fenced`], and the caller's
+/// transaction, still empty, is rolled back when dropped. The rows are
+/// locked (`FOR UPDATE`) first: a take-over under way is waited for and its
+/// new term seen, and none can come between this check and the write.
+async fn fence(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ids: &[SessionId],
+    term: i64,
+) -> Result<(), StoreError> {
+    let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    let rows = sqlx::query("SELECT id, claim_term FROM sessions WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &rows {
+        let current: i64 = row.try_get("claim_term")?;
+        if current != term {
+            let id: String = row.try_get("id")?;
+            let id =
+                id.parse().map_err(|_| StoreError::Malformed { id, reason: "not a session id".into() })?;
+            return Err(StoreError::Fenced { id, term, current });
+        }
+    }
+    Ok(())
+}
+
+/// The `recovered` audit rows for sessions put back in the queue.
+fn recovered_rows(rows: &[PgRow], now: Instant, why: &str) -> Result<Vec<(AuditEntry, Instant)>, StoreError> {
+    let mut audit = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let entry = AuditEntry {
+            session_id: id.parse().ok(),
+            provider: row.try_get("provider")?,
+            event: "recovered",
+            detail: Some(why.to_string()),
+            ..AuditEntry::default()
+        };
+        audit.push((entry, now));
+    }
+    Ok(audit)
 }
 
 /// PostgreSQL's `lock_not_available` (55P03): a lock was not granted

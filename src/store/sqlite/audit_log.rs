@@ -129,6 +129,20 @@ impl SqliteStore {
 
     /// The last retention checkpoint: where verification of the remaining
     /// audit rows starts.
+    /// [`SqliteStore::audit_page`]: one chain, ''.
+    pub(in crate::store) async fn audit_chain_page(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, AuditRecord)>, StoreError> {
+        Ok(self.audit_page(after, limit).await?.into_iter().map(|r| (String::new(), r)).collect())
+    }
+
+    /// [`SqliteStore::audit_checkpoint`], of the one chain ''.
+    pub(in crate::store) async fn audit_checkpoints(&self) -> Result<Vec<(String, Checkpoint)>, StoreError> {
+        Ok(self.audit_checkpoint().await?.map(|cp| (String::new(), cp)).into_iter().collect())
+    }
+
     pub(in crate::store) async fn audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         let row = sqlx::query(
             "SELECT at, last_id, last_hash, rows_pruned, signature FROM audit_checkpoints ORDER BY id DESC LIMIT 1",

@@ -9,6 +9,7 @@ use super::audit_log::{insert_audit, insert_audit_rows};
 use super::outbox::insert_warnings;
 use super::{SESSION_COLUMNS, SqliteStore};
 use crate::domain::audit::AuditEntry;
+use crate::domain::lease::{Led, SOLE_TERM};
 use crate::domain::session::{Adopted, Repeatability, Session, SessionRecord};
 use crate::domain::{Instant, SessionId, SessionState};
 use crate::store::StoreError;
@@ -104,14 +105,22 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The earliest deadline among adopted active sessions.
-    pub(in crate::store) async fn next_deadline(&self) -> Result<Option<Instant>, StoreError> {
-        let row = sqlx::query(
+    /// The earliest deadline among adopted active sessions of what `led`
+    /// covers.
+    pub(in crate::store) async fn next_deadline_for(&self, led: &Led) -> Result<Option<Instant>, StoreError> {
+        if led.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!(
             "SELECT deadline FROM sessions INDEXED BY sessions_due WHERE state = 'active' \
-             AND deadline IS NOT NULL AND provider IS NOT NULL ORDER BY deadline LIMIT 1",
-        )
-        .fetch_optional(&self.readers)
-        .await?;
+             AND deadline IS NOT NULL AND provider IS NOT NULL{} ORDER BY deadline LIMIT 1",
+            bucket_filter(led)
+        );
+        let mut query = sqlx::query(&sql);
+        for (bucket, _) in buckets(led) {
+            query = query.bind(bucket);
+        }
+        let row = query.fetch_optional(&self.readers).await?;
         match row {
             None => Ok(None),
             Some(row) => {
@@ -123,34 +132,54 @@ impl SqliteStore {
         }
     }
 
-    /// Claims up to `limit` sessions due by `horizon`, most overdue first,
-    /// moving them from `active` to `enforcing` in one statement. Rows that
-    /// fail to parse are returned as errors for the caller to reject.
-    pub(in crate::store) async fn claim_due(
+    /// Claims up to `limit` sessions of what `led` covers due by
+    /// `horizon`, most overdue first, moving them from `active` to
+    /// `enforcing` and stamping each with its bucket's term, in one
+    /// statement. Rows that fail to parse are returned as errors for the
+    /// caller to reject.
+    pub(in crate::store) async fn claim_for(
         &self,
+        led: &Led,
         horizon: Instant,
         now: Instant,
         limit: u32,
     ) -> Result<Vec<Result<Session, (String, String)>>, StoreError> {
+        if led.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held = buckets(led);
+        let term = if held.is_empty() {
+            "0".to_string()
+        } else {
+            format!("CASE provider {} END", " WHEN ? THEN ?".repeat(held.len()))
+        };
         let sql = format!(
-            "UPDATE sessions SET state = 'enforcing', updated_at = ? WHERE id IN ( \
+            "UPDATE sessions SET state = 'enforcing', claim_term = {term}, updated_at = ? WHERE id IN ( \
                SELECT id FROM sessions INDEXED BY sessions_due \
-               WHERE state = 'active' AND deadline <= ? AND provider IS NOT NULL \
-               ORDER BY deadline LIMIT ?) RETURNING {SESSION_COLUMNS}"
+               WHERE state = 'active' AND deadline <= ? AND provider IS NOT NULL{} \
+               ORDER BY deadline LIMIT ?) RETURNING {SESSION_COLUMNS}, claim_term",
+            bucket_filter(led)
         );
+        let mut query = sqlx::query(&sql);
+        for (bucket, term) in held {
+            query = query.bind(bucket).bind(term);
+        }
+        query = query.bind(now.to_string()).bind(horizon.to_string());
+        for (bucket, _) in held {
+            query = query.bind(bucket);
+        }
         let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(&sql)
-            .bind(now.to_string())
-            .bind(horizon.to_string())
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = query.bind(limit).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             out.push(
                 read_row(row)
-                    .and_then(|record| record.to_session().map_err(|e| (record.id.clone(), e.to_string()))),
+                    .and_then(|record| record.to_session().map_err(|e| (record.id.clone(), e.to_string())))
+                    .map(|mut session| {
+                        session.term = row.try_get("claim_term").unwrap_or(SOLE_TERM);
+                        session
+                    }),
             );
         }
         // RETURNING has no order; restore deadline order.
@@ -174,18 +203,36 @@ impl SqliteStore {
         .bind(now.to_string())
         .fetch_all(&mut *tx)
         .await?;
-        let mut audit = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            let entry = AuditEntry {
-                session_id: id.parse().ok(),
-                provider: row.try_get("provider")?,
-                event: "recovered",
-                detail: Some(why.to_string()),
-                ..AuditEntry::default()
-            };
-            audit.push((entry, now));
-        }
+        let audit = recovered_rows(&rows, now, why)?;
+        insert_audit_rows(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// A new lease on `bucket` under `term`: its sessions still
+    /// `enforcing` under an older term (a leader that died or was cut off
+    /// left them) go back to the queue, stamped with `term` so that the
+    /// old leader's writes about them match nothing; each gets a
+    /// `recovered` row. Returns how many.
+    pub(in crate::store) async fn take_over(
+        &self,
+        bucket: &str,
+        term: i64,
+        now: Instant,
+        why: &str,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(
+            "UPDATE sessions INDEXED BY sessions_enforcing SET state = 'active', claim_term = ?, updated_at = ? \
+             WHERE state = 'enforcing' AND provider = ? AND claim_term < ? RETURNING id, provider",
+        )
+        .bind(term)
+        .bind(now.to_string())
+        .bind(bucket)
+        .bind(term)
+        .fetch_all(&mut *tx)
+        .await?;
+        let audit = recovered_rows(&rows, now, why)?;
         insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -194,14 +241,21 @@ impl SqliteStore {
     /// Hands claimed sessions back to the queue (shutdown while they waited).
     /// `unsent`: the last recorded attempt never left (it was waiting for its
     /// deadline or the rate limit), so it is taken off the attempt count.
-    pub(in crate::store) async fn release(
+    pub(in crate::store) async fn release_as(
         &self,
+        term: i64,
         ids: &[SessionId],
         unsent: bool,
         now: Instant,
         why: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        // A fenced-off write rolls back at once: the write lock must not
+        // outlive it (a rollback on drop waits for the connection's return).
+        if let Err(e) = fence(&mut tx, ids.iter().copied(), term).await {
+            tx.rollback().await?;
+            return Err(e);
+        }
         let mut audit = Vec::new();
         for id in ids {
             let done = sqlx::query(
@@ -229,14 +283,21 @@ impl SqliteStore {
     /// newly chosen ACS Repeatability-Request-ID and First-Sent pair, stored
     /// in the same commit, so a call is never sent under a pair a restart
     /// would not find again.
-    pub(in crate::store) async fn record_attempt(
+    pub(in crate::store) async fn record_attempt_as(
         &self,
+        term: i64,
         ids: &[SessionId],
         entry: &AuditEntry,
         repeatability: Option<Repeatability>,
         now: Instant,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        // A fenced-off write rolls back at once: the write lock must not
+        // outlive it (a rollback on drop waits for the connection's return).
+        if let Err(e) = fence(&mut tx, ids.iter().copied(), term).await {
+            tx.rollback().await?;
+            return Err(e);
+        }
         let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
             sqlx::query(
@@ -260,13 +321,20 @@ impl SqliteStore {
     /// Records a provider answer, and when `final_state` is given, settles the
     /// sessions in it. `entries` pairs each session with its own row (their
     /// lateness differs).
-    pub(in crate::store) async fn record_outcome(
+    pub(in crate::store) async fn record_outcome_as(
         &self,
+        term: i64,
         entries: &[AuditEntry],
         final_state: Option<(SessionState, Option<&str>)>,
         now: Instant,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        // A fenced-off write rolls back at once: the write lock must not
+        // outlive it (a rollback on drop waits for the connection's return).
+        if let Err(e) = fence(&mut tx, entries.iter().filter_map(|e| e.session_id), term).await {
+            tx.rollback().await?;
+            return Err(e);
+        }
         for entry in entries {
             if let (Some((state, detail)), Some(id)) = (final_state, entry.session_id) {
                 sqlx::query(
@@ -285,6 +353,68 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The providers `led` covers, with their terms (none for [`Led::Sole`]).
+fn buckets(led: &Led) -> &[(String, i64)] {
+    match led {
+        Led::Sole => &[],
+        Led::Buckets(held) => held,
+    }
+}
+
+/// ` AND provider IN (?, …)` for the buckets `led` covers; nothing for
+/// [`Led::Sole`], which covers every provider.
+fn bucket_filter(led: &Led) -> String {
+    match buckets(led).len() {
+        0 => String::new(),
+        n => format!(" AND provider IN ({})", vec!["?"; n].join(", ")),
+    }
+}
+
+/// Refuses a write about sessions that no longer carry `term` (another
+/// instance took them over): [`StoreError::Fenced`], and the caller's
+/// transaction, still empty, is dropped. Inside the write transaction, so
+/// no take-over can come between the check and the write (SQLite has one
+/// writer).
+async fn fence(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    ids: impl Iterator<Item = SessionId>,
+    term: i64,
+) -> Result<(), StoreError> {
+    for id in ids {
+        let found: Option<i64> = sqlx::query_scalar("SELECT claim_term FROM sessions WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(current) = found
+            && current != term
+        {
+            return Err(StoreError::Fenced { id, term, current });
+        }
+    }
+    Ok(())
+}
+
+/// The `recovered` audit rows for sessions put back in the queue.
+fn recovered_rows(
+    rows: &[sqlx::sqlite::SqliteRow],
+    now: Instant,
+    why: &str,
+) -> Result<Vec<(AuditEntry, Instant)>, StoreError> {
+    let mut audit = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let entry = AuditEntry {
+            session_id: id.parse().ok(),
+            provider: row.try_get("provider")?,
+            event: "recovered",
+            detail: Some(why.to_string()),
+            ..AuditEntry::default()
+        };
+        audit.push((entry, now));
+    }
+    Ok(audit)
 }
 
 /// A row as read, or the id of a row that cannot be read (a BLOB where

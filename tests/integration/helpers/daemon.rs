@@ -41,11 +41,16 @@ impl Daemon {
 
     /// Asks the daemon to reload its configuration, as `systemctl reload` would.
     pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) with kill(1).
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-HUP", &self.process.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.process.child.id().to_string()])
             .status()
             .expect("kill(1) runs");
-        assert!(status.success(), "kill -HUP failed");
+        assert!(status.success(), "kill -{signal} failed");
     }
 
     /// Kills the daemon without warning (SIGKILL), as a crash or OOM would.

@@ -80,9 +80,19 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Backup { path } => audit::backup(&cli.config, &path).await,
         Command::Db(cmd) => db::db(&cli.config, cmd).await,
         Command::Sandbox(args) => serve::sandbox(args).await,
-        Command::Demo(args) => {
-            crate::demo::run(args.provider, args.spread, args.burst).await.map_err(Failure::Other)
+        Command::Demo(args) => match (&args.database, args.provider) {
+            (Some(url), crate::demo::DemoProvider::Trtc) => {
+                crate::demo::instances::run(url, args.instances, args.spread, args.burst).await
+            }
+            (Some(_), crate::demo::DemoProvider::Acs) => {
+                Err(anyhow::anyhow!("the demo on PostgreSQL (--database) plays against TRTC only"))
+            }
+            (None, _) if args.instances > 1 => Err(anyhow::anyhow!(
+                "--instances needs --database postgres://… (an empty database they share)"
+            )),
+            (None, provider) => crate::demo::run(provider, args.spread, args.burst).await,
         }
+        .map_err(Failure::Other),
     }
 }
 

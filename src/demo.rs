@@ -7,7 +7,9 @@
 //! themselves, and a burst that all expire in the same instant), shows
 //! progress, and prints a summary with lateness and the provider rate the
 //! sandbox observed. The database and config are left behind for the user to
-//! query.
+//! query. With `--database postgres://… --instances N`, [`instances`] runs
+//! the same scenario with N daemons sharing the database and kills the
+//! leader during the burst.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
@@ -19,6 +21,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 mod app;
+pub mod instances;
 
 use crate::clock::Clock;
 use crate::config::Config;

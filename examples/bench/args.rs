@@ -36,6 +36,8 @@ pub(crate) enum Scenario {
     Prune(PruneArgs),
     /// Idle and slow-loris connections on the listener: lateness, descriptors, health checks.
     Connections(ConnectionsArgs),
+    /// Three instances on PostgreSQL: the gap after killing or stopping the leader.
+    Failover(FailoverArgs),
     /// Every scenario of issue 7, callwarden and the baseline side by side,
     /// `--runs` times each: writes BENCHMARKS.md (markdown) to stdout.
     Report(report::ReportArgs),
@@ -217,6 +219,19 @@ pub(crate) struct ConnectionsArgs {
     /// How long the flood lasts.
     #[arg(long, default_value_t = 60.0)]
     pub(crate) secs: f64,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct FailoverArgs {
+    /// Times the leader is killed with SIGKILL.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) kills: u32,
+    /// Times the leader is then stopped with SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) stops: u32,
+    /// Seconds between two disruptions (each is in the middle of its cycle).
+    #[arg(long, default_value_t = 8.0)]
+    pub(crate) cycle_secs: f64,
 }
 
 #[derive(Args, Clone)]

@@ -121,6 +121,13 @@ impl DaemonProcess {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count())
     }
 
+    /// SIGKILL, as a crash or the OOM killer would; returns once reaped.
+    pub(crate) fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// SIGTERM, then waits for the exit; after `TimeoutStopSec=` (30 s in
     /// the unit) it is killed, as systemd would.
     pub(crate) async fn stop(mut self) -> anyhow::Result<Stopped> {

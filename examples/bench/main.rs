@@ -9,6 +9,7 @@
 //! cargo run --release --example bench -- bulk_insert [--rows 200000] [--batch 500] [--spread-secs 40]
 //! cargo run --release --example bench -- prune     [--sessions 1000000] [--recent-sessions 250000]
 //! cargo run --release --example bench -- connections [--idle 5000] [--slow 1000] [--secs 60]
+//! cargo run --release --example bench -- failover  [--kills 10] [--stops 10] [--cycle-secs 8]   (PostgreSQL)
 //! cargo run --release --example bench -- all       (every scenario at full size)
 //! ```
 //!
@@ -40,6 +41,8 @@ mod daemon_process;
 mod due;
 mod figures;
 mod monitors;
+#[path = "../../tests/support/pg_cluster.rs"]
+mod pg_cluster;
 mod report;
 mod rig;
 mod scenarios;
@@ -58,6 +61,7 @@ use figures::{Figures, Runs, medians, out};
 use scenarios::bulk_insert::bulk_insert;
 use scenarios::connections::connections;
 use scenarios::drain::drain;
+use scenarios::failover::failover;
 use scenarios::lateness::lateness;
 use scenarios::prune::prune;
 use scenarios::registrations::registrations;
@@ -127,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::BulkInsert(a) => drop(repeat("bulk_insert", runs, || bulk_insert(&a)).await?),
         Scenario::Prune(a) => drop(repeat("prune", runs, || prune(&a)).await?),
         Scenario::Connections(a) => drop(repeat("connections", runs, || connections(&a)).await?),
+        Scenario::Failover(a) => drop(repeat("failover", runs, || failover(&a)).await?),
         Scenario::Report(a) => report::run(&a, runs).await?,
         Scenario::All(all) => {
             let l = LatenessArgs {

@@ -1,11 +1,13 @@
 //! `bench report`: every scenario of issue 7, callwarden and the baseline
-//! side by side, and those of issue 12 (hardening: `hardening`), each run
+//! side by side, those of issue 12 (hardening: `hardening`) and of issue
+//! 14 (several instances on PostgreSQL: `instances`), each run
 //! `--runs` times, written as BENCHMARKS.md to stdout.
 //! Every figure in the output comes from this run; the only fixed text is
 //! the targets, the explanations, and the hand-written notes file appended
 //! verbatim at the end.
 
 mod hardening;
+mod instances;
 mod machine;
 mod table;
 
@@ -25,6 +27,7 @@ use crate::scenarios::lateness::lateness;
 use crate::scenarios::registrations::{SQL_INSERT, registrations};
 use crate::{repeat, run_startup};
 use hardening::Hardening;
+use instances::Instances;
 use machine::{busiest_processes, machine_table};
 use table::{Check, all_figures, row, thousands};
 
@@ -52,6 +55,7 @@ struct Plan {
     api_seconds: u64,
     startup: StartupArgs,
     hardening: Hardening,
+    instances: Instances,
 }
 
 impl Plan {
@@ -92,6 +96,7 @@ impl Plan {
                 scrapes: if a.quick { 50 } else { 200 },
             },
             hardening: Hardening::new(a.quick, a.cache_dir.clone()),
+            instances: Instances::new(a.quick),
         }
     }
 }
@@ -122,6 +127,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     let api_runs = api_load(plan.api_seconds, runs)?;
     let startup_runs = run_startup(&plan.startup, runs).await?;
     let hard_runs = plan.hardening.run(runs).await?;
+    let instance_runs = plan.instances.run(runs).await?;
     let busy_after = busiest_processes();
     let finished = Utc::now();
 
@@ -163,7 +169,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     );
 
     // ---- the targets ------------------------------------------------------------
-    let _ = writeln!(w, "## Targets (issues 7 and 12) and the baseline\n");
+    let _ = writeln!(w, "## Targets (issues 7, 12 and 14) and the baseline\n");
     let _ = writeln!(
         w,
         "\"Ratio\" is baseline ÷ callwarden. Each \"runs\" cell lists callwarden's value in every run.\n"
@@ -379,6 +385,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
         );
     }
     plan.hardening.targets(w, &hard_runs);
+    plan.instances.targets(w, &instance_runs);
     let _ = writeln!(w);
 
     // ---- commands ------------------------------------------------------------------
@@ -410,6 +417,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
         st.sessions, st.settle_secs, st.idle_secs, st.scrapes
     );
     plan.hardening.commands(w, runs);
+    plan.instances.commands(w, runs);
     let _ = writeln!(w, "```\n");
 
     // ---- every figure ----------------------------------------------------------------
@@ -469,6 +477,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     );
     all_figures(w, &startup_runs);
     plan.hardening.sections(w, &hard_runs, runs);
+    plan.instances.sections(w, &instance_runs, runs);
 
     // ---- notes ------------------------------------------------------------------------
     let notes_path = a

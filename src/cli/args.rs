@@ -250,6 +250,14 @@ pub struct DemoArgs {
     /// Sessions that all expire in the same instant.
     #[arg(long, default_value_t = 250)]
     pub burst: u32,
+    /// An empty PostgreSQL database (postgres://…) for the daemons to
+    /// share, instead of a new SQLite file; TRTC only.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Daemons sharing --database, as child processes; with two or more,
+    /// the leader is killed during the burst.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub instances: u32,
 }
 
 fn parse_state(s: &str) -> Result<SessionState, String> {

@@ -6,6 +6,7 @@ pub(crate) mod api_load;
 pub(crate) mod bulk_insert;
 pub(crate) mod connections;
 pub(crate) mod drain;
+pub(crate) mod failover;
 pub(crate) mod flood;
 pub(crate) mod lateness;
 pub(crate) mod prune;

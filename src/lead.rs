@@ -47,6 +47,10 @@ pub const LEASE_TTL: Duration = Duration::from_secs(3);
 pub const RENEW_EVERY: Duration = Duration::from_millis(250);
 /// How long before a lease could expire its holder stops trusting it.
 pub const TRUST_MARGIN: Duration = Duration::from_secs(1);
+/// How often a leader takes over, again, what older terms left
+/// `enforcing` in its buckets: rows a paused leader held locked when the
+/// lease was granted are passed over then, and taken on a later sweep.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// What this instance leads. Cheap to clone; every clone sees the same.
 #[derive(Debug, Clone)]
@@ -254,6 +258,8 @@ pub async fn keep_leases(
     all.push(MAINTENANCE.to_string());
     let mut conn: Option<LeaseConn> = None;
     let mut failing = false;
+    let mut swept = Monotonic::now();
+    let mut sweeping: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
         if conn.is_none() {
             match store.lease_connection().await {
@@ -276,6 +282,10 @@ pub async fn keep_leases(
                 }
             }
         }
+        if swept.elapsed() >= SWEEP_EVERY {
+            swept = Monotonic::now();
+            sweep(&lead, &store, &clock, &mut sweeping);
+        }
         let jitter = RENEW_EVERY.mul_f64(0.8 + 0.4 * rand::random::<f64>());
         tokio::select! {
             () = tokio::time::sleep(jitter) => {}
@@ -291,6 +301,36 @@ pub async fn keep_leases(
             }
         }
         c.close().await;
+    }
+}
+
+/// Takes over, in a task of its own per bucket (the lease loop never waits
+/// for the pool), what older terms left `enforcing` in the buckets this
+/// instance leads; one sweep per bucket at a time.
+fn sweep(
+    lead: &Leadership,
+    store: &Store,
+    clock: &Clock,
+    sweeping: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+) {
+    let crate::domain::lease::Led::Buckets(held) = lead.led() else { return };
+    sweeping.retain(|_, task| !task.is_finished());
+    for (bucket, term) in held {
+        if sweeping.contains_key(&bucket) {
+            continue;
+        }
+        let (store, now, name) = (store.clone(), clock.now(), bucket.clone());
+        let task = tokio::spawn(async move {
+            let why = "taken over from a leader that stopped or lost its lease; resuming";
+            match store.take_over(&name, term, now, why).await {
+                Ok(0) => {}
+                Ok(resumed) => {
+                    tracing::info!(bucket = %name, term, resumed, "took over work a previous leader left")
+                }
+                Err(e) => tracing::debug!(bucket = %name, error = %e, "cannot sweep the bucket yet"),
+            }
+        });
+        sweeping.insert(bucket, task);
     }
 }
 

@@ -55,6 +55,15 @@ pub const BUDGET_POOL_SIZE: u32 = 4;
 /// The longest a statement may run before the server cancels it: a claim or
 /// an insert batch takes milliseconds; anything near this is stuck.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection may sit in an open transaction waiting for
+/// the daemon's next statement before the server ends it: the daemon's
+/// transactions run their statements back to back, so only a paused or
+/// cut-off process waits this long, and its row locks (which a new leader
+/// waits for) go with it. Budget locks, held while a registration is
+/// decided, get [`BUDGET_HOLD_TIMEOUT`] instead.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// [`IDLE_IN_TRANSACTION_TIMEOUT`] for the budget pool's connections.
+pub const BUDGET_HOLD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The channel `sessions_due_soon()` notifies on (migration 0003): a
 /// transaction that leaves a session to adopt, or one due within 2 s.
 pub const CHANGES_CHANNEL: &str = "callwarden_changed";
@@ -113,6 +122,7 @@ pub fn connect_options(url: &str, password: Option<&str>) -> Result<PgConnectOpt
         // not the operator's business; warnings are.
         .options([
             ("statement_timeout", format!("{}", STATEMENT_TIMEOUT.as_millis())),
+            ("idle_in_transaction_session_timeout", format!("{}", IDLE_IN_TRANSACTION_TIMEOUT.as_millis())),
             ("client_min_messages", "warning".to_string()),
         ]))
 }
@@ -185,7 +195,10 @@ impl PgStore {
             .max_connections(BUDGET_POOL_SIZE)
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options.clone());
+            .connect_lazy_with(options.clone().options([(
+                "idle_in_transaction_session_timeout",
+                format!("{}", BUDGET_HOLD_TIMEOUT.as_millis()),
+            )]));
         Ok(PgStore {
             location,
             chain: chain.map(str::to_string),

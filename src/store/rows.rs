@@ -100,3 +100,30 @@ where
     }
     Ok(used)
 }
+
+/// The `recovered` audit rows for sessions put back in the queue (after a
+/// restart, or by a new leader), from rows of their `id` and `provider`.
+pub fn recovered_rows<'r, R>(
+    rows: &'r [R],
+    now: Instant,
+    why: &str,
+) -> Result<Vec<(crate::domain::audit::AuditEntry, Instant)>, sqlx::Error>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let mut audit = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let entry = crate::domain::audit::AuditEntry {
+            session_id: id.parse().ok(),
+            provider: row.try_get("provider")?,
+            event: "recovered",
+            detail: Some(why.to_string()),
+            ..Default::default()
+        };
+        audit.push((entry, now));
+    }
+    Ok(audit)
+}

@@ -47,6 +47,20 @@ async fn three(h: &Harness) -> Vec<Daemon> {
     daemons
 }
 
+/// Three daemons on a fresh database of `cluster`, the one leading TRTC,
+/// and a burst of `rooms` inserted to start a second from now.
+async fn three_and_a_burst(
+    cluster: &pg_cluster::Cluster,
+    rooms: u32,
+) -> (Harness, Store, Vec<Daemon>, usize) {
+    let url = cluster.fresh_database().await;
+    let (h, store) = harness_on(&url).await;
+    let daemons = three(&h).await;
+    let first = leader_of(&daemons, "trtc").await;
+    insert_burst(&url, now_ms() + 1_000, rooms).await;
+    (h, store, daemons, first)
+}
+
 /// The latest term each daemon says it leads `bucket` under.
 fn leading_term(daemon: &Daemon, bucket: &str) -> Option<i64> {
     let logs = daemon.logs();
@@ -142,11 +156,7 @@ fn unsent_lines(daemon: &Daemon) -> usize {
 #[tokio::test]
 async fn the_leader_killed_mid_burst_is_replaced_within_five_seconds_and_nothing_is_lost_or_doubled() {
     let Some(cluster) = pg_cluster::shared() else { return };
-    let url = cluster.fresh_database().await;
-    let (h, store) = harness_on(&url).await;
-    let mut daemons = three(&h).await;
-    let first = leader_of(&daemons, "trtc").await;
-    insert_burst(&url, now_ms() + 1_000, ROOMS).await;
+    let (h, store, mut daemons, first) = three_and_a_burst(cluster, ROOMS).await;
     // Into the burst: the leader has claimed work waiting at its pacer.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let sent_before = h.sandbox.api_requests().await.len();
@@ -170,11 +180,7 @@ async fn the_leader_killed_mid_burst_is_replaced_within_five_seconds_and_nothing
 #[tokio::test]
 async fn a_leader_stopped_cleanly_hands_over_within_a_second_and_nothing_is_sent_twice() {
     let Some(cluster) = pg_cluster::shared() else { return };
-    let url = cluster.fresh_database().await;
-    let (h, store) = harness_on(&url).await;
-    let mut daemons = three(&h).await;
-    let first = leader_of(&daemons, "trtc").await;
-    insert_burst(&url, now_ms() + 1_000, ROOMS).await;
+    let (h, store, mut daemons, first) = three_and_a_burst(cluster, ROOMS).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     daemons[first].terminate();
     assert!(daemons[first].exit_status(SHORT).await.success());
@@ -193,14 +199,10 @@ async fn a_leader_stopped_cleanly_hands_over_within_a_second_and_nothing_is_sent
 }
 
 #[tokio::test]
-async fn a_paused_leader_resumed_after_losing_its_lease_sends_nothing_and_writes_nothing() {
+async fn a_paused_leader_resumed_after_losing_its_lease_sends_nothing() {
     let Some(cluster) = pg_cluster::shared() else { return };
-    let url = cluster.fresh_database().await;
-    let (h, store) = harness_on(&url).await;
-    let daemons = three(&h).await;
-    let first = leader_of(&daemons, "trtc").await;
+    let (h, store, daemons, first) = three_and_a_burst(cluster, ROOMS).await;
     let first_term = leading_term(&daemons[first], "trtc").unwrap();
-    insert_burst(&url, now_ms() + 1_000, ROOMS).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     daemons[first].signal("STOP");
@@ -235,12 +237,33 @@ async fn a_paused_leader_resumed_after_losing_its_lease_sends_nothing_and_writes
 /// The leader of `trtc` once `old`'s lease (under `old_term`) has passed to
 /// another daemon.
 async fn leader_of_other_than(daemons: &[Daemon], old: usize, old_term: i64) -> usize {
-    wait_for("another leader of trtc", SHORT, || async {
-        (0..daemons.len())
+    let started = std::time::Instant::now();
+    loop {
+        let other = (0..daemons.len())
             .filter(|&i| i != old)
-            .find(|&i| leading_term(&daemons[i], "trtc").is_some_and(|t| t > old_term))
-    })
-    .await
+            .find(|&i| leading_term(&daemons[i], "trtc").is_some_and(|t| t > old_term));
+        if let Some(i) = other {
+            return i;
+        }
+        if started.elapsed() > SHORT {
+            // What each instance said about its leases, for the failure.
+            let said: Vec<String> = daemons
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let logs = d.logs();
+                    let lines: Vec<&str> =
+                        logs.lines().filter(|l| l.contains("lease") || l.contains("bucket")).collect();
+                    format!("instance {i}:\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
+                })
+                .collect();
+            panic!(
+                "no other instance took trtc over from {old} (term {old_term}) in {SHORT:?}:\n{}",
+                said.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -269,11 +292,7 @@ async fn a_burst_survives_the_leader_killed_again_and_again() {
     let seed = crate::helpers::test_seed("a_burst_survives_the_leader_killed_again_and_again");
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let rooms = 400;
-    let url = cluster.fresh_database().await;
-    let (h, store) = harness_on(&url).await;
-    let mut daemons = three(&h).await;
-    leader_of(&daemons, "trtc").await;
-    insert_burst(&url, now_ms() + 1_000, rooms).await;
+    let (h, store, mut daemons, _) = three_and_a_burst(cluster, rooms).await;
     for kill in 1..=4 {
         let leader = leader_of(&daemons, "trtc").await;
         let term = leading_term(&daemons[leader], "trtc").unwrap();

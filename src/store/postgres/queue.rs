@@ -194,7 +194,7 @@ impl PgStore {
         .bind(ts(now))
         .fetch_all(&mut *tx)
         .await?;
-        let audit = recovered_rows(&rows, now, why)?;
+        let audit = crate::store::rows::recovered_rows(&rows, now, why)?;
         insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -204,7 +204,8 @@ impl PgStore {
     /// `enforcing` under an older term (a leader that died or was cut off
     /// left them) go back to the queue, stamped with `term` so that the
     /// old leader's writes about them match nothing; each gets a
-    /// `recovered` row. Returns how many.
+    /// `recovered` row. Returns how many. Rows locked by another
+    /// transaction are left for the next call.
     pub(in crate::store) async fn take_over(
         &self,
         bucket: &str,
@@ -213,16 +214,23 @@ impl PgStore {
         why: &str,
     ) -> Result<u64, StoreError> {
         let mut tx = self.write_tx().await?;
+        // Rows another transaction holds are passed over, not waited for: a
+        // paused leader may hold some in a transaction it cannot finish
+        // (the server ends it after IDLE_IN_TRANSACTION_TIMEOUT). The new
+        // leader takes them on a later sweep (`lead::keep_leases`).
         let rows = sqlx::query(
-            "UPDATE sessions SET state = 'active', claim_term = $1, updated_at = $2 \
-             WHERE state = 'enforcing' AND provider = $3 AND claim_term < $1 RETURNING id, provider",
+            "WITH stale AS MATERIALIZED ( \
+               SELECT id AS stale_id FROM sessions \
+               WHERE state = 'enforcing' AND provider = $3 AND claim_term < $1 FOR UPDATE SKIP LOCKED) \
+             UPDATE sessions SET state = 'active', claim_term = $1, updated_at = $2 \
+             FROM stale WHERE id = stale.stale_id RETURNING id, provider",
         )
         .bind(term)
         .bind(ts(now))
         .bind(bucket)
         .fetch_all(&mut *tx)
         .await?;
-        let audit = recovered_rows(&rows, now, why)?;
+        let audit = crate::store::rows::recovered_rows(&rows, now, why)?;
         insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -460,23 +468,6 @@ async fn fence(
         }
     }
     Ok(())
-}
-
-/// The `recovered` audit rows for sessions put back in the queue.
-fn recovered_rows(rows: &[PgRow], now: Instant, why: &str) -> Result<Vec<(AuditEntry, Instant)>, StoreError> {
-    let mut audit = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id: String = row.try_get("id")?;
-        let entry = AuditEntry {
-            session_id: id.parse().ok(),
-            provider: row.try_get("provider")?,
-            event: "recovered",
-            detail: Some(why.to_string()),
-            ..AuditEntry::default()
-        };
-        audit.push((entry, now));
-    }
-    Ok(audit)
 }
 
 /// PostgreSQL's `lock_not_available` (55P03): a lock was not granted

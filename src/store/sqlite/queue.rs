@@ -203,7 +203,7 @@ impl SqliteStore {
         .bind(now.to_string())
         .fetch_all(&mut *tx)
         .await?;
-        let audit = recovered_rows(&rows, now, why)?;
+        let audit = crate::store::rows::recovered_rows(&rows, now, why)?;
         insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -213,7 +213,8 @@ impl SqliteStore {
     /// `enforcing` under an older term (a leader that died or was cut off
     /// left them) go back to the queue, stamped with `term` so that the
     /// old leader's writes about them match nothing; each gets a
-    /// `recovered` row. Returns how many.
+    /// `recovered` row. Returns how many. (SQLite has one writer: nothing
+    /// is locked by another.)
     pub(in crate::store) async fn take_over(
         &self,
         bucket: &str,
@@ -232,7 +233,7 @@ impl SqliteStore {
         .bind(term)
         .fetch_all(&mut *tx)
         .await?;
-        let audit = recovered_rows(&rows, now, why)?;
+        let audit = crate::store::rows::recovered_rows(&rows, now, why)?;
         insert_audit_rows(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -394,27 +395,6 @@ async fn fence(
         }
     }
     Ok(())
-}
-
-/// The `recovered` audit rows for sessions put back in the queue.
-fn recovered_rows(
-    rows: &[sqlx::sqlite::SqliteRow],
-    now: Instant,
-    why: &str,
-) -> Result<Vec<(AuditEntry, Instant)>, StoreError> {
-    let mut audit = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id: String = row.try_get("id")?;
-        let entry = AuditEntry {
-            session_id: id.parse().ok(),
-            provider: row.try_get("provider")?,
-            event: "recovered",
-            detail: Some(why.to_string()),
-            ..AuditEntry::default()
-        };
-        audit.push((entry, now));
-    }
-    Ok(audit)
 }
 
 /// A row as read, or the id of a row that cannot be read (a BLOB where

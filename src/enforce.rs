@@ -345,6 +345,7 @@ impl EnforcerState {
                     return;
                 }
             }
+            slot.sending_under(term);
             let queued = std::time::Instant::now();
             // A retry queues again, behind what is due before its deadline.
             let mut place = job.place.take().unwrap_or_else(|| pacer.queue(latest_deadline));

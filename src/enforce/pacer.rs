@@ -75,6 +75,13 @@ impl Pacer {
         }
     }
 
+    /// Starts over as a new pacer does: the next call keeps a period's
+    /// distance from now, for a call another instance (this bucket's
+    /// previous leader) may have sent an instant ago.
+    pub fn restart_period(&self) {
+        let _ = self.limiter.check();
+    }
+
     /// Queues a call due at `deadline`: from now on no call due later is
     /// admitted before it, until the place is admitted or dropped.
     pub fn queue(self: &Arc<Pacer>, deadline: Instant) -> PacerPlace {
@@ -116,6 +123,8 @@ pub struct ProviderSlot {
     pub provider: Provider,
     pub retry: RetryPolicy,
     pub(super) pacers: HashMap<&'static str, Arc<Pacer>>,
+    /// The newest lease term a call of this provider was sent under.
+    term: std::sync::atomic::AtomicI64,
 }
 
 impl ProviderSlot {
@@ -125,7 +134,22 @@ impl ProviderSlot {
             .iter()
             .map(|a| (*a, Arc::new(Pacer::per_second(max_requests_per_second))))
             .collect();
-        ProviderSlot { provider, retry, pacers }
+        ProviderSlot { provider, retry, pacers, term: std::sync::atomic::AtomicI64::new(i64::MIN) }
+    }
+
+    /// Before a call under lease `term`: the first call of a new
+    /// leadership (a term newer than any sent under here) restarts every
+    /// pacer's period, so it keeps its distance from the previous leader's
+    /// last call as a new pacer does from a predecessor's. The one daemon's
+    /// term never changes.
+    pub(super) fn sending_under(&self, term: i64) {
+        if term != crate::domain::lease::SOLE_TERM
+            && self.term.fetch_max(term, std::sync::atomic::Ordering::AcqRel) < term
+        {
+            for pacer in self.pacers.values() {
+                pacer.restart_period();
+            }
+        }
     }
 }
 
@@ -162,6 +186,19 @@ mod tests {
     async fn a_new_pacer_waits_a_period_before_its_first_call() {
         let started = std::time::Instant::now();
         let pacer = Arc::new(Pacer::per_second(10));
+        pacer.queue(Instant::from_millis(0)).admit().await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(90), "the first call left after {waited:?}");
+    }
+
+    /// A call under a new leadership keeps a period's distance from the
+    /// previous leader's last call, however long this pacer was idle.
+    #[tokio::test]
+    async fn a_restarted_period_holds_the_next_call_back_a_period() {
+        let pacer = Arc::new(Pacer::per_second(10));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let started = std::time::Instant::now();
+        pacer.restart_period();
         pacer.queue(Instant::from_millis(0)).admit().await;
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(90), "the first call left after {waited:?}");

@@ -247,13 +247,7 @@ impl PgStore {
         now: Instant,
         why: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        // A fenced-off write rolls back at once: its row locks must not
-        // outlive it (a rollback on drop waits for the pool).
-        if let Err(e) = fence(&mut tx, ids, term).await {
-            tx.rollback().await?;
-            return Err(e);
-        }
+        let mut tx = self.fenced_tx(ids, term).await?;
         let mut audit = Vec::new();
         for id in ids {
             let done = sqlx::query(
@@ -289,13 +283,7 @@ impl PgStore {
         repeatability: Option<Repeatability>,
         now: Instant,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        // A fenced-off write rolls back at once: its row locks must not
-        // outlive it (a rollback on drop waits for the pool).
-        if let Err(e) = fence(&mut tx, ids, term).await {
-            tx.rollback().await?;
-            return Err(e);
-        }
+        let mut tx = self.fenced_tx(ids, term).await?;
         let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
             sqlx::query(
@@ -326,14 +314,8 @@ impl PgStore {
         final_state: Option<(SessionState, Option<&str>)>,
         now: Instant,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
         let ids: Vec<SessionId> = entries.iter().filter_map(|e| e.session_id).collect();
-        // A fenced-off write rolls back at once: its row locks must not
-        // outlive it (a rollback on drop waits for the pool).
-        if let Err(e) = fence(&mut tx, &ids, term).await {
-            tx.rollback().await?;
-            return Err(e);
-        }
+        let mut tx = self.fenced_tx(&ids, term).await?;
         for entry in entries {
             if let (Some((state, detail)), Some(id)) = (final_state, entry.session_id) {
                 sqlx::query(
@@ -443,31 +425,40 @@ async fn adopt_in(
     Ok(count)
 }
 
-/// Refuses a write about sessions that no longer carry `term` (another
-/// instance took them over): [`StoreError::Fenced`], and the caller's
-/// transaction, still empty, is rolled back when dropped. The rows are
-/// locked (`FOR UPDATE`) first: a take-over under way is waited for and its
-/// new term seen, and none can come between this check and the write.
-async fn fence(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ids: &[SessionId],
-    term: i64,
-) -> Result<(), StoreError> {
-    let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
-    let rows = sqlx::query("SELECT id, claim_term FROM sessions WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&ids)
-        .fetch_all(&mut **tx)
-        .await?;
-    for row in &rows {
-        let current: i64 = row.try_get("claim_term")?;
-        if current != term {
-            let id: String = row.try_get("id")?;
-            let id =
-                id.parse().map_err(|_| StoreError::Malformed { id, reason: "not a session id".into() })?;
-            return Err(StoreError::Fenced { id, term, current });
+impl PgStore {
+    /// A write transaction about sessions `ids`, begun only while each
+    /// still carries `term`; otherwise [`StoreError::Fenced`] (another
+    /// instance took them over), nothing written. The rows are locked
+    /// (`FOR UPDATE`) first: a take-over under way is waited for and its new
+    /// term seen, and none can come between this check and the write. A
+    /// refused transaction is rolled back at once, so its row locks do not
+    /// outlive it (a rollback on drop waits for the connection's return to
+    /// the pool).
+    async fn fenced_tx(
+        &self,
+        ids: &[SessionId],
+        term: i64,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let rows =
+            sqlx::query("SELECT id, claim_term FROM sessions WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        for row in &rows {
+            let current: i64 = row.try_get("claim_term")?;
+            if current != term {
+                tx.rollback().await?;
+                let id: String = row.try_get("id")?;
+                let id = id
+                    .parse()
+                    .map_err(|_| StoreError::Malformed { id, reason: "not a session id".into() })?;
+                return Err(StoreError::Fenced { id, term, current });
+            }
         }
+        Ok(tx)
     }
-    Ok(())
 }
 
 /// PostgreSQL's `lock_not_available` (55P03): a lock was not granted

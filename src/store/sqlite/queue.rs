@@ -250,13 +250,7 @@ impl SqliteStore {
         now: Instant,
         why: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        // A fenced-off write rolls back at once: the write lock must not
-        // outlive it (a rollback on drop waits for the connection's return).
-        if let Err(e) = fence(&mut tx, ids.iter().copied(), term).await {
-            tx.rollback().await?;
-            return Err(e);
-        }
+        let mut tx = self.fenced_tx(ids.iter().copied(), term).await?;
         let mut audit = Vec::new();
         for id in ids {
             let done = sqlx::query(
@@ -292,13 +286,7 @@ impl SqliteStore {
         repeatability: Option<Repeatability>,
         now: Instant,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        // A fenced-off write rolls back at once: the write lock must not
-        // outlive it (a rollback on drop waits for the connection's return).
-        if let Err(e) = fence(&mut tx, ids.iter().copied(), term).await {
-            tx.rollback().await?;
-            return Err(e);
-        }
+        let mut tx = self.fenced_tx(ids.iter().copied(), term).await?;
         let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
             sqlx::query(
@@ -329,13 +317,7 @@ impl SqliteStore {
         final_state: Option<(SessionState, Option<&str>)>,
         now: Instant,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        // A fenced-off write rolls back at once: the write lock must not
-        // outlive it (a rollback on drop waits for the connection's return).
-        if let Err(e) = fence(&mut tx, entries.iter().filter_map(|e| e.session_id), term).await {
-            tx.rollback().await?;
-            return Err(e);
-        }
+        let mut tx = self.fenced_tx(entries.iter().filter_map(|e| e.session_id), term).await?;
         for entry in entries {
             if let (Some((state, detail)), Some(id)) = (final_state, entry.session_id) {
                 sqlx::query(
@@ -373,28 +355,34 @@ fn bucket_filter(led: &Led) -> String {
     }
 }
 
-/// Refuses a write about sessions that no longer carry `term` (another
-/// instance took them over): [`StoreError::Fenced`], and the caller's
-/// transaction, still empty, is dropped. Inside the write transaction, so
-/// no take-over can come between the check and the write (SQLite has one
-/// writer).
-async fn fence(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    ids: impl Iterator<Item = SessionId>,
-    term: i64,
-) -> Result<(), StoreError> {
-    for id in ids {
-        let found: Option<i64> = sqlx::query_scalar("SELECT claim_term FROM sessions WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&mut **tx)
-            .await?;
-        if let Some(current) = found
-            && current != term
-        {
-            return Err(StoreError::Fenced { id, term, current });
+impl SqliteStore {
+    /// A write transaction about sessions `ids`, begun only while each
+    /// still carries `term`; otherwise [`StoreError::Fenced`] (another
+    /// instance took them over), nothing written. Checked inside the write
+    /// transaction, so no take-over can come between the check and the
+    /// write (SQLite has one writer). A refused transaction is rolled back
+    /// at once, so the write lock does not outlive it (a rollback on drop
+    /// waits for the connection's return).
+    async fn fenced_tx(
+        &self,
+        ids: impl Iterator<Item = SessionId>,
+        term: i64,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        for id in ids {
+            let found: Option<i64> = sqlx::query_scalar("SELECT claim_term FROM sessions WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(current) = found
+                && current != term
+            {
+                tx.rollback().await?;
+                return Err(StoreError::Fenced { id, term, current });
+            }
         }
+        Ok(tx)
     }
-    Ok(())
 }
 
 /// A row as read, or the id of a row that cannot be read (a BLOB where

@@ -45,7 +45,7 @@ use crate::policy::{PolicyAction, policy_actions};
 use crate::providers::{CallContext, CallReport, Classified, Target};
 use crate::scheduler::Claimed;
 use crate::skew::ClockOffset;
-use crate::store::Store;
+use crate::store::{Attempt, AttemptWriter, Store};
 
 pub mod pacer;
 mod stale;
@@ -77,6 +77,8 @@ pub struct Enforcer {
 #[derive(Debug)]
 struct EnforcerState {
     store: Store,
+    /// Attempt records, group-committed where that keeps calls on time.
+    attempts: AttemptWriter,
     clock: Clock,
     providers: HashMap<String, ProviderSlot>,
     /// The configuration in force: what each policy does at the deadline.
@@ -105,6 +107,7 @@ impl Enforcer {
         let known = std::sync::Mutex::new(policy_actions(&live.current()));
         Enforcer {
             state: Arc::new(EnforcerState {
+                attempts: store.attempt_writer(),
                 store,
                 clock,
                 providers,
@@ -332,7 +335,13 @@ impl EnforcerState {
             };
             if !self
                 .persist(|| {
-                    self.store.record_attempt_as(term, &ids, &attempt_entry, new_pair, self.clock.now())
+                    self.attempts.record(Attempt {
+                        term,
+                        ids: ids.clone(),
+                        entry: attempt_entry.clone(),
+                        repeatability: new_pair,
+                        now: self.clock.now(),
+                    })
                 })
                 .await
             {

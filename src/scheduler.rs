@@ -35,6 +35,7 @@ use crate::domain::{Instant, UserId};
 use crate::lead::Leadership;
 use crate::policy::adoption::adoption;
 use crate::store::health::StoreRetry;
+use crate::store::lock_waits::Recent;
 use crate::store::{ChangeWatcher, Store, StoreError};
 
 /// How long before its deadline a session is claimed, at least. Covers the
@@ -70,15 +71,26 @@ pub const SHARED_POLL: Duration = Duration::from_secs(1);
 /// How often another connection's commits are looked for.
 pub const CHANGE_POLL: Duration = Duration::from_millis(50);
 
-/// How long before its deadline a session is claimed, given the longest
-/// recent wait for the database's write lock: [`CLAIM_LEAD`], or three such
-/// waits when that is longer (the claim and the attempt record each may
-/// wait once, and one more for margin), up to [`MAX_CLAIM_LEAD`]. Another
-/// program that inserts rows in a tight loop (a bulk import) makes each of
-/// the daemon's writes wait up to one of its transactions; claiming earlier
+/// The lead while another connection holds the write lock now and then
+/// (a bulk import, a CLI), whatever the waits measured: a wait shows only
+/// what was left of the other transaction when the write came, so the
+/// first waits of a bulk insert can be short while the next are a whole
+/// transaction or two. Enough for the claim and the attempt record to each
+/// wait two transactions of about 150 ms.
+pub const CONTENDED_CLAIM_LEAD: Duration = Duration::from_millis(600);
+
+/// How long before its deadline a session is claimed, given the recent
+/// waits for the database's write lock: [`CLAIM_LEAD`]; at least
+/// [`CONTENDED_CLAIM_LEAD`] while another connection holds the lock at
+/// times; three of the longest recent waits when that is longer (the claim
+/// and the attempt record each may wait once, and one more for margin); up
+/// to [`MAX_CLAIM_LEAD`]. Another program that inserts rows in a tight loop
+/// (a bulk import) makes each of the daemon's writes wait up to one of its
+/// transactions, or two when its next one starts first; claiming earlier
 /// keeps the calls on time, and they are still held until their deadline.
-pub fn claim_lead(recent_lock_wait: Duration) -> Duration {
-    recent_lock_wait.saturating_mul(3).clamp(CLAIM_LEAD, MAX_CLAIM_LEAD)
+pub fn claim_lead(recent: Recent) -> Duration {
+    let floor = if recent.contended { CONTENDED_CLAIM_LEAD } else { CLAIM_LEAD };
+    recent.longest.saturating_mul(3).clamp(floor, MAX_CLAIM_LEAD)
 }
 
 /// Sessions the scheduler claimed, with the in-flight permits they hold.
@@ -170,6 +182,11 @@ impl Scheduler {
         let patience = match next {
             _ if due => {
                 self.claim(&led, now.saturating_add(lead + CLAIM_WINDOW), shutdown, nap()).await?;
+                // The claim met another program on the lock and the lead
+                // grew: what the longer lead makes due is claimed first.
+                if claim_lead(self.store.lock_waits().recent()) > lead {
+                    return Ok(());
+                }
                 // Nothing more falls due within the window just claimed.
                 CLAIM_WINDOW
             }
@@ -373,10 +390,20 @@ mod tests {
     #[test]
     fn the_claim_lead_grows_with_recent_lock_waits_within_bounds() {
         let ms = Duration::from_millis;
-        assert_eq!(claim_lead(Duration::ZERO), CLAIM_LEAD);
-        assert_eq!(claim_lead(ms(50)), CLAIM_LEAD, "three short waits fit in the usual lead");
-        assert_eq!(claim_lead(ms(120)), ms(360));
-        assert_eq!(claim_lead(Duration::from_secs(5)), MAX_CLAIM_LEAD);
-        assert_eq!(claim_lead(Duration::MAX), MAX_CLAIM_LEAD);
+        let quiet = |longest| claim_lead(Recent { longest, contended: false });
+        assert_eq!(quiet(Duration::ZERO), CLAIM_LEAD);
+        assert_eq!(quiet(ms(50)), CLAIM_LEAD, "three short waits fit in the usual lead");
+        assert_eq!(quiet(ms(120)), ms(360));
+        assert_eq!(quiet(Duration::from_secs(5)), MAX_CLAIM_LEAD);
+        assert_eq!(quiet(Duration::MAX), MAX_CLAIM_LEAD);
+    }
+
+    #[test]
+    fn another_writer_on_the_lock_raises_the_lead_even_when_its_waits_were_short() {
+        let ms = Duration::from_millis;
+        let contended = |longest| claim_lead(Recent { longest, contended: true });
+        assert_eq!(contended(ms(3)), CONTENDED_CLAIM_LEAD);
+        assert_eq!(contended(ms(280)), ms(840));
+        assert_eq!(contended(Duration::MAX), MAX_CLAIM_LEAD);
     }
 }

@@ -26,6 +26,7 @@ use crate::domain::lease::{Led, SOLE_TERM};
 use crate::domain::session::{Adopted, NewSession, Repeatability, Session, SessionCursor, SessionRecord};
 use crate::domain::{Instant, Room, SessionId, SessionState, UserId};
 
+mod attempt_writer;
 pub mod copy;
 mod error;
 mod group_commit;
@@ -39,6 +40,7 @@ pub mod sqlite;
 mod warnings;
 
 use crate::config::Database;
+pub use attempt_writer::{Attempt, AttemptWriter};
 pub use error::StoreError;
 pub use presence_writer::{PresenceChange, PresenceMark, PresenceWrite, PresenceWriter};
 pub use registrar::{Pending, Registrar};
@@ -356,6 +358,12 @@ impl Store {
     /// The task ends when every [`Registrar`] handle is dropped.
     pub fn registrar(&self) -> Registrar {
         Registrar::start(self.clone())
+    }
+
+    /// The writer of enforcement's attempt records (see [`AttemptWriter`]).
+    /// A batching task ends when every handle is dropped.
+    pub fn attempt_writer(&self) -> AttemptWriter {
+        AttemptWriter::start(self.clone())
     }
 
     /// A group-committing front for presence events (see [`PresenceWriter`]).

@@ -8,7 +8,10 @@
 //! program's transactions. The scheduler claims a session and enforcement
 //! records its attempt before the deadline; both are writes, so the
 //! scheduler reads the recent waits here and claims earlier while they are
-//! long (see `scheduler::claim_lead`).
+//! long, or while another program holds the lock at all (see
+//! `scheduler::claim_lead`): a wait only shows the part of the other
+//! program's transaction that was left when the write came, so the first
+//! waits of a bulk insert can be short while the next ones are not.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -26,8 +29,24 @@ pub struct LockWaits {
 #[derive(Debug)]
 struct Windows {
     started: Instant,
-    current: Duration,
-    previous: Duration,
+    current: Recent,
+    previous: Recent,
+}
+
+/// What the writes of the last one to two [`WINDOW`]s met.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recent {
+    /// The longest wait.
+    pub longest: Duration,
+    /// Whether any write found the lock held by another connection (SQLite:
+    /// another program; the daemon's own writes share one connection).
+    pub contended: bool,
+}
+
+impl Recent {
+    fn merge(self, other: Recent) -> Recent {
+        Recent { longest: self.longest.max(other.longest), contended: self.contended || other.contended }
+    }
 }
 
 impl Default for LockWaits {
@@ -35,34 +54,36 @@ impl Default for LockWaits {
         LockWaits {
             inner: Mutex::new(Windows {
                 started: Instant::now(),
-                current: Duration::ZERO,
-                previous: Duration::ZERO,
+                current: Recent::default(),
+                previous: Recent::default(),
             }),
         }
     }
 }
 
 impl LockWaits {
-    /// Records that a write waited `waited` for the lock.
-    pub fn record(&self, waited: Duration) {
-        self.record_at(waited, Instant::now());
+    /// Records that a write waited `waited` for the lock, and whether it
+    /// found the lock `contended` (held by another connection) on the way.
+    pub fn record(&self, waited: Duration, contended: bool) {
+        self.record_at(Recent { longest: waited, contended }, Instant::now());
     }
 
-    /// The longest wait of the last one to two [`WINDOW`]s.
-    pub fn recent(&self) -> Duration {
+    /// The longest wait of the last one to two [`WINDOW`]s, and whether the
+    /// lock was contended in them.
+    pub fn recent(&self) -> Recent {
         self.recent_at(Instant::now())
     }
 
-    fn record_at(&self, waited: Duration, now: Instant) {
+    fn record_at(&self, wait: Recent, now: Instant) {
         let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         w.roll(now);
-        w.current = w.current.max(waited);
+        w.current = w.current.merge(wait);
     }
 
-    fn recent_at(&self, now: Instant) -> Duration {
+    fn recent_at(&self, now: Instant) -> Recent {
         let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         w.roll(now);
-        w.current.max(w.previous)
+        w.current.merge(w.previous)
     }
 }
 
@@ -74,8 +95,8 @@ impl Windows {
         }
         // One window passed: the current becomes the previous. Two or more:
         // nothing recent is left.
-        self.previous = if age < WINDOW * 2 { self.current } else { Duration::ZERO };
-        self.current = Duration::ZERO;
+        self.previous = if age < WINDOW * 2 { self.current } else { Recent::default() };
+        self.current = Recent::default();
         self.started = now;
     }
 }
@@ -84,21 +105,38 @@ impl Windows {
 mod tests {
     use super::*;
 
+    fn wait(ms: u64, contended: bool) -> Recent {
+        Recent { longest: Duration::from_millis(ms), contended }
+    }
+
     #[test]
     fn the_longest_wait_is_remembered_for_one_to_two_windows() {
         let waits = LockWaits::default();
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        assert_eq!(waits.recent_at(t0), Duration::ZERO);
-        waits.record_at(ms(80), t0);
-        waits.record_at(ms(5), t0 + ms(10));
-        assert_eq!(waits.recent_at(t0 + ms(20)), ms(80));
+        assert_eq!(waits.recent_at(t0), Recent::default());
+        waits.record_at(wait(80, false), t0);
+        waits.record_at(wait(5, false), t0 + ms(10));
+        assert_eq!(waits.recent_at(t0 + ms(20)), wait(80, false));
         // The next window still remembers it, beside its own waits.
-        waits.record_at(ms(30), t0 + WINDOW + ms(1));
-        assert_eq!(waits.recent_at(t0 + WINDOW + ms(2)), ms(80));
+        waits.record_at(wait(30, false), t0 + WINDOW + ms(1));
+        assert_eq!(waits.recent_at(t0 + WINDOW + ms(2)), wait(80, false));
         // Another window on, only the 30 ms is recent.
-        assert_eq!(waits.recent_at(t0 + WINDOW * 2 + ms(2)), ms(30));
+        assert_eq!(waits.recent_at(t0 + WINDOW * 2 + ms(2)), wait(30, false));
         // After a long quiet time, nothing is.
-        assert_eq!(waits.recent_at(t0 + WINDOW * 10), Duration::ZERO);
+        assert_eq!(waits.recent_at(t0 + WINDOW * 10), Recent::default());
+    }
+
+    #[test]
+    fn a_contended_lock_is_remembered_like_a_long_wait() {
+        let waits = LockWaits::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // A short wait that found another program's transaction nearly done.
+        waits.record_at(wait(3, true), t0);
+        waits.record_at(wait(40, false), t0 + ms(5));
+        assert_eq!(waits.recent_at(t0 + ms(10)), wait(40, true));
+        assert_eq!(waits.recent_at(t0 + WINDOW + ms(10)), wait(40, true));
+        assert_eq!(waits.recent_at(t0 + WINDOW * 3), Recent::default());
     }
 }

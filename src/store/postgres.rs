@@ -225,7 +225,7 @@ impl PgStore {
         let started = std::time::Instant::now();
         let tx = self.pool.begin().await?;
         let waited = started.elapsed();
-        self.lock_waits.record(waited);
+        self.lock_waits.record(waited, false);
         crate::metrics::store_lock_wait(waited);
         Ok(tx)
     }

@@ -262,7 +262,8 @@ impl SqliteStore {
     /// insert), a try lands in the moment between two of its transactions
     /// so rarely that the daemon waited many seconds. Trying every
     /// millisecond, it waits about one of the other program's
-    /// transactions. Each wait is recorded in [`LockWaits`].
+    /// transactions. Each wait is recorded in [`LockWaits`], with whether
+    /// the lock was found taken.
     pub(super) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         self.write_tx_within(BUSY_TIMEOUT).await
     }
@@ -275,14 +276,16 @@ impl SqliteStore {
         patience: Duration,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         let started = std::time::Instant::now();
+        let mut contended = false;
         loop {
             let result = self.writer.begin_with("BEGIN IMMEDIATE").await;
             let waited = started.elapsed();
+            contended |= result.as_ref().is_err_and(is_busy);
             match result {
                 Err(e) if is_busy(&e) && waited < patience => tokio::time::sleep(LOCK_RETRY).await,
                 Err(e) if !is_busy(&e) => return Err(e),
                 result => {
-                    self.lock_waits.record(waited);
+                    self.lock_waits.record(waited, contended);
                     crate::metrics::store_lock_wait(waited);
                     return result;
                 }

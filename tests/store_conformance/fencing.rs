@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use callwarden::domain::audit::Verdict;
 use callwarden::domain::lease::Led;
 use callwarden::domain::session::NewSession;
 use callwarden::domain::{Room, SessionState};
@@ -73,6 +74,42 @@ conformance! {
         // Its own term still writes.
         db.store.record_outcome_as(term, &[callwarden::domain::audit::AuditEntry::new("enforced", s.id)], Some((SessionState::Enforced, None)), at(2)).await.unwrap();
         assert_eq!(state_of(&db.store, s.id).await, "enforced");
+    }
+
+    async fn attempts_written_together_are_fenced_one_by_one(db) {
+        // Enforcement's attempt writer commits the attempts that queue up
+        // together (on SQLite) in one transaction: one that is fenced off
+        // must fail alone, and write nothing, while the others are written.
+        let s = register(&db.store, vec![session(1, at(1)), session(2, at(1)), session(3, at(1))], at(0)).await;
+        let term = term_for(&db.store, PROVIDER, "instance-a", 7).await;
+        let led = Led::Buckets(vec![(PROVIDER.into(), term)]);
+        assert_eq!(db.store.claim_for(&led, at(1), at(1), 10).await.unwrap().len(), 3);
+        let writer = db.store.attempt_writer();
+        let attempt = |i: usize, term: i64| callwarden::store::Attempt {
+            term,
+            ids: vec![s[i].id],
+            entry: attempt_entry(1),
+            repeatability: None,
+            now: at(1),
+        };
+        let (first, fenced, third) = tokio::join!(
+            writer.record(attempt(0, term)),
+            writer.record(attempt(1, term + 1)),
+            writer.record(attempt(2, term)),
+        );
+        first.unwrap();
+        third.unwrap();
+        assert!(matches!(fenced, Err(StoreError::Fenced { id, .. }) if id == s[1].id), "{fenced:?}");
+        let attempts = |i: usize| {
+            let store = db.store.clone();
+            let id = s[i].id;
+            async move { (store.session(id).await.unwrap().attempts, events_of(&store, id).await) }
+        };
+        assert_eq!(attempts(0).await, (1, vec!["registered".to_string(), "attempt".to_string()]));
+        assert_eq!(attempts(1).await, (0, vec!["registered".to_string()]), "the fenced attempt wrote nothing");
+        assert_eq!(attempts(2).await, (1, vec!["registered".to_string(), "attempt".to_string()]));
+        let verdict = verify_chain(&db.store).await;
+        assert!(matches!(verdict, Verdict::Intact { unchained: 0, .. }), "the batch's audit rows chain on: {verdict:?}");
     }
 
     async fn a_new_leader_takes_over_the_buckets_interrupted_work_and_fences_the_old_one_off(db) {

@@ -113,7 +113,8 @@ conformance! {
         let holder = db.hold_write_lock().await;
         let patience = std::time::Duration::from_millis(50);
         assert_eq!(db.store.adopt_batch(&[adopted(&id, at(30))], &[], at(0), patience).await.unwrap(), None);
-        assert!(db.store.lock_waits().recent() >= patience, "the wait is recorded");
+        let recent = db.store.lock_waits().recent();
+        assert!(recent.longest >= patience && recent.contended, "the wait is recorded, as contended: {recent:?}");
         drop(holder);
         assert_eq!(db.store.unadopted(10).await.unwrap().len(), 1, "nothing was written");
         assert_eq!(db.store.adopt_batch(&[adopted(&id, at(30))], &[], at(0), PATIENCE).await.unwrap(), Some(1));

@@ -75,10 +75,10 @@ impl PgStore {
         }
     }
 
-    /// Records a wait that ran out of patience, as a write's wait for the
-    /// lock (the scheduler claims earlier while waits are long).
+    /// Records a wait that ran out of patience, as a write's wait for a
+    /// lock another connection held (the scheduler claims earlier then).
     fn gave_up_waiting(&self, waited: Duration) {
-        self.lock_waits.record(waited);
+        self.lock_waits.record(waited, true);
         crate::metrics::store_lock_wait(waited);
     }
 

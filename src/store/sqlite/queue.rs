@@ -13,6 +13,7 @@ use crate::domain::lease::{Led, SOLE_TERM};
 use crate::domain::session::{Adopted, Repeatability, Session, SessionRecord};
 use crate::domain::{Instant, SessionId, SessionState};
 use crate::store::StoreError;
+use crate::store::attempt_writer::Attempt;
 use crate::store::warnings::warning_points;
 
 impl SqliteStore {
@@ -286,25 +287,46 @@ impl SqliteStore {
         repeatability: Option<Repeatability>,
         now: Instant,
     ) -> Result<(), StoreError> {
-        let mut tx = self.fenced_tx(ids.iter().copied(), term).await?;
-        let mut rows = Vec::with_capacity(ids.len());
-        for id in ids {
-            sqlx::query(
-                "UPDATE sessions SET attempts = attempts + 1, updated_at = ?, \
-                 repeatability_id = coalesce(?, repeatability_id), first_sent_at = coalesce(?, first_sent_at) \
-                 WHERE id = ?",
-            )
-            .bind(now.to_string())
-            .bind(repeatability.map(|r| r.request_id.to_string()))
-            .bind(repeatability.map(|r| Instant::floor(r.first_sent).to_string()))
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-            rows.push((AuditEntry { session_id: Some(*id), ..entry.clone() }, now));
+        let attempt = Attempt { term, ids: ids.to_vec(), entry: entry.clone(), repeatability, now };
+        let mut answers = self.record_attempts(std::slice::from_ref(&attempt)).await?;
+        answers.pop().unwrap_or(Ok(()))
+    }
+
+    /// [`SqliteStore::record_attempt_as`] for several attempts in one
+    /// transaction (the attempt writer's group commit): an attempt whose
+    /// sessions are fenced answers [`StoreError::Fenced`] and writes
+    /// nothing, the others are written.
+    pub(in crate::store) async fn record_attempts(
+        &self,
+        batch: &[Attempt],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut rows = Vec::new();
+        for a in batch {
+            if let Some(fenced) = fence(&mut tx, a.ids.iter().copied(), a.term).await? {
+                answers.push(Err(fenced));
+                continue;
+            }
+            for id in &a.ids {
+                sqlx::query(
+                    "UPDATE sessions SET attempts = attempts + 1, updated_at = ?, \
+                     repeatability_id = coalesce(?, repeatability_id), first_sent_at = coalesce(?, first_sent_at) \
+                     WHERE id = ?",
+                )
+                .bind(a.now.to_string())
+                .bind(a.repeatability.map(|r| r.request_id.to_string()))
+                .bind(a.repeatability.map(|r| Instant::floor(r.first_sent).to_string()))
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+                rows.push((AuditEntry { session_id: Some(*id), ..a.entry.clone() }, a.now));
+            }
+            answers.push(Ok(()));
         }
         insert_audit_rows(&mut tx, &rows).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(answers)
     }
 
     /// Records a provider answer, and when `final_state` is given, settles the
@@ -369,20 +391,34 @@ impl SqliteStore {
         term: i64,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         let mut tx = self.write_tx().await?;
-        for id in ids {
-            let found: Option<i64> = sqlx::query_scalar("SELECT claim_term FROM sessions WHERE id = ?")
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(current) = found
-                && current != term
-            {
-                tx.rollback().await?;
-                return Err(StoreError::Fenced { id, term, current });
-            }
+        if let Some(fenced) = fence(&mut tx, ids, term).await? {
+            tx.rollback().await?;
+            return Err(fenced);
         }
         Ok(tx)
     }
+}
+
+/// The [`StoreError::Fenced`] for the first of `ids` that no longer
+/// carries `term`, if any (a session gone altogether is not fenced: the
+/// write finds nothing to change).
+async fn fence(
+    tx: &mut sqlx::SqliteConnection,
+    ids: impl Iterator<Item = SessionId>,
+    term: i64,
+) -> Result<Option<StoreError>, StoreError> {
+    for id in ids {
+        let found: Option<i64> = sqlx::query_scalar("SELECT claim_term FROM sessions WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(current) = found
+            && current != term
+        {
+            return Ok(Some(StoreError::Fenced { id, term, current }));
+        }
+    }
+    Ok(None)
 }
 
 /// A row as read, or the id of a row that cannot be read (a BLOB where

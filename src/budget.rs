@@ -109,13 +109,27 @@ pub struct Budget {
 pub struct Standing {
     pub window_start: Instant,
     pub window_end: Instant,
+    /// Time spent: settled sessions up to their end, running ones up to now.
     pub used: Duration,
+    /// Time granted and not yet spent: running sessions from now to their
+    /// booked end (the deadline less the grace). Counted as spent, so two
+    /// sessions of one user that run at once share what was left instead of
+    /// each getting all of it; a session that ends early gives its unspent
+    /// time back.
+    pub booked: Duration,
     pub limit: Duration,
+}
+
+/// What a user's sessions add up to in a window (see [`Standing`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub used: Duration,
+    pub booked: Duration,
 }
 
 impl Standing {
     pub fn remaining(&self) -> Duration {
-        self.limit.saturating_sub(self.used)
+        self.limit.saturating_sub(self.used).saturating_sub(self.booked)
     }
 
     pub fn exhausted(&self) -> bool {
@@ -129,6 +143,24 @@ pub fn overlap(start: Instant, end: Option<Instant>, window: (Instant, Instant),
     let end = end.unwrap_or(now).min(window.1).min(now.max(start));
     let start = start.max(window.0);
     Duration::from_millis(u64::try_from(end.millis() - start.millis()).unwrap_or(0))
+}
+
+/// One session's part in a budget, spent and booked: [`overlap`], and for
+/// a running session (`end` None) also the time from now (or its start,
+/// if later) to its `booked_end` that falls inside the window.
+pub fn usage(
+    start: Instant,
+    end: Option<Instant>,
+    booked_end: Instant,
+    window: (Instant, Instant),
+    now: Instant,
+) -> Usage {
+    let used = overlap(start, end, window, now);
+    let booked = match end {
+        Some(_) => Duration::ZERO,
+        None => overlap(now.max(start), Some(booked_end), window, Instant::LATEST),
+    };
+    Usage { used, booked }
 }
 
 #[cfg(test)]
@@ -181,7 +213,42 @@ mod tests {
         // Yesterday's session, and one that has not started: nothing.
         assert_eq!(overlap(at("2026-11-21T10:00:00Z"), Some(at("2026-11-21T11:00:00Z")), w, now), min(0));
         assert_eq!(overlap(at("2026-11-22T11:00:00Z"), None, w, now), min(0));
-        let s = Standing { window_start: w.0, window_end: w.1, used: min(70), limit: min(60) };
+        let s =
+            Standing { window_start: w.0, window_end: w.1, used: min(70), booked: min(0), limit: min(60) };
         assert!(s.exhausted() && s.remaining().is_zero());
+    }
+
+    #[test]
+    fn a_running_session_books_the_rest_of_its_time_inside_the_window() {
+        let w = (at("2026-11-22T00:00:00Z"), at("2026-11-23T00:00:00Z"));
+        let now = at("2026-11-22T10:00:00Z");
+        let min = |m: u64| Duration::from_secs(m * 60);
+        let usage =
+            |start, end: Option<&str>, booked_end| usage(at(start), end.map(at), at(booked_end), w, now);
+        // Running since 09:15, booked until 10:30: 45 spent, 30 booked.
+        assert_eq!(
+            usage("2026-11-22T09:15:00Z", None, "2026-11-22T10:30:00Z"),
+            Usage { used: min(45), booked: min(30) }
+        );
+        // Ended early: what it did not use is given back.
+        assert_eq!(
+            usage("2026-11-22T09:15:00Z", Some("2026-11-22T09:20:00Z"), "2026-11-22T10:30:00Z"),
+            Usage { used: min(5), booked: min(0) }
+        );
+        // Booked past midnight: only today's part counts against today.
+        assert_eq!(usage("2026-11-22T09:00:00Z", None, "2026-11-23T01:00:00Z").booked, min(14 * 60));
+        // Past its booked end and not settled yet: spent up to now, nothing booked.
+        assert_eq!(
+            usage("2026-11-22T09:00:00Z", None, "2026-11-22T09:30:00Z"),
+            Usage { used: min(60), booked: min(0) }
+        );
+        // Starting later (a registration ahead of time): all of it booked.
+        assert_eq!(
+            usage("2026-11-22T11:00:00Z", None, "2026-11-22T11:20:00Z"),
+            Usage { used: min(0), booked: min(20) }
+        );
+        let s =
+            Standing { window_start: w.0, window_end: w.1, used: min(45), booked: min(10), limit: min(60) };
+        assert_eq!(s.remaining(), min(5));
     }
 }

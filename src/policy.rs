@@ -206,23 +206,23 @@ pub(crate) fn clip_to_budget(
         return (limit, None);
     };
     let fmt = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
-    if s.exhausted() {
-        let note = format!(
-            "budget exhausted: {} of {} per {} used; removed on entry",
+    // "42m of 1h per day used", or "42m used and 18m booked by running
+    // sessions, of 1h per day".
+    let spent = match s.booked.is_zero() {
+        true => format!("{} of {} per {} used", fmt(s.used), fmt(s.limit), budget.window),
+        false => format!(
+            "{} used and {} booked by running sessions, of {} per {}",
             fmt(s.used),
+            fmt(s.booked),
             fmt(s.limit),
             budget.window
-        );
-        return (Duration::ZERO, Some(note));
+        ),
+    };
+    if s.exhausted() {
+        return (Duration::ZERO, Some(format!("budget exhausted: {spent}; removed on entry")));
     }
     if s.remaining() < limit {
-        let note = format!(
-            "limit cut to the budget's remaining {} ({} of {} per {} used)",
-            fmt(s.remaining()),
-            fmt(s.used),
-            fmt(s.limit),
-            budget.window
-        );
+        let note = format!("limit cut to the budget's remaining {} ({spent})", fmt(s.remaining()));
         return (s.remaining(), Some(note));
     }
     (limit, None)
@@ -455,6 +455,7 @@ policies:
             window_start: now,
             window_end: now.saturating_add(min(24 * 60)),
             used: min(used),
+            booked: min(0),
             limit: min(60),
         };
         let a = UserId::parse("a").unwrap();
@@ -470,6 +471,17 @@ policies:
         // c: no standing known (nothing used): the policy's limit.
         assert_eq!(s[2].booked_end(), now.saturating_add(min(20)));
         assert_eq!(s[2].note, None);
+        // Time booked by a session still running counts as spent: 30 used
+        // and 25 booked leave 5.
+        let booked = crate::budget::Standing { booked: min(25), ..standing(30) };
+        let standings = HashMap::from([(a.clone(), booked)]);
+        let s = register(&c, &reg("paid-chat", Room::Numeric(1), &["a"]), now, &standings).unwrap();
+        assert_eq!(s[0].booked_end(), now.saturating_add(min(5)));
+        let note = s[0].note.as_deref().unwrap();
+        assert!(
+            note.contains("remaining 5m (30m used and 25m booked by running sessions, of 1h per day)"),
+            "{note}"
+        );
         // Webhook entries are clipped alike.
         let opened =
             on_presence(&c, "trtc", None, &Room::Numeric(1), &Presence::Entered(a), now, Some(standing(59)));

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::budget::{Budget, Standing};
+use crate::budget::{Budget, Standing, Usage};
 use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint, Head};
 use crate::domain::lease::{Led, SOLE_TERM};
 use crate::domain::session::{Adopted, NewSession, Repeatability, Session, SessionCursor, SessionRecord};
@@ -318,8 +318,14 @@ impl Store {
         now: Instant,
     ) -> Result<Standing, StoreError> {
         let (start, end) = budget.window.bounds(tz, now);
-        let used = self.budget_used(policy, user, (start, end), now).await?;
-        Ok(Standing { window_start: start, window_end: end, used, limit: budget.limit })
+        let usage = self.budget_used(policy, user, (start, end), now).await?;
+        Ok(Standing {
+            window_start: start,
+            window_end: end,
+            used: usage.used,
+            booked: usage.booked,
+            limit: budget.limit,
+        })
     }
 
     /// The SQLite file, when that is the backend.
@@ -568,6 +574,7 @@ operations! {
     fn database_time(&self) -> Result<Option<Instant>, StoreError>;
 
     // ---- budgets
-    /// Time a user spent under a policy within a window.
-    fn budget_used(&self, policy: &str, user: &UserId, window: (Instant, Instant), now: Instant) -> Result<Duration, StoreError>;
+    /// Time a user spent under a policy within a window, and the time its
+    /// running sessions have booked beyond now.
+    fn budget_used(&self, policy: &str, user: &UserId, window: (Instant, Instant), now: Instant) -> Result<Usage, StoreError>;
 }

@@ -203,12 +203,14 @@ pub struct BudgetRow {
     pub window_start: String,
     pub window_end: String,
     pub used_ms: i64,
+    /// Booked by sessions still running, beyond now.
+    pub booked_ms: i64,
     pub limit_ms: i64,
     pub remaining_ms: i64,
 }
 
 pub fn print_budget(rows: &[BudgetRow], format: OutputFormat) -> io::Result<()> {
-    let header = ["policy", "window", "from", "until", "used", "limit", "remaining"];
+    let header = ["policy", "window", "from", "until", "used", "booked", "limit", "remaining"];
     let span = |ms: i64| {
         humantime::format_duration(std::time::Duration::from_secs(u64::try_from(ms / 1000).unwrap_or(0)))
             .to_string()
@@ -220,6 +222,7 @@ pub fn print_budget(rows: &[BudgetRow], format: OutputFormat) -> io::Result<()> 
             r.window_start.clone(),
             r.window_end.clone(),
             span(r.used_ms),
+            span(r.booked_ms),
             span(r.limit_ms),
             span(r.remaining_ms),
         ]

@@ -165,6 +165,7 @@ pub(super) async fn budget(path: &std::path::Path, args: BudgetArgs) -> Result<(
             window_start: s.window_start.to_string(),
             window_end: s.window_end.to_string(),
             used_ms: crate::domain::duration_millis_ceil(s.used),
+            booked_ms: crate::domain::duration_millis_ceil(s.booked),
             limit_ms: crate::domain::duration_millis_ceil(s.limit),
             remaining_ms: crate::domain::duration_millis_ceil(s.remaining()),
         });

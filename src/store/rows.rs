@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
+use crate::budget::Usage;
 use crate::domain::Instant;
 use crate::domain::audit::AuditRecord;
 use crate::domain::session::SessionRecord;
@@ -73,19 +74,18 @@ where
 }
 
 /// The time sessions spent inside `window` (settled ones up to when they
-/// ended, running ones up to `now`), from rows of their `id`, `started_at`
-/// and `ended_at` (times as text): a user's budget use.
-pub fn time_used<'r, R>(
-    rows: &'r [R],
-    window: (Instant, Instant),
-    now: Instant,
-) -> Result<Duration, StoreError>
+/// ended, running ones up to `now`) and the time running ones have booked
+/// beyond `now` (up to their deadline less the grace), from rows of their
+/// `id`, `started_at`, `ended_at`, `deadline` (times as text) and
+/// `grace_ms`: a user's budget use.
+pub fn time_used<'r, R>(rows: &'r [R], window: (Instant, Instant), now: Instant) -> Result<Usage, StoreError>
 where
     R: Row,
     &'static str: ColumnIndex<R>,
     String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let mut used = Duration::ZERO;
+    let mut total = Usage::default();
     for row in rows {
         let id: String = row.try_get("id")?;
         let malformed =
@@ -96,9 +96,14 @@ where
             .map(|t| Instant::parse(&t))
             .transpose()
             .map_err(malformed)?;
-        used += crate::budget::overlap(started, ended, window, now);
+        let deadline = Instant::parse(&row.try_get::<String, _>("deadline")?).map_err(malformed)?;
+        let grace = Duration::from_millis(u64::try_from(row.try_get::<i64, _>("grace_ms")?).unwrap_or(0));
+        let booked_end = Instant::from_millis(deadline.millis().saturating_sub(grace.as_millis() as i64));
+        let usage = crate::budget::usage(started, ended, booked_end, window, now);
+        total.used += usage.used;
+        total.booked += usage.booked;
     }
-    Ok(used)
+    Ok(total)
 }
 
 /// The `recovered` audit rows for sessions put back in the queue (after a

@@ -368,6 +368,66 @@ async fn a_new_session_gets_what_the_budget_has_left_and_an_exhausted_user_is_re
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sessions_of_one_user_at_once_share_what_is_left_and_an_early_end_gives_time_back() {
+    let receiver = Receiver::ok().await;
+    let h = harness(&receiver, BUDGETED).await;
+    let daemon = h.start_daemon().await;
+    let api = Client::new(&daemon.http_url().await);
+    let min = 60_000;
+    // Frank enters two rooms at the same moment (two devices): 30 minutes a
+    // day, 20 at most per session. Each running session books the rest of
+    // its time, so the two share the 30 minutes instead of getting 20 each.
+    let enter = |room: u32| {
+        let api = api.clone();
+        async move {
+            api.post("/v1/sessions", &serde_json::json!({"policy": "daily", "room": room, "user": "frank"}))
+                .await
+        }
+    };
+    let (a, b) = tokio::join!(enter(7601), enter(7602));
+    let granted = |r: &Reply| {
+        r.expect(201, "register");
+        ms_of(r.json["deadline"].as_str().unwrap()) - ms_of(r.json["started_at"].as_str().unwrap())
+    };
+    let (ga, gb) = (granted(&a), granted(&b));
+    assert!((ga + gb - 30 * min).abs() < 2_000, "granted {ga} and {gb} ms: together about 30 minutes");
+    assert!((ga.max(gb) - 20 * min).abs() < 2_000, "the first gets the policy's 20 minutes: {ga}, {gb}");
+    // A third, while both run: nothing left.
+    let c = enter(7603).await;
+    assert!(granted(&c) < 1_000, "nothing left for a third: {:?}", c.json);
+
+    // Frank leaves the 20-minute room at once: what it did not use is
+    // his again.
+    let long = if ga > gb { &a } else { &b };
+    let long_id = long.json["id"].as_str().unwrap().to_string();
+    api.post(&format!("/v1/sessions/{long_id}/end"), &serde_json::json!({})).await.expect(200, "end");
+    let out = h.cli(&["budget", "frank", "--format", "json"]).await.expect_ok("budget");
+    let row: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let (used, booked, remaining) = (
+        row["used_ms"].as_i64().unwrap(),
+        row["booked_ms"].as_i64().unwrap(),
+        row["remaining_ms"].as_i64().unwrap(),
+    );
+    assert!(used < 30_000, "seconds used so far: {row}");
+    assert!((booked - 10 * min).abs() < 30_000, "the 10-minute session's rest is booked: {row}");
+    assert_eq!(remaining, 30 * min - used - booked, "{row}");
+    assert!(remaining > 19 * min, "the ended session's time is back: {row}");
+    let d = enter(7604).await;
+    assert!((granted(&d) - remaining.min(20 * min)).abs() < 5_000, "granted what is left: {:?}", d.json);
+
+    // The view shows the same split to plain SQL.
+    let booked_in_view: i64 = sqlx::query_scalar(
+        "SELECT sum(booked_ms) FROM budget_usage WHERE policy = 'daily' AND user_id = 'frank' AND ended_at IS NULL \
+         AND session_id <> ?",
+    )
+    .bind(d.json["id"].as_str().unwrap())
+    .fetch_one(h.db().await)
+    .await
+    .unwrap();
+    assert!((booked_in_view - booked).abs() < 30_000, "view {booked_in_view} ms, CLI {booked} ms");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_reload_applies_valid_policy_files_and_keeps_the_running_config_on_a_broken_one() {
     let receiver = Receiver::ok().await;
     let h = harness(&receiver, "").await;

@@ -4,26 +4,27 @@
 //! the locks that keep several instances from spending one user's budget
 //! twice ([`PgBudgetGuard`]).
 
-use std::time::Duration;
-
 use sqlx::Postgres;
 
 use super::{PgStore, ts};
+use crate::budget::Usage;
 use crate::domain::{Instant, UserId};
 use crate::store::StoreError;
 
 impl PgStore {
-    /// Time `user` spent in sessions of `policy` inside `window`: settled
-    /// sessions up to when they ended, running ones up to `now`.
+    /// Time `user` spent in sessions of `policy` inside `window` (settled
+    /// sessions up to when they ended, running ones up to `now`), and the
+    /// time running ones have booked beyond `now`.
     pub(in crate::store) async fn budget_used(
         &self,
         policy: &str,
         user: &UserId,
         window: (Instant, Instant),
         now: Instant,
-    ) -> Result<Duration, StoreError> {
+    ) -> Result<Usage, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, callwarden_text(started_at) AS started_at, callwarden_text(ended_at) AS ended_at \
+            "SELECT id, callwarden_text(started_at) AS started_at, callwarden_text(ended_at) AS ended_at, \
+             callwarden_text(deadline) AS deadline, grace_ms \
              FROM sessions WHERE policy = $1 AND user_id = $2 AND user_id IS NOT NULL AND deadline IS NOT NULL \
              AND started_at < $3 AND (ended_at IS NULL OR ended_at > $4)",
         )

@@ -51,6 +51,16 @@ pub const TRUST_MARGIN: Duration = Duration::from_secs(1);
 /// `enforcing` in its buckets: rows a paused leader held locked when the
 /// lease was granted are passed over then, and taken on a later sweep.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long after its deadline a session that no instance leads (its
+/// provider is in no running instance's configuration) waits before the
+/// maintenance leader fails it: several lease lifetimes, so a bucket
+/// between two leaders, or an instance being restarted with a new
+/// configuration, is not taken for gone.
+pub const UNLED_AFTER: Duration = Duration::from_secs(30);
+/// How often the maintenance leader looks for such sessions.
+pub const UNLED_SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Most such sessions failed in one transaction.
+const UNLED_BATCH: u32 = 256;
 
 /// What this instance leads. Cheap to clone; every clone sees the same.
 #[derive(Debug, Clone)]
@@ -254,29 +264,40 @@ pub async fn keep_leases(
     buckets: Vec<String>,
     stop: CancellationToken,
 ) {
+    let configured = buckets.clone();
     let mut all = buckets;
     all.push(MAINTENANCE.to_string());
     let mut conn: Option<LeaseConn> = None;
     let mut failing = false;
     let mut swept = Monotonic::now();
     let mut sweeping: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut unled_swept = Monotonic::now();
+    // A failing lease connection is a failing database step: `/readyz`
+    // says so on every instance, leaders and followers alike.
+    let mut outage = None;
     loop {
         if conn.is_none() {
             match store.lease_connection().await {
                 Ok(None) => return,
                 Ok(Some(c)) => conn = Some(c),
-                Err(e) if !failing => {
-                    tracing::warn!(error = %e, "cannot connect for the leases; trying every round");
-                    failing = true;
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot connect for the leases; trying every round");
+                        failing = true;
+                    }
+                    store.health().failed(&mut outage, "leases", &e);
                 }
-                Err(_) => {}
             }
         }
         if let Some(c) = conn.as_mut() {
             match lead.round(c, &store, &clock, &offset, &all).await {
-                Ok(()) => failing = false,
+                Ok(()) => {
+                    failing = false;
+                    outage = None;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the lease connection; connecting again (leadership lapses if this lasts)");
+                    store.health().failed(&mut outage, "leases", &e);
                     conn = None;
                     failing = true;
                 }
@@ -285,6 +306,10 @@ pub async fn keep_leases(
         if swept.elapsed() >= SWEEP_EVERY {
             swept = Monotonic::now();
             sweep(&lead, &store, &clock, &mut sweeping);
+        }
+        if unled_swept.elapsed() >= UNLED_SWEEP_EVERY && lead.maintains() {
+            unled_swept = Monotonic::now();
+            fail_unled(&store, &clock, &configured, &mut sweeping);
         }
         let jitter = RENEW_EVERY.mul_f64(0.8 + 0.4 * rand::random::<f64>());
         tokio::select! {
@@ -332,6 +357,40 @@ fn sweep(
         });
         sweeping.insert(bucket, task);
     }
+}
+
+/// As the maintenance leader: fails, in a task of its own (one at a time),
+/// the sessions overdue by [`UNLED_AFTER`] whose provider no running
+/// instance has in its configuration, so none would ever claim them (the
+/// one daemon of an embedded database fails them at their deadline).
+fn fail_unled(
+    store: &Store,
+    clock: &Clock,
+    configured: &[String],
+    sweeping: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+) {
+    sweeping.retain(|_, task| !task.is_finished());
+    if sweeping.contains_key(MAINTENANCE) {
+        return;
+    }
+    let (store, now, configured) = (store.clone(), clock.now(), configured.to_vec());
+    let task = tokio::spawn(async move {
+        let overdue = now.saturating_sub(UNLED_AFTER);
+        loop {
+            match store.fail_unled(&configured, overdue, now, UNLED_BATCH).await {
+                Ok(0) => return,
+                Ok(n) => tracing::error!(
+                    sessions = n,
+                    "failed sessions of a provider that no running instance has in its configuration"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for sessions no instance leads yet");
+                    return;
+                }
+            }
+        }
+    });
+    sweeping.insert(MAINTENANCE.to_string(), task);
 }
 
 /// This instance's name in the lease rows: host, process and a random

@@ -507,6 +507,11 @@ operations! {
     /// `enforcing` under an older term back to `active`, stamped with
     /// `term`, each with a `recovered` audit row.
     fn take_over(&self, bucket: &str, term: i64, now: Instant, why: &str) -> Result<u64, StoreError>;
+    /// Several instances: the active sessions due before `overdue` whose
+    /// provider no running instance leads (not in `configured`, no live
+    /// lease on its bucket) become `failed`, with the reason, up to
+    /// `limit` of them; how many. Nothing on an embedded database.
+    fn fail_unled(&self, configured: &[String], overdue: Instant, now: Instant, limit: u32) -> Result<u64, StoreError>;
     /// Gives claimed sessions back to the queue (shutdown, or a provider
     /// that is gone); `unsent`: no call for them left. Fenced by `term`.
     fn release_as(&self, term: i64, ids: &[SessionId], unsent: bool, now: Instant, why: &str) -> Result<(), StoreError>;

@@ -114,14 +114,25 @@ async fn count_api_response(response: Response) -> Response {
 
 /// Ready when the database answers and no database step of the daemon is
 /// failing (a lock held elsewhere or a full disk leaves reads working).
+/// The longest `/readyz` waits for the database's answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     if let Some(error) = state.store.health().failing() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("database writes failing: {error}\n"));
     }
-    match state.store.next_deadline().await {
-        Ok(_) => (StatusCode::OK, "ready\n".into()),
-        Err(e) => {
+    // A server that is gone may not even refuse: answer within a bound.
+    match tokio::time::timeout(READY_TIMEOUT, state.store.next_deadline()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n".into()),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n".into())
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = READY_TIMEOUT.as_millis() as u64,
+                "not ready: the database does not answer in time"
+            );
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n".into())
         }
     }

@@ -19,7 +19,8 @@ use callwarden::sandbox::RequestRecord;
 use callwarden::store::{AuditFilter, Store};
 
 use crate::helpers::{
-    Daemon, Harness, LONG, SHORT, answers_by_target, by_arrival, config_text, now_ms, pg_cluster, wait_for,
+    Client, ConfigYaml, Daemon, Harness, LONG, Listener, SHORT, answers_by_target, by_arrival, now_ms,
+    pg_cluster, wait_for,
 };
 
 /// Rooms in a burst: deadlines 15 ms apart, faster than the 19/s the
@@ -27,11 +28,15 @@ use crate::helpers::{
 const ROOMS: u32 = 200;
 const FIRST_ROOM: u32 = 30_000;
 
-/// A harness whose config names `url`, and a store on it.
+/// A harness whose config names `url` (and a listener on a port of each
+/// daemon's own, for `/readyz`), and a store on it.
 async fn harness_on(url: &str) -> (Harness, Store) {
     let config_url = url.to_string();
     let h = Harness::with_config(move |_, sandbox| {
-        config_text(Path::new(&config_url), sandbox, callwarden::sandbox::SANDBOX_SECRET_KEY)
+        ConfigYaml::new(Path::new(&config_url), sandbox)
+            .trtc_secret_key(callwarden::sandbox::SANDBOX_SECRET_KEY)
+            .listen(Listener::default())
+            .text()
     })
     .await;
     let store = Store::connect(&Database::Postgres(PostgresUrl::parse(url, None).unwrap())).await.unwrap();
@@ -274,16 +279,69 @@ async fn three_daemons_ride_out_a_postgresql_restart_mid_burst() {
     let daemons = three(&h).await;
     leader_of(&daemons, "trtc").await;
     insert_burst(&url, now_ms() + 1_000, ROOMS).await;
+    let mut health = Vec::new();
+    for d in &daemons {
+        health.push(Client::new(&d.http_url().await));
+    }
+    let ready = async |want: u16| {
+        for (i, client) in health.iter().enumerate() {
+            wait_for(&format!("daemon {i}'s /readyz answering {want}"), SHORT, || async {
+                (client.get("/readyz").await.status == want).then_some(())
+            })
+            .await;
+        }
+    };
+    ready(200).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.stop();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Every instance says it cannot do its work while the server is gone.
+    ready(503).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.restart();
+    ready(200).await;
     let store = Store::connect(&Database::Postgres(PostgresUrl::parse(&url, None).unwrap())).await.unwrap();
     wait_until_settled(&store, ROOMS).await;
     assert_all_enforced_once(&h, &store, ROOMS).await;
     for d in &daemons {
         assert!(d.logs().contains("callwarden running"));
     }
+}
+
+#[tokio::test]
+async fn a_session_of_a_provider_no_instance_has_is_failed_once_well_overdue() {
+    use sqlx::Connection;
+    let Some(cluster) = pg_cluster::shared() else { return };
+    let url = cluster.fresh_database().await;
+    let (h, store) = harness_on(&url).await;
+    let daemon = h.start_daemon().await;
+    leader_of(std::slice::from_ref(&daemon), "maintenance").await;
+    // Rows naming a provider that is in no configuration: one due long
+    // enough ago, one due just now (not yet: a bucket between leaders
+    // looks the same for a few seconds).
+    let mut app = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut insert = async |room: &str, ago_secs: i64| -> String {
+        sqlx::query_scalar(
+            "INSERT INTO sessions (policy, provider, room_id, room_kind, deadline) \
+             VALUES ('consultation', 'trtc-old', $1, 'numeric', now() - make_interval(secs => $2)) RETURNING id",
+        )
+        .bind(room)
+        .bind(ago_secs as f64)
+        .fetch_one(&mut app)
+        .await
+        .unwrap()
+    };
+    let overdue = insert("9001", 45).await;
+    let recent = insert("9002", 1).await;
+    let failed = wait_for("the overdue session failed", SHORT, || async {
+        let s = store.session(overdue.parse().unwrap()).await.unwrap();
+        (s.state == "failed").then_some(s)
+    })
+    .await;
+    assert!(failed.detail.unwrap_or_default().contains("\"trtc-old\""));
+    let recent = store.session(recent.parse().unwrap()).await.unwrap();
+    assert_eq!(recent.state, "active", "not yet 30 s overdue");
+    assert!(h.sandbox.api_requests().await.is_empty(), "nothing was sent");
+    assert!(daemon.logs().contains("no running instance has in its configuration"));
 }
 
 #[tokio::test]

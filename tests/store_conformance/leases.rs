@@ -19,6 +19,43 @@ fn embedded(store: &callwarden::store::Store) {
 }
 
 conformance! {
+    async fn overdue_sessions_of_a_provider_no_instance_leads_are_failed_and_no_others(db) {
+        use callwarden::domain::Room;
+        use callwarden::domain::session::NewSession;
+        // "gone": in no instance's configuration (a provider renamed or
+        // removed); "acs": another instance's (it holds the lease); "trtc":
+        // this instance's.
+        let gone = |room, deadline| NewSession { provider: "gone".into(), ..session(room, deadline) };
+        let acs = NewSession { provider: "acs".into(), ..participant(Room::call("call-9").unwrap(), "8:acs:z", at(1)) };
+        let s = register(&db.store, vec![gone(1, at(1)), acs, session(2, at(1)), gone(3, at(70))], at(0)).await;
+        let lease = db.store.lease_connection().await.unwrap();
+        if let Some(mut other) = lease {
+            other.acquire("acs", "another-instance", Duration::from_secs(60)).await.unwrap().expect("free");
+        }
+        let configured = ["trtc".to_string()];
+        let failed = db.store.fail_unled(&configured, at(60), at(61), 10).await.unwrap();
+        let states = async || {
+            let mut states = Vec::new();
+            for x in &s {
+                states.push(state_of(&db.store, x.id).await);
+            }
+            states
+        };
+        if db.store.sqlite_path().is_some() {
+            // The one daemon claims every provider's sessions, and fails
+            // those of a provider it lacks at their deadline.
+            assert_eq!(failed, 0);
+            assert_eq!(states().await, ["active"; 4]);
+            return;
+        }
+        assert_eq!(failed, 1);
+        assert_eq!(states().await, ["failed", "active", "active", "active"], "only the overdue session nobody leads");
+        assert_eq!(events_of(&db.store, s[0].id).await, ["registered", "failed"]);
+        let detail = db.store.session(s[0].id).await.unwrap().detail.unwrap_or_default();
+        assert!(detail.contains("\"gone\"") && detail.contains("no running instance"), "{detail}");
+        assert_eq!(db.store.fail_unled(&configured, at(60), at(62), 10).await.unwrap(), 0, "failed once");
+    }
+
     async fn a_lease_has_one_holder_at_a_time_and_passes_on_only_when_it_expires(db) {
         let Some(mut a) = db.store.lease_connection().await.unwrap() else { return embedded(&db.store) };
         let mut b = db.store.lease_connection().await.unwrap().unwrap();

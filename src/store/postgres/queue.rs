@@ -236,6 +236,56 @@ impl PgStore {
         Ok(rows.len() as u64)
     }
 
+    /// Fails, `limit` at a time, the active sessions that no instance
+    /// leads: due before `overdue`, of a provider that is not among this
+    /// instance's `configured` ones and has no live lease on its bucket by
+    /// the server's clock (no running instance has it in its
+    /// configuration). Each becomes `failed` with the reason and a `failed`
+    /// audit row; returns how many.
+    pub(in crate::store) async fn fail_unled(
+        &self,
+        configured: &[String],
+        overdue: Instant,
+        now: Instant,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(
+            "WITH unled AS MATERIALIZED ( \
+               SELECT id AS unled_id FROM sessions s \
+               WHERE state = 'active' AND deadline < $1 AND provider IS NOT NULL \
+                 AND NOT (provider = ANY($2)) \
+                 AND NOT EXISTS (SELECT 1 FROM leases l \
+                                 WHERE l.bucket = s.provider COLLATE \"C\" AND l.expires_at > clock_timestamp()) \
+               ORDER BY deadline LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE sessions SET state = 'failed', updated_at = $4, \
+               detail = 'provider \"' || provider || '\" is in the configuration of no running instance, \
+                         so none leads its sessions' \
+             FROM unled WHERE id = unled.unled_id RETURNING id, provider, detail",
+        )
+        .bind(ts(overdue))
+        .bind(configured)
+        .bind(i64::from(limit))
+        .bind(ts(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut audit = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let entry = AuditEntry {
+                session_id: id.parse().ok(),
+                provider: row.try_get("provider")?,
+                event: "failed",
+                detail: row.try_get("detail")?,
+                ..Default::default()
+            };
+            audit.push((entry, now));
+        }
+        insert_audit_rows(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
     /// Hands claimed sessions back to the queue (shutdown while they waited).
     /// `unsent`: the last recorded attempt never left (it was waiting for its
     /// deadline or the rate limit), so it is taken off the attempt count.

@@ -240,6 +240,19 @@ impl SqliteStore {
         Ok(rows.len() as u64)
     }
 
+    /// Nothing: the one daemon on an embedded database claims every
+    /// provider's sessions, and enforcement fails those of a provider it
+    /// does not have, at their deadline.
+    pub(in crate::store) async fn fail_unled(
+        &self,
+        _configured: &[String],
+        _overdue: Instant,
+        _now: Instant,
+        _limit: u32,
+    ) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Hands claimed sessions back to the queue (shutdown while they waited).
     /// `unsent`: the last recorded attempt never left (it was waiting for its
     /// deadline or the rate limit), so it is taken off the attempt count.

@@ -5,7 +5,8 @@
 #
 #   bench/report.sh [RUNS] [extra `bench report` options, e.g. --quick]
 #
-# RUNS defaults to 3 (about 40 minutes on two cores). The per-run figures go
+# RUNS defaults to 3 (about 1 h 45 min on two cores, 45 min of it the
+# PostgreSQL scenarios). The per-run figures go
 # to $CARGO_TARGET_DIR/bench-report.log. BENCHMARKS.md is replaced only when
 # the whole report succeeded.
 set -eu

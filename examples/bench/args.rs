@@ -38,6 +38,12 @@ pub(crate) enum Scenario {
     Connections(ConnectionsArgs),
     /// Three instances on PostgreSQL: the gap after killing or stopping the leader.
     Failover(FailoverArgs),
+    /// Lateness with a queue on PostgreSQL, one or several instances.
+    #[command(name = "pg_lateness", alias = "pg-lateness")]
+    PgLateness(PgLatenessArgs),
+    /// A drain on PostgreSQL with several instances, the leader killed meanwhile.
+    #[command(name = "pg_drain", alias = "pg-drain")]
+    PgDrain(PgDrainArgs),
     /// Every scenario of issue 7, callwarden and the baseline side by side,
     /// `--runs` times each: writes BENCHMARKS.md (markdown) to stdout.
     Report(report::ReportArgs),
@@ -232,6 +238,34 @@ pub(crate) struct FailoverArgs {
     /// Seconds between two disruptions (each is in the middle of its cycle).
     #[arg(long, default_value_t = 8.0)]
     pub(crate) cycle_secs: f64,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct PgLatenessArgs {
+    /// Daemons sharing the database.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) instances: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) sessions: usize,
+    /// Deadlines are spread evenly over this many seconds.
+    #[arg(long, default_value_t = 1000.0)]
+    pub(crate) spread_secs: f64,
+    /// Measure only the sessions due in the first this-many seconds; the
+    /// rest stay queued.
+    #[arg(long, default_value_t = 60.0)]
+    pub(crate) measure_secs: f64,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct PgDrainArgs {
+    /// Daemons sharing the database.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) instances: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) sessions: usize,
+    /// Times the leader is killed (SIGKILL), evenly through the drain.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) kills: u32,
 }
 
 #[derive(Args, Clone)]

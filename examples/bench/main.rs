@@ -10,6 +10,8 @@
 //! cargo run --release --example bench -- prune     [--sessions 1000000] [--recent-sessions 250000]
 //! cargo run --release --example bench -- connections [--idle 5000] [--slow 1000] [--secs 60]
 //! cargo run --release --example bench -- failover  [--kills 10] [--stops 10] [--cycle-secs 8]   (PostgreSQL)
+//! cargo run --release --example bench -- pg_lateness [--instances 3] [--sessions 10000] [--spread-secs 1000] [--measure-secs 60]
+//! cargo run --release --example bench -- pg_drain  [--instances 3] [--sessions 10000] [--kills 2]
 //! cargo run --release --example bench -- all       (every scenario at full size)
 //! ```
 //!
@@ -33,7 +35,9 @@
 //! are in `scenarios/`; what they share is in `args`, `figures`, `rig`,
 //! `tap` and `monitors`, and for the hardening scenarios `daemon_process`
 //! (the daemon as its own process, with systemd's watchdog), `due` (sessions
-//! due at 10/s meanwhile) and `writer_probe`; `report` writes BENCHMARKS.md.
+//! due at 10/s meanwhile) and `writer_probe`; for the PostgreSQL ones
+//! `pg_rig` (several daemons on a throwaway cluster); `report` writes
+//! BENCHMARKS.md.
 
 mod args;
 mod clk_tck;
@@ -43,6 +47,7 @@ mod figures;
 mod monitors;
 #[path = "../../tests/support/pg_cluster.rs"]
 mod pg_cluster;
+mod pg_rig;
 mod report;
 mod rig;
 mod scenarios;
@@ -63,6 +68,7 @@ use scenarios::connections::connections;
 use scenarios::drain::drain;
 use scenarios::failover::failover;
 use scenarios::lateness::lateness;
+use scenarios::pg_queue::{pg_drain, pg_lateness};
 use scenarios::prune::prune;
 use scenarios::registrations::registrations;
 use scenarios::scheduler::scheduler;
@@ -132,6 +138,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Prune(a) => drop(repeat("prune", runs, || prune(&a)).await?),
         Scenario::Connections(a) => drop(repeat("connections", runs, || connections(&a)).await?),
         Scenario::Failover(a) => drop(repeat("failover", runs, || failover(&a)).await?),
+        Scenario::PgLateness(a) => drop(repeat("pg_lateness", runs, || pg_lateness(&a)).await?),
+        Scenario::PgDrain(a) => drop(repeat("pg_drain", runs, || pg_drain(&a)).await?),
         Scenario::Report(a) => report::run(&a, runs).await?,
         Scenario::All(all) => {
             let l = LatenessArgs {

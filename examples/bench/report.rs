@@ -96,7 +96,7 @@ impl Plan {
                 scrapes: if a.quick { 50 } else { 200 },
             },
             hardening: Hardening::new(a.quick, a.cache_dir.clone()),
-            instances: Instances::new(a.quick),
+            instances: Instances::new(a.quick, a.window_secs),
         }
     }
 }
@@ -124,7 +124,7 @@ pub(crate) async fn run(a: &ReportArgs, runs: usize) -> anyhow::Result<()> {
     }
     let drain_runs = repeat("drain", runs, || drain(&plan.drain)).await?;
     let sql_runs = repeat("registrations (SQL)", runs, || registrations(&plan.registrations)).await?;
-    let api_runs = api_load(plan.api_seconds, runs)?;
+    let api_runs = api_load(plan.api_seconds, runs, None)?;
     let startup_runs = run_startup(&plan.startup, runs).await?;
     let hard_runs = plan.hardening.run(runs).await?;
     let instance_runs = plan.instances.run(runs).await?;

@@ -8,14 +8,18 @@ use anyhow::{Context, bail};
 use crate::figures::{Figures, Runs, medians};
 use crate::rig::sibling_binary;
 
-/// Runs `api_load` as its own process and reads its per-run lines back.
-pub(crate) fn api_load(seconds: u64, runs: usize) -> anyhow::Result<Runs> {
+/// Runs `api_load` as its own process and reads its per-run lines back;
+/// with `postgres` (a server URL without a database), each run uses a
+/// fresh database there instead of a SQLite file.
+pub(crate) fn api_load(seconds: u64, runs: usize, postgres: Option<&str>) -> anyhow::Result<Runs> {
     let bin = sibling_binary("api_load")?;
-    let out = Command::new(&bin)
-        .args(["--seconds", &seconds.to_string(), "--runs", &runs.max(1).to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--seconds", &seconds.to_string(), "--runs", &runs.max(1).to_string()]);
+    if let Some(server) = postgres {
+        cmd.args(["--postgres", server]);
+    }
+    let out =
+        cmd.stderr(Stdio::inherit()).output().with_context(|| format!("cannot run {}", bin.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     eprint!("{text}");
     if !out.status.success() {

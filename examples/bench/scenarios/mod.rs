@@ -9,6 +9,7 @@ pub(crate) mod drain;
 pub(crate) mod failover;
 pub(crate) mod flood;
 pub(crate) mod lateness;
+pub(crate) mod pg_queue;
 pub(crate) mod prune;
 pub(crate) mod prune_db;
 pub(crate) mod registrations;
